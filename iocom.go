@@ -1,0 +1,645 @@
+package main
+
+// The link engine: one dmsg link over any byte stream (a Unix socket to the
+// kernel or the backbone, TCP to DragonFly's C service, a QUIC stream).
+//
+// Each link owns one reader and one writer goroutine. Handlers run on the
+// reader goroutine, one message at a time, as libdmsg dispatches. Sends never
+// wait on the reader, so a handler may always answer: Send queues without
+// blocking (a hard cap on queued bytes kills a link whose peer stops reading),
+// and SendWait is the back-pressured form for producers on other goroutines.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// LinkConfig tunes one link. Zero values take the defaults noted.
+type LinkConfig struct {
+	// Name identifies the peer in logs and status, e.g. "kernel" or an address.
+	Name string
+	// PingInterval is how long the link may stay idle before we send a
+	// PING. Negative disables PINGs (the kernel link). Default 1 s.
+	PingInterval time.Duration
+	// DeadAfter declares the peer dead after this much silence. Negative
+	// disables the check (the kernel never PINGs). Default 10 s.
+	DeadAfter time.Duration
+	// SendQueueBytes bounds what SendWait lets queue up. Default 4 MiB.
+	SendQueueBytes int
+	// HardQueueBytes kills the link if Send queues more than this, which
+	// only a peer that stopped reading can cause. Default 64 MiB.
+	HardQueueBytes int
+	// NoSeqCheck skips the salt sequence check. The kernel assigns its
+	// sequence when queueing and can leave gaps, so its link sets this.
+	NoSeqCheck bool
+	// Handler receives one-way messages and transactions the peer opens,
+	// and messages of transactions without a handler of their own.
+	Handler Handler
+	// OnClose runs once, on the reader goroutine, after the link is down
+	// and every transaction has been failed.
+	OnClose func(err error)
+	Logger  *slog.Logger
+}
+
+func (c *LinkConfig) setDefaults() {
+	if c.PingInterval == 0 {
+		c.PingInterval = time.Second
+	}
+	if c.DeadAfter == 0 {
+		c.DeadAfter = 10 * time.Second
+	}
+	if c.SendQueueBytes <= 0 {
+		c.SendQueueBytes = 4 << 20
+	}
+	if c.HardQueueBytes <= 0 {
+		c.HardQueueBytes = 64 << 20
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Errors a link reports.
+var (
+	ErrLinkClosed = errors.New("dmsg link closed")
+	ErrPeerSilent = errors.New("peer silent")
+	ErrQueueFull  = errors.New("send queue over its hard limit: the peer stopped reading")
+)
+
+// Link is one dmsg connection.
+type Link struct {
+	cfg  LinkConfig
+	conn io.ReadWriteCloser
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	tt       *transTable
+	queue    []*outMsg
+	queued   int       // bytes in queue
+	writing  bool      // the writer holds a batch not yet written
+	space    sync.Cond // signalled as the writer drains the queue
+	wake     chan struct{}
+	dying    chan struct{} // closed by fail
+	err      error
+	failOnce sync.Once
+
+	done chan struct{} // closed when both goroutines are gone
+
+	lastRx   atomic.Int64 // unix nanos of the last message read
+	lastTx   atomic.Int64 // unix nanos of the last write
+	pingSent atomic.Int64 // unix nanos of an unanswered PING, 0 if none
+	rtt      atomic.Int64 // nanos, last PING round trip
+
+	BytesIn, BytesOut atomic.Uint64
+	MsgsIn, MsgsOut   atomic.Uint64
+}
+
+// outMsg is a message queued for the writer. Its header is encoded at send
+// time so callers may reuse their buffers; salt and hdr_crc are filled in by
+// the writer, which alone knows the sequence. Large aux is sent in place.
+type outMsg struct {
+	buf  []byte // header, then small aux and its padding
+	hs   int    // header size within buf
+	aux  []byte // large aux, sent by reference
+	size int    // bytes on the wire
+}
+
+// auxCopyMax is the largest aux copied into the queue; larger aux is written
+// from the caller's buffer, which must not change until the link is done
+// with it (SendWait returns only once it is queued, not written).
+const auxCopyMax = 4096
+
+var outPool = sync.Pool{New: func() any { return &outMsg{buf: make([]byte, 0, 1024)} }}
+
+// NewLink starts a link over conn. It runs until the peer goes away, an
+// error, or Close/Shutdown; Done tells when.
+func NewLink(conn io.ReadWriteCloser, cfg LinkConfig) *Link {
+	cfg.setDefaults()
+	l := &Link{
+		cfg:   cfg,
+		conn:  conn,
+		log:   cfg.Logger.With("peer", cfg.Name),
+		wake:  make(chan struct{}, 1),
+		dying: make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	l.space.L = &l.mu
+	l.tt = newTransTable(l)
+	now := time.Now().UnixNano()
+	l.lastRx.Store(now)
+	l.lastTx.Store(now)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); l.writer() }()
+	go func() { defer wg.Done(); l.reader() }()
+	go func() { wg.Wait(); close(l.done) }()
+	return l
+}
+
+// Name is the peer's name as configured.
+func (l *Link) Name() string { return l.cfg.Name }
+
+// Root is the pseudo-transaction for one-way messages and top-level opens.
+func (l *Link) Root() *Trans { return &l.tt.root }
+
+// Done is closed once the link is down and its transactions are failed.
+func (l *Link) Done() <-chan struct{} { return l.done }
+
+// Err tells why the link went down (nil while it is up).
+func (l *Link) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// RTT is the last PING round trip, 0 before the first answer.
+func (l *Link) RTT() time.Duration { return time.Duration(l.rtt.Load()) }
+
+// Open starts a transaction under t (the root for a top-level one) by
+// sending m with CREATE. h receives the peer's answers; nil leaves them to
+// the link's handler.
+func (t *Trans) Open(m *Msg, h Handler) (*Trans, error) {
+	l := t.link
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return nil, fmt.Errorf("open %s on %s: %w", CmdString(m.Cmd), l.cfg.Name, ErrLinkClosed)
+	}
+	if t.msgid != 0 && (t.removed || t.TxDone()) {
+		return nil, fmt.Errorf("open %s under %v: parent is closing", CmdString(m.Cmd), t)
+	}
+	n := l.tt.open(t, m.Cmd)
+	n.handler = h
+	if err := l.enqueueLocked(n, m); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// SetHandler routes t's later messages to h.
+func (t *Trans) SetHandler(h Handler) {
+	t.link.mu.Lock()
+	t.handler = h
+	t.link.mu.Unlock()
+}
+
+// Send sends m on t (one-way if t is the root). CREATE, REPLY and the REV
+// flags are set as the state requires; m.Cmd may add DELETE or ABORT. It
+// never blocks: handlers use it to answer.
+func (t *Trans) Send(m *Msg) error {
+	l := t.link
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.enqueueLocked(t, m)
+}
+
+// SendWait is Send with back-pressure: it waits while the queue holds more
+// than the configured bound. Never call it from a handler.
+func (t *Trans) SendWait(ctx context.Context, m *Msg) error {
+	l := t.link
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.queued > l.cfg.SendQueueBytes && ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() {
+			l.mu.Lock()
+			l.space.Broadcast()
+			l.mu.Unlock()
+		})
+		defer stop()
+	}
+	for l.queued > l.cfg.SendQueueBytes && l.err == nil {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		l.space.Wait()
+	}
+	return l.enqueueLocked(t, m)
+}
+
+// Reply sends a result (LNK_ERROR carrying code) and keeps t open; on the
+// root it answers a one-way message with a one-way LNK_ERROR|REPLY.
+func (t *Trans) Reply(code uint32) error {
+	cmd := CmdLnkError
+	if t.IsRoot() {
+		cmd |= FlagReply
+	}
+	return t.Send(&Msg{Header: Header{Cmd: cmd, Error: code}})
+}
+
+// Close ends our side of t with LNK_ERROR|DELETE carrying code. Closing an
+// already closed side does nothing.
+func (t *Trans) Close(code uint32) error {
+	l := t.link
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t.TxDone() {
+		return nil
+	}
+	return l.enqueueLocked(t, &Msg{Header: Header{Cmd: CmdLnkError | FlagDelete, Error: code}})
+}
+
+func (l *Link) enqueueLocked(t *Trans, m *Msg) error {
+	if l.err != nil {
+		return fmt.Errorf("send %s to %s: %w", CmdString(m.Cmd), l.cfg.Name, ErrLinkClosed)
+	}
+	if err := m.checkSend(); err != nil {
+		return fmt.Errorf("send to %s: %w", l.cfg.Name, err)
+	}
+	if err := l.tt.prepSend(t, m); err != nil {
+		return err
+	}
+	o := outPool.Get().(*outMsg)
+	o.buf = m.AppendHeader(o.buf[:0], 0)
+	o.hs = len(o.buf)
+	o.aux = nil
+	if len(m.Aux) <= auxCopyMax {
+		o.buf = append(o.buf, m.Aux...)
+		o.buf = append(o.buf, zeroPad[:align64(len(m.Aux))-len(m.Aux)]...)
+	} else {
+		o.aux = m.Aux
+	}
+	o.size = o.hs + align64(len(m.Aux))
+	l.queue = append(l.queue, o)
+	l.queued += o.size
+	if l.queued > l.cfg.HardQueueBytes {
+		l.failLocked(ErrQueueFull)
+		return fmt.Errorf("send to %s: %w", l.cfg.Name, ErrQueueFull)
+	}
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// fail takes the link down once: the first error is the reason.
+func (l *Link) fail(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.failLocked(err)
+}
+
+func (l *Link) failLocked(err error) {
+	l.failOnce.Do(func() {
+		l.err = err
+		close(l.dying)
+		l.space.Broadcast()
+		// Closing the stream is what stops a reader blocked in Read.
+		go l.conn.Close()
+	})
+}
+
+// Close drops the link at once, sending nothing more.
+func (l *Link) Close() error {
+	l.fail(ErrLinkClosed)
+	<-l.done
+	return nil
+}
+
+// Shutdown closes the link cleanly: every transaction still open in our
+// direction gets DELETE (children first), the queue is flushed, then the
+// stream is closed. If ctx ends first the link is dropped as by Close.
+func (l *Link) Shutdown(ctx context.Context) error {
+	l.mu.Lock()
+	if l.err == nil {
+		for _, m := range l.tt.lostLinkOrder() {
+			if !m.TxDone() {
+				_ = l.enqueueLocked(m, &Msg{Header: Header{Cmd: CmdLnkError | FlagDelete}})
+			}
+		}
+	}
+	l.mu.Unlock()
+	flushed := make(chan struct{})
+	go func() {
+		l.mu.Lock()
+		for (len(l.queue) > 0 || l.writing) && l.err == nil {
+			l.space.Wait()
+		}
+		l.mu.Unlock()
+		close(flushed)
+	}()
+	select {
+	case <-flushed:
+	case <-ctx.Done():
+	}
+	l.fail(ErrLinkClosed)
+	select {
+	case <-l.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *Link) writer() {
+	rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	var seq uint32
+	var batch []*outMsg
+	var bufs net.Buffers
+	var tick *time.Ticker
+	var tickC <-chan time.Time
+	if p, d := l.cfg.PingInterval, l.cfg.DeadAfter; p > 0 || d > 0 {
+		// Tick fast enough to PING within 1.5 intervals and to notice
+		// silence within a quarter of the dead bound.
+		iv := time.Duration(1<<63 - 1)
+		if p > 0 {
+			iv = p / 2
+		}
+		if d > 0 {
+			iv = min(iv, d/4)
+		}
+		tick = time.NewTicker(max(iv, time.Millisecond))
+		defer tick.Stop()
+		tickC = tick.C
+	}
+	for {
+		select {
+		case <-l.dying:
+			l.dropQueue()
+			return
+		case now := <-tickC:
+			l.keepalive(now)
+			continue
+		case <-l.wake:
+		}
+		l.mu.Lock()
+		batch, l.queue = l.queue, batch[:0]
+		l.writing = len(batch) > 0
+		l.mu.Unlock()
+		if len(batch) == 0 {
+			continue
+		}
+		bufs = bufs[:0]
+		total := 0
+		for _, o := range batch {
+			// The salt's low byte is the per-direction sequence; libdmsg puts
+			// random bits above it.
+			salt := rng.Uint32()&^0xFF | seq&0xFF
+			seq++
+			putSaltAndCRC(o.buf[:o.hs], salt)
+			bufs = append(bufs, o.buf)
+			if o.aux != nil {
+				bufs = append(bufs, o.aux)
+				if pad := align64(len(o.aux)) - len(o.aux); pad > 0 {
+					bufs = append(bufs, zeroPad[:pad])
+				}
+			}
+			total += o.size
+		}
+		_, err := bufs.WriteTo(l.conn)
+		l.BytesOut.Add(uint64(total))
+		l.MsgsOut.Add(uint64(len(batch)))
+		l.lastTx.Store(time.Now().UnixNano())
+		for i, o := range batch {
+			o.aux = nil
+			outPool.Put(o)
+			batch[i] = nil
+		}
+		l.mu.Lock()
+		l.queued -= total
+		l.writing = false
+		l.space.Broadcast()
+		if len(l.queue) > 0 {
+			select {
+			case l.wake <- struct{}{}:
+			default:
+			}
+		}
+		l.mu.Unlock()
+		if err != nil {
+			l.fail(fmt.Errorf("write: %w", err))
+		}
+	}
+}
+
+func (l *Link) dropQueue() {
+	l.mu.Lock()
+	l.queue = nil
+	l.queued = 0
+	l.writing = false
+	l.space.Broadcast()
+	l.mu.Unlock()
+}
+
+// keepalive declares the peer dead after DeadAfter of hearing nothing, and
+// sends a PING when either direction has been quiet for PingInterval. A
+// DragonFly peer never PINGs by itself but answers ours, so our PINGs are
+// what keep its side of the silence check fed.
+func (l *Link) keepalive(now time.Time) {
+	n := now.UnixNano()
+	if d := l.cfg.DeadAfter; d > 0 && n-l.lastRx.Load() > int64(d) {
+		l.fail(fmt.Errorf("%w for %v", ErrPeerSilent, d))
+		return
+	}
+	p := int64(l.cfg.PingInterval)
+	if p <= 0 || n-l.lastTx.Load() < p && n-l.lastRx.Load() < p {
+		return
+	}
+	if sent := l.pingSent.Load(); sent != 0 && n-sent < p {
+		return
+	}
+	l.pingSent.Store(n)
+	_ = l.Root().Send(&Msg{Header: Header{Cmd: CmdLnkPing}})
+}
+
+func putSaltAndCRC(hdr []byte, salt uint32) {
+	hdr[offSalt] = byte(salt)
+	hdr[offSalt+1] = byte(salt >> 8)
+	hdr[offSalt+2] = byte(salt >> 16)
+	hdr[offSalt+3] = byte(salt >> 24)
+	c := hdrCRC(hdr)
+	hdr[offHdrCRC] = byte(c)
+	hdr[offHdrCRC+1] = byte(c >> 8)
+	hdr[offHdrCRC+2] = byte(c >> 16)
+	hdr[offHdrCRC+3] = byte(c >> 24)
+}
+
+// reader reads and dispatches until the stream fails, then fails every
+// open transaction with LOSTLINK, children first, and runs OnClose.
+func (l *Link) reader() {
+	err := l.readLoop()
+	l.fail(err)
+	l.logDown(err)
+	l.mu.Lock()
+	lost := l.tt.lostLink()
+	l.mu.Unlock()
+	for i := range lost {
+		l.dispatch(&lost[i])
+	}
+	if l.cfg.OnClose != nil {
+		l.cfg.OnClose(l.Err())
+	}
+}
+
+func (l *Link) logDown(err error) {
+	var we *WireError
+	switch {
+	case errors.As(err, &we):
+		l.log.Warn("dmsg link closed: bad message from peer", "field", we.Field, "value", fmt.Sprintf("%#x", we.Value), "reason", we.Reason)
+	case errors.Is(err, ErrLinkClosed):
+		l.log.Debug("dmsg link closed")
+	case errors.Is(err, io.EOF):
+		l.log.Info("dmsg link closed by peer")
+	default:
+		l.log.Warn("dmsg link lost", "err", err)
+	}
+}
+
+// readBufSize is the stream buffer; aux larger than it is read straight
+// into the message buffer.
+const readBufSize = 64 << 10
+
+func (l *Link) readLoop() error {
+	br := bufio.NewReaderSize(l.conn, readBufSize)
+	var hdr [HdrMax]byte
+	var aux []byte
+	var seq uint32
+	var m Msg
+	for {
+		if _, err := io.ReadFull(br, hdr[:HdrSize]); err != nil {
+			return l.readErr(err, "header")
+		}
+		hs, ap, err := PeekSizes(hdr[:HdrSize])
+		if err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(br, hdr[HdrSize:hs]); err != nil {
+			return l.readErr(err, "extended header")
+		}
+		if err := DecodeHeader(hdr[:hs], &m); err != nil {
+			return err
+		}
+		if cap(aux) < ap {
+			aux = make([]byte, ap)
+		}
+		if _, err := io.ReadFull(br, aux[:ap]); err != nil {
+			return l.readErr(err, "aux data")
+		}
+		if err := DecodeAux(aux[:ap], &m); err != nil {
+			return err
+		}
+		if !l.cfg.NoSeqCheck && m.Salt&0xFF != seq&0xFF {
+			return wireErr("salt", uint64(m.Salt), "sequence byte %#x, want %#x", m.Salt&0xFF, seq&0xFF)
+		}
+		seq++
+		l.lastRx.Store(time.Now().UnixNano())
+		l.BytesIn.Add(uint64(hs + ap))
+		l.MsgsIn.Add(1)
+		if err := l.receive(&m); err != nil {
+			return err
+		}
+		select {
+		case <-l.dying:
+			return l.Err()
+		default:
+		}
+	}
+}
+
+func (l *Link) readErr(err error, what string) error {
+	select {
+	case <-l.dying:
+		return l.Err()
+	default:
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return wireErr("length", 0, "stream ended inside a message's %s", what)
+	}
+	if errors.Is(err, io.EOF) {
+		return io.EOF
+	}
+	return fmt.Errorf("read %s: %w", what, err)
+}
+
+// receive runs one message through the state machine and its handler.
+func (l *Link) receive(m *Msg) error {
+	l.mu.Lock()
+	r, err := l.tt.recv(&m.Header)
+	l.mu.Unlock()
+	if err != nil || r.discard {
+		return err
+	}
+	if r.t.IsRoot() {
+		l.oneWay(m)
+		return nil
+	}
+	if r.isNew && r.t.orphan {
+		// Its circuit is unknown (already closed, say); refuse it so that
+		// the peer's state does not hang.
+		_ = r.t.Close(ErrCantCirc)
+		return nil
+	}
+	l.deliver(r.t, m, r.isNew)
+	return nil
+}
+
+// dispatch delivers a simulated message; it cannot fail the link.
+func (l *Link) dispatch(m *Msg) {
+	l.mu.Lock()
+	r, err := l.tt.recv(&m.Header)
+	l.mu.Unlock()
+	if err == nil && !r.discard && !r.t.IsRoot() {
+		l.deliver(r.t, m, r.isNew)
+	}
+}
+
+func (l *Link) deliver(t *Trans, m *Msg, isNew bool) {
+	l.mu.Lock()
+	h := t.handler
+	l.mu.Unlock()
+	if h == nil {
+		h = l.cfg.Handler
+	}
+	if h != nil {
+		h(t, m)
+	}
+	l.mu.Lock()
+	unanswered := isNew && t.handler == nil && t.tx == 0
+	// Once the peer has closed a transaction we opened there is nothing
+	// left to say; one it opened stays open while a handler owns it, which
+	// may answer later (a commit waits for the quorum).
+	autoClose := t.RxDone() && !t.TxDone() && (t.mine || t.handler == nil)
+	l.mu.Unlock()
+	switch {
+	case unanswered:
+		// Nobody took the transaction: refuse it as DragonFly does.
+		_ = t.Close(ErrNoSupp)
+	case autoClose:
+		_ = t.Close(ErrOK)
+	}
+}
+
+// oneWay handles a message outside any transaction.
+func (l *Link) oneWay(m *Msg) {
+	switch m.Cmd & (maskBaseCmd | FlagReply) {
+	case CmdLnkPad:
+		return
+	case CmdLnkPing:
+		_ = l.Root().Send(&Msg{Header: Header{Cmd: CmdLnkPing | FlagReply}})
+		return
+	case CmdLnkPing | FlagReply:
+		if sent := l.pingSent.Swap(0); sent != 0 {
+			l.rtt.Store(time.Now().UnixNano() - sent)
+		}
+		return
+	}
+	if l.cfg.Handler != nil {
+		l.cfg.Handler(l.Root(), m)
+	}
+}
+
+// OpenCount is the number of transactions open on the link.
+func (l *Link) OpenCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.tt.count()
+}
