@@ -510,6 +510,9 @@ func TestLinkShutdownSendsDeletes(t *testing.T) {
 	}))
 	p := &rawPeer{tb: t, c: cb}
 	p.send(Msg{Header: Header{Cmd: CmdDbgShell | FlagCreate, MsgID: 0x10}})
+	if res, err := p.read(); err != nil || res.MsgID != 0x10 {
+		t.Fatalf("no result for the peer's transaction: %v", err)
+	}
 	if _, err := a.Root().Open(&Msg{Header: Header{Cmd: CmdDbgShell}}, func(*Trans, *Msg) {}); err != nil {
 		t.Fatal(err)
 	}

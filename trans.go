@@ -109,6 +109,9 @@ func (tt *transTable) recv(h *Header) (rxResult, error) {
 			return rxResult{t: &tt.root, discard: abort}, nil
 		}
 		t := tt.lookup(h.MsgID, rev)
+		if t != nil && t.mine && t.tx&FlagCreate == 0 {
+			return tt.unsent(h, abort)
+		}
 		if t == nil {
 			if reply {
 				return rxResult{}, protoError("msgid", h.MsgID, "%s for a transaction that is not open", CmdString(cmd))
@@ -161,6 +164,9 @@ func (tt *transTable) recv(h *Header) (rxResult, error) {
 		return rxResult{}, protoError("cmd", uint64(cmd), "REPLY and REVTRANS disagree")
 	}
 	t := tt.lookup(h.MsgID, rev)
+	if t != nil && t.mine && t.tx&FlagCreate == 0 {
+		return tt.unsent(h, abort)
+	}
 	if cmd&FlagCreate != 0 { // REPLY|CREATE[|DELETE]
 		if t == nil {
 			if abort && cmd&FlagDelete != 0 {
@@ -194,6 +200,15 @@ func (tt *transTable) recv(h *Header) (rxResult, error) {
 	t.rx |= FlagDelete
 	tt.reapIfDone(t)
 	return rxResult{t: t}, nil
+}
+
+// unsent answers a message naming a transaction of ours whose CREATE has
+// not gone out: the peer cannot know that msgid.
+func (tt *transTable) unsent(h *Header, abort bool) (rxResult, error) {
+	if abort {
+		return rxResult{discard: true}, nil
+	}
+	return rxResult{}, protoError("msgid", h.MsgID, "%s before we sent CREATE", CmdString(h.Cmd))
 }
 
 func (tt *transTable) lookup(msgid uint64, mine bool) *Trans {
@@ -321,8 +336,8 @@ func (tt *transTable) setOf(m map[uint64]*Trans) map[*Trans]struct{} {
 func (tt *transTable) lostLink() []Msg {
 	var out []Msg
 	for _, t := range tt.lostLinkOrder() {
-		if t.rx&FlagDelete != 0 {
-			continue
+		if t.rx&FlagDelete != 0 || t.mine && t.tx&FlagCreate == 0 {
+			continue // closed, or never announced to the peer
 		}
 		cmd := CmdLnkError | FlagDelete | FlagAbort
 		if t.rx&FlagCreate == 0 {
