@@ -1,3 +1,133 @@
+// Command hammer2 is the cluster side of DragonFly BSD's HAMMER2: the leaf
+// daemon that serves one mounted PFS, and the one-shot commands operators
+// use on it. Installed as /sbin/hammer2-leaf (a link to this binary) it is
+// the leaf command alone, as the mount helper starts it.
 package main
 
-func main() {}
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/alecthomas/kong"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Globals are DragonFly's hammer2 flags that make sense here.
+type Globals struct {
+	Debug   int              `short:"d" type:"counter" help:"Run in the foreground and log more; repeat for debug logs."`
+	Quiet   bool             `short:"q" help:"Log and print only warnings and errors."`
+	Path    string           `short:"s" placeholder:"PATH" help:"The mounted PFS (or, off DragonFly, the PFS directory) to act on; default \".\"."`
+	Config  string           `short:"c" placeholder:"FILE" help:"Config file (default ${defaultConfig} if it exists)."`
+	Version kong.VersionFlag `help:"Print the version and exit."`
+}
+
+// CLI is `hammer2 [flags] <command>`.
+type CLI struct {
+	Globals
+	Leaf       LeafCmd       `cmd:"" help:"Run the cluster leaf daemon for a mounted PFS."`
+	Status     StatusCmd     `cmd:"" help:"Show the PFS's REMOTE linkages and, if a leaf runs, each link's live state."`
+	Connect    ConnectCmd    `cmd:"" help:"Add a REMOTE linkage (span:<host>[:port]) and have the leaf dial it."`
+	Disconnect DisconnectCmd `cmd:"" help:"Remove a REMOTE linkage and have the leaf drop it."`
+	Keygen     KeygenCmd     `cmd:"" help:"Make this node's Ed25519 key and print its public key."`
+}
+
+// LeafCLI is the grammar when the binary runs as hammer2-leaf.
+type LeafCLI struct {
+	Globals
+	LeafCmd `embed:""`
+}
+
+func kongVars() kong.Vars {
+	return kong.Vars{"version": "hammer2-leaf " + version, "defaultConfig": DefaultConfigPath}
+}
+
+func main() {
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+// run dispatches on argv[0] and returns the exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	var (
+		parser *kong.Kong
+		err    error
+		g      *Globals
+	)
+	opts := []kong.Option{kong.Vars(kongVars()), kong.Writers(stdout, stderr), kong.UsageOnError(),
+		kong.Exit(func(code int) { panic(exitCode(code)) })}
+	if filepath.Base(args[0]) == "hammer2-leaf" {
+		var c LeafCLI
+		g = &c.Globals
+		parser, err = kong.New(&c, append(opts, kong.Name("hammer2-leaf"),
+			kong.Description("The HAMMER2 cluster leaf daemon for one mounted PFS."))...)
+	} else {
+		var c CLI
+		g = &c.Globals
+		parser, err = kong.New(&c, append(opts, kong.Name("hammer2"),
+			kong.Description("HAMMER2 cluster commands: the leaf daemon and its one-shot tools."))...)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "hammer2:", err)
+		return 2
+	}
+	code := func() (code int) {
+		defer func() {
+			if r := recover(); r != nil {
+				c, ok := r.(exitCode)
+				if !ok {
+					panic(r)
+				}
+				code = int(c)
+			}
+		}()
+		ctx, err := parser.Parse(args[1:])
+		if err != nil {
+			parser.Errorf("%s", err)
+			return 2
+		}
+		env := &Env{Globals: g, Stdout: stdout, Stderr: stderr, Args: args}
+		if err := ctx.Run(env); err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", parser.Model.Name, err)
+			return 1
+		}
+		return 0
+	}()
+	return code
+}
+
+type exitCode int
+
+// Env is what every command gets.
+type Env struct {
+	*Globals
+	Stdout, Stderr io.Writer
+	Args           []string
+}
+
+// logger builds the daemon's logger for the flags and config.
+func (e *Env) logger(w io.Writer, format string) *slog.Logger {
+	level := slog.LevelInfo
+	switch {
+	case e.Quiet:
+		level = slog.LevelWarn
+	case e.Debug > 1:
+		level = slog.LevelDebug
+	}
+	o := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, o))
+	}
+	return slog.New(slog.NewTextHandler(w, o))
+}
+
+// pfsPath is the PFS a one-shot command acts on: -s, default ".".
+func (e *Env) pfsPath() string {
+	if e.Path != "" {
+		return e.Path
+	}
+	return "."
+}

@@ -1,0 +1,122 @@
+package main
+
+// The local backbone: the node's service daemon. "tcp:127.0.0.1:987" is
+// DragonFly's own C `hammer2 service`, which takes plaintext dmsg from
+// localhost when its remote/127.0.0.1.none file exists; "unix:path" is this
+// binary's service. Reconnects like a remote link.
+
+import (
+	"context"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+)
+
+type backbone struct {
+	network, addr string
+	cancel        context.CancelFunc
+
+	mu    sync.Mutex
+	link  *clusterLink
+	state DialState
+}
+
+func (b *backbone) current() *clusterLink {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.link
+}
+
+func (b *backbone) snapshot() DialState {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.state
+}
+
+func (b *backbone) set(f func(*DialState)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	old := b.state.State
+	f(&b.state)
+	if b.state.State != old {
+		b.state.Since = time.Now()
+	}
+}
+
+// startBackbone replaces the backbone link with one to spec.
+func (l *Leaf) startBackbone(spec string) {
+	network, addr, _ := parseBackbone(spec) // validated with the config
+	l.mu.Lock()
+	old := l.backbone
+	l.backbone = nil
+	l.cfg.Backbone = spec
+	if network != "" {
+		ctx, cancel := context.WithCancel(l.ctx)
+		b := &backbone{network: network, addr: addr, cancel: cancel,
+			state: DialState{Addr: spec, State: DialDialing, Since: time.Now()}}
+		l.backbone = b
+		l.spawn(func() { l.runBackbone(ctx, b) })
+	}
+	l.mu.Unlock()
+	if old != nil {
+		old.cancel()
+	}
+}
+
+func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
+	l.mu.Lock()
+	minB, maxB := l.cfg.RedialMin.Duration, l.cfg.RedialMax.Duration
+	l.mu.Unlock()
+	delay := minB
+	var d net.Dialer
+	for ctx.Err() == nil {
+		b.set(func(s *DialState) { s.State, s.NextTry = DialDialing, time.Time{} })
+		conn, err := d.DialContext(ctx, b.network, b.addr)
+		if err == nil {
+			if tc, ok := conn.(*net.TCPConn); ok {
+				_ = tc.SetNoDelay(true)
+			}
+			c := l.runClusterLink(conn, "backbone "+b.network+":"+b.addr, nil)
+			up := time.Now()
+			b.mu.Lock()
+			b.link = c
+			b.mu.Unlock()
+			b.set(func(s *DialState) { s.State, s.LastErr, s.Failures = DialUp, "", 0 })
+			select {
+			case <-c.link.Done():
+				err = c.link.Err()
+			case <-ctx.Done():
+				sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_ = c.link.Shutdown(sctx)
+				cancel()
+			}
+			b.mu.Lock()
+			b.link = nil
+			b.mu.Unlock()
+			if time.Since(up) > maxB {
+				delay = minB // it was stable; start the backoff over
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		// Full jitter in the upper half keeps a restarted service from
+		// being hit by every leaf at once.
+		wait := delay/2 + rand.N(delay/2+1)
+		next := time.Now().Add(wait)
+		b.set(func(s *DialState) {
+			s.State, s.NextTry, s.Failures = DialBackoff, next, s.Failures+1
+			if err != nil {
+				s.LastErr = err.Error()
+			}
+		})
+		l.log.Info("backbone link down; redialing", "backbone", b.network+":"+b.addr, "in", wait.Round(time.Millisecond), "err", err)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
+		delay = min(delay*2, maxB)
+	}
+	b.set(func(s *DialState) { s.State, s.NextTry = DialStopped, time.Time{} })
+}

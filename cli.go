@@ -1,0 +1,283 @@
+package main
+
+// The commands: leaf, status, connect, disconnect, keygen.
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// LeafCmd runs the daemon.
+type LeafCmd struct {
+	PFS      string `arg:"" optional:"" name:"pfs" help:"Mount point of the PFS (off DragonFly: the PFS directory). Default -s or \".\"."`
+	Listen   string `help:"UDP address remote nodes dial, or \"none\" (overrides the config)."`
+	Backbone string `help:"tcp:<host:port>, unix:<path> or none (overrides the config)."`
+	LogJSON  bool   `name:"log-json" help:"Log JSON lines instead of text."`
+}
+
+func (c *LeafCmd) Run(env *Env) (err error) {
+	defer func() {
+		if err != nil {
+			daemonReady(err) // a waiting parent prints it
+		}
+	}()
+	path := c.PFS
+	if path == "" {
+		path = env.pfsPath()
+	}
+	cfg, err := LoadConfig(env.Config)
+	if err != nil {
+		return err
+	}
+	if c.Listen != "" {
+		cfg.Listen = c.Listen
+	}
+	if c.Backbone != "" {
+		if _, _, err := parseBackbone(c.Backbone); err != nil {
+			return fmt.Errorf("--backbone: %w", err)
+		}
+		cfg.Backbone = c.Backbone
+	}
+	if c.LogJSON {
+		cfg.LogFormat = "json"
+	}
+	pfs, err := OpenPFS(path)
+	if err != nil {
+		return err
+	}
+	defer pfs.Close()
+	info, err := pfs.Info()
+	if err != nil {
+		return err
+	}
+	paths := leafPaths(cfg, pfs, info)
+	if err := os.MkdirAll(paths.dir, 0o755); err != nil {
+		return fmt.Errorf("run directory: %w", err)
+	}
+	if env.Debug == 0 && !isDaemonChild() {
+		return daemonize(env, paths)
+	}
+	log := env.logger(env.Stderr, cfg.LogFormat)
+	pid, err := lockPidFile(paths.pid)
+	if err != nil {
+		return fmt.Errorf("PFS %s: %w", info.Label, err)
+	}
+	defer pid.release()
+
+	key, err := loadOrCreateKey(cfg.KeyDir, log)
+	if err != nil {
+		return err
+	}
+	trust, err := LoadTrustStore(cfg.KeyDir)
+	if err != nil {
+		log.Warn("trusted keys", "err", err) // the others still load
+	}
+	leaf, err := NewLeaf(cfg, pfs, key, trust, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			ncfg, err := LoadConfig(env.Config)
+			if err != nil {
+				log.Error("SIGHUP: config not reloaded", "err", err)
+				continue
+			}
+			if c.Listen != "" {
+				ncfg.Listen = c.Listen
+			}
+			if c.Backbone != "" {
+				ncfg.Backbone = c.Backbone
+			}
+			leaf.Reload(ncfg)
+		}
+	}()
+	return leaf.Run(ctx, paths.control, func() {
+		daemonReady(nil)
+		log.Info("leaf ready", "control", paths.control, "pid_file", paths.pid)
+	})
+}
+
+// loadOrCreateKey reads the node key, making one on first start as sshd
+// makes its host keys: the public half is logged for the operator to share.
+func loadOrCreateKey(dir string, log interface{ Info(string, ...any) }) (ed25519.PrivateKey, error) {
+	k, err := LoadNodeKey(dir)
+	if err == nil {
+		return k, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("key directory: %w", err)
+	}
+	pub, err := GenerateKey(dir, false)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("created the node key", "dir", dir, "public_key", FormatPublicKey(pub), "fingerprint", Fingerprint(pub))
+	return LoadNodeKey(dir)
+}
+
+// StatusCmd is `hammer2 status`.
+type StatusCmd struct {
+	PFS  []string `arg:"" optional:"" name:"path" help:"PFSs to show (default -s or \".\")."`
+	JSON bool     `name:"json" help:"Print JSON (the fields may grow)."`
+}
+
+type statusJSON struct {
+	Path    string      `json:"path"`
+	Slots   []Volconf   `json:"slots"`
+	Leaf    *LeafStatus `json:"leaf,omitempty"`
+	Running bool        `json:"leaf_running"`
+	Error   string      `json:"leaf_error,omitempty"`
+}
+
+func (c *StatusCmd) Run(env *Env) error {
+	paths := c.PFS
+	if len(paths) == 0 {
+		paths = []string{env.pfsPath()}
+	}
+	cfg, err := LoadConfig(env.Config)
+	if err != nil {
+		return err
+	}
+	var all []statusJSON
+	for _, p := range paths {
+		pfs, err := OpenPFS(p)
+		if err != nil {
+			return err
+		}
+		slots, err := pfs.RemoteScan()
+		if err != nil {
+			pfs.Close()
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		info, err := pfs.Info()
+		if err != nil {
+			pfs.Close()
+			return err
+		}
+		rp := leafPaths(cfg, pfs, info)
+		pfs.Close()
+		resp, lerr := controlCall(rp.control, controlRequest{Op: "status"})
+		var st *LeafStatus
+		if lerr == nil {
+			st = resp.Status
+		}
+		if c.JSON {
+			s := statusJSON{Path: p, Slots: slots, Leaf: st, Running: st != nil}
+			if lerr != nil {
+				s.Error = lerr.Error()
+			}
+			all = append(all, s)
+			continue
+		}
+		if len(paths) > 1 {
+			fmt.Fprintf(env.Stdout, "%s:\n", p)
+		}
+		printStatus(env.Stdout, slots, st, lerr)
+	}
+	if c.JSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(all)
+	}
+	return nil
+}
+
+// ConnectCmd is `hammer2 connect <target>`.
+type ConnectCmd struct {
+	Target string `arg:"" help:"span:<host>[:port]"`
+}
+
+func (c *ConnectCmd) Run(env *Env) error {
+	return changeRemote(env, "connect", c.Target, func(pfs PFS) error {
+		_, err := pfs.RemoteAdd(-1, Volconf{Path: c.Target})
+		return err
+	})
+}
+
+// DisconnectCmd is `hammer2 disconnect <target>`.
+type DisconnectCmd struct {
+	Target string `arg:"" help:"The linkage's path, as connect was given it."`
+}
+
+func (c *DisconnectCmd) Run(env *Env) error {
+	return changeRemote(env, "disconnect", c.Target, func(pfs PFS) error {
+		return pfs.RemoteDel(-1, c.Target)
+	})
+}
+
+// changeRemote edits the REMOTE slots as DragonFly's commands do, then
+// tells a running leaf to act on it at once. (On DragonFly the kernel also
+// pushes a VOLCONF to the leaf; the rescan makes that immaterial.)
+func changeRemote(env *Env, verb, target string, change func(PFS) error) error {
+	if len(target) > VolconfPathMax {
+		return fmt.Errorf("%s: Path too long", verb)
+	}
+	pfs, err := OpenPFS(env.pfsPath())
+	if err != nil {
+		return err
+	}
+	defer pfs.Close()
+	if err := change(pfs); err != nil {
+		return fmt.Errorf("%s %s: %w", verb, target, err)
+	}
+	cfg, err := LoadConfig(env.Config)
+	if err != nil {
+		return err
+	}
+	info, err := pfs.Info()
+	if err != nil {
+		return err
+	}
+	if _, err := controlCall(leafPaths(cfg, pfs, info).control, controlRequest{Op: "rescan"}); err != nil {
+		if errors.Is(err, errNotRunning) {
+			return nil // the slot is stored; a leaf will act on it when started
+		}
+		return fmt.Errorf("%s: slot stored, but the leaf did not take it: %w", verb, err)
+	}
+	return nil
+}
+
+// KeygenCmd is `hammer2 keygen`.
+type KeygenCmd struct {
+	Dir   string `help:"Key directory (default: the config's key_dir)." placeholder:"DIR"`
+	Force bool   `help:"Replace an existing key (peers trusting the old one will refuse this node)."`
+}
+
+func (c *KeygenCmd) Run(env *Env) error {
+	dir := c.Dir
+	if dir == "" {
+		cfg, err := LoadConfig(env.Config)
+		if err != nil {
+			return err
+		}
+		dir = cfg.KeyDir
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("key directory: %w", err)
+	}
+	pub, err := GenerateKey(dir, c.Force)
+	if err != nil {
+		return err
+	}
+	if !env.Quiet {
+		fmt.Fprintf(env.Stderr, "hammer2 keygen: created %s/node.key; trust this node by putting the line below in a peer's remote/<name>.pub\n", dir)
+	}
+	fmt.Fprintln(env.Stdout, FormatPublicKey(pub))
+	return nil
+}

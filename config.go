@@ -1,0 +1,187 @@
+package main
+
+// The leaf's configuration file. Every key has a built-in default, so a
+// leaf starts with no file at all; a file that names an unknown key or
+// gives a wrong type is refused with its file, line and key.
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// DefaultConfigPath is read when no --config is given and it exists.
+const DefaultConfigPath = "/etc/hammer2/leaf.toml"
+
+// Config is config.toml.example, key for key.
+type Config struct {
+	// KeyDir holds node.key, node.pub and remote/*.pub.
+	KeyDir string `toml:"key_dir"`
+	// RunDir holds the pid file, control socket and background log of
+	// each leaf. Empty: /var/run/hammer2 on DragonFly; elsewhere the PFS
+	// directory itself.
+	RunDir string `toml:"run_dir"`
+	// Control overrides the control socket path.
+	Control string `toml:"control"`
+	// Listen is the UDP address remote nodes dial; "none" disables it.
+	Listen string `toml:"listen"`
+	// Backbone is the local service daemon: "tcp:host:port" (DragonFly's
+	// C service, plaintext dmsg on loopback), "unix:path", or "none".
+	Backbone string `toml:"backbone"`
+	// PingInterval and DeadAfter apply to the backbone link.
+	PingInterval Duration `toml:"ping_interval"`
+	DeadAfter    Duration `toml:"dead_after"`
+	// RemoteDeadAfter is how soon a silent QUIC peer is declared dead.
+	RemoteDeadAfter Duration `toml:"remote_dead_after"`
+	// RedialMin and RedialMax bound the exponential redial backoff.
+	RedialMin Duration `toml:"redial_min"`
+	RedialMax Duration `toml:"redial_max"`
+	// LogFormat is "text" or "json".
+	LogFormat string `toml:"log_format"`
+	// Remotes are dialed in addition to the PFS's REMOTE slots.
+	Remotes []RemoteConfig `toml:"remote"`
+}
+
+// RemoteConfig is one [[remote]] table.
+type RemoteConfig struct {
+	// Address is host or host:port (port 987 if absent).
+	Address string `toml:"address"`
+	// Key, if set, trusts this public key ("ed25519:..."), named Name.
+	Key  string `toml:"key"`
+	Name string `toml:"name"`
+}
+
+// Duration reads TOML strings like "1s" or "250ms".
+type Duration struct{ time.Duration }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// DefaultConfig is what a leaf runs with when nothing is configured.
+func DefaultConfig() Config {
+	c := Config{
+		KeyDir:          "/etc/hammer2",
+		Listen:          fmt.Sprintf(":%d", ListenPort),
+		Backbone:        "none",
+		PingInterval:    Duration{time.Second},
+		DeadAfter:       Duration{10 * time.Second},
+		RemoteDeadAfter: Duration{3 * time.Second},
+		RedialMin:       Duration{time.Second},
+		RedialMax:       Duration{30 * time.Second},
+		LogFormat:       "text",
+	}
+	if runtime.GOOS == "dragonfly" {
+		c.RunDir = "/var/run/hammer2"
+	} else if os.Geteuid() != 0 {
+		// A user can run the whole daemon on Linux without root.
+		if d, err := os.UserConfigDir(); err == nil {
+			c.KeyDir = filepath.Join(d, "hammer2")
+		}
+	}
+	return c
+}
+
+// LoadConfig reads path over the defaults. An empty path reads
+// DefaultConfigPath if it exists.
+func LoadConfig(path string) (Config, error) {
+	c := DefaultConfig()
+	explicit := path != ""
+	if !explicit {
+		path = DefaultConfigPath
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if !explicit && errors.Is(err, os.ErrNotExist) {
+			return c, nil
+		}
+		return c, fmt.Errorf("config: %w", err)
+	}
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return c, configError(path, err)
+	}
+	if err := c.validate(); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func configError(path string, err error) error {
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, col := de.Position()
+		return fmt.Errorf("config %s:%d:%d: key %s: %s", path, row, col, strings.Join(de.Key(), "."), de.Error())
+	}
+	var se *toml.StrictMissingError
+	if errors.As(err, &se) {
+		var msgs []string
+		for _, e := range se.Errors {
+			row, _ := e.Position()
+			msgs = append(msgs, fmt.Sprintf("%s:%d: unknown key %s", path, row, strings.Join(e.Key(), ".")))
+		}
+		return fmt.Errorf("config %s", strings.Join(msgs, "; "))
+	}
+	return fmt.Errorf("config %s: %w", path, err)
+}
+
+func (c *Config) validate() error {
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		return fmt.Errorf("key log_format: %q is neither \"text\" nor \"json\"", c.LogFormat)
+	}
+	if _, _, err := parseBackbone(c.Backbone); err != nil {
+		return fmt.Errorf("key backbone: %w", err)
+	}
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{{"ping_interval", c.PingInterval}, {"dead_after", c.DeadAfter}, {"remote_dead_after", c.RemoteDeadAfter},
+		{"redial_min", c.RedialMin}, {"redial_max", c.RedialMax}} {
+		if d.v.Duration <= 0 {
+			return fmt.Errorf("key %s: %v is not a positive duration", d.key, d.v)
+		}
+	}
+	if c.RedialMax.Duration < c.RedialMin.Duration {
+		return fmt.Errorf("key redial_max: %v is below redial_min %v", c.RedialMax, c.RedialMin)
+	}
+	for i, r := range c.Remotes {
+		if r.Address == "" {
+			return fmt.Errorf("remote[%d]: key address is required", i)
+		}
+		if r.Key != "" {
+			if _, err := ParsePublicKey(r.Key); err != nil {
+				return fmt.Errorf("remote[%d] (%s): key key: %w", i, r.Address, err)
+			}
+		}
+	}
+	return nil
+}
+
+// parseBackbone splits "tcp:addr", "unix:path" or "none".
+func parseBackbone(s string) (network, addr string, err error) {
+	if s == "none" || s == "" {
+		return "", "", nil
+	}
+	network, addr, ok := strings.Cut(s, ":")
+	if !ok || addr == "" || network != "tcp" && network != "unix" {
+		return "", "", fmt.Errorf("%q is not tcp:<host:port>, unix:<path> or none", s)
+	}
+	return network, addr, nil
+}

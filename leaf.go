@@ -1,0 +1,440 @@
+package main
+
+// The leaf daemon: one per mounted PFS. It holds a link to every cluster
+// node the PFS's REMOTE slots (and the config) name, plus the backbone,
+// advertises the PFS on each, and serves the kernel's link.
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Leaf is a running leaf daemon. Its goroutines all hang off ctx and are
+// waited for by Run.
+type Leaf struct {
+	cfg      Config
+	pfs      PFS
+	info     PFSInfo
+	log      *slog.Logger
+	node     *QuicNode
+	trust    *TrustStore
+	hostname string
+	started  time.Time
+
+	ctx context.Context
+	wg  sync.WaitGroup
+
+	mu       sync.Mutex
+	targets  map[string]*target // by dial address
+	slots    map[int]string     // REMOTE slot -> dial address, as last seen
+	inbound  map[*clusterLink]struct{}
+	backbone *backbone
+	kernel   *Link
+	kernelUp time.Time
+	spans    *spanTable
+}
+
+// target is one remote node we keep a link to.
+type target struct {
+	addr       string
+	slots      []int // REMOTE slots naming it
+	fromConfig bool
+	dialer     *Redialer
+	cancel     context.CancelFunc
+	link       *clusterLink // while up
+}
+
+// NewLeaf prepares a leaf for pfs; Run starts it.
+func NewLeaf(cfg Config, pfs PFS, key ed25519.PrivateKey, trust *TrustStore, log *slog.Logger) (*Leaf, error) {
+	info, err := pfs.Info()
+	if err != nil {
+		return nil, fmt.Errorf("read PFS registration: %w", err)
+	}
+	host, _ := os.Hostname()
+	l := &Leaf{
+		cfg: cfg, pfs: pfs, info: info, trust: trust, hostname: host, started: time.Now(),
+		log:     log.With("pfs", info.Label),
+		targets: map[string]*target{},
+		slots:   map[int]string{},
+		inbound: map[*clusterLink]struct{}{},
+		spans:   newSpanTable(),
+	}
+	listen := cfg.Listen
+	if listen == "none" {
+		listen = ":0" // we still need a socket to dial from
+	}
+	node, err := NewQuicNode(key, trust, QuicConfig{Listen: listen, DeadAfter: cfg.RemoteDeadAfter.Duration, Logger: l.log})
+	if err != nil {
+		return nil, err
+	}
+	l.node = node
+	return l, nil
+}
+
+// Info is the PFS registration the leaf advertises.
+func (l *Leaf) Info() PFSInfo { return l.info }
+
+// Addr is the UDP address remote nodes dial.
+func (l *Leaf) Addr() net.Addr { return l.node.Addr() }
+
+// Run serves until ctx ends (a clean shutdown: every link sends its
+// DELETEs) or the PFS is unmounted, and returns nil in both cases. It
+// serves the control socket at control ("" for none) and calls ready once
+// that answers.
+func (l *Leaf) Run(ctx context.Context, control string, ready func()) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	l.mu.Lock()
+	l.ctx = ctx
+	l.mu.Unlock()
+	if control != "" {
+		if err := l.serveControl(ctx, control); err != nil {
+			l.node.Close()
+			return err
+		}
+	}
+	l.log.Info("leaf starting", "label", l.info.Label, "pfs_clid", l.info.Clid, "pfs_fsid", l.info.Fsid,
+		"type", pfsTypeName(l.info.Type), "listen", l.node.Addr(), "key", l.node.Fingerprint(), "encrypted", true)
+	if err := l.Rescan(); err != nil {
+		l.log.Warn("reading REMOTE slots", "err", err)
+	}
+	l.applyConfigRemotes(l.cfg)
+	l.startBackbone(l.cfg.Backbone)
+	l.spawn(func() { l.acceptLoop(ctx) })
+	l.spawn(func() { l.kernelLoop(ctx, cancel) })
+	l.spawn(func() { l.watchMount(ctx, cancel) })
+	if ready != nil {
+		ready()
+	}
+	<-ctx.Done()
+	l.shutdown()
+	l.wg.Wait()
+	return nil
+}
+
+func (l *Leaf) spawn(f func()) {
+	l.wg.Add(1)
+	go func() { defer l.wg.Done(); f() }()
+}
+
+// watchMount ends the leaf when the PFS goes away (it was unmounted).
+func (l *Leaf) watchMount(ctx context.Context, stop context.CancelFunc) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if !l.pfs.Mounted() {
+				l.log.Info("PFS is no longer mounted; leaf exiting")
+				stop()
+				return
+			}
+		}
+	}
+}
+
+// shutdown closes every link cleanly, in parallel, within a bound.
+func (l *Leaf) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	l.mu.Lock()
+	var links []*Link
+	for _, t := range l.targets {
+		if t.link != nil {
+			links = append(links, t.link.link)
+		}
+	}
+	for c := range l.inbound {
+		links = append(links, c.link)
+	}
+	if l.backbone != nil && l.backbone.current() != nil {
+		links = append(links, l.backbone.current().link)
+	}
+	if l.kernel != nil {
+		links = append(links, l.kernel)
+	}
+	l.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, k := range links {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = k.Shutdown(ctx) }()
+	}
+	wg.Wait()
+	l.node.Close()
+	l.log.Info("leaf stopped")
+}
+
+// Rescan rereads the REMOTE slots and reconciles the remote links.
+func (l *Leaf) Rescan() error {
+	vs, err := l.pfs.RemoteScan()
+	if err != nil {
+		return err
+	}
+	slots := map[int]string{}
+	for _, v := range vs {
+		if addr, ok := spanTarget(v.Path); ok {
+			slots[int(v.CopyID)] = addr
+		}
+	}
+	l.mu.Lock()
+	l.slots = slots
+	l.mu.Unlock()
+	l.reconcile()
+	return nil
+}
+
+// setSlot applies one VOLCONF from the kernel.
+func (l *Leaf) setSlot(v LnkVolconf) {
+	addr, ok := spanTarget(v.Copy.Path)
+	l.mu.Lock()
+	if v.Copy.CopyID == 0 || !ok {
+		delete(l.slots, int(v.Index))
+	} else {
+		l.slots[int(v.Index)] = addr
+	}
+	l.mu.Unlock()
+	l.reconcile()
+}
+
+// spanTarget reads a REMOTE path: only "span:<host>[:port]" names a node,
+// as in DragonFly's service daemon.
+func spanTarget(path string) (string, bool) {
+	host, ok := strings.CutPrefix(path, "span:")
+	if !ok || host == "" {
+		return "", false
+	}
+	return host, true
+}
+
+// applyConfigRemotes trusts the config's keys and marks its targets.
+func (l *Leaf) applyConfigRemotes(cfg Config) {
+	for _, r := range cfg.Remotes {
+		if r.Key == "" {
+			continue
+		}
+		pub, err := ParsePublicKey(r.Key)
+		if err != nil {
+			continue // validated at load
+		}
+		name := r.Name
+		if name == "" {
+			name = r.Address
+		}
+		if err := l.trust.AddKey(name, pub); err != nil {
+			l.log.Warn("trusting configured key", "remote", r.Address, "err", err)
+		}
+	}
+	l.mu.Lock()
+	l.cfg.Remotes = cfg.Remotes
+	l.mu.Unlock()
+	l.reconcile()
+}
+
+// reconcile starts links to new targets and stops links to targets no
+// longer named, leaving the others alone.
+func (l *Leaf) reconcile() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ctx == nil || l.ctx.Err() != nil {
+		return
+	}
+	want := map[string]*target{}
+	for slot, addr := range l.slots {
+		t := want[addr]
+		if t == nil {
+			t = &target{addr: addr}
+			want[addr] = t
+		}
+		t.slots = append(t.slots, slot)
+	}
+	for _, r := range l.cfg.Remotes {
+		t := want[r.Address]
+		if t == nil {
+			t = &target{addr: r.Address}
+			want[r.Address] = t
+		}
+		t.fromConfig = true
+	}
+	for addr, old := range l.targets {
+		if want[addr] == nil {
+			l.log.Info("dropping remote link", "remote", addr)
+			old.cancel()
+			delete(l.targets, addr)
+		}
+	}
+	for addr, w := range want {
+		slices.Sort(w.slots)
+		if old := l.targets[addr]; old != nil {
+			old.slots, old.fromConfig = w.slots, w.fromConfig
+			continue
+		}
+		l.startTarget(w)
+	}
+}
+
+func (l *Leaf) startTarget(t *target) {
+	ctx, cancel := context.WithCancel(l.ctx)
+	t.cancel = cancel
+	t.dialer = NewRedialer(l.node, t.addr, RedialConfig{MinBackoff: l.cfg.RedialMin.Duration, MaxBackoff: l.cfg.RedialMax.Duration})
+	l.targets[t.addr] = t
+	l.log.Info("keeping a link to remote", "remote", t.addr, "slots", t.slots)
+	l.spawn(func() {
+		_ = t.dialer.Run(ctx, func(q *QuicLink) {
+			c := l.runClusterLink(q.Stream(), "remote "+t.addr, q)
+			l.mu.Lock()
+			t.link = c
+			l.mu.Unlock()
+			select {
+			case <-c.link.Done():
+			case <-ctx.Done():
+				sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_ = c.link.Shutdown(sctx)
+				cancel()
+			}
+			l.mu.Lock()
+			t.link = nil
+			l.mu.Unlock()
+		})
+	})
+}
+
+func (l *Leaf) acceptLoop(ctx context.Context) {
+	if l.cfg.Listen == "none" {
+		return
+	}
+	for {
+		q, err := l.node.Accept(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				l.log.Warn("accepting remote links stopped", "err", err)
+			}
+			return
+		}
+		c := l.runClusterLink(q.Stream(), "inbound "+q.RemoteAddr().String(), q)
+		l.mu.Lock()
+		l.inbound[c] = struct{}{}
+		l.mu.Unlock()
+		l.spawn(func() {
+			<-c.link.Done()
+			l.mu.Lock()
+			delete(l.inbound, c)
+			l.mu.Unlock()
+		})
+	}
+}
+
+// kernelLoop holds the kernel's link, taking it again if it drops while
+// the PFS is still mounted, and ends the leaf when the PFS is gone.
+func (l *Leaf) kernelLoop(ctx context.Context, stop context.CancelFunc) {
+	for ctx.Err() == nil {
+		conn, err := l.pfs.Recluster(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				l.log.Warn("handing the kernel its link failed", "err", err)
+				if !l.pfs.Mounted() {
+					stop()
+					return
+				}
+				select {
+				case <-time.After(time.Second):
+				case <-ctx.Done():
+				}
+			}
+			continue
+		}
+		k := newKernelLink(l, conn)
+		l.mu.Lock()
+		l.kernel, l.kernelUp = k, time.Now()
+		l.mu.Unlock()
+		l.log.Info("kernel link up")
+		<-k.Done()
+		l.mu.Lock()
+		l.kernel = nil
+		l.mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		if !l.pfs.Mounted() {
+			l.log.Info("kernel link gone and the PFS is unmounted; leaf exiting")
+			stop()
+			return
+		}
+		l.log.Info("kernel link lost; taking it again", "reason", k.Err())
+	}
+}
+
+// Reload applies a new config: log format aside, the remote list, trusted
+// keys and backbone change without touching links that stay.
+func (l *Leaf) Reload(cfg Config) {
+	if err := l.trust.Reload(); err != nil {
+		l.log.Warn("reloading trusted keys", "err", err)
+	}
+	l.mu.Lock()
+	oldBackbone := l.cfg.Backbone
+	l.cfg.PingInterval, l.cfg.DeadAfter = cfg.PingInterval, cfg.DeadAfter
+	l.cfg.RedialMin, l.cfg.RedialMax = cfg.RedialMin, cfg.RedialMax
+	for _, t := range l.targets {
+		t.dialer.Kick() // a refused peer may be trusted now
+	}
+	l.mu.Unlock()
+	l.applyConfigRemotes(cfg)
+	if cfg.Backbone != oldBackbone {
+		l.startBackbone(cfg.Backbone)
+	}
+	l.log.Info("configuration reloaded", "remotes", len(cfg.Remotes), "backbone", cfg.Backbone)
+}
+
+func pfsTypeName(t uint8) string {
+	names := map[uint8]string{PFSNone: "NONE", PFSCache: "CACHE", PFSSlave: "SLAVE", PFSSoftSlave: "SOFT_SLAVE",
+		PFSSoftMaster: "SOFT_MASTER", PFSMaster: "MASTER", PFSSupRoot: "SUPROOT", PFSDummy: "DUMMY"}
+	if n, ok := names[t&0x0F]; ok {
+		return n
+	}
+	return fmt.Sprintf("TYPE%d", t)
+}
+
+// runPaths are where a leaf for a PFS keeps its pid file, control socket
+// and background log.
+type runPaths struct{ dir, pid, control, log string }
+
+func leafPaths(cfg Config, pfs PFS, info PFSInfo) runPaths {
+	dir := cfg.RunDir
+	if dir == "" {
+		dir = pfs.Path()
+	}
+	base := "leaf-" + info.Fsid.String()
+	p := runPaths{dir: dir, pid: filepath.Join(dir, base+".pid"), control: filepath.Join(dir, base+".sock"),
+		log: filepath.Join(dir, base+".log")}
+	if cfg.Control != "" {
+		p.control = cfg.Control
+	}
+	return p
+}
+
+// snapshotTargets lists targets in address order, for status.
+func (l *Leaf) snapshotTargets() []*target {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	keys := slices.Sorted(maps.Keys(l.targets))
+	out := make([]*target, 0, len(keys))
+	for _, k := range keys {
+		t := *l.targets[k]
+		out = append(out, &t)
+	}
+	return out
+}
+
+var errNotRunning = errors.New("no leaf is running for this PFS")

@@ -1,0 +1,218 @@
+package main
+
+// What `hammer2 status` shows: DragonFly's REMOTE table, extended with each
+// link's live state, and the spans the cluster advertises to the leaf.
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// LeafStatus is a running leaf's state, as the control socket returns it.
+// The JSON form is for scripts; its fields may grow.
+type LeafStatus struct {
+	Label    string       `json:"label"`
+	Clid     UUID         `json:"pfs_clid"`
+	Fsid     UUID         `json:"pfs_fsid"`
+	Type     string       `json:"pfs_type"`
+	Pid      int          `json:"pid"`
+	Started  time.Time    `json:"started"`
+	Listen   string       `json:"listen"`
+	NodeKey  string       `json:"node_key"`
+	Kernel   LinkStatus   `json:"kernel"`
+	Backbone *LinkStatus  `json:"backbone,omitempty"`
+	Remotes  []LinkStatus `json:"remotes"`
+	Inbound  []LinkStatus `json:"inbound"`
+	Spans    []SpanStatus `json:"spans"`
+}
+
+// LinkStatus is one link's live state.
+type LinkStatus struct {
+	Target     string     `json:"target,omitempty"`
+	Slots      []int      `json:"slots,omitempty"`
+	FromConfig bool       `json:"from_config,omitempty"`
+	State      string     `json:"state"`
+	Since      time.Time  `json:"since"`
+	NextTry    *time.Time `json:"next_try,omitempty"`
+	LastErr    string     `json:"last_error,omitempty"`
+	RTT        string     `json:"rtt,omitempty"`
+	PeerName   string     `json:"peer_name,omitempty"`
+	PeerKey    string     `json:"peer_key,omitempty"`
+	BytesIn    uint64     `json:"bytes_in"`
+	BytesOut   uint64     `json:"bytes_out"`
+}
+
+// SpanStatus is one span advertised to the leaf.
+type SpanStatus struct {
+	Label    string `json:"label"`
+	PeerID   UUID   `json:"peer_id"`
+	PfsID    UUID   `json:"pfs_id"`
+	PfsType  string `json:"pfs_type"`
+	PeerType uint8  `json:"peer_type"`
+	Dist     uint32 `json:"dist"`
+	Via      string `json:"via"`
+}
+
+// Status snapshots the leaf.
+func (l *Leaf) Status() LeafStatus {
+	st := LeafStatus{Label: l.info.Label, Clid: l.info.Clid, Fsid: l.info.Fsid, Type: pfsTypeName(l.info.Type),
+		Pid: os.Getpid(), Started: l.started, Listen: l.cfg.Listen, NodeKey: l.node.Fingerprint()}
+	if st.Listen != "none" {
+		st.Listen = l.node.Addr().String()
+	}
+	l.mu.Lock()
+	k, kup, bb := l.kernel, l.kernelUp, l.backbone
+	inbound := make([]*clusterLink, 0, len(l.inbound))
+	for c := range l.inbound {
+		inbound = append(inbound, c)
+	}
+	l.mu.Unlock()
+	st.Kernel = LinkStatus{State: "waiting"}
+	if k != nil {
+		st.Kernel = LinkStatus{State: DialUp, Since: kup}
+		fillLink(&st.Kernel, k, nil)
+	}
+	if bb != nil {
+		ds := bb.snapshot()
+		ls := dialStatus(ds)
+		if c := bb.current(); c != nil {
+			fillLink(&ls, c.link, nil)
+		}
+		st.Backbone = &ls
+	}
+	for _, t := range l.snapshotTargets() {
+		ls := dialStatus(t.dialer.State())
+		ls.Slots, ls.FromConfig = t.slots, t.fromConfig
+		if t.link != nil {
+			fillLink(&ls, t.link.link, t.link.quic)
+		}
+		st.Remotes = append(st.Remotes, ls)
+	}
+	for _, c := range inbound {
+		ls := LinkStatus{Target: c.quic.RemoteAddr().String(), State: DialUp, Since: c.quic.Since()}
+		fillLink(&ls, c.link, c.quic)
+		st.Inbound = append(st.Inbound, ls)
+	}
+	for _, e := range l.spans.list() {
+		st.Spans = append(st.Spans, SpanStatus{Label: e.Span.PeerLabelString(), PeerID: e.Span.PeerID,
+			PfsID: e.Span.PfsID, PfsType: pfsTypeName(e.Span.PfsType), PeerType: e.Span.PeerType,
+			Dist: e.Span.Dist, Via: e.Link})
+	}
+	return st
+}
+
+func dialStatus(ds DialState) LinkStatus {
+	ls := LinkStatus{Target: ds.Addr, State: ds.State, Since: ds.Since, LastErr: ds.LastErr, PeerName: ds.Peer}
+	if !ds.NextTry.IsZero() {
+		nt := ds.NextTry
+		ls.NextTry = &nt
+	}
+	return ls
+}
+
+func fillLink(ls *LinkStatus, k *Link, q *QuicLink) {
+	ls.BytesIn, ls.BytesOut = k.BytesIn.Load(), k.BytesOut.Load()
+	if rtt := k.RTT(); rtt > 0 {
+		ls.RTT = rtt.Round(time.Microsecond).String()
+	}
+	if q != nil {
+		ls.PeerName, ls.PeerKey = q.PeerName(), q.PeerFingerprint()
+		if s := q.Stats(); s.RTT > 0 {
+			ls.RTT = s.RTT.Round(time.Microsecond).String()
+		}
+	}
+}
+
+// printStatus writes DragonFly's REMOTE table (`%5d %-15s ---.%02x %s`),
+// each row followed by its link's state when a leaf runs, then the other
+// links and the spans.
+func printStatus(w io.Writer, slots []Volconf, st *LeafStatus, notRunning error) {
+	bySlot := map[int]LinkStatus{}
+	if st != nil {
+		for _, r := range st.Remotes {
+			for _, s := range r.Slots {
+				bySlot[s] = r
+			}
+		}
+	}
+	if len(slots) == 0 {
+		fmt.Fprintln(w, "No linkages found")
+	} else {
+		fmt.Fprintln(w, "CPYID LABEL           STATUS PATH")
+		for _, v := range slots {
+			line := fmt.Sprintf("%5d %-15s ---.%02x %s", v.CopyID, v.Label, v.Priority, v.Path)
+			if ls, ok := bySlot[int(v.CopyID)]; ok {
+				line += "  " + linkSummary(ls)
+			} else if st != nil {
+				line += "  (not a span: target)"
+			}
+			fmt.Fprintln(w, line)
+		}
+	}
+	if st == nil {
+		fmt.Fprintf(w, "leaf: not running (%v)\n", notRunning)
+		return
+	}
+	fmt.Fprintf(w, "leaf: pid %d, PFS %s (%s) pfs_clid %s pfs_fsid %s, listen %s, key %s\n",
+		st.Pid, st.Label, st.Type, st.Clid, st.Fsid, st.Listen, st.NodeKey)
+	fmt.Fprintf(w, "  kernel    %s\n", linkSummary(st.Kernel))
+	if st.Backbone != nil {
+		fmt.Fprintf(w, "  backbone  %s %s\n", st.Backbone.Target, linkSummary(*st.Backbone))
+	}
+	for _, r := range st.Remotes {
+		if r.FromConfig && len(r.Slots) == 0 {
+			fmt.Fprintf(w, "  config    %s %s\n", r.Target, linkSummary(r))
+		}
+	}
+	for _, r := range st.Inbound {
+		fmt.Fprintf(w, "  inbound   %s %s\n", r.Target, linkSummary(r))
+	}
+	if len(st.Spans) > 0 {
+		fmt.Fprintln(w, "spans:")
+		for _, s := range st.Spans {
+			fmt.Fprintf(w, "  %-20s pfs_clid %s pfs_id %s %-11s dist %d via %s\n",
+				s.Label, s.PeerID, s.PfsID, s.PfsType, s.Dist, s.Via)
+		}
+	}
+}
+
+func linkSummary(ls LinkStatus) string {
+	var b strings.Builder
+	b.WriteString(ls.State)
+	switch ls.State {
+	case DialUp:
+		if ls.RTT != "" {
+			fmt.Fprintf(&b, " rtt %s", ls.RTT)
+		}
+		if ls.PeerKey != "" {
+			fmt.Fprintf(&b, " key %s", ls.PeerKey)
+			if ls.PeerName != "" {
+				fmt.Fprintf(&b, " (%s)", ls.PeerName)
+			}
+		}
+		fmt.Fprintf(&b, " in %s out %s", byteCount(ls.BytesIn), byteCount(ls.BytesOut))
+	case DialBackoff, DialRefused:
+		if ls.NextTry != nil {
+			fmt.Fprintf(&b, " next try in %s", time.Until(*ls.NextTry).Round(100*time.Millisecond))
+		}
+		if ls.LastErr != "" {
+			fmt.Fprintf(&b, ": %s", ls.LastErr)
+		}
+	}
+	return b.String()
+}
+
+func byteCount(n uint64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1fG", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1fM", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1fK", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", n)
+}
