@@ -111,6 +111,9 @@ func LoadConfig(path string) (Config, error) {
 		}
 		return c, fmt.Errorf("config: %w", err)
 	}
+	if err := checkDurations(path, data); err != nil {
+		return c, err
+	}
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
@@ -123,11 +126,6 @@ func LoadConfig(path string) (Config, error) {
 }
 
 func configError(path string, err error) error {
-	var de *toml.DecodeError
-	if errors.As(err, &de) {
-		row, col := de.Position()
-		return fmt.Errorf("config %s:%d:%d: key %s: %s", path, row, col, strings.Join(de.Key(), "."), de.Error())
-	}
 	var se *toml.StrictMissingError
 	if errors.As(err, &se) {
 		var msgs []string
@@ -137,7 +135,44 @@ func configError(path string, err error) error {
 		}
 		return fmt.Errorf("config %s", strings.Join(msgs, "; "))
 	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, col := de.Position()
+		return fmt.Errorf("config %s:%d:%d: key %s: %s", path, row, col, strings.Join(de.Key(), "."), de.Error())
+	}
 	return fmt.Errorf("config %s: %w", path, err)
+}
+
+// durationKeys are the top-level keys holding durations.
+var durationKeys = []string{"ping_interval", "dead_after", "remote_dead_after", "redial_min", "redial_max"}
+
+// checkDurations names the line of a duration key that does not parse:
+// go-toml reports no position for errors from a TextUnmarshaler.
+func checkDurations(path string, data []byte) error {
+	var raw map[string]any
+	if err := toml.Unmarshal(data, &raw); err != nil {
+		return configError(path, err)
+	}
+	for _, k := range durationKeys {
+		v, ok := raw[k]
+		if !ok {
+			continue
+		}
+		s, isStr := v.(string)
+		_, perr := time.ParseDuration(s)
+		if isStr && perr == nil {
+			continue
+		}
+		line := 0
+		for i, l := range strings.Split(string(data), "\n") {
+			if name, _, ok := strings.Cut(strings.TrimSpace(l), "="); ok && strings.TrimSpace(name) == k {
+				line = i + 1
+				break
+			}
+		}
+		return fmt.Errorf("config %s:%d: key %s: %v is not a duration such as \"1s\" or \"250ms\"", path, line, k, v)
+	}
+	return nil
 }
 
 func (c *Config) validate() error {

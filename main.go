@@ -59,7 +59,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	)
 	opts := []kong.Option{kong.Vars(kongVars()), kong.Writers(stdout, stderr), kong.UsageOnError(),
 		kong.Exit(func(code int) { panic(exitCode(code)) })}
-	if filepath.Base(args[0]) == "hammer2-leaf" {
+	if filepath.Base(args[0]) == "hammer2-leaf" && !(len(args) > 1 && isCommand(args[1])) {
 		var c LeafCLI
 		g = &c.Globals
 		parser, err = kong.New(&c, append(opts, kong.Name("hammer2-leaf"),
@@ -100,6 +100,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 type exitCode int
+
+// isCommand reports whether arg names a hammer2 command. Run as
+// hammer2-leaf with one (as `go run .` does, naming the binary after the
+// module) the binary falls back to the full CLI, as u-root's multi-call
+// binaries try argv[1] when argv[0] does not decide.
+func isCommand(arg string) bool {
+	switch arg {
+	case "leaf", "status", "connect", "disconnect", "keygen":
+		return true
+	}
+	return false
+}
 
 // Env is what every command gets.
 type Env struct {
