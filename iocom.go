@@ -83,8 +83,9 @@ type Link struct {
 
 	mu       sync.Mutex
 	tt       *transTable
-	queue    []*outMsg
-	queued   int       // bytes in queue
+	queue    []*outMsg // control: written first
+	bulkq    []*outMsg // large aux, and whatever must follow it in order
+	queued   int       // bytes in both queues
 	writing  bool      // the writer holds a batch not yet written
 	space    sync.Cond // signalled as the writer drains the queue
 	wake     chan struct{}
@@ -111,7 +112,13 @@ type outMsg struct {
 	hs   int    // header size within buf
 	aux  []byte // large aux, sent by reference
 	size int    // bytes on the wire
+	t    *Trans // for the bulk lane's ordering
+	bulk bool
 }
+
+// bulkBatch is how much bulk data the writer takes between two looks at the
+// control queue: what a PING or a span update may wait behind.
+const bulkBatch = 128 << 10
 
 // auxCopyMax is the largest aux copied into the queue; larger aux is written
 // from the caller's buffer, which must not change until the link is done
@@ -268,7 +275,17 @@ func (l *Link) enqueueLocked(t *Trans, m *Msg) error {
 		o.aux = m.Aux
 	}
 	o.size = o.hs + align64(len(m.Aux))
-	l.queue = append(l.queue, o)
+	// Large aux goes to the bulk lane, and so does anything a transaction
+	// sends after its own bulk message, so that nothing overtakes within a
+	// transaction. PINGs always stay in front: they measure the link.
+	ping := t.IsRoot() && m.Cmd&maskBaseCmd == CmdLnkPing
+	o.t, o.bulk = t, !ping && (o.aux != nil || t.pendingBulk > 0)
+	if o.bulk {
+		t.pendingBulk++
+		l.bulkq = append(l.bulkq, o)
+	} else {
+		l.queue = append(l.queue, o)
+	}
 	l.queued += o.size
 	if l.queued > l.cfg.HardQueueBytes {
 		l.failLocked(ErrQueueFull)
@@ -321,7 +338,7 @@ func (l *Link) Shutdown(ctx context.Context) error {
 	flushed := make(chan struct{})
 	go func() {
 		l.mu.Lock()
-		for (len(l.queue) > 0 || l.writing) && l.err == nil {
+		for (len(l.queue) > 0 || len(l.bulkq) > 0 || l.writing) && l.err == nil {
 			l.space.Wait()
 		}
 		l.mu.Unlock()
@@ -373,6 +390,13 @@ func (l *Link) writer() {
 		}
 		l.mu.Lock()
 		batch, l.queue = l.queue, batch[:0]
+		for n := 0; len(l.bulkq) > 0 && n < bulkBatch; {
+			o := l.bulkq[0]
+			l.bulkq[0] = nil
+			l.bulkq = l.bulkq[1:]
+			batch = append(batch, o)
+			n += o.size
+		}
 		l.writing = len(batch) > 0
 		l.mu.Unlock()
 		if len(batch) == 0 {
@@ -399,16 +423,19 @@ func (l *Link) writer() {
 		l.BytesOut.Add(uint64(total))
 		l.MsgsOut.Add(uint64(len(batch)))
 		l.lastTx.Store(time.Now().UnixNano())
+		l.mu.Lock()
 		for i, o := range batch {
-			o.aux = nil
+			if o.bulk {
+				o.t.pendingBulk--
+			}
+			o.aux, o.t = nil, nil
 			outPool.Put(o)
 			batch[i] = nil
 		}
-		l.mu.Lock()
 		l.queued -= total
 		l.writing = false
 		l.space.Broadcast()
-		if len(l.queue) > 0 {
+		if len(l.queue) > 0 || len(l.bulkq) > 0 {
 			select {
 			case l.wake <- struct{}{}:
 			default:
@@ -423,7 +450,7 @@ func (l *Link) writer() {
 
 func (l *Link) dropQueue() {
 	l.mu.Lock()
-	l.queue = nil
+	l.queue, l.bulkq = nil, nil
 	l.queued = 0
 	l.writing = false
 	l.space.Broadcast()

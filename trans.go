@@ -33,6 +33,8 @@ type Trans struct {
 	removed  bool
 	orphan   bool // opened under a circuit we do not know
 
+	pendingBulk int // messages in the link's bulk lane not yet written
+
 	// Data is for the owner of the transaction (the span or quorum code).
 	Data any
 }
