@@ -7,10 +7,12 @@ package main
 // links and never changes dist or rnss.
 
 import (
+	"bytes"
 	"cmp"
 	"fmt"
 	"io"
 	"slices"
+	"sort"
 	"sync"
 	"time"
 )
@@ -189,3 +191,331 @@ func (c *clusterLink) handle(t *Trans, m *Msg) {
 }
 
 func (c *clusterLink) String() string { return fmt.Sprintf("cluster link %s", c.name) }
+
+// ---------------------------------------------------------------------------
+// The relay router: DragonFly's spanning tree (libdmsg msg_lnk.c) as a
+// deterministic state machine. It takes events (a peer's LNK_CONN opened or
+// closed, a span received or withdrawn, a relay closed by its receiver, a
+// link lost) and returns the relays to open and close. It does no I/O and
+// starts no goroutines: the service drives it over real links, the
+// simulator over in-memory ones.
+//
+// Spans are grouped by cluster (peer_type, peer_id, peer_label) and node
+// (pfs_label, pfs_id); a node's received links are ordered by (dist, rnss,
+// arrival). For every (node, connection) only the single best link is
+// relayed, and only if it passes the filters (dist cap, split horizon,
+// the connection's peer_mask, the client rules); a failing best link is not
+// replaced by a worse one. A relay carries dist+1 and rnss plus a random
+// per-process value. A new relay is opened before the one it replaces is
+// closed. Work is incremental: an event rescans only the nodes and
+// connections it touches, which gives the same result as libdmsg's full
+// pass.
+
+// SpanMaxDist is DMSG_SPAN_MAXDIST: spans further away are not relayed,
+// which ends the tail-chasing of withdrawn spans around loops.
+const SpanMaxDist = 16
+
+type (
+	connID  uint64 // a connection, as the driver numbers them
+	spanID  uint64 // a received span, as the driver numbers them
+	relayID uint64 // a span we opened, as the router numbers them
+)
+
+// spanAction is one relay to open or close.
+type spanAction struct {
+	Open  bool
+	Conn  connID
+	Relay relayID
+	Span  *LnkSpan // the span to send, dist and rnss already set (Open only)
+}
+
+type clusterKey struct {
+	peerType uint8
+	peerID   UUID
+	label    [LabelSize]byte
+}
+
+type nodeKey struct {
+	label [LabelSize]byte
+	pfsID UUID
+}
+
+type spanCluster struct {
+	key   clusterKey
+	nodes map[nodeKey]*spanNode
+}
+
+type spanNode struct {
+	cluster *spanCluster
+	key     nodeKey
+	links   []*spanLink // best first
+	relays  map[connID]*spanRelay
+}
+
+type spanLink struct {
+	id   spanID
+	conn connID
+	node *spanNode
+	body *LnkSpan // as received; shared, never modified
+	tie  uint64   // arrival order, the last tiebreak
+}
+
+func (a *spanLink) less(b *spanLink) bool {
+	if a.body.Dist != b.body.Dist {
+		return a.body.Dist < b.body.Dist
+	}
+	if a.body.RNSS != b.body.RNSS {
+		return a.body.RNSS < b.body.RNSS
+	}
+	return a.tie < b.tie
+}
+
+type spanRelay struct {
+	id   relayID
+	conn connID
+	node *spanNode
+	link *spanLink
+}
+
+type spanConn struct {
+	id     connID
+	filter LnkConn
+	relays map[relayID]*spanRelay
+}
+
+// spanRouter is one node's spanning-tree state.
+type spanRouter struct {
+	salt     uint32 // added to rnss on every relay: a per-hop path signature
+	conns    map[connID]*spanConn
+	connIDs  []connID // sorted, for a deterministic order
+	links    map[spanID]*spanLink
+	relays   map[relayID]*spanRelay
+	clusters map[clusterKey]*spanCluster
+	next     relayID
+	arrivals uint64
+	out      []spanAction
+}
+
+func newSpanRouter(salt uint32) *spanRouter {
+	return &spanRouter{salt: salt, conns: map[connID]*spanConn{}, links: map[spanID]*spanLink{},
+		relays: map[relayID]*spanRelay{}, clusters: map[clusterKey]*spanCluster{}}
+}
+
+// take returns and clears the pending actions.
+func (r *spanRouter) take() []spanAction {
+	out := r.out
+	r.out = nil
+	return out
+}
+
+// connUp records a peer's LNK_CONN (its filter) and relays to it.
+func (r *spanRouter) connUp(id connID, filter LnkConn) {
+	if r.conns[id] != nil {
+		return
+	}
+	c := &spanConn{id: id, filter: filter, relays: map[relayID]*spanRelay{}}
+	r.conns[id] = c
+	i, _ := slices.BinarySearch(r.connIDs, id)
+	r.connIDs = slices.Insert(r.connIDs, i, id)
+	for _, n := range r.sortedNodes() {
+		r.scan(n, c)
+	}
+}
+
+// connDown closes every relay we sent on a connection whose LNK_CONN is
+// gone. The spans received on it stay until withdrawn (see linkDown).
+func (r *spanRouter) connDown(id connID) {
+	c := r.conns[id]
+	if c == nil {
+		return
+	}
+	for _, rl := range sortedRelays(c.relays) {
+		r.closeRelay(rl)
+	}
+	delete(r.conns, id)
+	if i, ok := slices.BinarySearch(r.connIDs, id); ok {
+		r.connIDs = slices.Delete(r.connIDs, i, i+1)
+	}
+}
+
+// linkDown is a lost link: its LNK_CONN and every span it brought go.
+func (r *spanRouter) linkDown(id connID) {
+	r.connDown(id)
+	var gone []spanID
+	for sid, l := range r.links {
+		if l.conn == id {
+			gone = append(gone, sid)
+		}
+	}
+	slices.Sort(gone)
+	for _, sid := range gone {
+		r.spanDown(sid)
+	}
+}
+
+// spanUp records a span received on conn and relays it where it is best.
+func (r *spanRouter) spanUp(conn connID, id spanID, body *LnkSpan) {
+	if r.links[id] != nil {
+		return
+	}
+	ck := clusterKey{peerType: body.PeerType, peerID: body.PeerID, label: body.PeerLabel}
+	cl := r.clusters[ck]
+	if cl == nil {
+		cl = &spanCluster{key: ck, nodes: map[nodeKey]*spanNode{}}
+		r.clusters[ck] = cl
+	}
+	nk := nodeKey{label: body.PfsLabel, pfsID: body.PfsID}
+	n := cl.nodes[nk]
+	if n == nil {
+		n = &spanNode{cluster: cl, key: nk, relays: map[connID]*spanRelay{}}
+		cl.nodes[nk] = n
+	}
+	r.arrivals++
+	l := &spanLink{id: id, conn: conn, node: n, body: body, tie: r.arrivals}
+	i := sort.Search(len(n.links), func(i int) bool { return l.less(n.links[i]) })
+	n.links = slices.Insert(n.links, i, l)
+	r.links[id] = l
+	if i == 0 {
+		r.scanNode(n) // only a new best link changes what is relayed
+	}
+}
+
+// spanDown withdraws a received span: its relays close and the next best
+// link, if any, is relayed instead.
+func (r *spanRouter) spanDown(id spanID) {
+	l := r.links[id]
+	if l == nil {
+		return
+	}
+	delete(r.links, id)
+	n := l.node
+	i := slices.Index(n.links, l)
+	n.links = slices.Delete(n.links, i, i+1)
+	if i == 0 {
+		r.scanNode(n) // make-before-break: the replacement opens first
+	}
+	for _, rl := range sortedRelays(relaysOf(n, l)) {
+		r.closeRelay(rl)
+	}
+	if len(n.links) == 0 && len(n.relays) == 0 {
+		delete(n.cluster.nodes, n.key)
+		if len(n.cluster.nodes) == 0 {
+			delete(r.clusters, n.cluster.key)
+		}
+	}
+}
+
+// relayClosed forgets a relay its receiver closed. It is not reopened
+// until something about its node changes, as in libdmsg.
+func (r *spanRouter) relayClosed(id relayID) {
+	rl := r.relays[id]
+	if rl == nil {
+		return
+	}
+	r.forget(rl)
+}
+
+func relaysOf(n *spanNode, l *spanLink) map[relayID]*spanRelay {
+	m := map[relayID]*spanRelay{}
+	for _, rl := range n.relays {
+		if rl.link == l {
+			m[rl.id] = rl
+		}
+	}
+	return m
+}
+
+// scanNode brings a node's relays up to date on every connection.
+func (r *spanRouter) scanNode(n *spanNode) {
+	for _, id := range r.connIDs {
+		r.scan(n, r.conns[id])
+	}
+}
+
+// scan is libdmsg's per-(node, connection) step.
+func (r *spanRouter) scan(n *spanNode, c *spanConn) {
+	var want *spanLink
+	if len(n.links) > 0 && r.passes(n.links[0], c) {
+		want = n.links[0]
+	}
+	old := n.relays[c.id]
+	if old != nil && old.link == want {
+		return
+	}
+	if want != nil {
+		r.next++
+		rl := &spanRelay{id: r.next, conn: c.id, node: n, link: want}
+		body := *want.body
+		body.Dist++
+		body.RNSS += r.salt
+		n.relays[c.id] = rl
+		c.relays[rl.id] = rl
+		r.relays[rl.id] = rl
+		r.out = append(r.out, spanAction{Open: true, Conn: c.id, Relay: rl.id, Span: &body})
+	}
+	if old != nil {
+		r.closeRelay(old)
+	}
+}
+
+// passes applies libdmsg's relay filters to the best link of a node.
+func (r *spanRouter) passes(l *spanLink, c *spanConn) bool {
+	s, f := l.body, &c.filter
+	switch {
+	case s.Dist > SpanMaxDist:
+		return false
+	case l.conn == c.id: // split horizon
+		return false
+	case s.PeerType >= 64 || f.PeerMask&(1<<s.PeerType) == 0:
+		return false
+	case f.PeerType == PeerClient && s.PeerType == PeerClient:
+		return false
+	case f.PeerType == PeerClient && !f.PeerID.IsNil() && f.PeerID != s.PeerID:
+		return false
+	}
+	return true
+}
+
+func (r *spanRouter) closeRelay(rl *spanRelay) {
+	r.out = append(r.out, spanAction{Conn: rl.conn, Relay: rl.id})
+	r.forget(rl)
+}
+
+func (r *spanRouter) forget(rl *spanRelay) {
+	delete(r.relays, rl.id)
+	if c := r.conns[rl.conn]; c != nil {
+		delete(c.relays, rl.id)
+	}
+	if rl.node.relays[rl.conn] == rl {
+		delete(rl.node.relays, rl.conn)
+	}
+}
+
+func (r *spanRouter) sortedNodes() []*spanNode {
+	var out []*spanNode
+	for _, cl := range r.clusters {
+		for _, n := range cl.nodes {
+			out = append(out, n)
+		}
+	}
+	slices.SortFunc(out, compareNodes)
+	return out
+}
+
+func compareNodes(a, b *spanNode) int {
+	return cmp.Or(
+		cmp.Compare(a.cluster.key.peerType, b.cluster.key.peerType),
+		bytes.Compare(a.cluster.key.peerID[:], b.cluster.key.peerID[:]),
+		bytes.Compare(a.cluster.key.label[:], b.cluster.key.label[:]),
+		bytes.Compare(a.key.label[:], b.key.label[:]),
+		bytes.Compare(a.key.pfsID[:], b.key.pfsID[:]))
+}
+
+func sortedRelays(m map[relayID]*spanRelay) []*spanRelay {
+	out := make([]*spanRelay, 0, len(m))
+	for _, rl := range m {
+		out = append(out, rl)
+	}
+	slices.SortFunc(out, func(a, b *spanRelay) int { return cmp.Compare(a.id, b.id) })
+	return out
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/datadriven"
+)
+
+// spanScript drives a spanRouter from testdata/span/*.txt. uuids are
+// written as short names and printed back as them.
+type spanScript struct {
+	r     *spanRouter
+	names map[UUID]string
+}
+
+func (s *spanScript) uuid(name string) UUID {
+	if name == "" || name == "nil" {
+		return UUID{}
+	}
+	h := sha256.Sum256([]byte(name))
+	var u UUID
+	copy(u[:], h[:])
+	s.names[u] = name
+	return u
+}
+
+func (s *spanScript) name(u UUID) string {
+	if u.IsNil() {
+		return "nil"
+	}
+	if n, ok := s.names[u]; ok {
+		return n
+	}
+	return u.String()
+}
+
+func argOr(td *datadriven.TestData, key, def string) string {
+	if a, ok := td.Arg(key); ok && len(a.Vals) > 0 {
+		return a.Vals[0]
+	}
+	return def
+}
+
+func argU(t *testing.T, td *datadriven.TestData, key string, def uint64) uint64 {
+	v := argOr(td, key, "")
+	if v == "" {
+		return def
+	}
+	if v == "all" {
+		return ^uint64(0)
+	}
+	n, err := strconv.ParseUint(v, 0, 64)
+	if err != nil {
+		td.Fatalf(t, "%s=%s: %v", key, v, err)
+	}
+	return n
+}
+
+func (s *spanScript) run(t *testing.T, td *datadriven.TestData) string {
+	switch td.Cmd {
+	case "router":
+		s.r = newSpanRouter(uint32(argU(t, td, "salt", 100)))
+		return "ok"
+	case "conn":
+		f := LnkConn{PeerMask: argU(t, td, "peer_mask", ^uint64(0)), PeerType: uint8(argU(t, td, "peer_type", PeerCluster)),
+			PeerID: s.uuid(argOr(td, "peer_id", ""))}
+		s.r.connUp(connID(argU(t, td, "id", 0)), f)
+	case "conn-down":
+		s.r.connDown(connID(argU(t, td, "id", 0)))
+	case "link-down":
+		s.r.linkDown(connID(argU(t, td, "id", 0)))
+	case "span":
+		sp := &LnkSpan{PeerID: s.uuid(argOr(td, "clid", "c1")), PfsID: s.uuid(argOr(td, "fsid", "f1")),
+			PfsType: uint8(argU(t, td, "type", PFSMaster)), PeerType: uint8(argU(t, td, "peer_type", PeerHammer2)),
+			ProtoVersion: 1, Dist: uint32(argU(t, td, "dist", 0)), RNSS: uint32(argU(t, td, "rnss", 0))}
+		sp.SetLabels(argOr(td, "label", "pfs"), argOr(td, "pfs_label", ""))
+		s.r.spanUp(connID(argU(t, td, "conn", 0)), spanID(argU(t, td, "id", 0)), sp)
+	case "span-down":
+		s.r.spanDown(spanID(argU(t, td, "id", 0)))
+	case "relay-closed":
+		s.r.relayClosed(relayID(argU(t, td, "id", 0)))
+	case "tree":
+		return s.tree()
+	default:
+		td.Fatalf(t, "unknown command %s", td.Cmd)
+	}
+	return s.actions()
+}
+
+func (s *spanScript) actions() string {
+	var b strings.Builder
+	for _, a := range s.r.take() {
+		if a.Open {
+			fmt.Fprintf(&b, "open relay=%d conn=%d %s/%s dist=%d rnss=%d\n", a.Relay, a.Conn,
+				a.Span.PeerLabelString(), s.name(a.Span.PfsID), a.Span.Dist, a.Span.RNSS)
+		} else {
+			fmt.Fprintf(&b, "close relay=%d conn=%d\n", a.Relay, a.Conn)
+		}
+	}
+	if b.Len() == 0 {
+		return "no actions"
+	}
+	return strings.TrimSuffix(b.String(), "\n")
+}
+
+// tree prints the state as DragonFly's shell `tree` does, sorted.
+func (s *spanScript) tree() string {
+	var b strings.Builder
+	for _, n := range s.r.sortedNodes() {
+		fmt.Fprintf(&b, "cluster %d %s (%s) node %s (%s)\n", n.cluster.key.peerType, s.name(n.cluster.key.peerID),
+			label(n.cluster.key.label[:]), s.name(n.key.pfsID), label(n.key.label[:]))
+		for _, l := range n.links {
+			fmt.Fprintf(&b, "  link span=%d dist=%d rnss=%d via conn=%d\n", l.id, l.body.Dist, l.body.RNSS, l.conn)
+		}
+		var conns []int
+		for c := range n.relays {
+			conns = append(conns, int(c))
+		}
+		sort.Ints(conns)
+		for _, c := range conns {
+			rl := n.relays[connID(c)]
+			fmt.Fprintf(&b, "  relay=%d of span=%d to conn=%d\n", rl.id, rl.link.id, c)
+		}
+	}
+	if b.Len() == 0 {
+		return "empty"
+	}
+	return strings.TrimSuffix(b.String(), "\n")
+}
+
+func TestSpanRouterScripts(t *testing.T) {
+	datadriven.Walk(t, "testdata/span", func(t *testing.T, path string) {
+		s := &spanScript{r: newSpanRouter(100), names: map[UUID]string{}}
+		datadriven.RunTest(t, path, s.run)
+	})
+}
