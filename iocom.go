@@ -419,7 +419,10 @@ func (l *Link) writer() {
 			}
 			total += o.size
 		}
-		_, err := bufs.WriteTo(l.conn)
+		// WriteTo consumes the slice it is given; writing from a copy of
+		// the header keeps bufs' backing array for the next batch.
+		wb := bufs
+		_, err := wb.WriteTo(l.conn)
 		l.BytesOut.Add(uint64(total))
 		l.MsgsOut.Add(uint64(len(batch)))
 		l.lastTx.Store(time.Now().UnixNano())
