@@ -125,6 +125,10 @@ func loadOrCreateKey(dir string, log interface{ Info(string, ...any) }) (ed25519
 	}
 	pub, err := GenerateKey(dir, false)
 	if err != nil {
+		// Another daemon starting at the same moment may have made it.
+		if k, lerr := LoadNodeKey(dir); lerr == nil {
+			return k, nil
+		}
 		return nil, err
 	}
 	log.Info("created the node key", "dir", dir, "public_key", FormatPublicKey(pub), "fingerprint", Fingerprint(pub))

@@ -47,6 +47,23 @@ type Config struct {
 	LogFormat string `toml:"log_format"`
 	// Remotes are dialed in addition to the PFS's REMOTE slots.
 	Remotes []RemoteConfig `toml:"remote"`
+	// Service configures `hammer2 service`.
+	Service ServiceSection `toml:"service"`
+}
+
+// ServiceSection is the [service] table.
+type ServiceSection struct {
+	// Unix is the socket leaves connect to.
+	Unix string `toml:"unix"`
+	// TCP is where DragonFly's own tools and kernel connect (plaintext
+	// dmsg); keep it on loopback. "none" disables it.
+	TCP string `toml:"tcp"`
+	// Listen is the UDP address other nodes dial; "none" disables it. A
+	// leaf on the same node must then listen elsewhere (or "none").
+	Listen string `toml:"listen"`
+	// Autoconn lists nodes (host or host:port) to keep links to, as
+	// DragonFly's /etc/hammer2/autoconn does.
+	Autoconn []string `toml:"autoconn"`
 }
 
 // RemoteConfig is one [[remote]] table.
@@ -84,6 +101,11 @@ func DefaultConfig() Config {
 		RedialMin:       Duration{time.Second},
 		RedialMax:       Duration{30 * time.Second},
 		LogFormat:       "text",
+		Service: ServiceSection{
+			Unix:   defaultServiceSocket(),
+			TCP:    fmt.Sprintf("127.0.0.1:%d", ListenPort),
+			Listen: fmt.Sprintf(":%d", ListenPort),
+		},
 	}
 	if runtime.GOOS == "dragonfly" {
 		c.RunDir = "/var/run/hammer2"
@@ -94,6 +116,18 @@ func DefaultConfig() Config {
 		}
 	}
 	return c
+}
+
+// defaultServiceSocket is where leaves find the service: the system run
+// directory as root, a per-user temporary one otherwise.
+func defaultServiceSocket() string {
+	switch {
+	case runtime.GOOS == "dragonfly":
+		return "/var/run/hammer2/service.sock"
+	case os.Geteuid() == 0:
+		return "/run/hammer2/service.sock"
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("hammer2-%d", os.Getuid()), "service.sock")
 }
 
 // LoadConfig reads path over the defaults. An empty path reads

@@ -34,6 +34,7 @@ type CLI struct {
 	Connect    ConnectCmd    `cmd:"" help:"Add a REMOTE linkage (span:<host>[:port]) and have the leaf dial it."`
 	Disconnect DisconnectCmd `cmd:"" help:"Remove a REMOTE linkage and have the leaf drop it."`
 	Keygen     KeygenCmd     `cmd:"" help:"Make this node's Ed25519 key and print its public key."`
+	Service    ServiceCmd    `cmd:"" help:"Run the node's service daemon: the backbone that relays spans between links."`
 }
 
 // LeafCLI is the grammar when the binary runs as hammer2-leaf.
@@ -107,7 +108,7 @@ type exitCode int
 // binaries try argv[1] when argv[0] does not decide.
 func isCommand(arg string) bool {
 	switch arg {
-	case "leaf", "status", "connect", "disconnect", "keygen":
+	case "leaf", "status", "connect", "disconnect", "keygen", "service":
 		return true
 	}
 	return false

@@ -1,0 +1,411 @@
+package main
+
+// The service daemon (`hammer2 service`): the node's backbone in full
+// relay mode. It accepts leaves on a Unix socket, DragonFly-compatible
+// plaintext dmsg on TCP (what DragonFly's mount_hammer2, kernel and C tools
+// use on 127.0.0.1:987) and QUIC links from other nodes, keeps links to the
+// nodes its config lists, and runs the span router over all of them.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Service is a running service daemon.
+type Service struct {
+	cfg      ServiceConfig
+	log      *slog.Logger
+	node     *QuicNode
+	hostname string
+
+	ctx context.Context
+	wg  sync.WaitGroup
+
+	mu      sync.Mutex // guards router and everything reached from links
+	router  *spanRouter
+	links   map[connID]*svcLink
+	nextID  connID
+	nextSp  spanID
+	started time.Time
+}
+
+// ServiceConfig says where the service listens and whom it dials.
+type ServiceConfig struct {
+	Unix      string        // leaves connect here; "" for none
+	TCP       string        // plaintext dmsg, e.g. "127.0.0.1:987"; "" for none
+	Autoconn  []string      // nodes to keep QUIC links to
+	DeadAfter time.Duration // dmsg silence bound on each link
+	Ping      time.Duration
+	RedialMin time.Duration
+	RedialMax time.Duration
+}
+
+// svcLink is one connection of the service.
+type svcLink struct {
+	id     connID
+	name   string
+	link   *Link
+	quic   *QuicLink
+	since  time.Time
+	conn   *Trans // the peer's LNK_CONN, while open
+	spans  map[*Trans]spanID
+	relays map[relayID]*Trans
+}
+
+// NewService prepares a service; node may be nil (no QUIC links).
+func NewService(cfg ServiceConfig, node *QuicNode, log *slog.Logger) *Service {
+	host, _ := os.Hostname()
+	return &Service{cfg: cfg, log: log, node: node, hostname: host, started: time.Now(),
+		router: newSpanRouter(rand.Uint32() | 1), links: map[connID]*svcLink{}}
+}
+
+// errAlreadyRunning means another service holds the listening socket.
+var errAlreadyRunning = errors.New("daemon already running")
+
+// Run serves until ctx ends. Binding the TCP or Unix socket failing because
+// it is in use means another service runs: errAlreadyRunning, as DragonFly's
+// "master listen: daemon already running".
+func (s *Service) Run(ctx context.Context, ready func()) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.ctx = ctx
+	var lns []net.Listener
+	if s.cfg.TCP != "" {
+		ln, err := net.Listen("tcp", s.cfg.TCP)
+		if err != nil {
+			return listenErr(err)
+		}
+		lns = append(lns, ln)
+	}
+	if s.cfg.Unix != "" {
+		if c, err := net.DialTimeout("unix", s.cfg.Unix, time.Second); err == nil {
+			c.Close()
+			closeAll(lns)
+			return errAlreadyRunning
+		}
+		_ = os.Remove(s.cfg.Unix)
+		ln, err := net.Listen("unix", s.cfg.Unix)
+		if err != nil {
+			closeAll(lns)
+			return fmt.Errorf("listen %s: %w", s.cfg.Unix, err)
+		}
+		lns = append(lns, ln)
+	}
+	for _, ln := range lns {
+		s.spawn(func() { s.acceptStream(ctx, ln) })
+	}
+	if s.node != nil {
+		s.spawn(func() { s.acceptQuic(ctx) })
+		for _, addr := range s.cfg.Autoconn {
+			d := NewRedialer(s.node, addr, RedialConfig{MinBackoff: s.cfg.RedialMin, MaxBackoff: s.cfg.RedialMax})
+			s.spawn(func() {
+				_ = d.Run(ctx, func(q *QuicLink) {
+					sl := s.addLink(q.Stream(), "node "+addr, q)
+					select {
+					case <-sl.link.Done():
+					case <-ctx.Done():
+					}
+				})
+			})
+		}
+	}
+	s.log.Info("service running", "tcp", s.cfg.TCP, "unix", s.cfg.Unix, "quic", s.quicAddr(), "autoconn", s.cfg.Autoconn)
+	if ready != nil {
+		ready()
+	}
+	<-ctx.Done()
+	closeAll(lns)
+	s.shutdown()
+	s.wg.Wait()
+	return nil
+}
+
+var errAddrInUse = syscall.EADDRINUSE
+
+func listenErr(err error) error {
+	if errors.Is(err, errAddrInUse) {
+		return errAlreadyRunning
+	}
+	return fmt.Errorf("listen: %w", err)
+}
+
+func closeAll(lns []net.Listener) {
+	for _, ln := range lns {
+		ln.Close()
+	}
+}
+
+func (s *Service) quicAddr() string {
+	if s.node == nil {
+		return "none"
+	}
+	return s.node.Addr().String()
+}
+
+func (s *Service) spawn(f func()) {
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); f() }()
+}
+
+func (s *Service) acceptStream(ctx context.Context, ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("accept stopped", "listen", ln.Addr(), "err", err)
+			}
+			return
+		}
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(true)
+		}
+		name := "client " + c.RemoteAddr().String()
+		if c.RemoteAddr().Network() == "unix" {
+			name = "leaf"
+		}
+		s.addLink(c, name, nil)
+	}
+}
+
+func (s *Service) acceptQuic(ctx context.Context) {
+	for {
+		q, err := s.node.Accept(ctx)
+		if err != nil {
+			return
+		}
+		s.addLink(q.Stream(), "node "+q.RemoteAddr().String(), q)
+	}
+}
+
+// addLink starts a link and sends our LNK_CONN on it, as DragonFly's
+// service does on every connection: peer_type CLUSTER, every peer type.
+func (s *Service) addLink(rw interface {
+	Read([]byte) (int, error)
+	Write([]byte) (int, error)
+	Close() error
+}, name string, q *QuicLink) *svcLink {
+	s.mu.Lock()
+	s.nextID++
+	sl := &svcLink{id: s.nextID, name: fmt.Sprintf("%s #%d", name, s.nextID), quic: q, since: time.Now(),
+		spans: map[*Trans]spanID{}, relays: map[relayID]*Trans{}}
+	s.links[sl.id] = sl
+	s.mu.Unlock()
+	sl.link = NewLink(rw, LinkConfig{Name: sl.name, PingInterval: s.cfg.Ping, DeadAfter: s.cfg.DeadAfter, Logger: s.log,
+		Handler: func(t *Trans, m *Msg) { s.handle(sl, t, m) },
+		OnClose: func(error) { s.linkGone(sl) }})
+	c := LnkConn{PeerType: PeerCluster, PeerMask: ^uint64(0), PeerLabel: s.hostname + "/hammer2-service"}
+	if _, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkConn}, Ext: c.Marshal()}, func(*Trans, *Msg) {}); err != nil {
+		s.log.Warn("sending LNK_CONN", "link", sl.name, "err", err)
+	}
+	s.log.Info("link up", "link", sl.name)
+	return sl
+}
+
+// handle runs on sl's reader goroutine.
+func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
+	if t.IsRoot() {
+		if m.Cmd&(maskBaseCmd|FlagReply) == CmdDbgShell {
+			s.shellCommand(t, ShellText(m.Aux))
+		}
+		return
+	}
+	if m.Cmd&FlagCreate == 0 {
+		return
+	}
+	switch t.Cmd() {
+	case CmdLnkConn:
+		filter, err := ParseLnkConn(m.Ext)
+		if err != nil {
+			_ = t.Close(ErrParam)
+			return
+		}
+		t.SetHandler(func(t *Trans, m *Msg) {
+			if m.Cmd&FlagDelete != 0 {
+				s.mu.Lock()
+				sl.conn = nil
+				s.router.connDown(sl.id)
+				s.applyLocked()
+				s.mu.Unlock()
+				_ = t.Close(ErrOK)
+			}
+		})
+		_ = t.Reply(ErrOK)
+		s.mu.Lock()
+		sl.conn = t
+		s.router.connUp(sl.id, filter)
+		s.applyLocked()
+		s.mu.Unlock()
+	case CmdLnkSpan:
+		body := new(LnkSpan)
+		if err := body.Unmarshal(m.Ext); err != nil {
+			_ = t.Close(ErrParam)
+			return
+		}
+		t.SetHandler(func(t *Trans, m *Msg) {
+			if m.Cmd&FlagDelete != 0 && m.Cmd&FlagReply == 0 {
+				s.spanGone(sl, t)
+				_ = t.Close(ErrOK)
+			}
+		})
+		_ = t.Reply(ErrOK)
+		s.mu.Lock()
+		s.nextSp++
+		sl.spans[t] = s.nextSp
+		s.router.spanUp(sl.id, s.nextSp, body)
+		s.applyLocked()
+		s.mu.Unlock()
+		if m.Cmd&FlagDelete != 0 {
+			s.spanGone(sl, t)
+			_ = t.Close(ErrOK)
+		}
+	}
+}
+
+func (s *Service) spanGone(sl *svcLink, t *Trans) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id, ok := sl.spans[t]; ok {
+		delete(sl.spans, t)
+		s.router.spanDown(id)
+		s.applyLocked()
+	}
+}
+
+// linkGone runs after the link's transactions were failed (which already
+// withdrew its spans one by one); it drops whatever is left.
+func (s *Service) linkGone(sl *svcLink) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.router.linkDown(sl.id)
+	s.applyLocked()
+	delete(s.links, sl.id)
+	s.log.Info("link down", "link", sl.name, "reason", sl.link.Err())
+}
+
+// applyLocked sends what the router decided.
+func (s *Service) applyLocked() {
+	for _, a := range s.router.take() {
+		sl := s.links[a.Conn]
+		if sl == nil {
+			continue
+		}
+		if !a.Open {
+			if t := sl.relays[a.Relay]; t != nil {
+				delete(sl.relays, a.Relay)
+				_ = t.Close(ErrOK)
+			}
+			continue
+		}
+		rid := a.Relay
+		t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: a.Span.Marshal()},
+			func(t *Trans, m *Msg) {
+				// The receiver closed our relay: forget it (libdmsg reopens it
+				// only when the node changes).
+				if m.Cmd&FlagDelete != 0 {
+					s.mu.Lock()
+					if sl.relays[rid] == t {
+						delete(sl.relays, rid)
+						s.router.relayClosed(rid)
+					}
+					s.mu.Unlock()
+				}
+			})
+		if err != nil {
+			continue // the link is going down; linkGone cleans up
+		}
+		sl.relays[rid] = t
+	}
+}
+
+func (s *Service) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	s.mu.Lock()
+	var links []*Link
+	for _, sl := range s.links {
+		links = append(links, sl.link)
+	}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, k := range links {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = k.Shutdown(ctx) }()
+	}
+	wg.Wait()
+	if s.node != nil {
+		s.node.Close()
+	}
+}
+
+// shellCommand answers one line of DragonFly's debug shell. Output goes as
+// one-way DBG_SHELL|REPLY text, then the prompt.
+func (s *Service) shellCommand(root *Trans, line string) {
+	out := s.shellOutput(strings.TrimSpace(line))
+	_ = root.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux(out + "debug> ")})
+}
+
+func (s *Service) shellOutput(line string) string {
+	cmd, arg, _ := strings.Cut(line, " ")
+	switch cmd {
+	case "":
+		return ""
+	case "help", "?":
+		return "help            Command help\ntree            Dump the spanning tree\nping            Ping this daemon\n"
+	case "ping":
+		return "ping reply\n"
+	case "tree":
+		return s.tree()
+	default:
+		_ = arg
+		return fmt.Sprintf("Unrecognized command: %s\n", cmd)
+	}
+}
+
+// tree dumps the router's state as DragonFly's shell does.
+func (s *Service) tree() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b strings.Builder
+	peerNames := map[uint8]string{PeerNone: "NONE", PeerCluster: "CLUSTER", PeerBlock: "BLOCK", PeerHammer2: "HAMMER2"}
+	byConn := map[connID]string{}
+	for id, sl := range s.links {
+		byConn[id] = sl.name
+	}
+	for _, n := range s.router.sortedNodes() {
+		pt, ok := peerNames[n.cluster.key.peerType]
+		if !ok {
+			pt = "?PEERTYPE?"
+		}
+		fmt.Fprintf(&b, "Cluster %s %s (%s)\n", pt, n.cluster.key.peerID, label(n.cluster.key.label[:]))
+		fmt.Fprintf(&b, "    Node %02x %s (%s)\n", nodeType(n), n.key.pfsID, label(n.key.label[:]))
+		for _, l := range n.links {
+			fmt.Fprintf(&b, "\tSLink span %d dist=%d via %s\n", l.id, l.body.Dist, byConn[l.conn])
+		}
+		conns := make([]int, 0, len(n.relays))
+		for c := range n.relays {
+			conns = append(conns, int(c))
+		}
+		sort.Ints(conns)
+		for _, c := range conns {
+			fmt.Fprintf(&b, "\t    Relay-out %d via %s\n", n.relays[connID(c)].id, byConn[connID(c)])
+		}
+	}
+	return b.String()
+}
+
+func nodeType(n *spanNode) uint8 {
+	if len(n.links) > 0 {
+		return n.links[0].body.PfsType
+	}
+	return 0
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+)
+
+// ServiceCmd is `hammer2 service`.
+type ServiceCmd struct {
+	Unix     string   `help:"Unix socket for leaves (overrides [service] unix)."`
+	TCP      string   `name:"tcp" help:"Plaintext dmsg address for DragonFly's tools, or none (overrides [service] tcp)."`
+	Listen   string   `help:"UDP address for other nodes, or none (overrides [service] listen)."`
+	Autoconn []string `help:"Nodes to keep links to (adds to [service] autoconn)."`
+}
+
+func (c *ServiceCmd) Run(env *Env) (err error) {
+	defer func() {
+		if err != nil {
+			daemonReady(err)
+		}
+	}()
+	cfg, err := LoadConfig(env.Config)
+	if err != nil {
+		return err
+	}
+	sc := cfg.Service
+	for _, o := range []struct{ flag, dst *string }{{&c.Unix, &sc.Unix}, {&c.TCP, &sc.TCP}, {&c.Listen, &sc.Listen}} {
+		if *o.flag != "" {
+			*o.dst = *o.flag
+		}
+	}
+	sc.Autoconn = append(sc.Autoconn, c.Autoconn...)
+	for _, p := range []*string{&sc.Unix, &sc.TCP} {
+		if *p == "none" {
+			*p = ""
+		}
+	}
+	if sc.Unix != "" {
+		if err := os.MkdirAll(filepath.Dir(sc.Unix), 0o755); err != nil {
+			return fmt.Errorf("service socket directory: %w", err)
+		}
+	}
+	dir := filepath.Dir(sc.Unix)
+	if sc.Unix == "" {
+		dir = os.TempDir()
+	}
+	paths := runPaths{dir: dir, pid: filepath.Join(dir, "service.pid"), log: filepath.Join(dir, "service.log")}
+	if env.Debug == 0 && !isDaemonChild() {
+		err := daemonize(env, paths)
+		if errors.Is(err, errAlreadyRunning) || err != nil && err.Error() == errAlreadyRunning.Error() {
+			return c.alreadyRunning(env)
+		}
+		return err
+	}
+	log := env.logger(env.Stderr, cfg.LogFormat)
+	pid, err := lockPidFile(paths.pid)
+	if err != nil {
+		return c.alreadyRunning(env)
+	}
+	defer pid.release()
+	var node *QuicNode
+	if sc.Listen != "none" || len(sc.Autoconn) > 0 {
+		key, err := loadOrCreateKey(cfg.KeyDir, log)
+		if err != nil {
+			return err
+		}
+		trust, err := LoadTrustStore(cfg.KeyDir)
+		if err != nil {
+			log.Warn("trusted keys", "err", err)
+		}
+		for _, r := range cfg.Remotes {
+			if pub, err := ParsePublicKey(r.Key); err == nil {
+				_ = trust.AddKey(cmp.Or(r.Name, r.Address), pub)
+			}
+		}
+		listen := sc.Listen
+		if listen == "none" {
+			listen = ":0"
+		}
+		node, err = NewQuicNode(key, trust, QuicConfig{Listen: listen, DeadAfter: cfg.RemoteDeadAfter.Duration, Logger: log})
+		if err != nil {
+			return err
+		}
+	}
+	svc := NewService(ServiceConfig{Unix: sc.Unix, TCP: sc.TCP, Autoconn: sc.Autoconn,
+		DeadAfter: cfg.DeadAfter.Duration, Ping: cfg.PingInterval.Duration,
+		RedialMin: cfg.RedialMin.Duration, RedialMax: cfg.RedialMax.Duration}, node, log)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	err = svc.Run(ctx, func() { daemonReady(nil) })
+	if errors.Is(err, errAlreadyRunning) {
+		if node != nil {
+			node.Close()
+		}
+		return c.alreadyRunning(env)
+	}
+	return err
+}
+
+// alreadyRunning is success, as in DragonFly: `hammer2 -q service` is an
+// idempotent "make sure it runs".
+func (c *ServiceCmd) alreadyRunning(env *Env) error {
+	daemonReady(errAlreadyRunning)
+	if !env.Quiet {
+		fmt.Fprintln(env.Stderr, "hammer2: service: daemon already running")
+	}
+	return nil
+}
