@@ -35,6 +35,7 @@ type CLI struct {
 	Disconnect DisconnectCmd `cmd:"" help:"Remove a REMOTE linkage and have the leaf drop it."`
 	Keygen     KeygenCmd     `cmd:"" help:"Make this node's Ed25519 key and print its public key."`
 	Service    ServiceCmd    `cmd:"" help:"Run the node's service daemon: the backbone that relays spans between links."`
+	Shell      ShellCmd      `cmd:"" help:"DragonFly's debug shell, on a service (host[:port] or unix:<path>)."`
 }
 
 // LeafCLI is the grammar when the binary runs as hammer2-leaf.
@@ -108,7 +109,7 @@ type exitCode int
 // binaries try argv[1] when argv[0] does not decide.
 func isCommand(arg string) bool {
 	switch arg {
-	case "leaf", "status", "connect", "disconnect", "keygen", "service":
+	case "leaf", "status", "connect", "disconnect", "keygen", "service", "shell":
 		return true
 	}
 	return false
@@ -117,8 +118,16 @@ func isCommand(arg string) bool {
 // Env is what every command gets.
 type Env struct {
 	*Globals
+	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 	Args           []string
+}
+
+func envStdin(e *Env) io.Reader {
+	if e.Stdin != nil {
+		return e.Stdin
+	}
+	return os.Stdin
 }
 
 // logger builds the daemon's logger for the flags and config.

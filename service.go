@@ -215,7 +215,7 @@ func (s *Service) addLink(rw interface {
 func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 	if t.IsRoot() {
 		if m.Cmd&(maskBaseCmd|FlagReply) == CmdDbgShell {
-			s.shellCommand(t, ShellText(m.Aux))
+			shellCommands{tree: s.tree, span: s.shellSpan}.answer(t, ShellText(m.Aux))
 		}
 		return
 	}
@@ -347,28 +347,19 @@ func (s *Service) shutdown() {
 	}
 }
 
-// shellCommand answers one line of DragonFly's debug shell. Output goes as
-// one-way DBG_SHELL|REPLY text, then the prompt.
-func (s *Service) shellCommand(root *Trans, line string) {
-	out := s.shellOutput(strings.TrimSpace(line))
-	_ = root.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux(out + "debug> ")})
-}
-
-func (s *Service) shellOutput(line string) string {
-	cmd, arg, _ := strings.Cut(line, " ")
-	switch cmd {
-	case "":
-		return ""
-	case "help", "?":
-		return "help            Command help\ntree            Dump the spanning tree\nping            Ping this daemon\n"
-	case "ping":
-		return "ping reply\n"
-	case "tree":
-		return s.tree()
-	default:
-		_ = arg
-		return fmt.Sprintf("Unrecognized command: %s\n", cmd)
+// shellSpan links to another node at once, as DragonFly's `span <host>`.
+func (s *Service) shellSpan(host string) string {
+	if s.node == nil {
+		return fmt.Sprintf("Connection to %s failed: this service has no QUIC node\n", host)
 	}
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	q, err := s.node.Dial(ctx, host)
+	if err != nil {
+		return fmt.Sprintf("Connection to %s failed: %v\n", host, err)
+	}
+	s.addLink(q.Stream(), "node "+host, q)
+	return fmt.Sprintf("Connected to %s\n", host)
 }
 
 // tree dumps the router's state as DragonFly's shell does.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -46,11 +47,14 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 			return fmt.Errorf("service socket directory: %w", err)
 		}
 	}
-	dir := filepath.Dir(sc.Unix)
+	// The pid file and log sit beside the socket and are named after it,
+	// so that several services (tests, or one per address) can share a
+	// directory.
+	base := strings.TrimSuffix(sc.Unix, ".sock")
 	if sc.Unix == "" {
-		dir = os.TempDir()
+		base = filepath.Join(os.TempDir(), fmt.Sprintf("hammer2-service-%d", os.Getuid()))
 	}
-	paths := runPaths{dir: dir, pid: filepath.Join(dir, "service.pid"), log: filepath.Join(dir, "service.log")}
+	paths := runPaths{dir: filepath.Dir(base), pid: base + ".pid", log: base + ".log"}
 	if env.Debug == 0 && !isDaemonChild() {
 		err := daemonize(env, paths)
 		if errors.Is(err, errAlreadyRunning) || err != nil && err.Error() == errAlreadyRunning.Error() {

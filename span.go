@@ -13,6 +13,7 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -144,7 +145,13 @@ func (l *Leaf) ourSpan() LnkSpan {
 
 // handle takes the transactions the peer opens and its one-way messages.
 func (c *clusterLink) handle(t *Trans, m *Msg) {
-	if t.IsRoot() || m.Cmd&FlagCreate == 0 {
+	if t.IsRoot() {
+		if m.Cmd&(maskBaseCmd|FlagReply) == CmdDbgShell {
+			shellCommands{tree: c.leaf.shellTree}.answer(t, ShellText(m.Aux))
+		}
+		return
+	}
+	if m.Cmd&FlagCreate == 0 {
 		return
 	}
 	switch t.Cmd() {
@@ -188,6 +195,18 @@ func (c *clusterLink) handle(t *Trans, m *Msg) {
 		_ = t.Reply(ErrOK)
 	}
 	// Anything else is refused with NOSUPP by the link.
+}
+
+// shellTree lists what the cluster advertises to the leaf.
+func (l *Leaf) shellTree() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Leaf %s %s (%s)\n", pfsTypeName(l.info.Type), l.info.Fsid, l.info.Label)
+	for _, e := range l.spans.list() {
+		fmt.Fprintf(&b, "Cluster %d %s (%s)\n    Node %02x %s (%s)\n\tSLink dist=%d via %s\n",
+			e.Span.PeerType, e.Span.PeerID, e.Span.PeerLabelString(), e.Span.PfsType, e.Span.PfsID,
+			e.Span.PfsLabelString(), e.Span.Dist, e.Link)
+	}
+	return b.String()
 }
 
 func (c *clusterLink) String() string { return fmt.Sprintf("cluster link %s", c.name) }

@@ -1,0 +1,155 @@
+package main
+
+// DragonFly's debug shell: one-way DBG_SHELL messages carrying a
+// NUL-terminated line of text; answers come back as one-way
+// DBG_SHELL|REPLY text ending with the prompt. The service and the leaf
+// answer it; `hammer2 shell` is the client.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+)
+
+const shellPrompt = "debug> "
+
+// shellCommands is what a daemon offers its shell. span is nil where
+// linking to another node is not possible.
+type shellCommands struct {
+	tree func() string
+	span func(host string) string
+}
+
+// answer runs one line and sends the output and the prompt.
+func (sc shellCommands) answer(root *Trans, line string) {
+	out := sc.run(strings.TrimSpace(line))
+	_ = root.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux(out + shellPrompt)})
+}
+
+func (sc shellCommands) run(line string) string {
+	cmd, arg, _ := strings.Cut(line, " ")
+	arg = strings.TrimSpace(arg)
+	switch cmd {
+	case "":
+		return ""
+	case "help", "?":
+		s := "help            Command help\n" +
+			"tree            Dump the spanning tree\n" +
+			"ping            Ping this daemon\n"
+		if sc.span != nil {
+			s += "span <host>     Link to another node\n"
+		}
+		return s
+	case "ping":
+		return "ping reply\n"
+	case "tree":
+		return sc.tree()
+	case "span":
+		if sc.span == nil {
+			return "span: not available here\n"
+		}
+		if arg == "" {
+			return "span: needs a host\n"
+		}
+		return sc.span(arg)
+	}
+	return fmt.Sprintf("Unrecognized command: %s\n", cmd)
+}
+
+// ShellCmd is `hammer2 shell [host]`.
+type ShellCmd struct {
+	Target string `arg:"" optional:"" help:"host[:port] (plaintext dmsg over TCP, default 127.0.0.1:987) or unix:<path> (a service's socket)."`
+}
+
+func (c *ShellCmd) Run(env *Env) error {
+	network, addr := "tcp", c.Target
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, addr = "unix", p
+	} else if addr == "" {
+		addr = fmt.Sprintf("127.0.0.1:%d", ListenPort)
+	} else if _, _, err := net.SplitHostPort(addr); err != nil {
+		addr = net.JoinHostPort(addr, fmt.Sprint(ListenPort))
+	}
+	conn, err := net.DialTimeout(network, addr, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("shell: %w", err)
+	}
+	return runShell(conn, envStdin(env), env.Stdout, env.logger(env.Stderr, "text"))
+}
+
+// runShell drives one session: lines from in, answers to out. Each line
+// (and the prompt request) gets one answer; at the end of input it waits
+// for the answers still owed.
+func runShell(conn io.ReadWriteCloser, in io.Reader, out io.Writer, log interface {
+	Info(string, ...any)
+}) error {
+	var mu sync.Mutex
+	asked, answered := 0, 0
+	changed := make(chan struct{}, 1)
+	ask := func(l *Link, text string) error {
+		mu.Lock()
+		asked++
+		mu.Unlock()
+		return l.Root().Send(&Msg{Header: Header{Cmd: CmdDbgShell}, Aux: ShellAux(text)})
+	}
+	var l *Link
+	l = NewLink(conn, LinkConfig{Name: "shell", PingInterval: -1, DeadAfter: -1,
+		Handler: func(t *Trans, m *Msg) {
+			switch {
+			case t.IsRoot() && m.Cmd&(maskBaseCmd|FlagReply) == CmdDbgShell|FlagReply:
+				fmt.Fprint(out, ShellText(m.Aux))
+				mu.Lock()
+				answered++
+				mu.Unlock()
+				select {
+				case changed <- struct{}{}:
+				default:
+				}
+			case !t.IsRoot() && t.Cmd() == CmdLnkConn && m.Cmd&FlagCreate != 0:
+				// As DragonFly's shell: note it, ask for a prompt, and refuse
+				// the CONN so that no spans are sent to a shell.
+				fmt.Fprintln(out, "Debug Shell received LNK_CONN")
+				_ = ask(l, "")
+				_ = t.Close(ErrNoSupp)
+			}
+		}})
+	owed := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return answered < asked
+	}
+	wait := func() error {
+		deadline := time.After(10 * time.Second)
+		for owed() {
+			select {
+			case <-changed:
+			case <-l.Done():
+				return fmt.Errorf("shell: link lost: %v", l.Err())
+			case <-deadline:
+				return errors.New("shell: no answer in 10s")
+			}
+		}
+		return nil
+	}
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		if err := ask(l, sc.Text()); err != nil {
+			return fmt.Errorf("shell: %w", err)
+		}
+		// Answer before the next line, so output follows input as typed.
+		if err := wait(); err != nil {
+			return err
+		}
+	}
+	werr := wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = l.Shutdown(ctx)
+	return werr
+}
