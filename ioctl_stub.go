@@ -18,7 +18,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,13 +38,14 @@ type stubPFS struct {
 	dir string
 
 	remoteMu sync.Mutex // serializes this handle's table edits; flock covers other handles
-	acceptMu sync.Mutex // one Recluster waits at a time
 
-	linkMu sync.Mutex // guards the fields below
-	closed bool
-	ln     *net.UnixListener
-	lnStat os.FileInfo // the socket file ln created, so Close removes only that
-	conn   net.Conn    // the link handed out last; a newer one replaces it
+	linkMu  sync.Mutex // guards the fields below
+	closed  bool
+	ln      *net.UnixListener
+	lnStat  os.FileInfo   // the socket file ln created, so Close removes only that
+	conn    net.Conn      // the link handed out last; a newer one replaces it
+	pending net.Conn      // accepted, not yet handed out
+	arrived chan struct{} // signalled when pending is set
 }
 
 // OpenPFS opens the stub PFS in dir ("." if empty), creating the directory
@@ -223,49 +223,60 @@ func stubEncodeImage(t *remoteTable) []byte {
 	return b
 }
 
-// Recluster waits for a simulated kernel to dial KernelSocketPath and
-// returns that connection, closing the one returned before: like
-// RECLUSTER, a new link replaces the old one.
+// Recluster returns the next simulated kernel to dial KernelSocketPath.
+// Kernels are accepted in the background, so that one dialing while the
+// leaf serves another replaces it at once, as RECLUSTER replaces the
+// kernel's link: the served connection is closed (the leaf sees the link
+// end) and the new one is handed out by the next Recluster.
 func (p *stubPFS) Recluster(ctx context.Context) (net.Conn, error) {
-	p.acceptMu.Lock()
-	defer p.acceptMu.Unlock()
-	ln, err := p.listener()
-	if err != nil {
+	if _, err := p.listener(); err != nil {
 		return nil, err
 	}
-
-	// Accept has no context; a past deadline wakes it instead, and must be
-	// cleared again only after the wake-up func has finished.
-	woke := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		ln.SetDeadline(time.Unix(1, 0))
-		close(woke)
-	})
-	c, err := ln.Accept()
-	if !stop() {
-		<-woke
-		ln.SetDeadline(time.Time{})
-	}
-	if err != nil {
-		if ctx.Err() != nil {
+	for {
+		p.linkMu.Lock()
+		if p.closed {
+			p.linkMu.Unlock()
+			return nil, fmt.Errorf("recluster %s: %w", p.dir, os.ErrClosed)
+		}
+		if c := p.pending; c != nil {
+			p.pending, p.conn = nil, c
+			p.linkMu.Unlock()
+			return c, nil
+		}
+		arrived := p.arrived
+		p.linkMu.Unlock()
+		select {
+		case <-arrived:
+		case <-ctx.Done():
 			return nil, fmt.Errorf("recluster %s: %w", p.dir, context.Cause(ctx))
 		}
-		return nil, fmt.Errorf("recluster %s: %w", p.dir, err)
 	}
+}
 
-	p.linkMu.Lock()
-	if p.closed {
+// acceptKernels runs while the listener is open.
+func (p *stubPFS) acceptKernels(ln *net.UnixListener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return // closed
+		}
+		p.linkMu.Lock()
+		if p.closed {
+			p.linkMu.Unlock()
+			c.Close()
+			return
+		}
+		stale, served := p.pending, p.conn
+		p.pending, p.conn = c, nil
+		close(p.arrived)
+		p.arrived = make(chan struct{})
 		p.linkMu.Unlock()
-		c.Close()
-		return nil, fmt.Errorf("recluster %s: %w", p.dir, os.ErrClosed)
+		for _, old := range []net.Conn{stale, served} {
+			if old != nil {
+				old.Close()
+			}
+		}
 	}
-	old := p.conn
-	p.conn = c
-	p.linkMu.Unlock()
-	if old != nil {
-		old.Close()
-	}
-	return c, nil
 }
 
 // listener starts listening on kernel.sock on first use.
@@ -294,6 +305,8 @@ func (p *stubPFS) listener() (*net.UnixListener, error) {
 	}
 	ln.SetUnlinkOnClose(false)
 	p.ln, p.lnStat = ln, st
+	p.arrived = make(chan struct{})
+	go p.acceptKernels(ln)
 	return ln, nil
 }
 
@@ -306,6 +319,13 @@ func (p *stubPFS) Close() error {
 		return nil
 	}
 	p.closed = true
+	if p.pending != nil {
+		p.pending.Close()
+		p.pending = nil
+	}
+	if p.arrived != nil {
+		close(p.arrived) // wake a waiting Recluster to see closed
+	}
 	if p.ln == nil {
 		return nil
 	}

@@ -283,6 +283,23 @@ func (t *TrustStore) AddKey(name string, pub ed25519.PublicKey) error {
 	return nil
 }
 
+// SetConfigKeys replaces every key given by AddKey or a previous call with
+// keys: what a reloaded configuration trusts, and no longer what it dropped.
+func (t *TrustStore) SetConfigKeys(keys []TrustedKey) error {
+	cfg := make([]TrustedKey, 0, len(keys))
+	for _, k := range keys {
+		if len(k.Key) != ed25519.PublicKeySize {
+			return fmt.Errorf("trust key %q: %d bytes, want %d", k.Name, len(k.Key), ed25519.PublicKeySize)
+		}
+		cfg = append(cfg, TrustedKey{Name: k.Name, Key: slices.Clone(k.Key), Source: "config"})
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.config = cfg
+	t.reindexLocked()
+	return nil
+}
+
 // Reload rereads the directory, replacing the keys that came from it.
 func (t *TrustStore) Reload() error {
 	if t.dir == "" {

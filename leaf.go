@@ -5,6 +5,7 @@ package main
 // advertises the PFS on each, and serves the kernel's link.
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -219,8 +220,10 @@ func spanTarget(path string) (string, bool) {
 	return host, true
 }
 
-// applyConfigRemotes trusts the config's keys and marks its targets.
+// applyConfigRemotes trusts exactly the config's keys and marks its
+// targets.
 func (l *Leaf) applyConfigRemotes(cfg Config) {
+	var keys []TrustedKey
 	for _, r := range cfg.Remotes {
 		if r.Key == "" {
 			continue
@@ -229,18 +232,40 @@ func (l *Leaf) applyConfigRemotes(cfg Config) {
 		if err != nil {
 			continue // validated at load
 		}
-		name := r.Name
-		if name == "" {
-			name = r.Address
-		}
-		if err := l.trust.AddKey(name, pub); err != nil {
-			l.log.Warn("trusting configured key", "remote", r.Address, "err", err)
-		}
+		keys = append(keys, TrustedKey{Name: cmp.Or(r.Name, r.Address), Key: pub})
+	}
+	if err := l.trust.SetConfigKeys(keys); err != nil {
+		l.log.Warn("trusting configured keys", "err", err)
 	}
 	l.mu.Lock()
 	l.cfg.Remotes = cfg.Remotes
 	l.mu.Unlock()
 	l.reconcile()
+}
+
+// dropUntrusted closes live links whose peer key is no longer trusted: a
+// key removed on reload is revoked, not merely refused next time.
+func (l *Leaf) dropUntrusted() {
+	l.mu.Lock()
+	var links []*clusterLink
+	for _, t := range l.targets {
+		if t.link != nil {
+			links = append(links, t.link)
+		}
+	}
+	for c := range l.inbound {
+		links = append(links, c)
+	}
+	l.mu.Unlock()
+	for _, c := range links {
+		if c.quic == nil {
+			continue
+		}
+		if _, ok := l.trust.Lookup(c.quic.PeerKey()); !ok {
+			l.log.Warn("closing link: its peer key is no longer trusted", "link", c.name, "fingerprint", c.quic.PeerFingerprint())
+			c.link.Close()
+		}
+	}
 }
 
 // reconcile starts links to new targets and stops links to targets no
@@ -391,6 +416,7 @@ func (l *Leaf) Reload(cfg Config) {
 	}
 	l.mu.Unlock()
 	l.applyConfigRemotes(cfg)
+	l.dropUntrusted()
 	if cfg.Backbone != oldBackbone {
 		l.startBackbone(cfg.Backbone)
 	}

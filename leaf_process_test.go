@@ -1,0 +1,1031 @@
+package main
+
+// End-to-end tests of the hammer2 binary: leaves run as real processes on
+// 127.0.0.1, with their own keys, config files and PFS directories, and are
+// inspected the way an operator would, with `hammer2 status --json`.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The binary under test, built once, on first use, by h2Binary.
+var (
+	h2BuildOnce sync.Once
+	h2BuildDir  string
+	h2BuildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if h2BuildDir != "" {
+		os.RemoveAll(h2BuildDir)
+	}
+	os.Exit(code)
+}
+
+// h2Binary returns the path of the hammer2 binary (with a hammer2-leaf
+// symlink beside it), building it on first use. A failed build fails the
+// test: the binary is what is being tested. With H2_TEST_RACE_BINARY set
+// the binary is built with -race, and a race it reports fails the test.
+func h2Binary(t testing.TB) string {
+	t.Helper()
+	h2BuildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "h2bin")
+		if err != nil {
+			h2BuildErr = err
+			return
+		}
+		h2BuildDir = dir
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		}
+		bin := filepath.Join(dir, "hammer2")
+		args := []string{"build", "-o", bin}
+		if os.Getenv("H2_TEST_RACE_BINARY") != "" {
+			args = append(args, "-race") // the daemons too run under the race detector
+		}
+		cmd := exec.Command(goTool, append(args, ".")...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			h2BuildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		h2BuildErr = os.Symlink("hammer2", filepath.Join(dir, "hammer2-leaf"))
+	})
+	if h2BuildErr != nil {
+		t.Fatalf("building the hammer2 binary: %v", h2BuildErr)
+	}
+	return filepath.Join(h2BuildDir, "hammer2")
+}
+
+// shortTempDir is a t.TempDir with a short path: control and kernel
+// sockets live in the PFS directory, and AF_UNIX paths are limited to 107
+// bytes, which t.TempDir's long names can exceed.
+func shortTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "h2t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+var (
+	portsMu sync.Mutex
+	portsOK = map[int]bool{}
+)
+
+// freeUDPPort picks a free UDP port on 127.0.0.1, never the same one twice
+// in a test run, so that parallel tests do not collide.
+func freeUDPPort(t testing.TB) int {
+	t.Helper()
+	for range 50 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		pc.Close()
+		portsMu.Lock()
+		used := portsOK[port]
+		portsOK[port] = true
+		portsMu.Unlock()
+		if !used {
+			return port
+		}
+	}
+	t.Fatal("no free UDP port")
+	return 0
+}
+
+// leafOpts are a test leaf's config values (durations as TOML strings).
+type leafOpts struct {
+	RemoteDeadAfter string // default 1s
+	DeadAfter       string // default 3s
+	PingInterval    string // default 250ms
+	RedialMin       string // default 100ms
+	RedialMax       string // default 500ms
+}
+
+func (o leafOpts) withDefaults() leafOpts {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&o.RemoteDeadAfter, "1s")
+	def(&o.DeadAfter, "3s")
+	def(&o.PingInterval, "250ms")
+	def(&o.RedialMin, "100ms")
+	def(&o.RedialMax, "500ms")
+	return o
+}
+
+// leafNode is one leaf process with its directories, key and config.
+type leafNode struct {
+	t       *testing.T
+	name    string
+	bin     string
+	dir     string // everything of this node lives under it
+	pfs     string // the PFS directory
+	cfgPath string
+	keyDir  string
+	logPath string
+	port    int
+	addr    string // 127.0.0.1:port
+	pub     string // "ed25519:..."
+	fp      string // SHA256:...
+	info    PFSInfo
+	opts    leafOpts
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	logFile *os.File
+	exited  chan struct{} // closed when the current process has exited
+	state   *os.ProcessState
+	starts  int
+}
+
+// newLeafNode prepares a leaf (PFS, key, config) without starting it.
+func newLeafNode(t *testing.T, name string, o leafOpts) *leafNode {
+	t.Helper()
+	bin := h2Binary(t)
+	dir := shortTempDir(t)
+	n := &leafNode{t: t, name: name, bin: bin, dir: dir, pfs: filepath.Join(dir, "pfs"),
+		cfgPath: filepath.Join(dir, "leaf.toml"), keyDir: filepath.Join(dir, "keys"),
+		logPath: filepath.Join(dir, "leaf.log"), opts: o.withDefaults()}
+	n.port = freeUDPPort(t)
+	n.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(n.port))
+	n.info = PFSInfo{Label: "pfs-" + name, Clid: testClusterID, Fsid: NewUUID(), Type: PFSMaster}
+	if err := CreatePFS(n.pfs, n.info); err != nil {
+		t.Fatal(err)
+	}
+	n.writeConfig("")
+	out, errOut, code := n.h2("keygen")
+	if code != 0 {
+		t.Fatalf("%s: keygen exit %d: %s", name, code, errOut)
+	}
+	n.pub = strings.TrimSpace(out)
+	pub, err := ParsePublicKey(n.pub)
+	if err != nil {
+		t.Fatalf("%s: keygen printed %q: %v", name, out, err)
+	}
+	n.fp = Fingerprint(pub)
+	// Cleanups run last-in first-out: the process is killed first, then
+	// its log is shown if the test failed.
+	t.Cleanup(func() {
+		if strings.Contains(n.logText(), "WARNING: DATA RACE") {
+			t.Errorf("leaf %s: the race detector reported a data race", n.name)
+		}
+		if t.Failed() {
+			n.dumpLog()
+		}
+	})
+	t.Cleanup(n.killQuietly)
+	return n
+}
+
+// testClusterID is the pfs_clid every test PFS belongs to.
+var testClusterID = NewUUID()
+
+// configText is the node's config with extra appended (extra [[remote]]s).
+func (n *leafNode) configText(extra string) string {
+	o := n.opts
+	return fmt.Sprintf(`# test leaf %s
+key_dir = %q
+listen = %q
+remote_dead_after = %q
+dead_after = %q
+ping_interval = %q
+redial_min = %q
+redial_max = %q
+%s`, n.name, n.keyDir, n.addr, o.RemoteDeadAfter, o.DeadAfter, o.PingInterval, o.RedialMin, o.RedialMax, extra)
+}
+
+func (n *leafNode) writeConfig(extra string) {
+	n.t.Helper()
+	if err := os.WriteFile(n.cfgPath, []byte(n.configText(extra)), 0o600); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// remoteTOML is a [[remote]] table naming peer's address (not its key:
+// keys are trusted with trust()).
+func remoteTOML(peers ...*leafNode) string {
+	var b strings.Builder
+	for _, p := range peers {
+		fmt.Fprintf(&b, "\n[[remote]]\naddress = %q\nname = %q\n", p.addr, p.name)
+	}
+	return b.String()
+}
+
+// trust puts each peer's public key line in n's remote/<name>.pub.
+func (n *leafNode) trust(peers ...*leafNode) {
+	n.t.Helper()
+	dir := filepath.Join(n.keyDir, "remote")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		n.t.Fatal(err)
+	}
+	for _, p := range peers {
+		if err := os.WriteFile(filepath.Join(dir, p.name+".pub"), []byte(p.pub+"\n"), 0o644); err != nil {
+			n.t.Fatal(err)
+		}
+	}
+}
+
+// h2 runs `hammer2 -c <config> args...` to completion (at most 20 s).
+func (n *leafNode) h2(args ...string) (stdout, stderr string, code int) {
+	n.t.Helper()
+	return runH2(n.t, n.bin, append([]string{"-c", n.cfgPath}, args...)...)
+}
+
+func runH2(t testing.TB, bin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("hammer2 %s: still running after 20s", strings.Join(args, " "))
+	}
+	return o.String(), e.String(), cmd.ProcessState.ExitCode()
+}
+
+// start runs the leaf in the foreground (-d) and waits until it is ready.
+func (n *leafNode) start() {
+	n.t.Helper()
+	n.mu.Lock()
+	if n.cmd != nil && !n.hasExitedLocked() {
+		n.mu.Unlock()
+		n.t.Fatalf("%s: already running", n.name)
+	}
+	lf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		n.mu.Unlock()
+		n.t.Fatal(err)
+	}
+	n.starts++
+	fmt.Fprintf(lf, "===== start %d of %s (%s) =====\n", n.starts, n.name, n.addr)
+	cmd := exec.Command(n.bin, "-c", n.cfgPath, "-d", "leaf", "--listen", n.addr, n.pfs)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		n.mu.Unlock()
+		n.t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	n.cmd, n.logFile, n.exited, n.state = cmd, lf, exited, nil
+	n.mu.Unlock()
+	go func() {
+		_ = cmd.Wait()
+		n.mu.Lock()
+		n.state = cmd.ProcessState
+		n.mu.Unlock()
+		lf.Close()
+		close(exited)
+	}()
+	n.waitReady(exited)
+}
+
+// waitReady waits for this start's "leaf ready" log line.
+func (n *leafNode) waitReady(exited chan struct{}) {
+	n.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		b, _ := os.ReadFile(n.logPath)
+		if i := bytes.LastIndex(b, []byte("===== start")); i >= 0 && bytes.Contains(b[i:], []byte("leaf ready")) {
+			return
+		}
+		select {
+		case <-exited:
+			n.t.Fatalf("%s exited while starting (%v); log:\n%s", n.name, n.state, b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("%s not ready after 15s; log:\n%s", n.name, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (n *leafNode) hasExitedLocked() bool {
+	select {
+	case <-n.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+func (n *leafNode) pid() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.cmd.Process.Pid
+}
+
+func (n *leafNode) signal(sig syscall.Signal) {
+	n.t.Helper()
+	n.mu.Lock()
+	cmd := n.cmd
+	n.mu.Unlock()
+	if err := cmd.Process.Signal(sig); err != nil {
+		n.t.Fatalf("%s: signal %v: %v", n.name, sig, err)
+	}
+}
+
+// kill9 kills the leaf with SIGKILL and waits for it.
+func (n *leafNode) kill9() {
+	n.t.Helper()
+	n.signal(syscall.SIGKILL)
+	if _, ok := n.waitExit(10 * time.Second); !ok {
+		n.t.Fatalf("%s: still running 10s after SIGKILL", n.name)
+	}
+}
+
+// waitExit waits up to d for the process to exit and returns its exit
+// code (-1 for a signal).
+func (n *leafNode) waitExit(d time.Duration) (int, bool) {
+	n.mu.Lock()
+	exited := n.exited
+	n.mu.Unlock()
+	select {
+	case <-exited:
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return n.state.ExitCode(), true
+	case <-time.After(d):
+		return 0, false
+	}
+}
+
+func (n *leafNode) killQuietly() {
+	n.mu.Lock()
+	cmd, exited := n.cmd, n.exited
+	n.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	select {
+	case <-exited:
+		return
+	default:
+	}
+	_ = cmd.Process.Kill()
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+	}
+}
+
+func (n *leafNode) logText() string {
+	b, _ := os.ReadFile(n.logPath)
+	return string(b)
+}
+
+func (n *leafNode) dumpLog() {
+	n.t.Logf("----- log of leaf %s (%s, key %s) -----\n%s----- end of log of %s -----", n.name, n.addr, n.fp, n.logText(), n.name)
+}
+
+// procStatus is `hammer2 status --json` for one PFS, as a script reads it.
+type procStatus struct {
+	Path    string `json:"path"`
+	Running bool   `json:"leaf_running"`
+	Error   string `json:"leaf_error"`
+	Slots   []struct {
+		CopyID int
+		Path   string
+	} `json:"slots"`
+	Leaf *struct {
+		Label    string       `json:"label"`
+		Pid      int          `json:"pid"`
+		Listen   string       `json:"listen"`
+		NodeKey  string       `json:"node_key"`
+		Kernel   procLinkStat `json:"kernel"`
+		Remotes  []procLinkStat
+		Inbound  []procLinkStat
+		Spans    []procSpanStat
+		Backbone *procLinkStat `json:"backbone"`
+	} `json:"leaf"`
+	raw string
+}
+
+type procLinkStat struct {
+	Target  string `json:"target"`
+	Slots   []int  `json:"slots"`
+	State   string `json:"state"`
+	Since   string `json:"since"`
+	LastErr string `json:"last_error"`
+	PeerKey string `json:"peer_key"`
+}
+
+type procSpanStat struct {
+	Label string `json:"label"`
+	PfsID string `json:"pfs_id"`
+	Via   string `json:"via"`
+}
+
+func (s procStatus) remote(addr string) *procLinkStat {
+	if s.Leaf == nil {
+		return nil
+	}
+	for i := range s.Leaf.Remotes {
+		if s.Leaf.Remotes[i].Target == addr {
+			return &s.Leaf.Remotes[i]
+		}
+	}
+	return nil
+}
+
+func (s procStatus) remoteUp(addr string) bool {
+	r := s.remote(addr)
+	return r != nil && r.State == DialUp
+}
+
+// spansOf counts the spans advertising peer's PFS.
+func (s procStatus) spansOf(peer *leafNode) int {
+	if s.Leaf == nil {
+		return 0
+	}
+	c := 0
+	for _, sp := range s.Leaf.Spans {
+		if sp.Label == peer.info.Label && sp.PfsID == peer.info.Fsid.String() {
+			c++
+		}
+	}
+	return c
+}
+
+func (s procStatus) inboundUp() int {
+	if s.Leaf == nil {
+		return 0
+	}
+	c := 0
+	for _, l := range s.Leaf.Inbound {
+		if l.State == DialUp {
+			c++
+		}
+	}
+	return c
+}
+
+// status runs `hammer2 status --json` on the node's PFS.
+func (n *leafNode) status() procStatus {
+	n.t.Helper()
+	out, errOut, code := n.h2("status", "--json", n.pfs)
+	if code != 0 {
+		n.t.Fatalf("%s: status exit %d: %s", n.name, code, errOut)
+	}
+	var all []procStatus
+	if err := json.Unmarshal([]byte(out), &all); err != nil || len(all) != 1 {
+		n.t.Fatalf("%s: status --json printed %q: %v", n.name, out, err)
+	}
+	all[0].raw = out
+	return all[0]
+}
+
+// waitStatus polls status until cond holds, for at most d, and returns
+// the status that satisfied it.
+func (n *leafNode) waitStatus(d time.Duration, what string, cond func(procStatus) bool) procStatus {
+	n.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		st := n.status()
+		if cond(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("%s: %s: not within %v; last status:\n%s", n.name, what, d, st.raw)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// startPair starts a and b trusting each other, a dialing b from its
+// config, and waits until the link is up on both sides.
+func startPair(t *testing.T, o leafOpts) (a, b *leafNode) {
+	t.Helper()
+	a, b = newLeafNode(t, "a", o), newLeafNode(t, "b", o)
+	a.trust(b)
+	b.trust(a)
+	a.writeConfig(remoteTOML(b))
+	b.start()
+	a.start()
+	waitLinked(t, a, b)
+	return a, b
+}
+
+// waitLinked waits until a's remote link to b is up and each side has
+// the other's span.
+func waitLinked(t *testing.T, a, b *leafNode) (procStatus, procStatus) {
+	t.Helper()
+	sa := a.waitStatus(10*time.Second, "link to "+b.name+" up with its span", func(s procStatus) bool {
+		return s.remoteUp(b.addr) && s.spansOf(b) >= 1
+	})
+	sb := b.waitStatus(10*time.Second, "inbound link from "+a.name+" with its span", func(s procStatus) bool {
+		return s.inboundUp() >= 1 && s.spansOf(a) >= 1
+	})
+	return sa, sb
+}
+
+func TestProcessLinksUp(t *testing.T) {
+	t.Parallel()
+	a, b := startPair(t, leafOpts{})
+	sa, sb := waitLinked(t, a, b)
+	r := sa.remote(b.addr)
+	if r.PeerKey != b.fp {
+		t.Errorf("a's link to b: peer_key %q, want b's fingerprint %q", r.PeerKey, b.fp)
+	}
+	if sa.Leaf.NodeKey != a.fp || sb.Leaf.NodeKey != b.fp {
+		t.Errorf("node_key: a %q (want %q), b %q (want %q)", sa.Leaf.NodeKey, a.fp, sb.Leaf.NodeKey, b.fp)
+	}
+	if sa.Leaf.Listen != a.addr {
+		t.Errorf("a listens on %q, want %q", sa.Leaf.Listen, a.addr)
+	}
+	if got := sb.Leaf.Inbound[0]; got.Target != a.addr || got.PeerKey != a.fp {
+		t.Errorf("b's inbound link: target %q key %q, want %q %q", got.Target, got.PeerKey, a.addr, a.fp)
+	}
+	// The text form an operator reads.
+	out, _, code := a.h2("status", a.pfs)
+	if code != 0 || !strings.Contains(out, "config    "+b.addr+" up") || !strings.Contains(out, b.info.Label) {
+		t.Errorf("a's status (exit %d) lacks the config link to b up and b's span:\n%s", code, out)
+	}
+}
+
+func TestProcessKillAndRestartPeer(t *testing.T) {
+	t.Parallel()
+	a, b := startPair(t, leafOpts{})
+	b.kill9()
+	killed := time.Now()
+	st := a.waitStatus(6*time.Second, "link to the killed b down and its span withdrawn", func(s procStatus) bool {
+		r := s.remote(b.addr)
+		return r != nil && r.State != DialUp && s.spansOf(b) == 0
+	})
+	took := time.Since(killed)
+	t.Logf("a noticed b's death after %v: %+v", took.Round(time.Millisecond), *st.remote(b.addr))
+	if took > 4*time.Second {
+		t.Errorf("a took %v to notice b was killed; remote_dead_after is 1s, want <= 4s", took)
+	}
+	if s := st.remote(b.addr).State; s != DialBackoff && s != DialDialing {
+		t.Errorf("a's link to the dead b is %q, want backoff or dialing", s)
+	}
+
+	b.start() // same key, same port, same PFS directory
+	restarted := time.Now()
+	waitLinked(t, a, b)
+	t.Logf("link back up %v after b restarted", time.Since(restarted).Round(time.Millisecond))
+	if d := time.Since(restarted); d > 5*time.Second {
+		t.Errorf("link took %v to come back after b restarted (redial_max 500ms)", d)
+	}
+	if n := b.status().spansOf(a); n != 1 {
+		t.Errorf("b has %d spans of a after the restart, want 1", n)
+	}
+
+	// The accepting side notices a killed dialer just as fast.
+	a.kill9()
+	killed = time.Now()
+	b.waitStatus(6*time.Second, "the killed a's inbound link and span gone", func(s procStatus) bool {
+		return s.inboundUp() == 0 && s.spansOf(a) == 0
+	})
+	if took := time.Since(killed); took > 4*time.Second {
+		t.Errorf("b took %v to notice a was killed; remote_dead_after is 1s, want <= 4s", took)
+	}
+	a.start()
+	waitLinked(t, a, b)
+}
+
+func TestProcessUntrustedKeyRefused(t *testing.T) {
+	t.Parallel()
+	a, b := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "b", leafOpts{})
+	a.trust(b) // but b does not trust a
+	a.writeConfig(remoteTOML(b))
+	b.start()
+	a.start()
+	st := a.waitStatus(10*time.Second, "link to b refused", func(s procStatus) bool {
+		r := s.remote(b.addr)
+		return r != nil && r.State == DialRefused
+	})
+	r := st.remote(b.addr)
+	if !strings.Contains(r.LastErr, a.fp) {
+		t.Errorf("a's last_error %q does not name a's refused key %s", r.LastErr, a.fp)
+	}
+	if st.spansOf(b) != 0 {
+		t.Errorf("a has b's span over a refused link")
+	}
+	// The refusing side says who knocked: address and fingerprint.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		found := false
+		for line := range strings.Lines(b.logText()) {
+			if strings.Contains(line, a.addr) && strings.Contains(line, a.fp) {
+				found = true
+				break
+			}
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("b's log has no line naming a's address %s and fingerprint %s", a.addr, a.fp)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if sb := b.status(); sb.inboundUp() != 0 || sb.spansOf(a) != 0 {
+		t.Errorf("b accepted the untrusted a:\n%s", sb.raw)
+	}
+
+	// Once b trusts a and rereads its keys, the link comes up.
+	b.trust(a)
+	b.signal(syscall.SIGHUP)
+	waitLinked(t, a, b)
+}
+
+func TestProcessUntrustedPeerKey(t *testing.T) {
+	t.Parallel()
+	// The dialing side refuses: a dials c but does not trust c's key.
+	a, c := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "c", leafOpts{})
+	c.trust(a)
+	a.writeConfig(remoteTOML(c))
+	c.start()
+	a.start()
+	st := a.waitStatus(10*time.Second, "link to untrusted c refused", func(s procStatus) bool {
+		r := s.remote(c.addr)
+		return r != nil && r.State == DialRefused
+	})
+	if r := st.remote(c.addr); !strings.Contains(r.LastErr, c.fp) {
+		t.Errorf("a's last_error %q does not name c's untrusted key %s", r.LastErr, c.fp)
+	}
+	if !strings.Contains(a.logText(), c.fp) {
+		t.Errorf("a's log does not name c's untrusted key %s", c.fp)
+	}
+	if sc := c.status(); sc.inboundUp() != 0 || sc.spansOf(a) != 0 {
+		t.Errorf("c has a link from a that a refused:\n%s", sc.raw)
+	}
+	// Trusting c and reloading brings the link up.
+	a.trust(c)
+	a.signal(syscall.SIGHUP)
+	waitLinked(t, a, c)
+}
+
+func TestProcessConnectDisconnect(t *testing.T) {
+	t.Parallel()
+	a, b := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "b", leafOpts{})
+	a.trust(b)
+	b.trust(a)
+	b.start()
+	a.start()
+	target := "span:" + b.addr
+	if _, errOut, code := a.h2("-s", a.pfs, "connect", target); code != 0 {
+		t.Fatalf("connect: exit %d: %s", code, errOut)
+	}
+	st := a.waitStatus(10*time.Second, "connect: link to b up with its span", func(s procStatus) bool {
+		return s.remoteUp(b.addr) && s.spansOf(b) == 1
+	})
+	if len(st.Slots) != 1 || st.Slots[0].Path != target || st.Slots[0].CopyID != 1 {
+		t.Errorf("after connect the slots are %+v, want slot 1 = %s", st.Slots, target)
+	}
+	if r := st.remote(b.addr); len(r.Slots) != 1 || r.Slots[0] != 1 {
+		t.Errorf("the link to b has slots %v, want [1]", r.Slots)
+	}
+	b.waitStatus(10*time.Second, "inbound link from a with its span", func(s procStatus) bool {
+		return s.inboundUp() == 1 && s.spansOf(a) == 1
+	})
+
+	if _, errOut, code := a.h2("-s", a.pfs, "disconnect", target); code != 0 {
+		t.Fatalf("disconnect: exit %d: %s", code, errOut)
+	}
+	st = a.status() // disconnect returns after the leaf has rescanned
+	if len(st.Slots) != 0 || st.remote(b.addr) != nil {
+		t.Errorf("after disconnect: slots %+v, link to b %+v; want neither", st.Slots, st.remote(b.addr))
+	}
+	a.waitStatus(5*time.Second, "b's span gone from a", func(s procStatus) bool { return s.spansOf(b) == 0 })
+	b.waitStatus(5*time.Second, "a's link and span gone from b", func(s procStatus) bool {
+		return s.inboundUp() == 0 && s.spansOf(a) == 0
+	})
+	if _, errOut, code := a.h2("-s", a.pfs, "disconnect", target); code == 0 || !strings.Contains(errOut, target) {
+		t.Errorf("a second disconnect: exit %d, stderr %q; want a failure naming the target", code, errOut)
+	}
+}
+
+func TestProcessSecondLeafRefused(t *testing.T) {
+	t.Parallel()
+	a := newLeafNode(t, "a", leafOpts{})
+	a.start()
+	other := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeUDPPort(t)))
+	for _, fg := range []bool{true, false} {
+		args := []string{"leaf", "--listen", other, a.pfs}
+		if fg {
+			args = append([]string{"-d"}, args...)
+		}
+		_, errOut, code := a.h2(args...)
+		if code != 1 || !strings.Contains(errOut, "already running") || !strings.Contains(errOut, strconv.Itoa(a.pid())) {
+			t.Errorf("second leaf (foreground %v): exit %d, stderr %q; want exit 1 saying a leaf is already running with pid %d",
+				fg, code, errOut, a.pid())
+		}
+	}
+	if st := a.status(); !st.Running || st.Leaf.Pid != a.pid() {
+		t.Errorf("the first leaf is not the one answering after the refused starts:\n%s", st.raw)
+	}
+}
+
+func TestProcessSIGTERMWithdrawsSpan(t *testing.T) {
+	t.Parallel()
+	// With 10 s before a silent peer counts as dead, only DELETEs sent at
+	// exit can make b forget a's span within a second or two.
+	a, b := startPair(t, leafOpts{RemoteDeadAfter: "10s", DeadAfter: "10s"})
+	a.signal(syscall.SIGTERM)
+	sent := time.Now()
+	code, ok := a.waitExit(8 * time.Second)
+	if !ok {
+		t.Fatal("a still running 8s after SIGTERM")
+	}
+	if code != 0 {
+		t.Errorf("a exited with %d after SIGTERM, want 0", code)
+	}
+	b.waitStatus(3*time.Second, "a's span withdrawn and its link gone", func(s procStatus) bool {
+		return s.spansOf(a) == 0 && s.inboundUp() == 0
+	})
+	t.Logf("b forgot a %v after SIGTERM", time.Since(sent).Round(time.Millisecond))
+	if !strings.Contains(a.logText(), "leaf stopped") {
+		t.Error(`a's log lacks "leaf stopped"`)
+	}
+	if _, err := os.Stat(filepath.Join(a.pfs, "leaf-"+a.info.Fsid.String()+".pid")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pid file left after a clean exit: %v", err)
+	}
+}
+
+// procAlive reports whether pid runs (a zombie counts as gone: the test
+// container's init may not reap the daemon).
+func procAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && len(s) > i+2 {
+		return s[i+2] != 'Z' && s[i+2] != 'X'
+	}
+	return true
+}
+
+func TestProcessBackground(t *testing.T) {
+	t.Parallel()
+	a := newLeafNode(t, "a", leafOpts{})
+	pidPath := filepath.Join(a.pfs, "leaf-"+a.info.Fsid.String()+".pid")
+	logPath := filepath.Join(a.pfs, "leaf-"+a.info.Fsid.String()+".log")
+	var pid int
+	t.Cleanup(func() {
+		if pid > 0 && procAlive(pid) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("background log:\n%s", b)
+		}
+	})
+	start := time.Now()
+	// Started as the mount helper would: by its hammer2-leaf name.
+	_, errOut, code := runH2(t, filepath.Join(filepath.Dir(a.bin), "hammer2-leaf"), "-c", a.cfgPath, "--listen", a.addr, a.pfs)
+	if code != 0 {
+		t.Fatalf("background start: exit %d: %s", code, errOut)
+	}
+	t.Logf("background start returned after %v: %s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(errOut))
+	b, err := os.ReadFile(pidPath)
+	if err != nil {
+		t.Fatalf("no pid file after a background start: %v", err)
+	}
+	pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || !procAlive(pid) {
+		t.Fatalf("pid file holds %q (%v), not a running process", b, err)
+	}
+	st := a.status()
+	if !st.Running || st.Leaf.Pid != pid || st.Leaf.Listen != a.addr {
+		t.Errorf("status of the background leaf does not match pid %d listen %s:\n%s", pid, a.addr, st.raw)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(8 * time.Second)
+	for procAlive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("background leaf %d still running 8s after SIGTERM", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := os.Stat(pidPath); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pid file left after SIGTERM: %v", err)
+	}
+	if st := a.status(); st.Running {
+		t.Errorf("status still finds a running leaf:\n%s", st.raw)
+	}
+	if lb, _ := os.ReadFile(logPath); !bytes.Contains(lb, []byte("leaf ready")) || !bytes.Contains(lb, []byte("leaf stopped")) {
+		t.Errorf("background log %s lacks the ready and stopped lines:\n%s", logPath, lb)
+	}
+}
+
+func TestProcessExitsWhenPFSRemoved(t *testing.T) {
+	t.Parallel()
+	a := newLeafNode(t, "a", leafOpts{})
+	a.start()
+	if err := os.RemoveAll(a.pfs); err != nil {
+		t.Fatal(err)
+	}
+	removed := time.Now()
+	code, ok := a.waitExit(6 * time.Second)
+	if !ok {
+		t.Fatal("leaf still running 6s after its PFS directory was removed")
+	}
+	t.Logf("leaf exited %v after the PFS went away, exit %d", time.Since(removed).Round(time.Millisecond), code)
+	if code != 0 {
+		t.Errorf("leaf exit code %d after its PFS went away, want 0", code)
+	}
+	if !strings.Contains(a.logText(), "no longer mounted") {
+		t.Error("the log does not say why the leaf exited")
+	}
+}
+
+func TestProcessConfigUnknownKey(t *testing.T) {
+	t.Parallel()
+	a := newLeafNode(t, "a", leafOpts{})
+	text := a.configText("") + "bogus_key = 1\n"
+	line := strings.Count(text, "\n") // bogus_key is on the last line
+	if err := os.WriteFile(a.cfgPath, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"-d", "leaf", a.pfs}, {"leaf", a.pfs}} {
+		_, errOut, code := a.h2(args...)
+		want := fmt.Sprintf("%s:%d", a.cfgPath, line)
+		if code != 1 || !strings.Contains(errOut, want) || !strings.Contains(errOut, "bogus_key") {
+			t.Errorf("hammer2 %s with an unknown key: exit %d, stderr %q; want exit 1 naming %s and bogus_key",
+				strings.Join(args, " "), code, errOut, want)
+		}
+	}
+	// A remote table with an unknown key too.
+	text = a.configText("\n[[remote]]\naddress = \"127.0.0.1:1\"\nport = 5\n")
+	line = strings.Count(text, "\n")
+	if err := os.WriteFile(a.cfgPath, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := a.h2("-d", "leaf", a.pfs)
+	if want := fmt.Sprintf("%s:%d", a.cfgPath, line); code != 1 || !strings.Contains(errOut, want) || !strings.Contains(errOut, "port") {
+		t.Errorf("unknown key in [[remote]]: exit %d, stderr %q; want exit 1 naming %s and port", code, errOut, want)
+	}
+}
+
+func TestProcessSIGHUPAddsRemote(t *testing.T) {
+	t.Parallel()
+	a, b := startPair(t, leafOpts{})
+	c := newLeafNode(t, "c", leafOpts{})
+	c.trust(a)
+	c.start()
+	before := a.status().remote(b.addr)
+	// Trust c and name it in the config, then reload.
+	a.trust(c)
+	a.writeConfig(remoteTOML(b, c))
+	a.signal(syscall.SIGHUP)
+	st := a.waitStatus(10*time.Second, "link to c up after SIGHUP", func(s procStatus) bool {
+		return s.remoteUp(c.addr) && s.spansOf(c) == 1
+	})
+	after := st.remote(b.addr)
+	if after == nil || after.State != DialUp || after.Since != before.Since {
+		t.Errorf("the link to b changed across SIGHUP: before %+v, after %+v", *before, after)
+	}
+	if st.spansOf(b) != 1 {
+		t.Errorf("a has %d spans of b after SIGHUP, want 1", st.spansOf(b))
+	}
+	if code, ok := a.waitExit(0); ok {
+		t.Fatalf("a exited (%d) on SIGHUP", code)
+	}
+	// And dropping b from the config drops only b.
+	a.writeConfig(remoteTOML(c))
+	cSince := st.remote(c.addr).Since
+	a.signal(syscall.SIGHUP)
+	st = a.waitStatus(10*time.Second, "link to b dropped after SIGHUP", func(s procStatus) bool {
+		return s.remote(b.addr) == nil && s.spansOf(b) == 0
+	})
+	if r := st.remote(c.addr); r == nil || r.State != DialUp || r.Since != cSince {
+		t.Errorf("the link to c changed when b was dropped: %+v (since was %s)", r, cSince)
+	}
+}
+
+func TestProcessSIGHUPBadConfigKeepsRunning(t *testing.T) {
+	t.Parallel()
+	a, b := startPair(t, leafOpts{})
+	before := a.status().remote(b.addr)
+	if err := os.WriteFile(a.cfgPath, []byte(a.configText(remoteTOML(b))+"no_such_key = true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.signal(syscall.SIGHUP)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(a.logText(), "no_such_key") {
+		if time.Now().After(deadline) {
+			t.Fatal("a's log does not report the bad config after SIGHUP")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code, ok := a.waitExit(200 * time.Millisecond); ok {
+		t.Fatalf("a exited (%d) on SIGHUP with a bad config", code)
+	}
+	a.writeConfig(remoteTOML(b)) // status itself refuses the bad file
+	if r := a.status().remote(b.addr); r == nil || r.State != DialUp || r.Since != before.Since {
+		t.Errorf("the link to b changed on a rejected reload: before %+v, after %+v", *before, r)
+	}
+}
+
+func TestProcessFastRestartPeer(t *testing.T) {
+	t.Parallel()
+	// b comes back before a could notice it was gone: a's old connection
+	// must give way to the new one, leaving exactly one span of b.
+	a, b := startPair(t, leafOpts{RemoteDeadAfter: "3s"})
+	killedAt := time.Now()
+	b.kill9()
+	b.start()
+	restarted := time.Now()
+	st := a.waitStatus(8*time.Second, "a new link to the restarted b up with exactly one span of it", func(s procStatus) bool {
+		r := s.remote(b.addr)
+		if r == nil || r.State != DialUp || s.spansOf(b) != 1 {
+			return false
+		}
+		since, err := time.Parse(time.RFC3339Nano, r.Since)
+		return err == nil && since.After(killedAt)
+	})
+	t.Logf("a relinked %v after b restarted: %+v", time.Since(restarted).Round(time.Millisecond), *st.remote(b.addr))
+	b.waitStatus(8*time.Second, "exactly one inbound link from a with its span", func(s procStatus) bool {
+		return s.inboundUp() == 1 && s.spansOf(a) == 1
+	})
+}
+
+func TestProcessConnectBeforeStart(t *testing.T) {
+	t.Parallel()
+	a, b := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "b", leafOpts{})
+	a.trust(b)
+	b.trust(a)
+	b.start()
+	// No leaf runs for a: the slot is stored, and the leaf acts on it
+	// when it starts.
+	if _, errOut, code := a.h2("-s", a.pfs, "connect", "span:"+b.addr); code != 0 {
+		t.Fatalf("connect with no leaf running: exit %d: %s", code, errOut)
+	}
+	out, _, _ := a.h2("status", a.pfs)
+	if !strings.Contains(out, "span:"+b.addr) || !strings.Contains(out, "not running") {
+		t.Errorf("status with no leaf running:\n%s", out)
+	}
+	a.start()
+	a.waitStatus(10*time.Second, "link to b from the stored slot", func(s procStatus) bool {
+		r := s.remote(b.addr)
+		return r != nil && r.State == DialUp && len(r.Slots) == 1 && r.Slots[0] == 1 && s.spansOf(b) == 1
+	})
+}
+
+func TestProcessSIGHUPRevokesConfigKey(t *testing.T) {
+	t.Parallel()
+	// a trusts b only through a [[remote]] key in its config; b dials a.
+	a, b := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "b", leafOpts{})
+	b.trust(a)
+	b.writeConfig(remoteTOML(a))
+	unused := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeUDPPort(t)))
+	a.writeConfig(fmt.Sprintf("\n[[remote]]\naddress = %q\nkey = %q\nname = \"b\"\n", unused, b.pub))
+	a.start()
+	b.start()
+	b.waitStatus(10*time.Second, "b's link to a up (a trusts b's configured key)", func(s procStatus) bool {
+		return s.remoteUp(a.addr) && s.spansOf(a) == 1
+	})
+	// The key leaves a's config: a must no longer accept b.
+	a.writeConfig("")
+	a.signal(syscall.SIGHUP)
+	a.waitStatus(5*time.Second, "the configured remote dropped after SIGHUP", func(s procStatus) bool {
+		return s.remote(unused) == nil
+	})
+	b.kill9()
+	b.start()
+	st := b.waitStatus(10*time.Second, "b's new link to a up or refused", func(s procStatus) bool {
+		r := s.remote(a.addr)
+		return r != nil && (r.State == DialUp || r.State == DialRefused)
+	})
+	if r := st.remote(a.addr); r.State != DialRefused {
+		t.Errorf("a still accepts b after b's key was removed from a's config and a reloaded it: b's link to a is %q", r.State)
+	}
+}
