@@ -551,7 +551,7 @@ func (l *Link) readLoop() error {
 		if cap(aux) < ap {
 			aux = make([]byte, ap)
 		}
-		if _, err := io.ReadFull(br, aux[:ap]); err != nil {
+		if err := readAux(br, l.conn, aux[:ap]); err != nil {
 			return l.readErr(err, "aux data")
 		}
 		if err := DecodeAux(aux[:ap], &m); err != nil {
@@ -573,6 +573,22 @@ func (l *Link) readLoop() error {
 		default:
 		}
 	}
+}
+
+// readAux fills p: what the buffer already holds is copied, and a large
+// remainder is read straight from the stream into p, saving a copy of
+// bulk data through the buffer.
+func readAux(br *bufio.Reader, r io.Reader, p []byte) error {
+	n := min(br.Buffered(), len(p))
+	if len(p)-n < readBufSize/4 {
+		_, err := io.ReadFull(br, p)
+		return err
+	}
+	if _, err := io.ReadFull(br, p[:n]); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(r, p[n:])
+	return err
 }
 
 func (l *Link) readErr(err error, what string) error {
