@@ -367,17 +367,17 @@ func (s *Service) tree() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var b strings.Builder
-	peerNames := map[uint8]string{PeerNone: "NONE", PeerCluster: "CLUSTER", PeerBlock: "BLOCK", PeerHammer2: "HAMMER2"}
 	byConn := map[connID]string{}
 	for id, sl := range s.links {
 		byConn[id] = sl.name
 	}
+	var last *spanCluster
 	for _, n := range s.router.sortedNodes() {
-		pt, ok := peerNames[n.cluster.key.peerType]
-		if !ok {
-			pt = "?PEERTYPE?"
+		if n.cluster != last {
+			last = n.cluster
+			fmt.Fprintf(&b, "Cluster %s %s (%s)\n", peerTypeName(n.cluster.key.peerType), n.cluster.key.peerID,
+				label(n.cluster.key.label[:]))
 		}
-		fmt.Fprintf(&b, "Cluster %s %s (%s)\n", pt, n.cluster.key.peerID, label(n.cluster.key.label[:]))
 		fmt.Fprintf(&b, "    Node %02x %s (%s)\n", nodeType(n), n.key.pfsID, label(n.key.label[:]))
 		for _, l := range n.links {
 			fmt.Fprintf(&b, "\tSLink span %d dist=%d via %s\n", l.id, l.body.Dist, byConn[l.conn])

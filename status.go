@@ -170,13 +170,44 @@ func printStatus(w io.Writer, slots []Volconf, st *LeafStatus, notRunning error)
 	for _, r := range st.Inbound {
 		fmt.Fprintf(w, "  inbound   %s %s\n", r.Target, linkSummary(r))
 	}
-	if len(st.Spans) > 0 {
-		fmt.Fprintln(w, "spans:")
-		for _, s := range st.Spans {
-			fmt.Fprintf(w, "  %-20s pfs_clid %s pfs_id %s %-11s dist %d via %s\n",
-				s.Label, s.PeerID, s.PfsID, s.PfsType, s.Dist, s.Via)
-		}
+	printSpans(w, st.Spans)
+}
+
+// printSpans writes the spans as DragonFly's tree: per cluster, per node,
+// per link. The spans arrive sorted that way.
+func printSpans(w io.Writer, spans []SpanStatus) {
+	if len(spans) == 0 {
+		return
 	}
+	fmt.Fprintln(w, "spans:")
+	var cluster, node string
+	for _, s := range spans {
+		if c := fmt.Sprintf("%d %s %s", s.PeerType, s.PeerID, s.Label); c != cluster {
+			cluster, node = c, ""
+			fmt.Fprintf(w, "  cluster %s pfs_clid %s (%s)\n", peerTypeName(s.PeerType), s.PeerID, s.Label)
+		}
+		if n := s.PfsID.String(); n != node {
+			node = n
+			fmt.Fprintf(w, "    node %s pfs_id %s\n", s.PfsType, s.PfsID)
+		}
+		fmt.Fprintf(w, "      dist %d via %s\n", s.Dist, s.Via)
+	}
+}
+
+func peerTypeName(t uint8) string {
+	switch t {
+	case PeerNone:
+		return "NONE"
+	case PeerCluster:
+		return "CLUSTER"
+	case PeerBlock:
+		return "BLOCK"
+	case PeerHammer2:
+		return "HAMMER2"
+	case PeerClient:
+		return "CLIENT"
+	}
+	return "?PEERTYPE?"
 }
 
 func linkSummary(ls LinkStatus) string {
