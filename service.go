@@ -7,6 +7,7 @@ package main
 // nodes its config lists, and runs the span router over all of them.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"net"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,6 +38,7 @@ type Service struct {
 	links   map[connID]*svcLink
 	nextID  connID
 	nextSp  spanID
+	spanTx  map[spanID]*Trans // each received span's transaction, for circuits
 	started time.Time
 }
 
@@ -66,7 +69,7 @@ type svcLink struct {
 func NewService(cfg ServiceConfig, node *QuicNode, log *slog.Logger) *Service {
 	host, _ := os.Hostname()
 	return &Service{cfg: cfg, log: log, node: node, hostname: host, started: time.Now(),
-		router: newSpanRouter(rand.Uint32() | 1), links: map[connID]*svcLink{}}
+		router: newSpanRouter(rand.Uint32() | 1), links: map[connID]*svcLink{}, spanTx: map[spanID]*Trans{}}
 }
 
 // errAlreadyRunning means another service holds the listening socket.
@@ -215,11 +218,20 @@ func (s *Service) addLink(rw interface {
 func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 	if t.IsRoot() {
 		if m.Cmd&(maskBaseCmd|FlagReply) == CmdDbgShell {
-			shellCommands{tree: s.tree, span: s.shellSpan}.answer(t, ShellText(m.Aux))
+			text := ShellText(m.Aux)
+			if strings.HasPrefix(text, "@") {
+				s.shellViaSpan(t, text)
+				return
+			}
+			shellCommands{tree: s.tree, span: s.shellSpan}.answer(t, text)
 		}
 		return
 	}
 	if m.Cmd&FlagCreate == 0 {
+		return
+	}
+	if p := t.Parent(); p != nil {
+		s.forwardCircuit(sl, p, t, m)
 		return
 	}
 	switch t.Cmd() {
@@ -261,6 +273,7 @@ func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 		s.mu.Lock()
 		s.nextSp++
 		sl.spans[t] = s.nextSp
+		s.spanTx[s.nextSp] = t
 		s.router.spanUp(sl.id, s.nextSp, body)
 		s.applyLocked()
 		s.mu.Unlock()
@@ -276,6 +289,7 @@ func (s *Service) spanGone(sl *svcLink, t *Trans) {
 	defer s.mu.Unlock()
 	if id, ok := sl.spans[t]; ok {
 		delete(sl.spans, t)
+		delete(s.spanTx, id)
 		s.router.spanDown(id)
 		s.applyLocked()
 	}
@@ -290,6 +304,76 @@ func (s *Service) linkGone(sl *svcLink) {
 	s.applyLocked()
 	delete(s.links, sl.id)
 	s.log.Info("link down", "link", sl.name, "reason", sl.link.Err())
+}
+
+// forwardCircuit carries a transaction the peer opened under one of our
+// relays to the link the relayed span came from, opening it there under
+// that span, and splices the two until both ends are closed. This is how a
+// node talks to a PFS it only knows through spans.
+func (s *Service) forwardCircuit(sl *svcLink, parent, in *Trans, m *Msg) {
+	s.mu.Lock()
+	var src *Trans
+	for rid, rt := range sl.relays {
+		if rt == parent {
+			if rl := s.router.relays[rid]; rl != nil {
+				src = s.spanTx[rl.link.id]
+			}
+			break
+		}
+	}
+	s.mu.Unlock()
+	if src == nil {
+		_ = in.Close(ErrCantCirc) // not one of our relays, or its span is gone
+		return
+	}
+	out, err := src.Open(forwardCopy(m), func(_ *Trans, m *Msg) { forwardTo(in, m) })
+	if err != nil {
+		_ = in.Close(ErrCantCirc)
+		return
+	}
+	in.SetHandler(func(_ *Trans, m *Msg) { forwardTo(out, m) })
+}
+
+// forwardCopy is m as it continues on the next hop: the command, DELETE or
+// ABORT, the error and the payloads; the link sets the rest.
+func forwardCopy(m *Msg) *Msg {
+	return &Msg{Header: Header{Cmd: m.Cmd & (maskBaseCmd | FlagDelete | FlagAbort), Error: m.Error},
+		Ext: bytes.Clone(m.Ext), Aux: bytes.Clone(m.Aux)}
+}
+
+func forwardTo(t *Trans, m *Msg) {
+	if t.TxDone() {
+		return
+	}
+	_ = t.Send(forwardCopy(m))
+}
+
+// shellViaSpan is DragonFly's `@<span> <cmd>`: the command goes as a
+// DBG_SHELL transaction over a received span to the node that advertised
+// it, and its answer comes back here.
+func (s *Service) shellViaSpan(root *Trans, text string) {
+	idText, cmd, _ := strings.Cut(strings.TrimPrefix(text, "@"), " ")
+	id, err := strconv.ParseUint(idText, 0, 64)
+	s.mu.Lock()
+	st := s.spanTx[spanID(id)]
+	s.mu.Unlock()
+	if err != nil || st == nil {
+		_ = root.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux("@" + idText + " not found\n" + shellPrompt)})
+		return
+	}
+	_, err = st.Open(&Msg{Header: Header{Cmd: CmdDbgShell | FlagDelete}, Aux: ShellAux(cmd)}, func(t *Trans, m *Msg) {
+		if m.Cmd&FlagDelete == 0 && m.Cmd&maskBaseCmd != CmdDbgShell {
+			return
+		}
+		out := ShellText(m.Aux)
+		if m.Cmd&maskBaseCmd != CmdDbgShell {
+			out = fmt.Sprintf("no answer (error %#x)\n", m.Error)
+		}
+		_ = root.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux(out + shellPrompt)})
+	})
+	if err != nil {
+		_ = root.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux(err.Error() + "\n" + shellPrompt)})
+	}
 }
 
 // applyLocked sends what the router decided.

@@ -154,6 +154,10 @@ func (c *clusterLink) handle(t *Trans, m *Msg) {
 	if m.Cmd&FlagCreate == 0 {
 		return
 	}
+	if p := t.Parent(); p != nil {
+		c.circuit(p, t, m)
+		return
+	}
 	switch t.Cmd() {
 	case CmdLnkConn:
 		pc, err := ParseLnkConn(m.Ext)
@@ -195,6 +199,23 @@ func (c *clusterLink) handle(t *Trans, m *Msg) {
 		_ = t.Reply(ErrOK)
 	}
 	// Anything else is refused with NOSUPP by the link.
+}
+
+// circuit takes a transaction opened under one of the leaf's own spans:
+// someone elsewhere in the cluster addressing this PFS. The debug shell is
+// answered; everything else is refused with NOSUPP by the link for now.
+func (c *clusterLink) circuit(parent, t *Trans, m *Msg) {
+	c.mu.Lock()
+	ours := parent == c.span
+	c.mu.Unlock()
+	if !ours {
+		_ = t.Close(ErrCantCirc)
+		return
+	}
+	if t.Cmd() == CmdDbgShell {
+		out := shellCommands{tree: c.leaf.shellTree}.run(strings.TrimSpace(ShellText(m.Aux)))
+		_ = t.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagDelete}, Aux: ShellAux(out)})
+	}
 }
 
 // shellTree lists what the cluster advertises to the leaf.
