@@ -274,7 +274,7 @@ func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 		s.nextSp++
 		sl.spans[t] = s.nextSp
 		s.spanTx[s.nextSp] = t
-		s.router.spanUp(sl.id, s.nextSp, body)
+		s.router.spanUp(sl.id, s.nextSp, body, body.Dist, body.RNSS)
 		s.applyLocked()
 		s.mu.Unlock()
 		if m.Cmd&FlagDelete != 0 {
@@ -391,7 +391,9 @@ func (s *Service) applyLocked() {
 			continue
 		}
 		rid := a.Relay
-		t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: a.Span.Marshal()},
+		body := *a.Span
+		body.Dist, body.RNSS = a.Dist, a.RNSS
+		t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: body.Marshal()},
 			func(t *Trans, m *Msg) {
 				// The receiver closed our relay: forget it (libdmsg reopens it
 				// only when the node changes).
@@ -464,7 +466,7 @@ func (s *Service) tree() string {
 		}
 		fmt.Fprintf(&b, "    Node %02x %s (%s)\n", nodeType(n), n.key.pfsID, label(n.key.label[:]))
 		for _, l := range n.links {
-			fmt.Fprintf(&b, "\tSLink span %d dist=%d via %s\n", l.id, l.body.Dist, byConn[l.conn])
+			fmt.Fprintf(&b, "\tSLink span %d dist=%d via %s\n", l.id, l.dist, byConn[l.conn])
 		}
 		conns := make([]int, 0, len(n.relays))
 		for c := range n.relays {

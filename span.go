@@ -250,6 +250,18 @@ func (c *clusterLink) String() string { return fmt.Sprintf("cluster link %s", c.
 // closed. Work is incremental: an event rescans only the nodes and
 // connections it touches, which gives the same result as libdmsg's full
 // pass.
+//
+// One addition keeps withdrawals from counting to 16 around loops (which
+// libdmsg's plain distance vector does, at a cost that grows with the
+// loops): a diffusing update in the manner of DUAL. We remember, per node,
+// the best dist we have relayed (fd). When the best link goes and the next
+// best is no closer than that (it may lead back through us), the node goes
+// active: its relays are withdrawn everywhere and nothing is relayed until
+// every withdrawal has been answered; the DELETE the peer sends back to
+// close the transaction is the answer. The answer to the withdrawal that
+// made us active is held until then; every other one is given at once, so
+// no cycle of waiting can form. A DragonFly peer answers at once, which
+// leaves it as loop-prone as before but changes nothing on the wire.
 
 // SpanMaxDist is DMSG_SPAN_MAXDIST: spans further away are not relayed,
 // which ends the tail-chasing of withdrawn spans around loops.
@@ -261,13 +273,20 @@ type (
 	relayID uint64 // a span we opened, as the router numbers them
 )
 
-// spanAction is one relay to open or close.
+// spanAction is a relay to open or close, or a received span whose
+// withdrawal may now be answered (Ack: the driver sends its DELETE).
 type spanAction struct {
 	Open  bool
+	Ack   bool
 	Conn  connID
 	Relay relayID
-	Span  *LnkSpan // the span to send, dist and rnss already set (Open only)
+	Span  *LnkSpan // the span's identity to send (Open only; shared, read-only:
+	Dist  uint32   // the driver sends it with these dist and rnss)
+	RNSS  uint32
+	Acked spanID // Ack only
 }
+
+const noDist = ^uint32(0)
 
 type clusterKey struct {
 	peerType uint8
@@ -290,22 +309,29 @@ type spanNode struct {
 	key     nodeKey
 	links   []*spanLink // best first
 	relays  map[connID]*spanRelay
+
+	fd      uint32 // the best dist relayed since the node was last passive
+	active  bool   // withdrawn, waiting for the answers
+	waiting map[relayID]bool
+	owed    *spanAction // the answer held until the node is passive
 }
 
 type spanLink struct {
 	id   spanID
 	conn connID
 	node *spanNode
-	body *LnkSpan // as received; shared, never modified
-	tie  uint64   // arrival order, the last tiebreak
+	body *LnkSpan // as received, less dist and rnss; shared, never modified
+	dist uint32
+	rnss uint32
+	tie  uint64 // arrival order, the last tiebreak
 }
 
 func (a *spanLink) less(b *spanLink) bool {
-	if a.body.Dist != b.body.Dist {
-		return a.body.Dist < b.body.Dist
+	if a.dist != b.dist {
+		return a.dist < b.dist
 	}
-	if a.body.RNSS != b.body.RNSS {
-		return a.body.RNSS < b.body.RNSS
+	if a.rnss != b.rnss {
+		return a.rnss < b.rnss
 	}
 	return a.tie < b.tie
 }
@@ -325,20 +351,23 @@ type spanConn struct {
 
 // spanRouter is one node's spanning-tree state.
 type spanRouter struct {
-	salt     uint32 // added to rnss on every relay: a per-hop path signature
-	conns    map[connID]*spanConn
-	connIDs  []connID // sorted, for a deterministic order
-	links    map[spanID]*spanLink
-	relays   map[relayID]*spanRelay
-	clusters map[clusterKey]*spanCluster
-	next     relayID
-	arrivals uint64
-	out      []spanAction
+	salt      uint32 // added to rnss on every relay: a per-hop path signature
+	conns     map[connID]*spanConn
+	connIDs   []connID // sorted, for a deterministic order
+	links     map[spanID]*spanLink
+	relays    map[relayID]*spanRelay
+	clusters  map[clusterKey]*spanCluster
+	next      relayID
+	arrivals  uint64
+	pending   map[relayID]*spanNode // withdrawals of active nodes awaiting answers
+	relayConn map[relayID]connID    // where each pending withdrawal went
+	out       []spanAction
 }
 
 func newSpanRouter(salt uint32) *spanRouter {
 	return &spanRouter{salt: salt, conns: map[connID]*spanConn{}, links: map[spanID]*spanLink{},
-		relays: map[relayID]*spanRelay{}, clusters: map[clusterKey]*spanCluster{}}
+		relays: map[relayID]*spanRelay{}, clusters: map[clusterKey]*spanCluster{}, pending: map[relayID]*spanNode{},
+		relayConn: map[relayID]connID{}}
 }
 
 // take returns and clears the pending actions.
@@ -369,16 +398,23 @@ func (r *spanRouter) connDown(id connID) {
 	if c == nil {
 		return
 	}
-	for _, rl := range sortedRelays(c.relays) {
-		r.closeRelay(rl)
-	}
 	delete(r.conns, id)
 	if i, ok := slices.BinarySearch(r.connIDs, id); ok {
 		r.connIDs = slices.Delete(r.connIDs, i, i+1)
 	}
+	for _, rl := range sortedRelays(c.relays) {
+		r.closeRelay(rl)
+	}
+	// Nothing more will be answered on this connection's relays.
+	for _, rid := range sortedRelayIDs(r.pending) {
+		if r.relayConn[rid] == id {
+			r.answered(rid)
+		}
+	}
 }
 
-// linkDown is a lost link: its LNK_CONN and every span it brought go.
+// linkDown is a lost link: its LNK_CONN and every span it brought go, and
+// nothing is answered on it any more.
 func (r *spanRouter) linkDown(id connID) {
 	r.connDown(id)
 	var gone []spanID
@@ -391,10 +427,18 @@ func (r *spanRouter) linkDown(id connID) {
 	for _, sid := range gone {
 		r.spanDown(sid)
 	}
+	r.out = slices.DeleteFunc(r.out, func(a spanAction) bool { return a.Ack && a.Conn == id })
+	for _, n := range r.pending {
+		if n.owed != nil && n.owed.Conn == id {
+			n.owed = nil
+		}
+	}
 }
 
 // spanUp records a span received on conn and relays it where it is best.
-func (r *spanRouter) spanUp(conn connID, id spanID, body *LnkSpan) {
+// body's own Dist and RNSS are ignored for dist and rnss: a relayed body is
+// shared between hops, so they travel beside it.
+func (r *spanRouter) spanUp(conn connID, id spanID, body *LnkSpan, dist, rnss uint32) {
 	if r.links[id] != nil {
 		return
 	}
@@ -407,21 +451,23 @@ func (r *spanRouter) spanUp(conn connID, id spanID, body *LnkSpan) {
 	nk := nodeKey{label: body.PfsLabel, pfsID: body.PfsID}
 	n := cl.nodes[nk]
 	if n == nil {
-		n = &spanNode{cluster: cl, key: nk, relays: map[connID]*spanRelay{}}
+		n = &spanNode{cluster: cl, key: nk, relays: map[connID]*spanRelay{}, fd: noDist}
 		cl.nodes[nk] = n
 	}
 	r.arrivals++
-	l := &spanLink{id: id, conn: conn, node: n, body: body, tie: r.arrivals}
+	l := &spanLink{id: id, conn: conn, node: n, body: body, dist: dist, rnss: rnss, tie: r.arrivals}
 	i := sort.Search(len(n.links), func(i int) bool { return l.less(n.links[i]) })
 	n.links = slices.Insert(n.links, i, l)
 	r.links[id] = l
-	if i == 0 {
+	if i == 0 && !n.active {
 		r.scanNode(n) // only a new best link changes what is relayed
 	}
 }
 
 // spanDown withdraws a received span: its relays close and the next best
-// link, if any, is relayed instead.
+// link, if it is feasible, is relayed instead; otherwise the node goes
+// active. The withdrawal is answered (an Ack action) at once, or when the
+// node is passive again if it was the one that made it active.
 func (r *spanRouter) spanDown(id spanID) {
 	l := r.links[id]
 	if l == nil {
@@ -431,13 +477,64 @@ func (r *spanRouter) spanDown(id spanID) {
 	n := l.node
 	i := slices.Index(n.links, l)
 	n.links = slices.Delete(n.links, i, i+1)
-	if i == 0 {
-		r.scanNode(n) // make-before-break: the replacement opens first
+	ack := &spanAction{Ack: true, Conn: l.conn, Acked: id}
+	switch {
+	case i != 0 || n.active:
+		r.out = append(r.out, *ack)
+	case len(n.links) > 0 && n.links[0].dist <= n.fd:
+		r.scanNode(n) // a feasible successor: make-before-break
+		r.out = append(r.out, *ack)
+	default:
+		r.goActive(n, ack)
 	}
-	for _, rl := range sortedRelays(relaysOf(n, l)) {
+	r.dropIfEmpty(n)
+}
+
+// goActive withdraws every relay of n and holds ack until all are answered.
+func (r *spanRouter) goActive(n *spanNode, ack *spanAction) {
+	n.active, n.owed = true, ack
+	if n.waiting == nil {
+		n.waiting = map[relayID]bool{}
+	}
+	for _, rl := range sortedRelays(relaysOf(n, nil)) {
+		n.waiting[rl.id] = true
+		r.pending[rl.id] = n
+		r.relayConn[rl.id] = rl.conn
 		r.closeRelay(rl)
 	}
-	if len(n.links) == 0 && len(n.relays) == 0 {
+	if len(n.waiting) == 0 {
+		r.goPassive(n)
+	}
+}
+
+// goPassive relays n's best link again and gives the held answer.
+func (r *spanRouter) goPassive(n *spanNode) {
+	n.active = false
+	n.fd = noDist
+	if n.owed != nil {
+		r.out = append(r.out, *n.owed)
+		n.owed = nil
+	}
+	r.scanNode(n)
+}
+
+// answered notes the answer to one of an active node's withdrawals.
+func (r *spanRouter) answered(rid relayID) {
+	n := r.pending[rid]
+	delete(r.pending, rid)
+	delete(r.relayConn, rid)
+	if n == nil {
+		return
+	}
+	delete(n.waiting, rid)
+	if n.active && len(n.waiting) == 0 {
+		r.goPassive(n)
+		r.dropIfEmpty(n)
+	}
+}
+
+func (r *spanRouter) dropIfEmpty(n *spanNode) {
+	if len(n.links) == 0 && len(n.relays) == 0 && !n.active {
 		delete(n.cluster.nodes, n.key)
 		if len(n.cluster.nodes) == 0 {
 			delete(r.clusters, n.cluster.key)
@@ -445,20 +542,25 @@ func (r *spanRouter) spanDown(id spanID) {
 	}
 }
 
-// relayClosed forgets a relay its receiver closed. It is not reopened
-// until something about its node changes, as in libdmsg.
+// relayClosed is the peer's DELETE on one of our relays: the answer to our
+// withdrawal, or the peer closing a relay it does not want. The latter is
+// forgotten, not reopened until something about its node changes, as in
+// libdmsg.
 func (r *spanRouter) relayClosed(id relayID) {
-	rl := r.relays[id]
-	if rl == nil {
+	if r.pending[id] != nil {
+		r.answered(id)
 		return
 	}
-	r.forget(rl)
+	if rl := r.relays[id]; rl != nil {
+		r.forget(rl)
+	}
 }
 
+// relaysOf lists n's relays, of link l only unless l is nil.
 func relaysOf(n *spanNode, l *spanLink) map[relayID]*spanRelay {
 	m := map[relayID]*spanRelay{}
 	for _, rl := range n.relays {
-		if rl.link == l {
+		if l == nil || rl.link == l {
 			m[rl.id] = rl
 		}
 	}
@@ -475,8 +577,9 @@ func (r *spanRouter) scanNode(n *spanNode) {
 // scan is libdmsg's per-(node, connection) step.
 func (r *spanRouter) scan(n *spanNode, c *spanConn) {
 	var want *spanLink
-	if len(n.links) > 0 && r.passes(n.links[0], c) {
+	if len(n.links) > 0 && !n.active && r.passes(n.links[0], c) {
 		want = n.links[0]
+		n.fd = min(n.fd, want.dist)
 	}
 	old := n.relays[c.id]
 	if old != nil && old.link == want {
@@ -485,13 +588,11 @@ func (r *spanRouter) scan(n *spanNode, c *spanConn) {
 	if want != nil {
 		r.next++
 		rl := &spanRelay{id: r.next, conn: c.id, node: n, link: want}
-		body := *want.body
-		body.Dist++
-		body.RNSS += r.salt
 		n.relays[c.id] = rl
 		c.relays[rl.id] = rl
 		r.relays[rl.id] = rl
-		r.out = append(r.out, spanAction{Open: true, Conn: c.id, Relay: rl.id, Span: &body})
+		r.out = append(r.out, spanAction{Open: true, Conn: c.id, Relay: rl.id, Span: want.body,
+			Dist: want.dist + 1, RNSS: want.rnss + r.salt})
 	}
 	if old != nil {
 		r.closeRelay(old)
@@ -502,7 +603,7 @@ func (r *spanRouter) scan(n *spanNode, c *spanConn) {
 func (r *spanRouter) passes(l *spanLink, c *spanConn) bool {
 	s, f := l.body, &c.filter
 	switch {
-	case s.Dist > SpanMaxDist:
+	case l.dist > SpanMaxDist:
 		return false
 	case l.conn == c.id: // split horizon
 		return false
@@ -549,6 +650,15 @@ func compareNodes(a, b *spanNode) int {
 		bytes.Compare(a.cluster.key.label[:], b.cluster.key.label[:]),
 		bytes.Compare(a.key.label[:], b.key.label[:]),
 		bytes.Compare(a.key.pfsID[:], b.key.pfsID[:]))
+}
+
+func sortedRelayIDs(m map[relayID]*spanNode) []relayID {
+	out := make([]relayID, 0, len(m))
+	for id := range m {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func sortedRelays(m map[relayID]*spanRelay) []*spanRelay {

@@ -79,7 +79,7 @@ func (s *spanScript) run(t *testing.T, td *datadriven.TestData) string {
 			PfsType: uint8(argU(t, td, "type", PFSMaster)), PeerType: uint8(argU(t, td, "peer_type", PeerHammer2)),
 			ProtoVersion: 1, Dist: uint32(argU(t, td, "dist", 0)), RNSS: uint32(argU(t, td, "rnss", 0))}
 		sp.SetLabels(argOr(td, "label", "pfs"), argOr(td, "pfs_label", ""))
-		s.r.spanUp(connID(argU(t, td, "conn", 0)), spanID(argU(t, td, "id", 0)), sp)
+		s.r.spanUp(connID(argU(t, td, "conn", 0)), spanID(argU(t, td, "id", 0)), sp, sp.Dist, sp.RNSS)
 	case "span-down":
 		s.r.spanDown(spanID(argU(t, td, "id", 0)))
 	case "relay-closed":
@@ -95,9 +95,13 @@ func (s *spanScript) run(t *testing.T, td *datadriven.TestData) string {
 func (s *spanScript) actions() string {
 	var b strings.Builder
 	for _, a := range s.r.take() {
+		if a.Ack {
+			fmt.Fprintf(&b, "answer span=%d conn=%d\n", a.Acked, a.Conn)
+			continue
+		}
 		if a.Open {
 			fmt.Fprintf(&b, "open relay=%d conn=%d %s/%s dist=%d rnss=%d\n", a.Relay, a.Conn,
-				a.Span.PeerLabelString(), s.name(a.Span.PfsID), a.Span.Dist, a.Span.RNSS)
+				a.Span.PeerLabelString(), s.name(a.Span.PfsID), a.Dist, a.RNSS)
 		} else {
 			fmt.Fprintf(&b, "close relay=%d conn=%d\n", a.Relay, a.Conn)
 		}
@@ -112,10 +116,14 @@ func (s *spanScript) actions() string {
 func (s *spanScript) tree() string {
 	var b strings.Builder
 	for _, n := range s.r.sortedNodes() {
-		fmt.Fprintf(&b, "cluster %d %s (%s) node %s (%s)\n", n.cluster.key.peerType, s.name(n.cluster.key.peerID),
-			label(n.cluster.key.label[:]), s.name(n.key.pfsID), label(n.key.label[:]))
+		state := ""
+		if n.active {
+			state = fmt.Sprintf(" active, awaiting %d answers", len(n.waiting))
+		}
+		fmt.Fprintf(&b, "cluster %d %s (%s) node %s (%s)%s\n", n.cluster.key.peerType, s.name(n.cluster.key.peerID),
+			label(n.cluster.key.label[:]), s.name(n.key.pfsID), label(n.key.label[:]), state)
 		for _, l := range n.links {
-			fmt.Fprintf(&b, "  link span=%d dist=%d rnss=%d via conn=%d\n", l.id, l.body.Dist, l.body.RNSS, l.conn)
+			fmt.Fprintf(&b, "  link span=%d dist=%d rnss=%d via conn=%d\n", l.id, l.dist, l.rnss, l.conn)
 		}
 		var conns []int
 		for c := range n.relays {
