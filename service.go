@@ -63,6 +63,9 @@ type svcLink struct {
 	conn   *Trans // the peer's LNK_CONN, while open
 	spans  map[*Trans]spanID
 	relays map[relayID]*Trans
+	// unanswered are withdrawn spans whose DELETE we have not returned:
+	// the router holds the answer while it withdraws the node elsewhere.
+	unanswered map[spanID]*Trans
 }
 
 // NewService prepares a service; node may be nil (no QUIC links).
@@ -200,12 +203,14 @@ func (s *Service) addLink(rw interface {
 	s.mu.Lock()
 	s.nextID++
 	sl := &svcLink{id: s.nextID, name: fmt.Sprintf("%s #%d", name, s.nextID), quic: q, since: time.Now(),
-		spans: map[*Trans]spanID{}, relays: map[relayID]*Trans{}}
-	s.links[sl.id] = sl
-	s.mu.Unlock()
+		spans: map[*Trans]spanID{}, relays: map[relayID]*Trans{}, unanswered: map[spanID]*Trans{}}
+	// The link is published with its Link set, under s.mu: its handlers
+	// take s.mu, so none runs (and no relay is sent on it) before then.
+	defer s.mu.Unlock()
 	sl.link = NewLink(rw, LinkConfig{Name: sl.name, PingInterval: s.cfg.Ping, DeadAfter: s.cfg.DeadAfter, Logger: s.log,
 		Handler: func(t *Trans, m *Msg) { s.handle(sl, t, m) },
 		OnClose: func(error) { s.linkGone(sl) }})
+	s.links[sl.id] = sl
 	c := LnkConn{PeerType: PeerCluster, PeerMask: ^uint64(0), PeerLabel: s.hostname + "/hammer2-service"}
 	if _, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkConn}, Ext: c.Marshal()}, func(*Trans, *Msg) {}); err != nil {
 		s.log.Warn("sending LNK_CONN", "link", sl.name, "err", err)
@@ -265,8 +270,7 @@ func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 		}
 		t.SetHandler(func(t *Trans, m *Msg) {
 			if m.Cmd&FlagDelete != 0 && m.Cmd&FlagReply == 0 {
-				s.spanGone(sl, t)
-				_ = t.Close(ErrOK)
+				s.spanGone(sl, t) // the router says when to answer
 			}
 		})
 		_ = t.Reply(ErrOK)
@@ -279,7 +283,6 @@ func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 		s.mu.Unlock()
 		if m.Cmd&FlagDelete != 0 {
 			s.spanGone(sl, t)
-			_ = t.Close(ErrOK)
 		}
 	}
 }
@@ -290,6 +293,7 @@ func (s *Service) spanGone(sl *svcLink, t *Trans) {
 	if id, ok := sl.spans[t]; ok {
 		delete(sl.spans, t)
 		delete(s.spanTx, id)
+		sl.unanswered[id] = t
 		s.router.spanDown(id)
 		s.applyLocked()
 	}
@@ -383,7 +387,14 @@ func (s *Service) applyLocked() {
 		if sl == nil {
 			continue
 		}
-		if !a.Open {
+		switch {
+		case a.Ack:
+			if t := sl.unanswered[a.Acked]; t != nil {
+				delete(sl.unanswered, a.Acked)
+				_ = t.Close(ErrOK)
+			}
+			continue
+		case !a.Open:
 			if t := sl.relays[a.Relay]; t != nil {
 				delete(sl.relays, a.Relay)
 				_ = t.Close(ErrOK)
@@ -395,14 +406,15 @@ func (s *Service) applyLocked() {
 		body.Dist, body.RNSS = a.Dist, a.RNSS
 		t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: body.Marshal()},
 			func(t *Trans, m *Msg) {
-				// The receiver closed our relay: forget it (libdmsg reopens it
-				// only when the node changes).
+				// The receiver's DELETE: the answer to our withdrawal, or it
+				// closing a relay it does not want. The router tells which.
 				if m.Cmd&FlagDelete != 0 {
 					s.mu.Lock()
 					if sl.relays[rid] == t {
 						delete(sl.relays, rid)
-						s.router.relayClosed(rid)
 					}
+					s.router.relayClosed(rid)
+					s.applyLocked()
 					s.mu.Unlock()
 				}
 			})

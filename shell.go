@@ -98,8 +98,7 @@ func runShell(conn io.ReadWriteCloser, in io.Reader, out io.Writer, log interfac
 		mu.Unlock()
 		return l.Root().Send(&Msg{Header: Header{Cmd: CmdDbgShell}, Aux: ShellAux(text)})
 	}
-	var l *Link
-	l = NewLink(conn, LinkConfig{Name: "shell", PingInterval: -1, DeadAfter: -1,
+	l := NewLink(conn, LinkConfig{Name: "shell", PingInterval: -1, DeadAfter: -1,
 		Handler: func(t *Trans, m *Msg) {
 			switch {
 			case t.IsRoot() && m.Cmd&(maskBaseCmd|FlagReply) == CmdDbgShell|FlagReply:
@@ -115,7 +114,7 @@ func runShell(conn io.ReadWriteCloser, in io.Reader, out io.Writer, log interfac
 				// As DragonFly's shell: note it, ask for a prompt, and refuse
 				// the CONN so that no spans are sent to a shell.
 				fmt.Fprintln(out, "Debug Shell received LNK_CONN")
-				_ = ask(l, "")
+				_ = ask(t.Link(), "") // not l: the reader may run before NewLink returns
 				_ = t.Close(ErrNoSupp)
 			}
 		}})
