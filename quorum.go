@@ -1,0 +1,729 @@
+package main
+
+// The quorum group of one cluster: the MASTER PFSs sharing a pfs_clid run
+// one etcd raft group, and QRM_COMMIT / CAC_LOCK become entries in its
+// log. quorumNode is one master's member, in the shape etcd raft itself
+// has: a deterministic state machine with no goroutines and no I/O of its
+// own other than its bbolt file. The owner feeds it ticks and received
+// messages, calls Advance, and ships what Advance returns over a
+// quorumLink. That keeps the whole group testable step by step in memory
+// (quorum_test.go) with the same code the daemon runs.
+//
+// Transaction ids are raft log indexes: unique, strictly increasing in
+// commit order, identical on every master, and the same number a grant is
+// valid at.
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// quorumConfig is in ticks; the daemon picks the tick length (e.g. 100 ms)
+// and converts its configured durations.
+type quorumConfig struct {
+	ElectionTicks  int // default 10
+	HeartbeatTicks int // default 1
+	// ProposeTimeoutTicks is how long a request may wait for a majority
+	// before it fails (default 5 election timeouts).
+	ProposeTimeoutTicks int
+	// SnapshotEvery compacts the log once this many entries were applied
+	// since the last snapshot (default 10000; tests use tiny values).
+	SnapshotEvery uint64
+	// SnapshotKeep is how many entries stay behind a snapshot so that a
+	// slightly lagging master is caught up by entries, not a snapshot
+	// (default SnapshotEvery/2).
+	SnapshotKeep uint64
+	// Logf receives raft's own log lines; nil discards them.
+	Logf func(format string, args ...any)
+}
+
+func (c quorumConfig) withDefaults() quorumConfig {
+	if c.ElectionTicks <= 0 {
+		c.ElectionTicks = 10
+	}
+	if c.HeartbeatTicks <= 0 {
+		c.HeartbeatTicks = 1
+	}
+	if c.ProposeTimeoutTicks <= 0 {
+		c.ProposeTimeoutTicks = 5 * c.ElectionTicks
+	}
+	if c.SnapshotEvery == 0 {
+		c.SnapshotEvery = 10000
+	}
+	if c.SnapshotKeep == 0 {
+		c.SnapshotKeep = c.SnapshotEvery / 2
+	}
+	return c
+}
+
+// Errors a request can fail with. Both mean "no majority of masters
+// answered in time"; they differ in what the caller may assume.
+var (
+	// errQuorumNoLeader: the request never entered any log (no leader was
+	// known during the whole wait), so it will never be applied.
+	errQuorumNoLeader = errors.New("quorum: no leader among reachable masters; request not submitted")
+	// errQuorumTimeout: the request reached a log but was not committed
+	// in time. It can still be applied later if that log's leader regains
+	// a majority, or be discarded; the caller must find out (e.g. by
+	// revalidating) rather than retry blindly.
+	errQuorumTimeout = errors.New("quorum: no majority of masters acknowledged the request in time; outcome unknown")
+	errQuorumRemoved = errors.New("quorum: this master is not a voting member")
+)
+
+// quorumResult is one applied entry as every master sees it. Txid is the
+// entry's raft index. Origin and ReqID identify the request across leader
+// changes: a master only answers the requests it originated.
+type quorumResult struct {
+	Txid    uint64
+	Origin  uint64
+	ReqID   uint64
+	Op      quorumOp // Kind is quorumOpMembers for a membership change
+	Members []uint64 // voters after a membership change
+	quorumOutcome
+	// Late marks this master's own request that was applied after it had
+	// already been reported Failed with errQuorumTimeout (its log's leader
+	// regained a majority). Local to the origin, not part of the outcome.
+	Late bool
+}
+
+// quorumLateWindow bounds how many timed-out requests are remembered for
+// the Late flag; older ones applying late are still in Applied, unflagged.
+const quorumLateWindow = 4096
+
+type quorumFailure struct {
+	ReqID uint64
+	Err   error
+}
+
+// quorumReady is what one Advance produced, in the order it must be acted
+// on: Messages are safe to send (what they acknowledge is on disk);
+// Durable are this master's requests now committed (held by a majority:
+// the phase-1 acknowledgement); Applied are entries applied to the state
+// machine (phase 2), for all origins; Failed are this master's requests
+// that ran out of time. Snapshot is non-zero when the state jumped to that
+// txid by a snapshot from the leader: the entries it covers are not
+// reported one by one, and any cache derived from earlier results must be
+// revalidated.
+type quorumReady struct {
+	Messages []*pb.Message
+	Durable  []uint64
+	Applied  []quorumResult
+	Failed   []quorumFailure
+	Snapshot uint64
+}
+
+type quorumMemberChange uint8
+
+const (
+	quorumAddVoter quorumMemberChange = iota + 1
+	quorumRemoveVoter
+)
+
+// quorumStatus is for `status` output and for deciding whether to even
+// try a request.
+type quorumStatus struct {
+	ID       uint64
+	Members  []uint64
+	Learners []uint64
+	Leader   uint64
+	Term     uint64
+	State    string
+	Commit   uint64
+	LastTxid uint64 // last applied
+	Pending  int
+	// HasQuorum: a leader is known and in contact with a majority. The
+	// leader counts the voters it heard from within the last election
+	// timeout (CheckQuorum alone would let it believe so for up to two);
+	// a follower trusts a leader it heard from within that time. Advisory
+	// only: whether a request commits never depends on it.
+	HasQuorum bool
+}
+
+// pending request bookkeeping.
+type quorumPending struct {
+	data     []byte         // entry data for a normal request
+	conf     *pb.ConfChange // or a membership change
+	deadline uint64         // tick by which it must be committed
+	inLog    bool           // raft accepted it (it may still be lost)
+}
+
+type quorumNode struct {
+	id    uint64
+	cfg   quorumConfig
+	rn    *raft.RawNode
+	store *quorumStore
+	fsm   *quorumFSM
+	cs    *pb.ConfState
+
+	ticks uint64
+	// heard is the tick each peer last sent us something: the leader's
+	// contact with a majority, or a follower's with the leader, is what
+	// HasQuorum reports.
+	heard     map[uint64]uint64
+	confDirty bool // a membership change was applied since the last snapshot
+	boot      uint64
+	seq       uint64
+	pending   map[uint64]*quorumPending
+	queued    []uint64 // dropped by raft for want of a leader; resubmitted when one is known
+	failed    []quorumFailure
+	timedOut  []uint64 // recent requests failed while in a log, oldest first (for Late)
+
+	// err is sticky: once a write to the store failed, memory and disk
+	// may disagree, and the only safe continuation is a restart from the
+	// file.
+	err error
+}
+
+// newQuorumNode opens master id's member on store. peers (which must
+// include id) bootstraps a brand-new group when the store is empty; the
+// founding masters must all be given the same list. A master joining an
+// existing group passes no peers and waits to be added by a membership
+// change and caught up by the leader. On a store that already holds a
+// group, peers is ignored: membership comes from the log. The caller
+// keeps ownership of store and closes it after the node is dropped.
+func newQuorumNode(id uint64, peers []uint64, store *quorumStore, cfg quorumConfig) (*quorumNode, error) {
+	if id == 0 {
+		return nil, errors.New("quorum: node id 0 is reserved")
+	}
+	cfg = cfg.withDefaults()
+	empty, err := store.isEmpty()
+	if err != nil {
+		return nil, err
+	}
+	if empty && len(peers) > 0 {
+		voters := slices.Clone(peers)
+		slices.Sort(voters)
+		voters = slices.Compact(voters)
+		if !slices.Contains(voters, id) {
+			return nil, fmt.Errorf("quorum: bootstrap peers %v do not include this master %d", voters, id)
+		}
+		if slices.Contains(voters, 0) {
+			return nil, errors.New("quorum: bootstrap peers include reserved id 0")
+		}
+		if err := store.bootstrap(voters); err != nil {
+			return nil, err
+		}
+	}
+	fsm, cs, err := store.loadFSM()
+	if err != nil {
+		return nil, err
+	}
+	boot, err := store.nextBoot()
+	if err != nil {
+		return nil, err
+	}
+	rn, err := raft.NewRawNode(&raft.Config{
+		ID:                        id,
+		ElectionTick:              cfg.ElectionTicks,
+		HeartbeatTick:             cfg.HeartbeatTicks,
+		Storage:                   store,
+		Applied:                   fsm.applied,
+		MaxSizePerMsg:             1 << 20,
+		MaxInflightMsgs:           256,
+		MaxUncommittedEntriesSize: 64 << 20,
+		MaxCommittedSizePerReady:  16 << 20,
+		CheckQuorum:               true,
+		PreVote:                   true,
+		StepDownOnRemoval:         true,
+		Logger:                    quorumLogger{id: id, logf: cfg.Logf},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("quorum: start raft for master %d on %s: %w", id, store.Path(), err)
+	}
+	return &quorumNode{id: id, cfg: cfg, rn: rn, store: store, fsm: fsm, cs: cs, boot: boot,
+		pending: map[uint64]*quorumPending{}, heard: map[uint64]uint64{}}, nil
+}
+
+// Request ids carry the boot counter in the high half so that a restarted
+// master never reuses one. The low half wraps after 2^32 requests in one
+// boot, by which time the old request has long been answered or failed.
+func (n *quorumNode) nextReqID() uint64 {
+	n.seq++
+	return n.boot<<32 | n.seq&0xffffffff
+}
+
+func fmtReqID(id uint64) string { return fmt.Sprintf("%d.%d", id>>32, id&0xffffffff) }
+
+// Entry data: version byte, origin master id, request id (both u64
+// big-endian), then the JSON op. Conf changes carry the same 17-byte
+// header, without op, in their Context.
+const (
+	quorumEntryVersion = 1
+	quorumEntryHeader  = 17
+)
+
+func quorumEntryHead(origin, reqID uint64) []byte {
+	b := make([]byte, quorumEntryHeader)
+	b[0] = quorumEntryVersion
+	binary.BigEndian.PutUint64(b[1:], origin)
+	binary.BigEndian.PutUint64(b[9:], reqID)
+	return b
+}
+
+func encodeQuorumEntry(origin, reqID uint64, op quorumOp) ([]byte, error) {
+	body, err := json.Marshal(op)
+	if err != nil {
+		return nil, fmt.Errorf("quorum: encode %s op: %w", op.Kind, err)
+	}
+	return append(quorumEntryHead(origin, reqID), body...), nil
+}
+
+func decodeQuorumHead(b []byte) (origin, reqID uint64, err error) {
+	if len(b) < quorumEntryHeader {
+		return 0, 0, fmt.Errorf("entry header is %d bytes, want %d", len(b), quorumEntryHeader)
+	}
+	if b[0] != quorumEntryVersion {
+		return 0, 0, fmt.Errorf("entry version %d, want %d", b[0], quorumEntryVersion)
+	}
+	return binary.BigEndian.Uint64(b[1:]), binary.BigEndian.Uint64(b[9:]), nil
+}
+
+func decodeQuorumEntry(b []byte) (origin, reqID uint64, op quorumOp, err error) {
+	if origin, reqID, err = decodeQuorumHead(b); err != nil {
+		return
+	}
+	if err = json.Unmarshal(b[quorumEntryHeader:], &op); err != nil {
+		err = fmt.Errorf("entry op: %w", err)
+	}
+	return
+}
+
+func (n *quorumNode) broken() error {
+	if n.err != nil {
+		return fmt.Errorf("quorum master %d unusable after a storage failure, restart it: %w", n.id, n.err)
+	}
+	return nil
+}
+
+// Propose submits op. It returns the request id under which Durable,
+// Applied and Failed will report it. With no leader known the request
+// waits (and is submitted once one is) until ProposeTimeoutTicks, then
+// fails with errQuorumNoLeader.
+func (n *quorumNode) Propose(op quorumOp) (uint64, error) {
+	if err := n.broken(); err != nil {
+		return 0, err
+	}
+	if err := op.validate(); err != nil {
+		return 0, fmt.Errorf("quorum: %w", err)
+	}
+	reqID := n.nextReqID()
+	data, err := encodeQuorumEntry(n.id, reqID, op)
+	if err != nil {
+		return 0, err
+	}
+	return reqID, n.submit(reqID, &quorumPending{data: data})
+}
+
+// ProposeConfChange adds or removes a voting master. Membership never
+// changes by itself: a master that is down keeps its vote (and counts
+// against the majority) until an operator removes it.
+func (n *quorumNode) ProposeConfChange(change quorumMemberChange, node uint64) (uint64, error) {
+	if err := n.broken(); err != nil {
+		return 0, err
+	}
+	if node == 0 {
+		return 0, errors.New("quorum: membership change for reserved id 0")
+	}
+	cc := &pb.ConfChange{NodeId: new(node)}
+	switch change {
+	case quorumAddVoter:
+		cc.Type = pb.ConfChangeAddNode.Enum()
+	case quorumRemoveVoter:
+		cc.Type = pb.ConfChangeRemoveNode.Enum()
+	default:
+		return 0, fmt.Errorf("quorum: unknown membership change %d", change)
+	}
+	reqID := n.nextReqID()
+	cc.Context = quorumEntryHead(n.id, reqID)
+	return reqID, n.submit(reqID, &quorumPending{conf: cc})
+}
+
+func (n *quorumNode) submit(reqID uint64, p *quorumPending) error {
+	p.deadline = n.ticks + uint64(n.cfg.ProposeTimeoutTicks)
+	n.pending[reqID] = p
+	err := n.hand(p)
+	if errors.Is(err, raft.ErrProposalDropped) {
+		n.queued = append(n.queued, reqID)
+		return nil
+	}
+	if err != nil {
+		delete(n.pending, reqID)
+		return fmt.Errorf("quorum: propose %s: %w", fmtReqID(reqID), err)
+	}
+	return nil
+}
+
+func (n *quorumNode) hand(p *quorumPending) error {
+	var err error
+	if p.conf != nil {
+		err = n.rn.ProposeConfChange(p.conf)
+	} else {
+		err = n.rn.Propose(p.data)
+	}
+	if err == nil {
+		p.inLog = true
+	}
+	return err
+}
+
+// resubmit retries requests raft dropped, in their original order, once a
+// leader is known. Only dropped ones: a request raft accepted may already
+// be in some log, and submitting it twice could apply it twice.
+func (n *quorumNode) resubmit() {
+	if len(n.queued) == 0 || n.rn.BasicStatus().Lead == raft.None {
+		return
+	}
+	keep := n.queued[:0]
+	for i, reqID := range n.queued {
+		p, ok := n.pending[reqID]
+		if !ok {
+			continue
+		}
+		if err := n.hand(p); err != nil {
+			if !errors.Is(err, raft.ErrProposalDropped) {
+				delete(n.pending, reqID)
+				n.failed = append(n.failed, quorumFailure{reqID, fmt.Errorf("quorum: propose %s: %w", fmtReqID(reqID), err)})
+				continue
+			}
+			// Still no taker: keep this and everything after it, in order.
+			keep = append(keep, n.queued[i:]...)
+			break
+		}
+	}
+	n.queued = keep
+}
+
+// Tick advances the logical clock by one tick.
+func (n *quorumNode) Tick() {
+	if n.err != nil {
+		return
+	}
+	n.ticks++
+	n.rn.Tick()
+	var expired []uint64
+	for reqID, p := range n.pending {
+		if p.deadline <= n.ticks {
+			expired = append(expired, reqID)
+		}
+	}
+	slices.Sort(expired)
+	for _, reqID := range expired {
+		p := n.pending[reqID]
+		delete(n.pending, reqID)
+		err := errQuorumTimeout
+		if !p.inLog {
+			err = errQuorumNoLeader
+		} else {
+			n.timedOut = append(n.timedOut, reqID)
+			if len(n.timedOut) > quorumLateWindow {
+				n.timedOut = slices.Delete(n.timedOut, 0, len(n.timedOut)-quorumLateWindow)
+			}
+		}
+		n.failed = append(n.failed, quorumFailure{reqID, fmt.Errorf("request %s after %d ticks: %w",
+			fmtReqID(reqID), n.cfg.ProposeTimeoutTicks, err)})
+	}
+	if len(expired) > 0 {
+		n.queued = slices.DeleteFunc(n.queued, func(id uint64) bool { _, ok := n.pending[id]; return !ok })
+	}
+}
+
+// Step feeds a message received from another master.
+func (n *quorumNode) Step(m *pb.Message) error {
+	if err := n.broken(); err != nil {
+		return err
+	}
+	if m.GetTo() != n.id {
+		return fmt.Errorf("quorum: master %d got a message for %d", n.id, m.GetTo())
+	}
+	if err := n.rn.Step(m); err != nil {
+		// A proposal forwarded to a master that has just stopped being
+		// leader is dropped; its origin times out, so it is no error of
+		// the link's.
+		if errors.Is(err, raft.ErrProposalDropped) {
+			return nil
+		}
+		return fmt.Errorf("quorum: master %d: step %s from %d: %w", n.id, m.GetType(), m.GetFrom(), err)
+	}
+	n.heard[m.GetFrom()] = n.ticks
+	return nil
+}
+
+// LinkDown tells raft that the link to peer is gone, as the span layer
+// sees it. Losing the leader makes this master forget it at once, so that
+// it may vote for a successor without waiting out the leader's lease.
+func (n *quorumNode) LinkDown(peer uint64) {
+	if n.err != nil {
+		return
+	}
+	n.rn.ReportUnreachable(peer)
+	if bs := n.rn.BasicStatus(); bs.Lead == peer && peer != n.id {
+		_ = n.rn.ForgetLeader()
+	}
+}
+
+// ReportSnapshot tells the leader whether a snapshot it sent to peer
+// arrived, so raft resumes (or retries) replication to it.
+func (n *quorumNode) ReportSnapshot(peer uint64, ok bool) {
+	if n.err != nil {
+		return
+	}
+	st := raft.SnapshotFinish
+	if !ok {
+		st = raft.SnapshotFailure
+	}
+	n.rn.ReportSnapshot(peer, st)
+}
+
+// Campaign starts an election now instead of after the election timeout.
+func (n *quorumNode) Campaign() error {
+	if err := n.broken(); err != nil {
+		return err
+	}
+	return n.rn.Campaign()
+}
+
+// Advance drains raft's Ready: persist, collect messages, apply. It must be
+// called after every Tick, Step, Propose or Report call that may have
+// produced work.
+func (n *quorumNode) Advance() (quorumReady, error) {
+	var out quorumReady
+	if err := n.broken(); err != nil {
+		return out, err
+	}
+	n.resubmit()
+	for n.rn.HasReady() {
+		rd := n.rn.Ready()
+		fsm, err := n.store.saveReady(rd.HardState, rd.Entries, rd.Snapshot)
+		if err != nil {
+			n.err = err
+			return out, n.broken()
+		}
+		if fsm != nil {
+			n.fsm, n.cs = fsm, proto.Clone(rd.Snapshot.GetMetadata().GetConfState()).(*pb.ConfState)
+			out.Snapshot = fsm.applied
+		}
+		out.Messages = append(out.Messages, rd.Messages...)
+		if err := n.apply(rd.CommittedEntries, &out); err != nil {
+			n.err = err
+			return out, n.broken()
+		}
+		n.rn.Advance(rd)
+		if err := n.maybeSnapshot(); err != nil {
+			n.err = err
+			return out, n.broken()
+		}
+		n.resubmit()
+	}
+	out.Failed, n.failed = n.failed, nil
+	return out, nil
+}
+
+func (n *quorumNode) apply(ents []*pb.Entry, out *quorumReady) error {
+	if len(ents) == 0 {
+		return nil
+	}
+	for _, e := range ents {
+		idx := e.GetIndex()
+		if idx <= n.fsm.applied {
+			continue
+		}
+		var res quorumResult
+		var ok bool
+		switch e.GetType() {
+		case pb.EntryNormal:
+			if len(e.GetData()) == 0 {
+				n.fsm.skip(idx) // a new leader's empty entry
+				continue
+			}
+			res, ok = n.applyNormal(idx, e.GetData())
+		case pb.EntryConfChange, pb.EntryConfChangeV2:
+			res, ok = n.applyConf(idx, e.GetType(), e.GetData()), true
+			n.confDirty = true
+		default:
+			// An entry type this version does not know: applying nothing
+			// keeps every master of this version identical.
+			n.fsm.skip(idx)
+			res, ok = quorumResult{Txid: idx, quorumOutcome: quorumOutcome{Err: fmt.Sprintf("unsupported entry type %s", e.GetType())}}, true
+		}
+		if !ok {
+			continue
+		}
+		if res.Origin == n.id {
+			if _, mine := n.pending[res.ReqID]; mine {
+				delete(n.pending, res.ReqID)
+				out.Durable = append(out.Durable, res.ReqID)
+			} else if i := slices.Index(n.timedOut, res.ReqID); i >= 0 {
+				n.timedOut = slices.Delete(n.timedOut, i, i+1)
+				res.Late = true
+			}
+		}
+		out.Applied = append(out.Applied, res)
+	}
+	return n.store.saveApplied(n.fsm, n.cs)
+}
+
+func (n *quorumNode) applyNormal(idx uint64, data []byte) (quorumResult, bool) {
+	origin, reqID, op, err := decodeQuorumEntry(data)
+	res := quorumResult{Txid: idx, Origin: origin, ReqID: reqID, Op: op}
+	if err != nil {
+		n.fsm.skip(idx)
+		res.Err = err.Error()
+		return res, true
+	}
+	var ok bool
+	res.quorumOutcome, ok = n.fsm.apply(idx, op)
+	return res, ok
+}
+
+// applyConf applies a membership change. We only propose V1 changes, but
+// raft itself appends an empty V2 one to leave a joint configuration, so
+// both are handled.
+func (n *quorumNode) applyConf(idx uint64, typ pb.EntryType, data []byte) quorumResult {
+	n.fsm.skip(idx)
+	res := quorumResult{Txid: idx, Op: quorumOp{Kind: quorumOpMembers}}
+	var cc interface {
+		pb.ConfChangeI
+		proto.Message
+		GetContext() []byte
+	}
+	if typ == pb.EntryConfChange {
+		cc = &pb.ConfChange{}
+	} else {
+		cc = &pb.ConfChangeV2{}
+	}
+	if err := proto.Unmarshal(data, cc); err != nil {
+		// raft validated it when it was proposed; an undecodable one comes
+		// from a corrupt log, and skipping it everywhere is all we can do.
+		res.Err = fmt.Sprintf("undecodable membership change: %v", err)
+		return res
+	}
+	if ctx := cc.GetContext(); len(ctx) > 0 {
+		var err error
+		if res.Origin, res.ReqID, err = decodeQuorumHead(ctx); err != nil {
+			res.Err = err.Error()
+		}
+	}
+	n.cs = n.rn.ApplyConfChange(cc)
+	res.Members = slices.Clone(n.cs.GetVoters())
+	slices.Sort(res.Members)
+	return res
+}
+
+// maybeSnapshot compacts the log once enough has been applied. The image
+// is taken right after applying, so it is exactly the state at its index.
+// A membership change forces one: raft sends a new master the latest
+// snapshot, and the master ignores a snapshot whose membership does not
+// include it yet.
+func (n *quorumNode) maybeSnapshot() error {
+	m := n.store.marks()
+	due := n.fsm.applied >= m.snap.index+n.cfg.SnapshotEvery || n.confDirty && n.fsm.applied > m.snap.index
+	if !due {
+		return nil
+	}
+	n.confDirty = false
+	data, err := n.fsm.encode()
+	if err != nil {
+		return err
+	}
+	if _, err := n.store.CreateSnapshot(n.fsm.applied, n.cs, data); err != nil {
+		return err
+	}
+	if n.fsm.applied > n.cfg.SnapshotKeep {
+		if to := n.fsm.applied - n.cfg.SnapshotKeep; to > m.trunc.index {
+			return n.store.Compact(to)
+		}
+	}
+	return nil
+}
+
+// Status reports membership, leadership and progress.
+func (n *quorumNode) Status() quorumStatus {
+	bs := n.rn.BasicStatus()
+	st := quorumStatus{ID: n.id, Leader: bs.Lead, Term: bs.GetTerm(), State: bs.RaftState.String(),
+		Commit: bs.GetCommit(), LastTxid: n.fsm.applied, Pending: len(n.pending)}
+	st.Members = slices.Clone(n.cs.GetVoters())
+	st.Learners = slices.Clone(n.cs.GetLearners())
+	slices.Sort(st.Members)
+	slices.Sort(st.Learners)
+	recent := func(id uint64) bool {
+		t, ok := n.heard[id]
+		return id == n.id || ok && n.ticks-t < uint64(n.cfg.ElectionTicks)
+	}
+	switch {
+	case n.err != nil || bs.Lead == raft.None || !slices.Contains(st.Members, n.id):
+	case bs.RaftState == raft.StateLeader:
+		var c int
+		for _, id := range st.Members {
+			if recent(id) {
+				c++
+			}
+		}
+		st.HasQuorum = c > len(st.Members)/2
+	default:
+		st.HasQuorum = recent(bs.Lead)
+	}
+	return st
+}
+
+// Holdings lists the lock table as of LastTxid, sorted.
+func (n *quorumNode) Holdings() []cacHolding { return n.fsm.list() }
+
+// quorumLink carries raft messages to other masters of the group. The
+// daemon's implementation rides the cluster links (DMSG); tests use an
+// in-memory network. send returning an error means the link is down.
+type quorumLink interface {
+	send(m *pb.Message) error
+}
+
+// quorumPump runs one Advance and sends what it produced: what a driver
+// does after each tick or received message.
+func quorumPump(n *quorumNode, link quorumLink) (quorumReady, error) {
+	rd, err := n.Advance()
+	if err != nil {
+		return rd, err
+	}
+	for _, m := range rd.Messages {
+		err := link.send(m)
+		if m.GetType() == pb.MsgSnap {
+			n.ReportSnapshot(m.GetTo(), err == nil)
+		}
+		if err != nil {
+			n.rn.ReportUnreachable(m.GetTo())
+		}
+	}
+	return rd, nil
+}
+
+// quorumLogger adapts raft's logging to an optional printf sink. Fatal and
+// Panic panic rather than exit: raft only uses them for broken invariants,
+// and the daemon's recovery (restart from the file) is the caller's call.
+type quorumLogger struct {
+	id   uint64
+	logf func(string, ...any)
+}
+
+func (l quorumLogger) out(level, s string) {
+	if l.logf != nil {
+		l.logf("quorum %d %s: %s", l.id, level, s)
+	}
+}
+
+func (l quorumLogger) Debug(v ...any)              {}
+func (l quorumLogger) Debugf(string, ...any)       {}
+func (l quorumLogger) Info(v ...any)               { l.out("info", fmt.Sprint(v...)) }
+func (l quorumLogger) Infof(f string, v ...any)    { l.out("info", fmt.Sprintf(f, v...)) }
+func (l quorumLogger) Warning(v ...any)            { l.out("warning", fmt.Sprint(v...)) }
+func (l quorumLogger) Warningf(f string, v ...any) { l.out("warning", fmt.Sprintf(f, v...)) }
+func (l quorumLogger) Error(v ...any)              { l.out("error", fmt.Sprint(v...)) }
+func (l quorumLogger) Errorf(f string, v ...any)   { l.out("error", fmt.Sprintf(f, v...)) }
+func (l quorumLogger) Fatal(v ...any)              { l.Panic(v...) }
+func (l quorumLogger) Fatalf(f string, v ...any)   { l.Panicf(f, v...) }
+func (l quorumLogger) Panic(v ...any)              { s := fmt.Sprint(v...); l.out("panic", s); panic(s) }
+func (l quorumLogger) Panicf(f string, v ...any)   { l.Panic(fmt.Sprintf(f, v...)) }
