@@ -4,9 +4,12 @@ package main
 // link's live state, and the spans the cluster advertises to the leaf.
 
 import (
+	"bytes"
+	"cmp"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 )
@@ -173,22 +176,29 @@ func printStatus(w io.Writer, slots []Volconf, st *LeafStatus, notRunning error)
 	printSpans(w, st.Spans)
 }
 
-// printSpans writes the spans as DragonFly's tree: per cluster, per node,
-// per link. The spans arrive sorted that way.
+// printSpans writes the spans as a tree: per cluster, per node (PFS), per
+// link. A cluster is its pfs_clid, whatever each copy is named: for the
+// leaf, PFSs sharing a pfs_clid are one cluster. (Relays group by label as
+// well, as libdmsg does; that only decides what is relayed.)
 func printSpans(w io.Writer, spans []SpanStatus) {
 	if len(spans) == 0 {
 		return
 	}
+	spans = slices.Clone(spans)
+	slices.SortStableFunc(spans, func(a, b SpanStatus) int {
+		return cmp.Or(cmp.Compare(a.PeerType, b.PeerType), bytes.Compare(a.PeerID[:], b.PeerID[:]),
+			bytes.Compare(a.PfsID[:], b.PfsID[:]), cmp.Compare(a.Dist, b.Dist))
+	})
 	fmt.Fprintln(w, "spans:")
 	var cluster, node string
 	for _, s := range spans {
-		if c := fmt.Sprintf("%d %s %s", s.PeerType, s.PeerID, s.Label); c != cluster {
+		if c := fmt.Sprintf("%d %s", s.PeerType, s.PeerID); c != cluster {
 			cluster, node = c, ""
-			fmt.Fprintf(w, "  cluster %s pfs_clid %s (%s)\n", peerTypeName(s.PeerType), s.PeerID, s.Label)
+			fmt.Fprintf(w, "  cluster %s pfs_clid %s\n", peerTypeName(s.PeerType), s.PeerID)
 		}
 		if n := s.PfsID.String(); n != node {
 			node = n
-			fmt.Fprintf(w, "    node %s pfs_id %s\n", s.PfsType, s.PfsID)
+			fmt.Fprintf(w, "    node %-20s %-11s pfs_id %s\n", s.Label, s.PfsType, s.PfsID)
 		}
 		fmt.Fprintf(w, "      dist %d via %s\n", s.Dist, s.Via)
 	}
