@@ -49,6 +49,23 @@ type Config struct {
 	Remotes []RemoteConfig `toml:"remote"`
 	// Service configures `hammer2 service`.
 	Service ServiceSection `toml:"service"`
+	// Quorum configures the quorum group of MASTER PFSs.
+	Quorum QuorumSection `toml:"quorum"`
+}
+
+// QuorumSection is the [quorum] table.
+type QuorumSection struct {
+	// Masters lists the pfs_fsids of the founding masters of the PFS's
+	// cluster, this one included, the same list on each (as etcd's
+	// initial cluster). Empty: this leaf runs no quorum group. Ignored once
+	// the group exists: membership then lives in its log.
+	Masters []string `toml:"masters"`
+	// StateDir holds quorum.db. Empty: the run directory.
+	StateDir string `toml:"state_dir"`
+	// Tick is the engine's clock; elections take 10 ticks.
+	Tick Duration `toml:"tick"`
+	// CommitTimeout is how long a commit may wait for a majority.
+	CommitTimeout Duration `toml:"commit_timeout"`
 }
 
 // ServiceSection is the [service] table.
@@ -101,6 +118,7 @@ func DefaultConfig() Config {
 		RedialMin:       Duration{time.Second},
 		RedialMax:       Duration{30 * time.Second},
 		LogFormat:       "text",
+		Quorum:          QuorumSection{Tick: Duration{100 * time.Millisecond}, CommitTimeout: Duration{5 * time.Second}},
 		Service: ServiceSection{
 			Unix:   defaultServiceSocket(),
 			TCP:    fmt.Sprintf("127.0.0.1:%d", ListenPort),
@@ -229,6 +247,14 @@ func (c *Config) validate() error {
 	}
 	if c.RedialMax.Duration < c.RedialMin.Duration {
 		return fmt.Errorf("key redial_max: %v is below redial_min %v", c.RedialMax, c.RedialMin)
+	}
+	for i, m := range c.Quorum.Masters {
+		if _, err := ParseUUID(m); err != nil {
+			return fmt.Errorf("quorum.masters[%d]: %w", i, err)
+		}
+	}
+	if c.Quorum.Tick.Duration <= 0 || c.Quorum.CommitTimeout.Duration < c.Quorum.Tick.Duration {
+		return fmt.Errorf("key quorum.commit_timeout: %v must be at least quorum.tick %v", c.Quorum.CommitTimeout, c.Quorum.Tick)
 	}
 	for i, r := range c.Remotes {
 		if r.Address == "" {

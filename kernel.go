@@ -53,6 +53,12 @@ func (l *Leaf) kernelMessage(ks *kernelState, t *Trans, m *Msg) {
 		t.SetHandler(func(t *Trans, m *Msg) { l.kernelConnMessage(ks, t, m) })
 		// Our result is what makes the kernel send its VOLCONFs and spans.
 		_ = t.Reply(ErrOK)
+	case CmdQrmCommit:
+		if l.quorum == nil {
+			_ = t.Close(ErrNoQuorum)
+			return
+		}
+		l.quorum.commit(t, m)
 	case CmdLnkSpan:
 		var sp LnkSpan
 		if err := sp.Unmarshal(m.Ext); err != nil {

@@ -44,6 +44,9 @@ type Leaf struct {
 	kernel   *Link
 	kernelUp time.Time
 	spans    *spanTable
+
+	quorum *quorumDriver // nil unless this PFS is a master of a quorum group
+	qstore *quorumStore
 }
 
 // target is one remote node we keep a link to.
@@ -80,7 +83,51 @@ func NewLeaf(cfg Config, pfs PFS, key ed25519.PrivateKey, trust *TrustStore, log
 		return nil, err
 	}
 	l.node = node
+	if err := l.openQuorum(); err != nil {
+		node.Close()
+		return nil, err
+	}
 	return l, nil
+}
+
+// openQuorum starts this master's member of its cluster's quorum group,
+// if the config names the founding masters.
+func (l *Leaf) openQuorum() error {
+	qc := l.cfg.Quorum
+	if len(qc.Masters) == 0 {
+		return nil
+	}
+	if l.info.Type&0x0F != PFSMaster {
+		l.log.Info("not a MASTER PFS: no quorum group member here", "type", pfsTypeName(l.info.Type))
+		return nil
+	}
+	var founders []uint64
+	for _, m := range qc.Masters {
+		u, err := ParseUUID(m)
+		if err != nil {
+			return fmt.Errorf("quorum.masters: %w", err)
+		}
+		founders = append(founders, masterID(u))
+	}
+	dir := qc.StateDir
+	if dir == "" {
+		dir = leafPaths(l.cfg, l.pfs, l.info).dir
+	}
+	store, err := openQuorumStore(dir, quorumStoreOptions{})
+	if err != nil {
+		return err
+	}
+	ticks := int(qc.CommitTimeout.Duration / qc.Tick.Duration)
+	log := l.log.With("quorum", fmt.Sprintf("%x", masterID(l.info.Fsid)))
+	node, err := newQuorumNode(masterID(l.info.Fsid), founders, store, quorumConfig{ProposeTimeoutTicks: ticks,
+		Logf: func(format string, args ...any) { log.Debug(fmt.Sprintf(format, args...)) }})
+	if err != nil {
+		store.Close()
+		return err
+	}
+	l.qstore = store
+	l.quorum = newQuorumDriver(l, node, qc.Tick.Duration)
+	return nil
 }
 
 // Info is the PFS registration the leaf advertises.
@@ -115,12 +162,18 @@ func (l *Leaf) Run(ctx context.Context, control string, ready func()) error {
 	l.spawn(func() { l.acceptLoop(ctx) })
 	l.spawn(func() { l.kernelLoop(ctx, cancel) })
 	l.spawn(func() { l.watchMount(ctx, cancel) })
+	if l.quorum != nil {
+		l.spawn(func() { l.quorum.run(ctx) })
+	}
 	if ready != nil {
 		ready()
 	}
 	<-ctx.Done()
 	l.shutdown()
 	l.wg.Wait()
+	if l.qstore != nil {
+		l.qstore.Close() // after the driver, which stopped with ctx
+	}
 	return nil
 }
 

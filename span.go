@@ -45,6 +45,24 @@ func (s *spanTable) remove(t *Trans) {
 	s.mu.Unlock()
 }
 
+// find returns the transaction of the nearest span (lowest dist, then
+// rnss) that match accepts, nil if none.
+func (s *spanTable) find(match func(*LnkSpan) bool) *Trans {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var best *Trans
+	var bestSpan *LnkSpan
+	for t, e := range s.entries {
+		if !match(&e.Span) {
+			continue
+		}
+		if best == nil || e.Span.Dist < bestSpan.Dist || e.Span.Dist == bestSpan.Dist && e.Span.RNSS < bestSpan.RNSS {
+			best, bestSpan = t, &e.Span
+		}
+	}
+	return best
+}
+
 // list returns the spans ordered by cluster, node, then (dist, rnss).
 func (s *spanTable) list() []spanEntry {
 	s.mu.Lock()
@@ -212,9 +230,16 @@ func (c *clusterLink) circuit(parent, t *Trans, m *Msg) {
 		_ = t.Close(ErrCantCirc)
 		return
 	}
-	if t.Cmd() == CmdDbgShell {
+	switch t.Cmd() {
+	case CmdDbgShell:
 		out := shellCommands{tree: c.leaf.shellTree}.run(strings.TrimSpace(ShellText(m.Aux)))
 		_ = t.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagDelete}, Aux: ShellAux(out)})
+	case CmdQrmRaft:
+		if q := c.leaf.quorum; q != nil {
+			q.accept(t, m)
+		} else {
+			_ = t.Close(ErrNoQuorum)
+		}
 	}
 }
 

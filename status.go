@@ -30,6 +30,19 @@ type LeafStatus struct {
 	Remotes  []LinkStatus `json:"remotes"`
 	Inbound  []LinkStatus `json:"inbound"`
 	Spans    []SpanStatus `json:"spans"`
+	Quorum   *QuorumJSON  `json:"quorum,omitempty"`
+}
+
+// QuorumJSON is the quorum group as this master sees it.
+type QuorumJSON struct {
+	ID        string   `json:"id"`
+	Members   []string `json:"members"`
+	Leader    string   `json:"leader"`
+	Term      uint64   `json:"term"`
+	State     string   `json:"state"`
+	LastTxid  uint64   `json:"last_txid"`
+	Pending   int      `json:"pending"`
+	HasQuorum bool     `json:"has_quorum"`
 }
 
 // LinkStatus is one link's live state.
@@ -98,6 +111,15 @@ func (l *Leaf) Status() LeafStatus {
 		ls := LinkStatus{Target: c.quic.RemoteAddr().String(), State: DialUp, Since: c.quic.Since()}
 		fillLink(&ls, c.link, c.quic)
 		st.Inbound = append(st.Inbound, ls)
+	}
+	if l.quorum != nil {
+		q := l.quorum.Status()
+		qj := &QuorumJSON{ID: fmt.Sprintf("%x", q.ID), Leader: fmt.Sprintf("%x", q.Leader), Term: q.Term,
+			State: q.State, LastTxid: q.LastTxid, Pending: q.Pending, HasQuorum: q.HasQuorum}
+		for _, m := range q.Members {
+			qj.Members = append(qj.Members, fmt.Sprintf("%x", m))
+		}
+		st.Quorum = qj
 	}
 	for _, e := range l.spans.list() {
 		st.Spans = append(st.Spans, SpanStatus{Label: e.Span.PeerLabelString(), PeerID: e.Span.PeerID,
@@ -172,6 +194,10 @@ func printStatus(w io.Writer, slots []Volconf, st *LeafStatus, notRunning error)
 	}
 	for _, r := range st.Inbound {
 		fmt.Fprintf(w, "  inbound   %s %s\n", r.Target, linkSummary(r))
+	}
+	if q := st.Quorum; q != nil {
+		fmt.Fprintf(w, "quorum: master %s (%s), leader %s, term %d, last txid %d, members %s, quorum %v\n",
+			q.ID, q.State, q.Leader, q.Term, q.LastTxid, strings.Join(q.Members, " "), q.HasQuorum)
 	}
 	printSpans(w, st.Spans)
 }

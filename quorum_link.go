@@ -1,0 +1,302 @@
+package main
+
+// The quorum group on the wire: how a master's leaf runs its quorumNode
+// over dmsg, and how it serves the kernel's QRM_COMMIT.
+//
+// Masters reach each other the way anything reaches a PFS in the cluster:
+// a transaction opened under the PFS's LNK_SPAN, forwarded hop by hop by
+// the services (circuits). Each master opens one QRM_RAFT transaction to
+// every other master it must send to and streams raft messages on it, one
+// per dmsg message; it steps whatever arrives on the ones the others
+// opened. Losing the span or a link closes the transaction; the next
+// message reopens it over whatever path the spans offer then.
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// QRM commands (protocol 0x4). DragonFly reserved QRM_COMMIT (code 0x001)
+// without a payload; QRM_RAFT is ours. Both payloads are 64 bytes, two
+// header units with the base header.
+var (
+	CmdQrmCommit = mkcmd(ProtoQRM, 0x001, 128)
+	CmdQrmRaft   = mkcmd(ProtoQRM, 0x002, 128)
+)
+
+// Quorum results in the header's error field (the 0x2X block holds
+// DragonFly's own; these follow them).
+const (
+	ErrQuorumTimeout = 0x25 // no majority in time; the request was never applied
+	ErrQuorumUnknown = 0x26 // in a log but not committed in time: outcome unknown
+	ErrNoQuorum      = 0x27 // this leaf serves no quorum group
+)
+
+// qrmCommit is the QRM_COMMIT payload. The kernel opens the transaction
+// with the operation as aux data and the payload zeroed; the leaf answers
+// with phase 1 (a majority holds it durably; the transaction stays open),
+// then phase 2 with DELETE (applied; txid set).
+type qrmCommit struct {
+	Phase uint32 // 1 or 2
+	Txid  uint64 // phase 2: the cluster-wide transaction id
+	ReqID uint64 // the group's request id, for logs
+}
+
+func (c *qrmCommit) marshal() []byte {
+	b := newExt(CmdQrmCommit)
+	le := binary.LittleEndian
+	le.PutUint32(b[0x40-HdrSize:], c.Phase)
+	le.PutUint64(b[0x48-HdrSize:], c.Txid)
+	le.PutUint64(b[0x50-HdrSize:], c.ReqID)
+	return b
+}
+
+func parseQrmCommit(ext []byte) (qrmCommit, error) {
+	if err := needExt(ext, "QRM_COMMIT", 0x58); err != nil {
+		return qrmCommit{}, err
+	}
+	le := binary.LittleEndian
+	return qrmCommit{Phase: le.Uint32(ext[0x40-HdrSize:]), Txid: le.Uint64(ext[0x48-HdrSize:]),
+		ReqID: le.Uint64(ext[0x50-HdrSize:])}, nil
+}
+
+// qrmRaft is the QRM_RAFT payload: who talks to whom in which group. The
+// raft message itself is the aux data (protobuf, as etcd raft encodes it).
+type qrmRaft struct {
+	From, To uint64
+	Clid     UUID
+}
+
+func (r *qrmRaft) marshal() []byte {
+	b := newExt(CmdQrmRaft)
+	le := binary.LittleEndian
+	le.PutUint64(b[0x40-HdrSize:], r.From)
+	le.PutUint64(b[0x48-HdrSize:], r.To)
+	copy(b[0x50-HdrSize:], r.Clid[:])
+	return b
+}
+
+func parseQrmRaft(ext []byte) (qrmRaft, error) {
+	if err := needExt(ext, "QRM_RAFT", 0x60); err != nil {
+		return qrmRaft{}, err
+	}
+	le := binary.LittleEndian
+	r := qrmRaft{From: le.Uint64(ext[0x40-HdrSize:]), To: le.Uint64(ext[0x48-HdrSize:])}
+	copy(r.Clid[:], ext[0x50-HdrSize:])
+	return r, nil
+}
+
+// masterID is a master's raft id: the first 8 bytes of its pfs_fsid
+// (never 0, which raft reserves). Random v4 fsids make collisions in one
+// cluster negligible.
+func masterID(fsid UUID) uint64 {
+	if id := binary.LittleEndian.Uint64(fsid[:8]); id != 0 {
+		return id
+	}
+	return 1
+}
+
+// quorumDriver owns one quorumNode: a single goroutine does all its work,
+// since the node, like etcd's RawNode, is not safe for concurrent use.
+type quorumDriver struct {
+	leaf *Leaf
+	node *quorumNode
+	self uint64
+	tick time.Duration
+	work chan func()
+
+	// owned by the run goroutine
+	out     map[uint64]*Trans // our QRM_RAFT transaction to each master
+	waiters map[uint64]*Trans // request id -> the kernel's QRM_COMMIT
+
+	status atomic.Pointer[quorumStatus]
+	wg     sync.WaitGroup
+}
+
+func newQuorumDriver(l *Leaf, node *quorumNode, tick time.Duration) *quorumDriver {
+	d := &quorumDriver{leaf: l, node: node, self: node.id, tick: tick, work: make(chan func(), 256),
+		out: map[uint64]*Trans{}, waiters: map[uint64]*Trans{}}
+	st := node.Status()
+	d.status.Store(&st)
+	return d
+}
+
+// do runs f on the driver's goroutine.
+func (d *quorumDriver) do(ctx context.Context, f func()) {
+	select {
+	case d.work <- f:
+	case <-ctx.Done():
+	}
+}
+
+func (d *quorumDriver) run(ctx context.Context) {
+	t := time.NewTicker(d.tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			for _, tr := range d.out {
+				_ = tr.Close(ErrOK)
+			}
+			return
+		case <-t.C:
+			d.node.Tick()
+		case f := <-d.work:
+			f()
+		}
+		d.pump()
+	}
+}
+
+// pump persists, sends and answers what the node produced.
+func (d *quorumDriver) pump() {
+	rd, err := d.node.Advance()
+	if err != nil {
+		d.leaf.log.Error("quorum store failed; the group needs a restart of this leaf", "err", err)
+		return
+	}
+	for _, m := range rd.Messages {
+		err := d.send(m)
+		if m.GetType() == pb.MsgSnap {
+			d.node.ReportSnapshot(m.GetTo(), err == nil)
+		}
+	}
+	for _, id := range rd.Durable {
+		if t := d.waiters[id]; t != nil {
+			_ = t.Send(&Msg{Header: Header{Cmd: CmdQrmCommit}, Ext: (&qrmCommit{Phase: 1, ReqID: id}).marshal()})
+		}
+	}
+	for _, r := range rd.Applied {
+		if r.Origin != d.self {
+			continue
+		}
+		t := d.waiters[r.ReqID]
+		if t == nil {
+			continue
+		}
+		delete(d.waiters, r.ReqID)
+		if r.Err != "" {
+			_ = t.Close(ErrParam)
+			continue
+		}
+		_ = t.Send(&Msg{Header: Header{Cmd: CmdQrmCommit | FlagDelete},
+			Ext: (&qrmCommit{Phase: 2, Txid: r.Txid, ReqID: r.ReqID}).marshal()})
+	}
+	for _, f := range rd.Failed {
+		t := d.waiters[f.ReqID]
+		if t == nil {
+			continue
+		}
+		delete(d.waiters, f.ReqID)
+		code := uint32(ErrQuorumUnknown)
+		if errors.Is(f.Err, errQuorumNoLeader) {
+			code = ErrQuorumTimeout
+		}
+		d.leaf.log.Warn("commit failed", "req", fmtReqID(f.ReqID), "err", f.Err)
+		_ = t.Close(code)
+	}
+	st := d.node.Status()
+	d.status.Store(&st)
+}
+
+// send carries one raft message to its master, opening the transaction
+// under that master's span when there is none.
+func (d *quorumDriver) send(m *pb.Message) error {
+	t := d.out[m.GetTo()]
+	if t == nil || t.TxDone() || t.RxDone() {
+		var err error
+		if t, err = d.open(m.GetTo()); err != nil {
+			d.node.rn.ReportUnreachable(m.GetTo())
+			return err
+		}
+		d.out[m.GetTo()] = t
+	}
+	data, err := proto.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("quorum: encode message to %d: %w", m.GetTo(), err)
+	}
+	if err := t.Send(&Msg{Header: Header{Cmd: CmdQrmRaft}, Aux: data}); err != nil {
+		delete(d.out, m.GetTo())
+		d.node.rn.ReportUnreachable(m.GetTo())
+		return err
+	}
+	return nil
+}
+
+// open finds the nearest span of master id and opens QRM_RAFT under it.
+func (d *quorumDriver) open(id uint64) (*Trans, error) {
+	span := d.leaf.spans.find(func(s *LnkSpan) bool {
+		return s.PeerID == d.leaf.info.Clid && s.PfsType&0x0F == PFSMaster && masterID(s.PfsID) == id
+	})
+	if span == nil {
+		return nil, fmt.Errorf("quorum: no span reaches master %x", id)
+	}
+	hdr := qrmRaft{From: d.self, To: id, Clid: d.leaf.info.Clid}
+	return span.Open(&Msg{Header: Header{Cmd: CmdQrmRaft}, Ext: hdr.marshal()}, func(t *Trans, m *Msg) {
+		if m.Cmd&FlagDelete != 0 {
+			d.do(d.leaf.ctx, func() {
+				if d.out[id] == t {
+					delete(d.out, id)
+				}
+			})
+		}
+	})
+}
+
+// accept takes a QRM_RAFT transaction another master opened under our
+// span, stepping every raft message that arrives on it.
+func (d *quorumDriver) accept(t *Trans, m *Msg) {
+	hdr, err := parseQrmRaft(m.Ext)
+	if err != nil || hdr.Clid != d.leaf.info.Clid || hdr.To != d.self {
+		_ = t.Close(ErrParam)
+		return
+	}
+	step := func(t *Trans, m *Msg) {
+		if len(m.Aux) > 0 {
+			msg := new(pb.Message)
+			if err := proto.Unmarshal(m.Aux, msg); err != nil {
+				d.leaf.log.Warn("bad raft message", "from", fmt.Sprintf("%x", hdr.From), "err", err)
+				_ = t.Close(ErrParam)
+				return
+			}
+			d.do(d.leaf.ctx, func() { _ = d.node.Step(msg) })
+		}
+		if m.Cmd&FlagDelete != 0 {
+			_ = t.Close(ErrOK)
+		}
+	}
+	t.SetHandler(step)
+	step(t, m)
+}
+
+// commit serves the kernel's QRM_COMMIT: the operation is its aux data.
+func (d *quorumDriver) commit(t *Trans, m *Msg) {
+	op := quorumOp{Kind: quorumOpCommit, Payload: slices.Clone(m.Aux)}
+	t.SetHandler(func(t *Trans, m *Msg) {
+		// The kernel may give up (ABORT/DELETE); the result still applies.
+		if m.Cmd&FlagDelete != 0 && !t.TxDone() {
+			_ = t.Close(ErrOK)
+		}
+	})
+	d.do(d.leaf.ctx, func() {
+		id, err := d.node.Propose(op)
+		if err != nil {
+			d.leaf.log.Warn("commit refused", "err", err)
+			_ = t.Close(ErrParam)
+			return
+		}
+		d.waiters[id] = t
+	})
+}
+
+// Status is the group as this master sees it.
+func (d *quorumDriver) Status() quorumStatus { return *d.status.Load() }
