@@ -74,11 +74,11 @@ func NewLeaf(cfg Config, pfs PFS, key ed25519.PrivateKey, trust *TrustStore, log
 		inbound: map[*clusterLink]struct{}{},
 		spans:   newSpanTable(),
 	}
-	listen := cfg.Listen
-	if listen == "none" {
-		listen = ":0" // we still need a socket to dial from
+	qc := QuicConfig{Listen: cfg.Listen, DeadAfter: cfg.RemoteDeadAfter.Duration, Logger: l.log}
+	if cfg.Listen == "none" {
+		qc.Listen, qc.DialOnly = ":0", true // a socket to dial from, accepting nothing
 	}
-	node, err := NewQuicNode(key, trust, QuicConfig{Listen: listen, DeadAfter: cfg.RemoteDeadAfter.Duration, Logger: l.log})
+	node, err := NewQuicNode(key, trust, qc)
 	if err != nil {
 		return nil, err
 	}

@@ -60,6 +60,35 @@ const (
 	resetKeyInfo = "hammer2-leaf quic stateless reset key v1"
 )
 
+var errDialOnly = errors.New("quic: this node only dials (listen = none)")
+
+// Flow control is what paces a link's bulk data. A stream Write returns
+// once its bytes are packetized, so what the link has written and the peer's
+// link has not yet read is in flight, and a PING or span update written
+// after it waits behind all of it. When the receiving link reads more slowly
+// than the path delivers (a busy CPU), the whole receive window fills with
+// unread bulk and each PING waits window/read rate: with quic-go's defaults
+// (512 KiB per stream, auto-tuned up to 6 MiB, 15 MiB per connection) the
+// PING p99 reached 20-150 ms on a 2-vCPU machine busy with other work
+// (docs/BENCHMARKS.md, "QUIC links"). Windows sized for the local path
+// would instead hold a long path to window/RTT. So the windows start at what
+// a fast short path needs (a 384 KiB connection window keeps loopback
+// throughput within about 10 % of quic-go's defaults; 96 KiB halves it),
+// and auto-tuning may grow the connection's only on paths with a minimum RTT
+// of quicLongPath or more, to twice the bandwidth-delay product of a
+// quicPathRate path (allowWindowIncrease).
+const (
+	quicStreamWindow    = 256 << 10 // initial, per stream
+	quicConnWindow      = 384 << 10 // initial, per connection: the binding limit
+	quicMaxStreamWindow = 6 << 20   // quic-go's default ceilings
+	quicMaxConnWindow   = 15 << 20
+	quicPathRate        = 10e9 / 8 // bytes per second: 10 Gbit/s
+	// quicLongPath separates a path whose window may grow from loopback
+	// and LAN paths, whose minimum RTT right after the handshake (which
+	// includes its crypto) is still well under a millisecond.
+	quicLongPath = time.Millisecond
+)
+
 // QuicConfig configures a QuicNode. Zero values take the defaults noted.
 type QuicConfig struct {
 	// Listen is the UDP address to bind, used for dialing too.
@@ -71,6 +100,9 @@ type QuicConfig struct {
 	// KeepAlive is how often an idle link sends a PING so that it is not
 	// taken for dead. Default DeadAfter/3, so two PINGs may be lost.
 	KeepAlive time.Duration
+	// DialOnly binds Listen only to dial from: no connection is accepted
+	// (a leaf configured with listen = "none").
+	DialOnly bool
 	// Logger receives refusals and protocol errors. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -139,6 +171,9 @@ type QuicNode struct {
 	mu     sync.Mutex
 	closed bool
 	links  map[*QuicLink]struct{} // live links, closed by Close
+
+	winMu sync.Mutex
+	wins  map[*quic.Conn]uint64 // receive window of each connection that asked to grow it
 }
 
 // NewQuicNode binds cfg.Listen and starts accepting links.
@@ -194,13 +229,20 @@ func NewQuicNode(key ed25519.PrivateKey, trust *TrustStore, cfg QuicConfig) (*Qu
 			KeepAlivePeriod:       cfg.KeepAlive,
 			MaxIncomingStreams:    quicMaxStreams,
 			MaxIncomingUniStreams: -1,
+
+			InitialStreamReceiveWindow:     quicStreamWindow,
+			MaxStreamReceiveWindow:         quicMaxStreamWindow,
+			InitialConnectionReceiveWindow: quicConnWindow,
+			MaxConnectionReceiveWindow:     quicMaxConnWindow,
 		},
 		udp:    udp,
 		tr:     &quic.Transport{Conn: udp, StatelessResetKey: &resetKey},
 		ready:  make(chan *QuicLink),
 		lnDone: make(chan struct{}),
 		links:  map[*QuicLink]struct{}{},
+		wins:   map[*quic.Conn]uint64{},
 	}
+	n.qconf.AllowConnectionWindowIncrease = n.allowWindowIncrease
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.cliTLS = &tls.Config{
 		MinVersion:   tls.VersionTLS13,
@@ -230,6 +272,13 @@ func NewQuicNode(key ed25519.PrivateKey, trust *TrustStore, cfg QuicConfig) (*Qu
 		return c, nil
 	}
 
+	if cfg.DialOnly {
+		// Without a listener the transport drops every handshake it is
+		// offered: nothing can be accepted, not even from a trusted key.
+		n.lnErr = errDialOnly
+		close(n.lnDone)
+		return n, nil
+	}
 	n.ln, err = n.tr.Listen(n.srvTLS, n.qconf)
 	if err != nil {
 		n.tr.Close()
@@ -239,6 +288,37 @@ func NewQuicNode(key ed25519.PrivateKey, trust *TrustStore, cfg QuicConfig) (*Qu
 	n.wg.Add(1)
 	go n.acceptLoop()
 	return n, nil
+}
+
+// allowWindowIncrease is quic-go's hook before its auto-tuning grows a
+// connection's receive window by delta. On a path whose minimum RTT is
+// quicLongPath or more it allows growth up to twice the bandwidth-delay
+// product of a quicPathRate path (and quicMaxConnWindow); on loopback or a
+// LAN the window stays at quicConnWindow, so bulk data cannot queue far
+// ahead of control messages. A refusal is not final: quic-go asks again at
+// its next window update, with a newer RTT estimate.
+func (n *QuicNode) allowWindowIncrease(c *quic.Conn, delta uint64) bool {
+	n.winMu.Lock()
+	defer n.winMu.Unlock()
+	w, ok := n.wins[c]
+	if !ok {
+		w = uint64(quicConnWindow)
+		context.AfterFunc(c.Context(), func() {
+			n.winMu.Lock()
+			delete(n.wins, c)
+			n.winMu.Unlock()
+		})
+	}
+	limit := uint64(quicConnWindow)
+	if rtt := c.ConnectionStats().MinRTT; rtt >= quicLongPath {
+		limit = max(limit, uint64(2*rtt.Seconds()*quicPathRate))
+	}
+	if w+delta > limit {
+		n.wins[c] = w
+		return false
+	}
+	n.wins[c] = w + delta
+	return true
 }
 
 func selfSignedCert(key ed25519.PrivateKey) (tls.Certificate, error) {
@@ -557,7 +637,9 @@ func (n *QuicNode) Close() error {
 		n.mu.Unlock()
 
 		n.cancel()
-		n.ln.Close()
+		if n.ln != nil {
+			n.ln.Close()
+		}
 		var wg sync.WaitGroup
 		for _, l := range links {
 			// CloseWithError waits until CONNECTION_CLOSE is sent.

@@ -83,11 +83,11 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 				_ = trust.AddKey(cmp.Or(r.Name, r.Address), pub)
 			}
 		}
-		listen := sc.Listen
-		if listen == "none" {
-			listen = ":0"
+		qc := QuicConfig{Listen: sc.Listen, DeadAfter: cfg.RemoteDeadAfter.Duration, Logger: log}
+		if sc.Listen == "none" {
+			qc.Listen, qc.DialOnly = ":0", true // autoconn only: accept nothing
 		}
-		node, err = NewQuicNode(key, trust, QuicConfig{Listen: listen, DeadAfter: cfg.RemoteDeadAfter.Duration, Logger: log})
+		node, err = NewQuicNode(key, trust, qc)
 		if err != nil {
 			return err
 		}

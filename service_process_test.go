@@ -1,0 +1,1423 @@
+package main
+
+// End-to-end tests of `hammer2 service`: services run as real processes on
+// 127.0.0.1, linked to each other over QUIC with pinned keys, with leaves
+// using them as their backbone over the services' Unix sockets. What the
+// cluster advertises is read the way an operator reads it: `hammer2 status
+// --json` on each leaf and `hammer2 shell` on the services. The harness of
+// leaf_process_test.go builds the binary and runs the leaves.
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// svcOpts are a test service's config values (durations as TOML strings).
+type svcOpts struct {
+	RemoteDeadAfter string // QUIC idle bound between services; default 1s
+	DeadAfter       string // dmsg silence bound on every link; default 3s
+	PingInterval    string // default 250ms
+	RedialMin       string // default 100ms
+	RedialMax       string // default 500ms
+}
+
+func (o svcOpts) withDefaults() svcOpts {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&o.RemoteDeadAfter, "1s")
+	def(&o.DeadAfter, "3s")
+	def(&o.PingInterval, "250ms")
+	def(&o.RedialMin, "100ms")
+	def(&o.RedialMax, "500ms")
+	return o
+}
+
+// svcNode is one service process with its directory, key and config.
+type svcNode struct {
+	t        *testing.T
+	name     string
+	bin      string
+	dir      string
+	cfgPath  string
+	keyDir   string
+	sock     string // the Unix socket leaves use
+	logPath  string // the foreground process's stdout and stderr
+	tcp      string // 127.0.0.1:port, plaintext dmsg (the shell)
+	udp      string // 127.0.0.1:port, QUIC from other services
+	autoconn []string
+	pub, fp  string
+	opts     svcOpts
+	env      []string // extra environment of the service process
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+	state  *os.ProcessState
+	starts int
+}
+
+var (
+	svcTCPMu    sync.Mutex
+	svcTCPTaken = map[int]bool{}
+)
+
+// svcFreeTCPPort picks a free TCP port on 127.0.0.1, never the same one
+// twice in a test run.
+func svcFreeTCPPort(t testing.TB) int {
+	t.Helper()
+	for range 50 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		svcTCPMu.Lock()
+		used := svcTCPTaken[port]
+		svcTCPTaken[port] = true
+		svcTCPMu.Unlock()
+		if !used {
+			return port
+		}
+	}
+	t.Fatal("no free TCP port")
+	return 0
+}
+
+// newSvcNode prepares a service (key, config, ports) without starting it.
+func newSvcNode(t *testing.T, name string, o svcOpts) *svcNode {
+	t.Helper()
+	bin := h2Binary(t)
+	dir := shortTempDir(t)
+	s := &svcNode{t: t, name: name, bin: bin, dir: dir, cfgPath: filepath.Join(dir, "svc.toml"),
+		keyDir: filepath.Join(dir, "keys"), sock: filepath.Join(dir, "s.sock"),
+		logPath: filepath.Join(dir, "fg.log"), opts: o.withDefaults()}
+	s.tcp = net.JoinHostPort("127.0.0.1", strconv.Itoa(svcFreeTCPPort(t)))
+	s.udp = net.JoinHostPort("127.0.0.1", strconv.Itoa(freeUDPPort(t)))
+	o = s.opts
+	cfg := fmt.Sprintf(`# test service %s
+key_dir = %q
+remote_dead_after = %q
+dead_after = %q
+ping_interval = %q
+redial_min = %q
+redial_max = %q
+`, name, s.keyDir, o.RemoteDeadAfter, o.DeadAfter, o.PingInterval, o.RedialMin, o.RedialMax)
+	if err := os.WriteFile(s.cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runH2(t, bin, "-c", s.cfgPath, "keygen")
+	if code != 0 {
+		t.Fatalf("service %s: keygen exit %d: %s", name, code, errOut)
+	}
+	s.pub = strings.TrimSpace(out)
+	pub, err := ParsePublicKey(s.pub)
+	if err != nil {
+		t.Fatalf("service %s: keygen printed %q: %v", name, out, err)
+	}
+	s.fp = Fingerprint(pub)
+	t.Cleanup(func() {
+		if strings.Contains(s.logText(), "WARNING: DATA RACE") {
+			t.Errorf("service %s: the race detector reported a data race", s.name)
+		}
+		if t.Failed() {
+			t.Logf("----- log of service %s (udp %s, tcp %s, key %s) -----\n%s----- end of log of %s -----",
+				s.name, s.udp, s.tcp, s.fp, s.logText(), s.name)
+		}
+	})
+	t.Cleanup(s.killQuietly)
+	return s
+}
+
+// trustSvcs puts each peer's public key line in s's remote/<name>.pub.
+func (s *svcNode) trustSvcs(peers ...*svcNode) {
+	s.t.Helper()
+	dir := filepath.Join(s.keyDir, "remote")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		s.t.Fatal(err)
+	}
+	for _, p := range peers {
+		if err := os.WriteFile(filepath.Join(dir, p.name+".pub"), []byte(p.pub+"\n"), 0o644); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+}
+
+// svcLinkBoth has a keep a link to b (a autoconns to b), each trusting
+// the other.
+func svcLinkBoth(a, b *svcNode) {
+	a.trustSvcs(b)
+	b.trustSvcs(a)
+	a.autoconn = append(a.autoconn, b.udp)
+}
+
+// args is the command line of the foreground service, before globals.
+func (s *svcNode) args(quiet, foreground bool) []string {
+	a := []string{"-c", s.cfgPath}
+	if quiet {
+		a = append(a, "-q")
+	}
+	if foreground {
+		a = append(a, "-d")
+	}
+	a = append(a, "service", "--unix", s.sock, "--tcp", s.tcp, "--listen", s.udp)
+	for _, ac := range s.autoconn {
+		a = append(a, "--autoconn", ac)
+	}
+	return a
+}
+
+// start runs the service in the foreground (-d) and waits until it serves.
+func (s *svcNode) start() {
+	s.t.Helper()
+	s.mu.Lock()
+	if s.cmd != nil && !s.hasExitedLocked() {
+		s.mu.Unlock()
+		s.t.Fatalf("service %s: already running", s.name)
+	}
+	lf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		s.mu.Unlock()
+		s.t.Fatal(err)
+	}
+	s.starts++
+	fmt.Fprintf(lf, "===== start %d of service %s (udp %s) =====\n", s.starts, s.name, s.udp)
+	cmd := exec.Command(s.bin, s.args(false, true)...)
+	if len(s.env) > 0 {
+		cmd.Env = append(os.Environ(), s.env...)
+	}
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		s.mu.Unlock()
+		s.t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	s.cmd, s.exited, s.state = cmd, exited, nil
+	s.mu.Unlock()
+	go func() {
+		_ = cmd.Wait()
+		s.mu.Lock()
+		s.state = cmd.ProcessState
+		s.mu.Unlock()
+		lf.Close()
+		close(exited)
+	}()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		b, _ := os.ReadFile(s.logPath)
+		if i := bytes.LastIndex(b, []byte("===== start")); i >= 0 && bytes.Contains(b[i:], []byte("service running")) {
+			return
+		}
+		select {
+		case <-exited:
+			s.t.Fatalf("service %s exited while starting (%v); log:\n%s", s.name, s.state, b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("service %s not running after 15s; log:\n%s", s.name, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *svcNode) hasExitedLocked() bool {
+	select {
+	case <-s.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *svcNode) pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cmd.Process.Pid
+}
+
+func (s *svcNode) running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cmd != nil && !s.hasExitedLocked()
+}
+
+// kill9 kills the service with SIGKILL and waits for it.
+func (s *svcNode) kill9() {
+	s.t.Helper()
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.mu.Unlock()
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		s.t.Fatalf("service %s: SIGKILL: %v", s.name, err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		s.t.Fatalf("service %s: still running 10s after SIGKILL", s.name)
+	}
+}
+
+func (s *svcNode) killQuietly() {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	select {
+	case <-exited:
+		return
+	default:
+	}
+	_ = cmd.Process.Kill()
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+	}
+}
+
+func (s *svcNode) logText() string {
+	b, _ := os.ReadFile(s.logPath)
+	return string(b)
+}
+
+// svcShellOnce runs `hammer2 shell target` with lines on its stdin.
+func svcShellOnce(t testing.TB, bin, target string, lines ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(bin, "shell", target)
+	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("hammer2 shell %s: still running after 20s", target)
+	}
+	return o.String(), e.String(), cmd.ProcessState.ExitCode()
+}
+
+// svcShellCrashed recognises the shell client's known crash: runShell's
+// handler, run on the link's reader goroutine, uses the *Link variable
+// before NewLink has returned and it is assigned (shell.go), so a
+// LNK_CONN read at once dereferences nil. TestServiceShell fails on it;
+// the other tests only need the shell to read state, and retry.
+func svcShellCrashed(stderr string) bool {
+	return (strings.Contains(stderr, "panic:") || strings.Contains(stderr, "WARNING: DATA RACE")) &&
+		strings.Contains(stderr, "main.runShell")
+}
+
+// svcShell is svcShellOnce, retried (at most twice) when the client hits
+// its known crash.
+func svcShell(t testing.TB, bin, target string, lines ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	for try := 0; ; try++ {
+		stdout, stderr, code = svcShellOnce(t, bin, target, lines...)
+		if try == 2 || code == 0 || !svcShellCrashed(stderr) {
+			return stdout, stderr, code
+		}
+		t.Logf("hammer2 shell %s crashed (the runShell nil *Link bug TestServiceShell reports); retrying", target)
+	}
+}
+
+// tree is the service's `tree`, over its Unix socket, without the
+// shell's banner and prompts (the prompt asked for on the service's
+// LNK_CONN may come before or after the tree).
+func (s *svcNode) tree() string {
+	s.t.Helper()
+	out, errOut, code := svcShell(s.t, s.bin, "unix:"+s.sock, "tree")
+	if code != 0 {
+		s.t.Fatalf("service %s: shell tree: exit %d: %s%s", s.name, code, out, errOut)
+	}
+	out = strings.ReplaceAll(out, shellPrompt, "")
+	out = strings.Replace(out, "Debug Shell received LNK_CONN\n", "", 1)
+	return out
+}
+
+// svcNodeLinksDown counts the QUIC links to other services that went down.
+func (s *svcNode) svcNodeLinksDown() int {
+	return strings.Count(s.logText(), `msg="link down" link="node `)
+}
+
+// svcTreeClusters reads a tree: each Cluster line with the Node lines
+// under it.
+func svcTreeClusters(tree string) map[string][]string {
+	m := map[string][]string{}
+	cur := ""
+	for line := range strings.Lines(tree) {
+		line = strings.TrimRight(strings.TrimPrefix(line, shellPrompt), "\n")
+		switch {
+		case strings.HasPrefix(line, "Cluster "):
+			cur = line
+			if _, ok := m[cur]; !ok {
+				m[cur] = nil
+			}
+		case strings.HasPrefix(strings.TrimSpace(line), "Node ") && cur != "":
+			m[cur] = append(m[cur], strings.TrimSpace(line))
+		}
+	}
+	return m
+}
+
+// ---- leaves on a service ----
+
+// newSvcLeaf is a leaf whose PFS is info (zero fields: newLeafNode's).
+func newSvcLeaf(t *testing.T, name string, info PFSInfo) *leafNode {
+	t.Helper()
+	n := newLeafNode(t, name, leafOpts{})
+	if info == (PFSInfo{}) {
+		return n
+	}
+	if info.Label == "" {
+		info.Label = n.info.Label
+	}
+	if info.Fsid.IsNil() {
+		info.Fsid = NewUUID()
+	}
+	if info.Type == PFSNone {
+		info.Type = PFSMaster
+	}
+	if err := os.RemoveAll(n.pfs); err != nil {
+		t.Fatal(err)
+	}
+	if err := CreatePFS(n.pfs, info); err != nil {
+		t.Fatal(err)
+	}
+	n.info = info
+	return n
+}
+
+// startLeafOn runs n in the foreground with s as its backbone and no QUIC
+// listener, as the brief's `hammer2 -d leaf --listen none --backbone
+// unix:SOCK PFS`, and waits for "leaf ready".
+func startLeafOn(n *leafNode, s *svcNode) {
+	n.t.Helper()
+	n.mu.Lock()
+	if n.cmd != nil && !n.hasExitedLocked() {
+		n.mu.Unlock()
+		n.t.Fatalf("%s: already running", n.name)
+	}
+	lf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		n.mu.Unlock()
+		n.t.Fatal(err)
+	}
+	n.starts++
+	fmt.Fprintf(lf, "===== start %d of %s (backbone service %s) =====\n", n.starts, n.name, s.name)
+	cmd := exec.Command(n.bin, "-c", n.cfgPath, "-d", "leaf", "--listen", "none", "--backbone", "unix:"+s.sock, n.pfs)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		n.mu.Unlock()
+		n.t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	n.cmd, n.logFile, n.exited, n.state = cmd, lf, exited, nil
+	n.mu.Unlock()
+	go func() {
+		_ = cmd.Wait()
+		n.mu.Lock()
+		n.state = cmd.ProcessState
+		n.mu.Unlock()
+		lf.Close()
+		close(exited)
+	}()
+	n.waitReady(exited)
+}
+
+// svcSpan is one span of `hammer2 status --json`, every field.
+type svcSpan struct {
+	Label    string `json:"label"`
+	PeerID   string `json:"peer_id"`
+	PfsID    string `json:"pfs_id"`
+	PfsType  string `json:"pfs_type"`
+	PeerType uint8  `json:"peer_type"`
+	Dist     uint32 `json:"dist"`
+	Via      string `json:"via"`
+}
+
+func (sp svcSpan) String() string {
+	return fmt.Sprintf("%s/%s clid %s dist %d via %s", sp.Label, sp.PfsID, sp.PeerID, sp.Dist, sp.Via)
+}
+
+// svcLeafView is the part of a leaf's status these tests read.
+type svcLeafView struct {
+	Backbone *procLinkStat
+	Spans    []svcSpan
+	raw      string
+}
+
+func svcView(n *leafNode) svcLeafView {
+	n.t.Helper()
+	st := n.status()
+	var all []struct {
+		Leaf *struct {
+			Backbone *procLinkStat `json:"backbone"`
+			Spans    []svcSpan     `json:"spans"`
+		} `json:"leaf"`
+	}
+	if err := json.Unmarshal([]byte(st.raw), &all); err != nil || len(all) != 1 || all[0].Leaf == nil {
+		n.t.Fatalf("%s: status --json printed %q: %v", n.name, st.raw, err)
+	}
+	return svcLeafView{Backbone: all[0].Leaf.Backbone, Spans: all[0].Leaf.Spans, raw: st.raw}
+}
+
+// of returns the spans advertising peer's PFS.
+func (v svcLeafView) of(peer *leafNode) []svcSpan {
+	var out []svcSpan
+	for _, sp := range v.Spans {
+		if sp.Label == peer.info.Label && sp.PfsID == peer.info.Fsid.String() {
+			out = append(out, sp)
+		}
+	}
+	return out
+}
+
+func (v svcLeafView) backboneUp() bool { return v.Backbone != nil && v.Backbone.State == DialUp }
+
+// svcWaitEach polls every leaf until cond holds for it, all within d, and
+// returns how long each took from start (a leaf is not polled again once
+// its condition held).
+func svcWaitEach(t *testing.T, start time.Time, d time.Duration, what string, leaves []*leafNode,
+	cond func(i int, v svcLeafView) bool) []time.Duration {
+	t.Helper()
+	took := make([]time.Duration, len(leaves))
+	done := make([]bool, len(leaves))
+	last := make([]svcLeafView, len(leaves))
+	deadline := start.Add(d)
+	for {
+		all := true
+		for i, n := range leaves {
+			if done[i] {
+				continue
+			}
+			v := svcView(n)
+			last[i] = v
+			if cond(i, v) {
+				done[i], took[i] = true, time.Since(start)
+			} else {
+				all = false
+			}
+		}
+		if all {
+			return took
+		}
+		if time.Now().After(deadline) {
+			var b strings.Builder
+			for i, n := range leaves {
+				if !done[i] {
+					fmt.Fprintf(&b, "\n%s's last spans: %v (backbone %+v)", n.name, last[i].Spans, last[i].Backbone)
+				}
+			}
+			t.Fatalf("%s: not within %v%s", what, d, b.String())
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+}
+
+// svcSpanSet is a leaf's spans as comparable text, in status order.
+func svcSpanSet(v svcLeafView) string {
+	var lines []string
+	for _, sp := range v.Spans {
+		lines = append(lines, sp.String())
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ---- the tests ----
+
+// TestServiceLine: s1 - s2 - s3, a leaf at each end. Each leaf sees the
+// other's PFS at dist 3 (the leaf's span is dist 0 at its service and each
+// relay adds one: s1->s2 1, s2->s3 2, s3->leaf 3). Killing s2 withdraws
+// both within the dead-peer bound; restarting it brings them back. Then:
+// a SIGTERMed s2 withdraws them at once, and killing and restarting s3,
+// b's own service, takes b's spans away and back.
+func TestServiceLine(t *testing.T) {
+	t.Parallel()
+	s1, s2, s3 := newSvcNode(t, "s1", svcOpts{}), newSvcNode(t, "s2", svcOpts{}), newSvcNode(t, "s3", svcOpts{})
+	svcLinkBoth(s2, s1)
+	svcLinkBoth(s2, s3)
+	a, b := newSvcLeaf(t, "a", PFSInfo{}), newSvcLeaf(t, "b", PFSInfo{})
+	s1.start()
+	s3.start()
+	s2.start()
+	startLeafOn(a, s1)
+	startLeafOn(b, s3)
+	leaves, peers := []*leafNode{a, b}, []*leafNode{b, a}
+	// Exactly one span of the other's PFS, at dist 3, and no span of
+	// one's own PFS (split horizon at the service).
+	linked := func(i int, v svcLeafView) bool {
+		sp := v.of(peers[i])
+		return v.backboneUp() && len(sp) == 1 && sp[0].Dist == 3 && len(v.of(leaves[i])) == 0
+	}
+	began := time.Now()
+	took := svcWaitEach(t, began, 15*time.Second, "each end leaf sees the other's PFS at dist 3", leaves, linked)
+	t.Logf("spans across the line: a after %v, b after %v", took[0].Round(time.Millisecond), took[1].Round(time.Millisecond))
+	for i, n := range leaves {
+		v := svcView(n)
+		sp := v.of(peers[i])[0]
+		if sp.PeerID != peers[i].info.Clid.String() || sp.PfsType != "MASTER" {
+			t.Errorf("%s's span of %s: %+v; want peer_id %s and pfs_type MASTER", n.name, peers[i].name, sp, peers[i].info.Clid)
+		}
+		if want := "backbone unix:" + []*svcNode{s1, s3}[i].sock; sp.Via != want {
+			t.Errorf("%s's span of %s comes via %q, want %q", n.name, peers[i].name, sp.Via, want)
+		}
+		if len(v.Spans) != 1 {
+			t.Errorf("%s sees %d spans, want only %s's: %v", n.name, len(v.Spans), peers[i].name, v.Spans)
+		}
+	}
+
+	// kill -9 the middle: only the QUIC idle bound (remote_dead_after 1s)
+	// tells s1 and s3 that s2 is gone.
+	s2.kill9()
+	killed := time.Now()
+	withdrawn := func(i int, v svcLeafView) bool { return len(v.of(peers[i])) == 0 }
+	took = svcWaitEach(t, killed, 8*time.Second, "spans withdrawn after kill -9 of the middle service", leaves, withdrawn)
+	t.Logf("after kill -9 of s2: a lost b's span after %v, b lost a's after %v (bound: remote_dead_after 1s + 2s)",
+		took[0].Round(time.Millisecond), took[1].Round(time.Millisecond))
+	for i, n := range leaves {
+		if took[i] > 3*time.Second {
+			t.Errorf("%s kept %s's span %v after s2 was killed; want <= remote_dead_after (1s) + 2s",
+				n.name, peers[i].name, took[i].Round(time.Millisecond))
+		}
+		if v := svcView(n); !v.backboneUp() {
+			t.Errorf("%s's backbone to its own service went down when s2 died: %+v", n.name, v.Backbone)
+		}
+	}
+
+	// Same key, same ports: s2 redials both neighbours.
+	s2.start()
+	restarted := time.Now()
+	took = svcWaitEach(t, restarted, 10*time.Second, "spans back at dist 3 after s2 restarted", leaves, linked)
+	t.Logf("after s2 restarted: a had b's span again after %v, b had a's after %v",
+		took[0].Round(time.Millisecond), took[1].Round(time.Millisecond))
+	for i, n := range leaves {
+		if took[i] > 5*time.Second {
+			t.Errorf("%s took %v to see %s's span again after s2 restarted; want <= 5s (redial_max 500ms)",
+				n.name, took[i].Round(time.Millisecond), peers[i].name)
+		}
+	}
+	// The middle service's own view: both PFSs.
+	tree := s2.tree()
+	for _, n := range leaves {
+		if !strings.Contains(tree, n.info.Fsid.String()) {
+			t.Errorf("s2's tree after the restart lacks %s's PFS %s:\n%s", n.name, n.info.Fsid, tree)
+		}
+	}
+
+	// SIGTERM the middle: a clean stop sends its DELETEs and closes its
+	// QUIC links, so the ends forget at once, not after the idle bound.
+	s2.mu.Lock()
+	s2cmd, s2exited := s2.cmd, s2.exited
+	s2.mu.Unlock()
+	if err := s2cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	termed := time.Now()
+	took = svcWaitEach(t, termed, 8*time.Second, "spans withdrawn after SIGTERM of the middle service", leaves, withdrawn)
+	t.Logf("after SIGTERM of s2: a lost b's span after %v, b lost a's after %v",
+		took[0].Round(time.Millisecond), took[1].Round(time.Millisecond))
+	for i, n := range leaves {
+		if took[i] >= time.Second {
+			t.Errorf("%s kept %s's span %v after s2 was stopped cleanly; want < 1s (remote_dead_after is 1s: only a clean close beats it)",
+				n.name, peers[i].name, took[i].Round(time.Millisecond))
+		}
+	}
+	select {
+	case <-s2exited:
+	case <-time.After(8 * time.Second):
+		t.Fatal("s2 still running 8s after SIGTERM")
+	}
+	if code := s2.state.ExitCode(); code != 0 {
+		t.Errorf("s2 exited %d after SIGTERM, want 0", code)
+	}
+	for _, f := range []string{s2.sock, strings.TrimSuffix(s2.sock, ".sock") + ".pid"} {
+		if _, err := os.Stat(f); err == nil {
+			t.Errorf("%s left behind after s2 stopped cleanly", f)
+		}
+	}
+	s2.start()
+	took = svcWaitEach(t, time.Now(), 10*time.Second, "spans back after s2 started again", leaves, linked)
+
+	// kill -9 the end service b uses: b's backbone breaks at once (its
+	// Unix socket closes) and every span it had goes with it; a loses b's
+	// span when s2 notices s3 is gone. Restarted, s3 takes b back.
+	s3.kill9()
+	killed = time.Now()
+	took = svcWaitEach(t, killed, 8*time.Second, "spans gone after kill -9 of b's service", leaves,
+		func(i int, v svcLeafView) bool {
+			if i == 1 {
+				return !v.backboneUp() && len(v.Spans) == 0
+			}
+			return len(v.of(b)) == 0
+		})
+	t.Logf("after kill -9 of s3: a lost b's span after %v; b's backbone down with no spans after %v",
+		took[0].Round(time.Millisecond), took[1].Round(time.Millisecond))
+	if took[0] > 3*time.Second || took[1] > time.Second {
+		t.Errorf("after s3 was killed a kept b's span %v (want <= 3s) and b its spans %v (want < 1s)",
+			took[0].Round(time.Millisecond), took[1].Round(time.Millisecond))
+	}
+	s3.start()
+	restarted = time.Now()
+	took = svcWaitEach(t, restarted, 10*time.Second, "spans back at dist 3 after s3 restarted", leaves, linked)
+	t.Logf("after s3 restarted: a had b's span again after %v, b had a's after %v",
+		took[0].Round(time.Millisecond), took[1].Round(time.Millisecond))
+	for i, n := range leaves {
+		if took[i] > 5*time.Second {
+			t.Errorf("%s took %v to see %s's span again after s3 restarted; want <= 5s",
+				n.name, took[i].Round(time.Millisecond), peers[i].name)
+		}
+	}
+}
+
+var svcDistRE = regexp.MustCompile(`dist=(\d+)`)
+
+// svcHops is the hop count between services on an undirected graph of
+// the alive ones (-1: not connected).
+func svcHops(from, to int, edges [][2]int, alive []bool) int {
+	dist := map[int]int{from: 0}
+	queue := []int{from}
+	for len(queue) > 0 {
+		u := queue[0]
+		queue = queue[1:]
+		if u == to {
+			return dist[u]
+		}
+		for _, e := range edges {
+			for _, v := range []int{e[0], e[1]} {
+				w := e[0] + e[1] - v // the other end
+				if v == u && alive[w] {
+					if _, seen := dist[w]; !seen {
+						dist[w] = dist[u] + 1
+						queue = append(queue, w)
+					}
+				}
+			}
+		}
+	}
+	return -1
+}
+
+// svcMesh is services with a leaf on each, linked along edges.
+type svcMesh struct {
+	t      *testing.T
+	svcs   []*svcNode
+	leaves []*leafNode
+	edges  [][2]int
+	svcUp  []bool
+	leafUp []bool
+	// every span seen above the relayed cap SpanMaxDist+1, ever
+	overCap []string
+	// the highest dist seen, per advertised PFS (by leaf index)
+	maxDist map[int]uint32
+}
+
+func (m *svcMesh) peerIndex(sp svcSpan) int {
+	for j, l := range m.leaves {
+		if sp.Label == l.info.Label && sp.PfsID == l.info.Fsid.String() {
+			return j
+		}
+	}
+	return -1
+}
+
+// observe records over-cap and maximal dists in one leaf's view.
+func (m *svcMesh) observe(i int, v svcLeafView) {
+	for _, sp := range v.Spans {
+		if sp.Dist > SpanMaxDist+1 {
+			m.overCap = append(m.overCap, fmt.Sprintf("%s: %v", m.leaves[i].name, sp))
+		}
+		if j := m.peerIndex(sp); j >= 0 && sp.Dist > m.maxDist[j] {
+			m.maxDist[j] = sp.Dist
+		}
+	}
+}
+
+// want says whether leaf i's view is the converged one: exactly one span
+// of every other live leaf whose service is reachable, at dist hops+1,
+// nothing else.
+func (m *svcMesh) want(i int, v svcLeafView) (bool, string) {
+	if !v.backboneUp() {
+		return false, "backbone not up"
+	}
+	expect := 0
+	for j, p := range m.leaves {
+		if j == i {
+			if own := v.of(p); len(own) != 0 {
+				return false, fmt.Sprintf("own span shown: %v", own)
+			}
+			continue
+		}
+		hops := -1
+		if m.leafUp[j] && m.svcUp[j] {
+			hops = svcHops(i, j, m.edges, m.svcUp)
+		}
+		sp := v.of(p)
+		if hops < 0 {
+			if len(sp) != 0 {
+				return false, fmt.Sprintf("unreachable %s still shown: %v", p.name, sp)
+			}
+			continue
+		}
+		expect++
+		if len(sp) != 1 || sp[0].Dist != uint32(hops+1) {
+			return false, fmt.Sprintf("spans of %s: %v, want one at dist %d", p.name, sp, hops+1)
+		}
+	}
+	if len(v.Spans) != expect {
+		return false, fmt.Sprintf("%d spans, want %d: %v", len(v.Spans), expect, v.Spans)
+	}
+	return true, ""
+}
+
+// converge waits until every live leaf's view is the converged one, then
+// checks that it stays so: the leaves' spans and the services' trees
+// (whose span and relay numbers change on every reopen) are the same 1s
+// later. It returns how long convergence took from since.
+func (m *svcMesh) converge(phase string, since time.Time, within time.Duration) time.Duration {
+	t := m.t
+	t.Helper()
+	deadline := since.Add(within)
+	views := make([]svcLeafView, len(m.leaves))
+	for {
+		bad := map[string]string{}
+		for i, l := range m.leaves {
+			if !m.leafUp[i] || !m.svcUp[i] {
+				continue
+			}
+			v := svcView(l)
+			views[i] = v
+			m.observe(i, v)
+			if ok, why := m.want(i, v); !ok {
+				bad[l.name] = why
+			}
+		}
+		if len(bad) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not converged to shortest-path spans within %v: %v", phase, within, bad)
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	took := time.Since(since)
+	trees := make([]string, len(m.svcs))
+	for i, s := range m.svcs {
+		if m.svcUp[i] {
+			trees[i] = s.tree()
+		}
+	}
+	downs := make([]int, len(m.svcs))
+	for i, s := range m.svcs {
+		downs[i] = s.svcNodeLinksDown()
+	}
+	time.Sleep(time.Second)
+	for i, l := range m.leaves {
+		if !m.leafUp[i] || !m.svcUp[i] {
+			continue
+		}
+		v := svcView(l)
+		m.observe(i, v)
+		if a, b := svcSpanSet(views[i]), svcSpanSet(v); a != b {
+			t.Errorf("%s: %s's spans changed within 1s of convergence (churn):\nbefore:\n%s\nafter:\n%s", phase, l.name, a, b)
+		}
+	}
+	for i, s := range m.svcs {
+		if !m.svcUp[i] {
+			continue
+		}
+		tree := s.tree()
+		// No ghosts: a withdrawn PFS must not live on in the services'
+		// tables, relayed or not, once the spans have converged.
+		for j, l := range m.leaves {
+			want := m.leafUp[j] && m.svcUp[j] && svcHops(i, j, m.edges, m.svcUp) >= 0
+			if has := strings.Contains(tree, l.info.Fsid.String()); has != want {
+				t.Errorf("%s: service %s's tree holds %s's PFS: %v, want %v:\n%s", phase, s.name, l.name, has, want, tree)
+			}
+		}
+		if tree != trees[i] {
+			t.Errorf("%s: service %s's tree changed within 1s of convergence (churn):\nbefore:\n%s\nafter:\n%s", phase, s.name, trees[i], tree)
+		}
+		for line := range strings.Lines(tree) {
+			if mm := svcDistRE.FindStringSubmatch(line); mm != nil {
+				if d, _ := strconv.Atoi(mm[1]); d > SpanMaxDist+1 {
+					t.Errorf("%s: service %s holds a link above the cap: %s", phase, s.name, line)
+				}
+			}
+		}
+		if c := s.svcNodeLinksDown(); c != downs[i] {
+			t.Errorf("%s: service %s lost %d links to other services while the mesh was steady", phase, s.name, c-downs[i])
+		}
+	}
+	if len(m.overCap) > 0 {
+		t.Errorf("%s: spans above the relayed dist cap %d seen: %v", phase, SpanMaxDist+1, m.overCap)
+		m.overCap = nil
+	}
+	t.Logf("%s: converged after %v, stable for 1s", phase, took.Round(time.Millisecond))
+	return took
+}
+
+// TestServiceRing: five services in a ring, a leaf on each. Every leaf
+// sees the four other PFSs, each once, at its shortest-path dist (hops+1),
+// and the result is stable: no endless churn. Then the ring is disturbed:
+// a leaf is killed (its span, withdrawn, chases its tail around the loop
+// until the dist cap ends it), a service is killed (the ring becomes a
+// line), and that service comes back. Each time the spans converge again,
+// none is ever seen above the cap, and they then stay put.
+func TestServiceRing(t *testing.T) {
+	t.Parallel()
+	const n = 5
+	m := &svcMesh{t: t, maxDist: map[int]uint32{}}
+	for i := range n {
+		// A 2s QUIC bound: ten processes on two cores under -race must
+		// not drop links for want of a keepalive, which would look like churn.
+		m.svcs = append(m.svcs, newSvcNode(t, fmt.Sprintf("r%d", i), svcOpts{RemoteDeadAfter: "2s"}))
+		m.leaves = append(m.leaves, newSvcLeaf(t, fmt.Sprintf("l%d", i), PFSInfo{}))
+		m.svcUp = append(m.svcUp, true)
+		m.leafUp = append(m.leafUp, true)
+	}
+	for i := range n {
+		svcLinkBoth(m.svcs[i], m.svcs[(i+1)%n])
+		m.edges = append(m.edges, [2]int{i, (i + 1) % n})
+	}
+	for _, s := range m.svcs {
+		s.start()
+	}
+	for i, l := range m.leaves {
+		startLeafOn(l, m.svcs[i])
+	}
+	m.converge("ring of 5", time.Now(), 20*time.Second)
+	for _, l := range m.leaves { // converged: each sees the n-1 others
+		t.Logf("%s sees:\n%s", l.name, svcSpanSet(svcView(l)))
+	}
+
+	// A leaf dies: its service withdraws its span at once (the Unix
+	// socket closes), and the stale copies going round the ring must die
+	// out at the dist cap.
+	m.maxDist = map[int]uint32{}
+	m.leaves[0].kill9()
+	m.leafUp[0] = false
+	m.converge("leaf l0 killed", time.Now(), 15*time.Second)
+	t.Logf("highest dist at which a leaf was seen holding l0's withdrawn span: %d (0: none sampled)", m.maxDist[0])
+
+	// A service dies: the ring is a line r3 - r4 - r0 - r1, and its leaf's
+	// span goes with it. Its neighbours notice in remote_dead_after (2s).
+	m.svcs[2].kill9()
+	m.svcUp[2] = false
+	took := m.converge("service r2 killed", time.Now(), 15*time.Second)
+	if took > 2*time.Second+3*time.Second {
+		t.Errorf("the ring took %v to reroute around the killed r2; want <= remote_dead_after (2s) + 3s", took.Round(time.Millisecond))
+	}
+
+	// It comes back (same key, same ports): its leaf redials it and the
+	// ring is whole again.
+	m.svcs[2].start()
+	m.svcUp[2] = true
+	took = m.converge("service r2 restarted", time.Now(), 15*time.Second)
+	if took > 5*time.Second {
+		t.Errorf("the ring took %v to heal after r2 restarted; want <= 5s", took.Round(time.Millisecond))
+	}
+}
+
+// svcLinkedPair starts two linked services (a autoconns to b) with a leaf
+// on each.
+func svcLinkedPair(t *testing.T, la, lb *leafNode) (a, b *svcNode) {
+	t.Helper()
+	a, b = newSvcNode(t, "sa", svcOpts{}), newSvcNode(t, "sb", svcOpts{})
+	svcLinkBoth(a, b)
+	b.start()
+	a.start()
+	startLeafOn(la, a)
+	startLeafOn(lb, b)
+	return a, b
+}
+
+// TestServiceSameClid: two PFSs with the same pfs_clid on two nodes are
+// one cluster: each leaf's span of the other carries the shared clid, and
+// the services' tree puts both PFSs under that cluster.
+//
+// libdmsg keys a cluster by (peer_type, peer_id, peer_label), and the leaf,
+// as DragonFly's kernel, puts the PFS name in peer_label: members of one
+// cluster normally share the PFS name, and then the tree shows one
+// "Cluster HAMMER2 <clid>" with a Node per PFS. With different names the
+// tree shows one Cluster line per name, all with the same clid; the
+// subtest "labels differ" checks only what holds either way and logs it.
+func TestServiceSameClid(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name           string
+		labelA, labelB string
+	}{
+		{"same label", "shared", "shared"},
+		{"labels differ", "pfs-x", "pfs-y"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			clid := NewUUID()
+			la := newSvcLeaf(t, "x", PFSInfo{Label: tc.labelA, Clid: clid, Type: PFSMaster})
+			lb := newSvcLeaf(t, "y", PFSInfo{Label: tc.labelB, Clid: clid, Type: PFSSlave})
+			sa, sb := svcLinkedPair(t, la, lb)
+			leaves, peers := []*leafNode{la, lb}, []*leafNode{lb, la}
+			took := svcWaitEach(t, time.Now(), 15*time.Second, "each leaf sees the other's PFS", leaves, func(i int, v svcLeafView) bool {
+				return len(v.of(peers[i])) == 1
+			})
+			t.Logf("spans seen after %v, %v", took[0].Round(time.Millisecond), took[1].Round(time.Millisecond))
+			for i, n := range leaves {
+				v := svcView(n)
+				sp := v.of(peers[i])[0]
+				if sp.PeerID != clid.String() {
+					t.Errorf("%s's span of %s has peer_id %s, want the shared pfs_clid %s", n.name, peers[i].name, sp.PeerID, clid)
+				}
+				if sp.Dist != 2 {
+					t.Errorf("%s's span of %s: dist %d, want 2 (leaf 0, service->service 1, service->leaf 2)", n.name, peers[i].name, sp.Dist)
+				}
+				if want := pfsTypeName(peers[i].info.Type); sp.PfsType != want {
+					t.Errorf("%s's span of %s: pfs_type %s, want %s", n.name, peers[i].name, sp.PfsType, want)
+				}
+				// Its own PFS is not relayed back to it, though another
+				// member of its cluster is.
+				if own := v.of(n); len(own) != 0 {
+					t.Errorf("%s is shown its own PFS: %v", n.name, own)
+				}
+			}
+			for _, s := range []*svcNode{sa, sb} {
+				tree := s.tree()
+				cl := svcTreeClusters(tree)
+				var lines []string
+				nodes := 0
+				for c, ns := range cl {
+					if strings.HasPrefix(c, "Cluster HAMMER2 "+clid.String()+" ") {
+						lines = append(lines, c)
+						nodes += len(ns)
+					}
+				}
+				for _, n := range leaves {
+					if !strings.Contains(tree, "Node "+fmt.Sprintf("%02x", n.info.Type)+" "+n.info.Fsid.String()) {
+						t.Errorf("service %s's tree lacks a Node line for %s's PFS %s:\n%s", s.name, n.name, n.info.Fsid, tree)
+					}
+				}
+				if nodes != 2 {
+					t.Errorf("service %s's tree has %d Node lines under clid %s, want 2:\n%s", s.name, nodes, clid, tree)
+				}
+				if tc.labelA == tc.labelB {
+					if len(lines) != 1 {
+						t.Errorf("service %s's tree has %d Cluster lines for clid %s, want one cluster:\n%s", s.name, len(lines), clid, tree)
+					}
+				} else {
+					t.Logf("service %s, different PFS names: %d Cluster lines for clid %s: %q", s.name, len(lines), clid, lines)
+				}
+			}
+		})
+	}
+}
+
+var (
+	svcRaceOnce sync.Once
+	svcRaceErr  error
+)
+
+// svcRaceBinary is the hammer2 binary built with -race (the harness's own
+// when H2_TEST_RACE_BINARY is set), beside the harness's binary so that
+// TestMain removes it. Its dependencies are in the build cache already
+// when the tests run with -race, so this takes seconds.
+func svcRaceBinary(t *testing.T) string {
+	t.Helper()
+	plain := h2Binary(t)
+	if os.Getenv("H2_TEST_RACE_BINARY") != "" {
+		return plain
+	}
+	bin := filepath.Join(filepath.Dir(plain), "hammer2-race")
+	svcRaceOnce.Do(func() {
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		}
+		out, err := exec.Command(goTool, "build", "-race", "-o", bin, ".").CombinedOutput()
+		if err != nil {
+			svcRaceErr = fmt.Errorf("go build -race: %v\n%s", err, out)
+		}
+	})
+	if svcRaceErr != nil {
+		t.Fatalf("building the race-detecting hammer2 binary: %v", svcRaceErr)
+	}
+	return bin
+}
+
+// TestServiceShell: the debug shell over TCP and over the Unix socket,
+// and `span <host>` linking two services at once.
+func TestServiceShell(t *testing.T) {
+	t.Parallel()
+	s1, s2 := newSvcNode(t, "sh1", svcOpts{}), newSvcNode(t, "sh2", svcOpts{})
+	s1.trustSvcs(s2) // trusted both ways, but no autoconn
+	s2.trustSvcs(s1)
+	l1, l2 := newSvcLeaf(t, "m", PFSInfo{}), newSvcLeaf(t, "n", PFSInfo{})
+	s1.start()
+	s2.start()
+	startLeafOn(l1, s1)
+	startLeafOn(l2, s2)
+
+	for _, target := range []string{s1.tcp, "unix:" + s1.sock} {
+		out, errOut, code := svcShell(t, s1.bin, target, "help", "ping", "bogus")
+		if code != 0 {
+			t.Errorf("shell %s: exit %d: %s", target, code, errOut)
+		}
+		if !strings.HasPrefix(out, "Debug Shell received LNK_CONN") {
+			t.Errorf("shell %s: output does not start with %q:\n%s", target, "Debug Shell received LNK_CONN", out)
+		}
+		for _, want := range []string{"tree ", "ping ", "span <host>", "ping reply", "Unrecognized command: bogus", shellPrompt} {
+			if !strings.Contains(out, want) {
+				t.Errorf("shell %s: output lacks %q:\n%s", target, want, out)
+			}
+		}
+	}
+
+	// Before span: s1 knows only its own leaf.
+	if tree := s1.tree(); strings.Contains(tree, l2.info.Fsid.String()) || !strings.Contains(tree, l1.info.Fsid.String()) {
+		t.Errorf("s1's tree before span should hold only %s's PFS:\n%s", l1.name, tree)
+	}
+	out, errOut, code := svcShell(t, s1.bin, s1.tcp, "span "+s2.udp)
+	if code != 0 || !strings.Contains(out, "Connected to "+s2.udp) {
+		t.Fatalf("shell span %s: exit %d, output:\n%s%s", s2.udp, code, out, errOut)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	var tree string
+	for {
+		tree = s1.tree()
+		if strings.Contains(tree, l2.info.Fsid.String()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("s1's tree lacks %s's PFS %s 10s after span:\n%s", l2.name, l2.info.Fsid, tree)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(tree, "dist=1 via node "+s2.udp) {
+		t.Errorf("s1's tree should hold %s's PFS at dist 1 via the spanned link to %s:\n%s", l2.name, s2.udp, tree)
+	}
+	// And the leaves see each other through the new link.
+	svcWaitEach(t, time.Now(), 10*time.Second, "leaves see each other after span", []*leafNode{l1, l2},
+		func(i int, v svcLeafView) bool {
+			p := []*leafNode{l2, l1}[i]
+			sp := v.of(p)
+			return len(sp) == 1 && sp[0].Dist == 2
+		})
+
+	// The client must not crash when the service's LNK_CONN is read
+	// before NewLink has returned: a race-built client, being slower,
+	// hits that window in about one session in four.
+	t.Run("client LNK_CONN race", func(t *testing.T) {
+		bin := svcRaceBinary(t)
+		var mu sync.Mutex
+		var crashes []string
+		var wg sync.WaitGroup
+		const sessions, workers = 32, 4
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < sessions; i += workers {
+					cmd := exec.Command(bin, "shell", "unix:"+s1.sock)
+					cmd.Stdin = strings.NewReader("ping\n")
+					var o, e bytes.Buffer
+					cmd.Stdout, cmd.Stderr = &o, &e
+					timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
+					err := cmd.Run()
+					timer.Stop()
+					if err != nil || strings.Contains(e.String(), "DATA RACE") || !strings.Contains(o.String(), "ping reply") {
+						mu.Lock()
+						crashes = append(crashes, fmt.Sprintf("session %d: %v\nstdout:\n%s\nstderr:\n%s", i, err, o.String(), e.String()))
+						mu.Unlock()
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if len(crashes) > 0 {
+			t.Errorf("BUG (shell.go runShell): %d of %d `hammer2 shell` sessions failed. The Handler closure "+
+				"passed to NewLink calls ask(l, \"\") on the service's LNK_CONN, but l is assigned only when NewLink "+
+				"returns, after it has started the reader goroutine (iocom.go NewLink), so a LNK_CONN read at once "+
+				"dereferences a nil *Link (l.Root(), shell.go:99: panic, exit 2), and the race detector reports the "+
+				"unsynchronised write (shell.go:102) and read (shell.go:118) of l. Fix: use t.Link() in the handler, "+
+				"not l. First failure:\n%s",
+				len(crashes), sessions, crashes[0])
+		}
+	})
+
+	// span to a node that is not there fails, and says so.
+	dead := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeUDPPort(t)))
+	out, _, _ = svcShell(t, s1.bin, "unix:"+s1.sock, "span "+dead)
+	if !strings.Contains(out, "Connection to "+dead+" failed") {
+		t.Errorf("shell span to a dead address: output lacks %q:\n%s", "Connection to "+dead+" failed", out)
+	}
+}
+
+// TestServiceAlreadyRunning: starting a service whose sockets another one
+// holds is success, silent with -q, in the foreground and in the
+// background.
+func TestServiceAlreadyRunning(t *testing.T) {
+	t.Parallel()
+	s := newSvcNode(t, "once", svcOpts{})
+	s.start()
+	pid := s.pid()
+	var strays []int
+	t.Cleanup(func() {
+		for _, p := range strays {
+			if procAlive(p) {
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+		}
+	})
+	bgPid := regexp.MustCompile(`pid (\d+)`)
+	for _, fg := range []bool{true, false} {
+		for _, quiet := range []bool{true, false} {
+			what := fmt.Sprintf("second service (foreground %v, -q %v)", fg, quiet)
+			out, errOut, code := runH2(t, s.bin, s.args(quiet, fg)...)
+			if m := bgPid.FindStringSubmatch(errOut); m != nil {
+				if p, _ := strconv.Atoi(m[1]); p > 0 && p != pid {
+					strays = append(strays, p)
+				}
+			}
+			if code != 0 {
+				t.Errorf("%s: exit %d, want 0; stdout %q stderr %q", what, code, out, errOut)
+			}
+			if quiet {
+				if out != "" || errOut != "" {
+					t.Errorf("%s: printed stdout %q stderr %q, want nothing", what, out, errOut)
+				}
+			} else if !strings.Contains(errOut, "daemon already running") || out != "" {
+				t.Errorf("%s: stdout %q stderr %q, want %q on stderr", what, out, errOut, "daemon already running")
+			}
+		}
+	}
+	if !s.running() || s.pid() != pid {
+		t.Fatal("the first service is gone after the second starts")
+	}
+	if b, err := os.ReadFile(strings.TrimSuffix(s.sock, ".sock") + ".pid"); err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(pid) {
+		t.Errorf("pid file holds %q (%v), want the first service's pid %d", b, err, pid)
+	}
+	if c := strings.Count(s.logText(), "service running"); c != 1 {
+		t.Errorf("%d services ran with this log, want 1", c)
+	}
+	// The first still answers on both sockets.
+	for _, target := range []string{s.tcp, "unix:" + s.sock} {
+		if out, _, code := svcShell(t, s.bin, target, "ping"); code != 0 || !strings.Contains(out, "ping reply") {
+			t.Errorf("the first service no longer answers on %s: exit %d:\n%s", target, code, out)
+		}
+	}
+}
+
+// TestServiceLeafSIGTERM: a leaf on a service stops cleanly; the other
+// leaf on that service sees its span withdrawn at once, long before any
+// dead-peer bound (set to 10s here) could do it.
+func TestServiceLeafSIGTERM(t *testing.T) {
+	t.Parallel()
+	s := newSvcNode(t, "term", svcOpts{DeadAfter: "10s"})
+	mk := func(name string) *leafNode {
+		l := newSvcLeaf(t, name, PFSInfo{})
+		l.opts.DeadAfter, l.opts.RemoteDeadAfter = "10s", "10s"
+		l.writeConfig("")
+		return l
+	}
+	a, b := mk("p"), mk("q")
+	s.start()
+	startLeafOn(a, s)
+	startLeafOn(b, s)
+	svcWaitEach(t, time.Now(), 10*time.Second, "each leaf sees the other at dist 1", []*leafNode{a, b},
+		func(i int, v svcLeafView) bool {
+			sp := v.of([]*leafNode{b, a}[i])
+			return len(sp) == 1 && sp[0].Dist == 1
+		})
+	a.signal(syscall.SIGTERM)
+	sent := time.Now()
+	took := svcWaitEach(t, sent, 5*time.Second, "the stopped leaf's span withdrawn", []*leafNode{b},
+		func(_ int, v svcLeafView) bool { return len(v.of(a)) == 0 })
+	t.Logf("b lost a's span %v after SIGTERM", took[0].Round(time.Millisecond))
+	if took[0] >= time.Second {
+		t.Errorf("b kept a's span %v after a was SIGTERMed; want < 1s", took[0].Round(time.Millisecond))
+	}
+	if code, ok := a.waitExit(8 * time.Second); !ok || code != 0 {
+		t.Errorf("a after SIGTERM: exited %v, code %d; want a clean exit 0", ok, code)
+	}
+	if tree := s.tree(); strings.Contains(tree, a.info.Fsid.String()) {
+		t.Errorf("the service still holds the stopped leaf's PFS:\n%s", tree)
+	}
+	// b's own link is untouched, and a comes back.
+	startLeafOn(a, s)
+	svcWaitEach(t, time.Now(), 10*time.Second, "a's span back after it restarted", []*leafNode{b},
+		func(_ int, v svcLeafView) bool { sp := v.of(a); return len(sp) == 1 && sp[0].Dist == 1 })
+}
+
+// TestServiceLeafListenNone: a leaf on a service with --listen none (the
+// configuration the other tests use) must not take inbound QUIC links. It
+// still needs a UDP socket to dial from, but a trusted node that finds that
+// socket must not get a link that looks up and carries nothing.
+func TestServiceLeafListenNone(t *testing.T) {
+	t.Parallel()
+	s := newSvcNode(t, "ln", svcOpts{})
+	l := newSvcLeaf(t, "nolisten", PFSInfo{})
+	d := newLeafNode(t, "dialer", leafOpts{})
+	l.trust(d)
+	d.trust(l)
+	s.start()
+	startLeafOn(l, s)
+	m := regexp.MustCompile(`msg="leaf starting".* listen=\S*:(\d+) `).FindStringSubmatch(l.logText())
+	if m == nil {
+		t.Fatalf("the leaf's log does not say which UDP port it dials from:\n%s", l.logText())
+	}
+	port := m[1]
+	target := "127.0.0.1:" + port
+	d.writeConfig(fmt.Sprintf("\n[[remote]]\naddress = %q\nname = %q\n", target, l.name))
+	d.start()
+	deadline := time.Now().Add(2500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		st := d.status()
+		if r := st.remote(target); r != nil && r.State == DialUp {
+			t.Fatalf("BUG (leaf.go NewLeaf, quic.go NewQuicNode): a leaf started with --listen none accepted a QUIC link on "+
+				"its dial socket %s (bound on all interfaces): the dialer's link is %q with %d spans, and it flaps every "+
+				"dead_after as nothing answers on it. NewLeaf binds \":0\" for \"none\" and NewQuicNode always calls "+
+				"Transport.Listen, while the leaf's acceptLoop returns at once for \"none\", so QuicNode.admit completes "+
+				"the handshake and preamble and parks the link. Fix: give QuicConfig a dial-only mode that does not "+
+				"call Transport.Listen (and bind 127.0.0.1:0 or the wildcard only as needed) when listen is \"none\".\n%s",
+				target, r.State, len(st.Leaf.Spans), st.raw)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if v := svcView(l); len(v.Spans) != 0 {
+		t.Errorf("the --listen none leaf shows spans from a node it should not have accepted: %v", v.Spans)
+	}
+}
+
+// TestServiceConnectRace: a client whose LNK_CONN is already waiting when
+// the service accepts it (a leaf sends it at once) must not crash the
+// service. The service runs race-built, which is slower and so opens the
+// window between NewLink starting the link's reader and the service
+// recording the link; a leaf on it gives the router a span to relay to
+// each new connection at once. It is a stress test: against addLink as it
+// was at a0da3a7 (link published before NewLink returned) it failed in
+// every run on two cores; a correct service never fails it.
+func TestServiceConnectRace(t *testing.T) {
+	// Not parallel: it loads the CPU on purpose, which must not skew the
+	// other tests' timings.
+	s := newSvcNode(t, "cr", svcOpts{})
+	s.bin = svcRaceBinary(t)
+	s.env = []string{"GOMAXPROCS=8"} // more threads to run a new link's reader at once
+	a := newSvcLeaf(t, "ra", PFSInfo{})
+	s.start()
+	startLeafOn(a, s)
+	svcWaitEach(t, time.Now(), 10*time.Second, "the leaf's backbone up", []*leafNode{a},
+		func(_ int, v svcLeafView) bool { return v.backboneUp() })
+
+	const sessions, workers = 320, 8
+	var mu sync.Mutex
+	var failures []string
+	var wg sync.WaitGroup
+	// CPU contention, as on a loaded node: the service's threads get
+	// descheduled at arbitrary points, such as just after NewLink has
+	// started a link's reader.
+	stopBurn := make(chan struct{})
+	var burners sync.WaitGroup
+	for range 4 {
+		burners.Add(1)
+		go func() {
+			defer burners.Done()
+			x := 0
+			for {
+				select {
+				case <-stopBurn:
+					return
+				default:
+				}
+				for i := range 100000 {
+					x += i
+				}
+			}
+		}()
+	}
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < sessions; i += workers {
+				if err := svcProbeConn(s.sock, a.info.Fsid); err != nil {
+					mu.Lock()
+					failures = append(failures, fmt.Sprintf("session %d: %v", i, err))
+					mu.Unlock()
+				}
+				if !s.running() {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stopBurn)
+	burners.Wait()
+	log := s.logText()
+	crashed := !s.running()
+	if crashed || strings.Contains(log, "WARNING: DATA RACE") || strings.Contains(log, "panic:") {
+		t.Errorf("BUG (service.go Service.addLink): the service %s with %d clients sending LNK_CONN at once "+
+			"(failed sessions: %d). addLink puts the svcLink in s.links and releases s.mu before it assigns "+
+			"sl.link = NewLink(...); NewLink has already started the reader, whose handler takes the client's "+
+			"LNK_CONN, connUp relays the leaf's span to the new link, and applyLocked calls sl.link.Root() on the "+
+			"still-nil sl.link (nil dereference, the whole service dies; the race detector reports the "+
+			"unsynchronised write and read of sl.link). Fix: assign sl.link while still holding s.mu (handlers "+
+			"take s.mu, so they wait), or publish sl only after NewLink returns. See the service's log below.",
+			map[bool]string{true: "crashed", false: "reported a data race or panic"}[crashed], sessions, len(failures))
+	} else if len(failures) > 0 {
+		t.Errorf("%d of %d client sessions failed: %v", len(failures), sessions, failures)
+	}
+}
+
+// svcProbeConn connects to a service's Unix socket as a leaf would, its
+// LNK_CONN written in the same breath as the connect (so that it is
+// usually waiting when the service starts reading), and waits until the
+// service relays the span of pfs to it (the pfs_id's bytes go by), then
+// drops the connection.
+func svcProbeConn(sock string, pfs UUID) error {
+	conn, err := net.DialTimeout("unix", sock, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	c := LnkConn{PeerType: PeerHammer2, PeerMask: 1 << PeerHammer2, ProtoVersion: SpanProto1, PeerLabel: "probe"}
+	m := &Msg{Header: Header{MsgID: 1, Cmd: CmdLnkConn | FlagCreate}, Ext: c.Marshal()}
+	if _, err := conn.Write(m.AppendWire(nil, 0)); err != nil {
+		return err
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var seen []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := conn.Read(buf)
+		seen = append(seen, buf[:n]...)
+		if bytes.Contains(seen, pfs[:]) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("no span of the leaf's PFS (%d bytes read): %w", len(seen), err)
+		}
+	}
+}
