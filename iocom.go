@@ -38,6 +38,12 @@ type LinkConfig struct {
 	// HardQueueBytes kills the link if Send queues more than this, which
 	// only a peer that stopped reading can cause. Default 64 MiB.
 	HardQueueBytes int
+	// BulkBatch is how much bulk data the writer takes between two looks
+	// at the control queue: what a PING or a span update may wait behind.
+	// Default 256 KiB, which a local socket drains in tens of µs and which
+	// keeps syscalls few; QUIC links set 64 KiB, since there a write
+	// returns only as the data is packetized.
+	BulkBatch int
 	// NoSeqCheck skips the salt sequence check. The kernel assigns its
 	// sequence when queueing and can leave gaps, so its link sets this.
 	NoSeqCheck bool
@@ -62,6 +68,9 @@ func (c *LinkConfig) setDefaults() {
 	}
 	if c.HardQueueBytes <= 0 {
 		c.HardQueueBytes = 64 << 20
+	}
+	if c.BulkBatch <= 0 {
+		c.BulkBatch = 256 << 10
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -115,10 +124,6 @@ type outMsg struct {
 	t    *Trans // for the bulk lane's ordering
 	bulk bool
 }
-
-// bulkBatch is how much bulk data the writer takes between two looks at the
-// control queue: what a PING or a span update may wait behind.
-const bulkBatch = 64 << 10
 
 // auxCopyMax is the largest aux copied into the queue; larger aux is written
 // from the caller's buffer, which must not change until the link is done
@@ -390,7 +395,7 @@ func (l *Link) writer() {
 		}
 		l.mu.Lock()
 		batch, l.queue = l.queue, batch[:0]
-		for n := 0; len(l.bulkq) > 0 && n < bulkBatch; {
+		for n := 0; len(l.bulkq) > 0 && n < l.cfg.BulkBatch; {
 			o := l.bulkq[0]
 			l.bulkq[0] = nil
 			l.bulkq = l.bulkq[1:]

@@ -62,6 +62,11 @@ const (
 
 var errDialOnly = errors.New("quic: this node only dials (listen = none)")
 
+// quicBulkBatch is the dmsg writer's bulk turn on a QUIC link
+// (LinkConfig.BulkBatch): a stream write returns only as its data is
+// packetized, so a smaller turn lets control messages in sooner.
+const quicBulkBatch = 64 << 10
+
 // Flow control is what paces a link's bulk data. A stream Write returns
 // once its bytes are packetized, so what the link has written and the peer's
 // link has not yet read is in flight, and a PING or span update written

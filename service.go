@@ -207,9 +207,13 @@ func (s *Service) addLink(rw interface {
 	// The link is published with its Link set, under s.mu: its handlers
 	// take s.mu, so none runs (and no relay is sent on it) before then.
 	defer s.mu.Unlock()
-	sl.link = NewLink(rw, LinkConfig{Name: sl.name, PingInterval: s.cfg.Ping, DeadAfter: s.cfg.DeadAfter, Logger: s.log,
+	cfg := LinkConfig{Name: sl.name, PingInterval: s.cfg.Ping, DeadAfter: s.cfg.DeadAfter, Logger: s.log,
 		Handler: func(t *Trans, m *Msg) { s.handle(sl, t, m) },
-		OnClose: func(error) { s.linkGone(sl) }})
+		OnClose: func(error) { s.linkGone(sl) }}
+	if q != nil {
+		cfg.BulkBatch = quicBulkBatch
+	}
+	sl.link = NewLink(rw, cfg)
 	s.links[sl.id] = sl
 	c := LnkConn{PeerType: PeerCluster, PeerMask: ^uint64(0), PeerLabel: s.hostname + "/hammer2-service"}
 	if _, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkConn}, Ext: c.Marshal()}, func(*Trans, *Msg) {}); err != nil {

@@ -103,6 +103,9 @@ func (l *Leaf) runClusterLink(rw io.ReadWriteCloser, name string, q *QuicLink) *
 	l.mu.Lock()
 	cfg := LinkConfig{Name: name, PingInterval: l.cfg.PingInterval.Duration, DeadAfter: l.cfg.DeadAfter.Duration,
 		Handler: c.handle, Logger: l.log}
+	if q != nil {
+		cfg.BulkBatch = quicBulkBatch
+	}
 	l.mu.Unlock()
 	c.link = NewLink(rw, cfg)
 	conn := LnkConn{PeerType: PeerHammer2, PeerMask: 1 << PeerHammer2, ProtoVersion: SpanProto1,
