@@ -53,12 +53,16 @@ func (l *Leaf) kernelMessage(ks *kernelState, t *Trans, m *Msg) {
 		t.SetHandler(func(t *Trans, m *Msg) { l.kernelConnMessage(ks, t, m) })
 		// Our result is what makes the kernel send its VOLCONFs and spans.
 		_ = t.Reply(ErrOK)
-	case CmdQrmCommit:
+	case CmdQrmCommit, CmdCacLock:
 		if l.quorum == nil {
 			_ = t.Close(ErrNoQuorum)
 			return
 		}
-		l.quorum.commit(t, m)
+		if t.Cmd() == CmdQrmCommit {
+			l.quorum.commit(t, m)
+		} else {
+			l.quorum.lock(t, m)
+		}
 	case CmdLnkSpan:
 		var sp LnkSpan
 		if err := sp.Unmarshal(m.Ext); err != nil {

@@ -115,8 +115,8 @@ type quorumDriver struct {
 	work chan func()
 
 	// owned by the run goroutine
-	out     map[uint64]*Trans // our QRM_RAFT transaction to each master
-	waiters map[uint64]*Trans // request id -> the kernel's QRM_COMMIT
+	out     map[uint64]*Trans        // our QRM_RAFT transaction to each master
+	waiters map[uint64]*quorumWaiter // by request id
 
 	status atomic.Pointer[quorumStatus]
 	wg     sync.WaitGroup
@@ -124,7 +124,7 @@ type quorumDriver struct {
 
 func newQuorumDriver(l *Leaf, node *quorumNode, tick time.Duration) *quorumDriver {
 	d := &quorumDriver{leaf: l, node: node, self: node.id, tick: tick, work: make(chan func(), 256),
-		out: map[uint64]*Trans{}, waiters: map[uint64]*Trans{}}
+		out: map[uint64]*Trans{}, waiters: map[uint64]*quorumWaiter{}}
 	st := node.Status()
 	d.status.Store(&st)
 	return d
@@ -171,38 +171,25 @@ func (d *quorumDriver) pump() {
 		}
 	}
 	for _, id := range rd.Durable {
-		if t := d.waiters[id]; t != nil {
-			_ = t.Send(&Msg{Header: Header{Cmd: CmdQrmCommit}, Ext: (&qrmCommit{Phase: 1, ReqID: id}).marshal()})
+		if w := d.waiters[id]; w != nil && w.durable != nil {
+			w.durable(id)
 		}
 	}
 	for _, r := range rd.Applied {
 		if r.Origin != d.self {
 			continue
 		}
-		t := d.waiters[r.ReqID]
-		if t == nil {
-			continue
+		if w := d.waiters[r.ReqID]; w != nil {
+			delete(d.waiters, r.ReqID)
+			w.done(r, nil)
 		}
-		delete(d.waiters, r.ReqID)
-		if r.Err != "" {
-			_ = t.Close(ErrParam)
-			continue
-		}
-		_ = t.Send(&Msg{Header: Header{Cmd: CmdQrmCommit | FlagDelete},
-			Ext: (&qrmCommit{Phase: 2, Txid: r.Txid, ReqID: r.ReqID}).marshal()})
 	}
 	for _, f := range rd.Failed {
-		t := d.waiters[f.ReqID]
-		if t == nil {
-			continue
+		if w := d.waiters[f.ReqID]; w != nil {
+			delete(d.waiters, f.ReqID)
+			d.leaf.log.Warn("quorum request failed", "req", fmtReqID(f.ReqID), "err", f.Err)
+			w.done(quorumResult{ReqID: f.ReqID}, f.Err)
 		}
-		delete(d.waiters, f.ReqID)
-		code := uint32(ErrQuorumUnknown)
-		if errors.Is(f.Err, errQuorumNoLeader) {
-			code = ErrQuorumTimeout
-		}
-		d.leaf.log.Warn("commit failed", "req", fmtReqID(f.ReqID), "err", f.Err)
-		_ = t.Close(code)
 	}
 	st := d.node.Status()
 	d.status.Store(&st)
@@ -278,6 +265,37 @@ func (d *quorumDriver) accept(t *Trans, m *Msg) {
 	step(t, m)
 }
 
+// quorumWaiter follows one request of this master. Both callbacks run on
+// the driver's goroutine.
+type quorumWaiter struct {
+	durable func(reqID uint64)              // phase 1, optional
+	done    func(r quorumResult, err error) // phase 2, or the failure
+}
+
+// submit proposes op. done gets the applied result, or the error that
+// refused or failed the request.
+func (d *quorumDriver) submit(op quorumOp, durable func(uint64), done func(quorumResult, error)) {
+	d.do(d.leaf.ctx, func() {
+		id, err := d.node.Propose(op)
+		if err != nil {
+			done(quorumResult{}, err)
+			return
+		}
+		d.waiters[id] = &quorumWaiter{durable: durable, done: done}
+	})
+}
+
+// quorumErrCode is the dmsg error a failed request is answered with.
+func quorumErrCode(err error) uint32 {
+	switch {
+	case errors.Is(err, errQuorumNoLeader):
+		return ErrQuorumTimeout
+	case errors.Is(err, errQuorumTimeout):
+		return ErrQuorumUnknown
+	}
+	return ErrParam
+}
+
 // commit serves the kernel's QRM_COMMIT: the operation is its aux data.
 func (d *quorumDriver) commit(t *Trans, m *Msg) {
 	op := quorumOp{Kind: quorumOpCommit, Payload: slices.Clone(m.Aux)}
@@ -287,14 +305,18 @@ func (d *quorumDriver) commit(t *Trans, m *Msg) {
 			_ = t.Close(ErrOK)
 		}
 	})
-	d.do(d.leaf.ctx, func() {
-		id, err := d.node.Propose(op)
+	d.submit(op, func(id uint64) {
+		_ = t.Send(&Msg{Header: Header{Cmd: CmdQrmCommit}, Ext: (&qrmCommit{Phase: 1, ReqID: id}).marshal()})
+	}, func(r quorumResult, err error) {
+		if err == nil && r.Err != "" {
+			err = errors.New(r.Err)
+		}
 		if err != nil {
-			d.leaf.log.Warn("commit refused", "err", err)
-			_ = t.Close(ErrParam)
+			_ = t.Close(quorumErrCode(err))
 			return
 		}
-		d.waiters[id] = t
+		_ = t.Send(&Msg{Header: Header{Cmd: CmdQrmCommit | FlagDelete},
+			Ext: (&qrmCommit{Phase: 2, Txid: r.Txid, ReqID: r.ReqID}).marshal()})
 	})
 }
 

@@ -22,8 +22,9 @@ const shellPrompt = "debug> "
 // shellCommands is what a daemon offers its shell. span is nil where
 // linking to another node is not possible.
 type shellCommands struct {
-	tree func() string
-	span func(host string) string
+	tree  func() string
+	span  func(host string) string
+	extra string // more help lines
 }
 
 // answer runs one line and sends the output and the prompt.
@@ -45,7 +46,7 @@ func (sc shellCommands) run(line string) string {
 		if sc.span != nil {
 			s += "span <host>     Link to another node\n"
 		}
-		return s
+		return s + sc.extra
 	case "ping":
 		return "ping reply\n"
 	case "tree":

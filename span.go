@@ -168,7 +168,12 @@ func (l *Leaf) ourSpan() LnkSpan {
 func (c *clusterLink) handle(t *Trans, m *Msg) {
 	if t.IsRoot() {
 		if m.Cmd&(maskBaseCmd|FlagReply) == CmdDbgShell {
-			shellCommands{tree: c.leaf.shellTree}.answer(t, ShellText(m.Aux))
+			line := ShellText(m.Aux)
+			if !c.leaf.quorumShell(line, func(out string) {
+				_ = t.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux(out + shellPrompt)})
+			}) {
+				c.leaf.shellCommands().answer(t, line)
+			}
 		}
 		return
 	}
@@ -235,8 +240,14 @@ func (c *clusterLink) circuit(parent, t *Trans, m *Msg) {
 	}
 	switch t.Cmd() {
 	case CmdDbgShell:
-		out := shellCommands{tree: c.leaf.shellTree}.run(strings.TrimSpace(ShellText(m.Aux)))
-		_ = t.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagDelete}, Aux: ShellAux(out)})
+		line := strings.TrimSpace(ShellText(m.Aux))
+		// Claimed now, answered perhaps later (after the quorum decides):
+		// a transaction left without a handler would be refused NOSUPP.
+		t.SetHandler(func(*Trans, *Msg) {})
+		reply := func(out string) { _ = t.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagDelete}, Aux: ShellAux(out)}) }
+		if !c.leaf.quorumShell(line, reply) {
+			reply(c.leaf.shellCommands().run(line))
+		}
 	case CmdQrmRaft:
 		if q := c.leaf.quorum; q != nil {
 			q.accept(t, m)
@@ -244,6 +255,23 @@ func (c *clusterLink) circuit(parent, t *Trans, m *Msg) {
 			_ = t.Close(ErrNoQuorum)
 		}
 	}
+}
+
+// shellCommands is the leaf's debug shell.
+func (l *Leaf) shellCommands() shellCommands {
+	sc := shellCommands{tree: l.shellTree}
+	if l.quorum != nil {
+		sc.extra = "commit <text>   Commit through the quorum group\n" +
+			"lock <mode> <domain> <key>[-<key>]  Ask the group for a cache state\n" +
+			"locks           Cache states held through this leaf\n" +
+			"quorum          The group as this master sees it\n"
+	}
+	return sc
+}
+
+// quorumShell runs the quorum commands; false if line is not one.
+func (l *Leaf) quorumShell(line string, reply func(string)) bool {
+	return l.quorum != nil && l.quorum.shell(line, reply)
 }
 
 // shellTree lists what the cluster advertises to the leaf.
