@@ -320,5 +320,28 @@ func (d *quorumDriver) commit(t *Trans, m *Msg) {
 	})
 }
 
+// Holdings lists the cache states held through this leaf. It asks the
+// driver's goroutine, waiting at most a second.
+func (d *quorumDriver) Holdings() []cacHolding {
+	ch := make(chan []cacHolding, 1)
+	ctx, cancel := context.WithTimeout(d.leaf.ctx, time.Second)
+	defer cancel()
+	d.do(ctx, func() {
+		var mine []cacHolding
+		for _, h := range d.node.Holdings() {
+			if h.Holder == d.holder() {
+				mine = append(mine, h)
+			}
+		}
+		ch <- mine
+	})
+	select {
+	case h := <-ch:
+		return h
+	case <-ctx.Done():
+		return nil
+	}
+}
+
 // Status is the group as this master sees it.
 func (d *quorumDriver) Status() quorumStatus { return *d.status.Load() }

@@ -43,6 +43,17 @@ type QuorumJSON struct {
 	LastTxid  uint64   `json:"last_txid"`
 	Pending   int      `json:"pending"`
 	HasQuorum bool     `json:"has_quorum"`
+	// Locks are the cache states held through this leaf.
+	Locks []LockJSON `json:"locks"`
+}
+
+// LockJSON is one cache state.
+type LockJSON struct {
+	Mode   string `json:"mode"`
+	Domain string `json:"domain"`
+	Lo     uint64 `json:"lo"`
+	Hi     uint64 `json:"hi"`
+	Txid   uint64 `json:"txid"`
 }
 
 // LinkStatus is one link's live state.
@@ -118,6 +129,9 @@ func (l *Leaf) Status() LeafStatus {
 			State: q.State, LastTxid: q.LastTxid, Pending: q.Pending, HasQuorum: q.HasQuorum}
 		for _, m := range q.Members {
 			qj.Members = append(qj.Members, fmt.Sprintf("%x", m))
+		}
+		for _, h := range l.quorum.Holdings() {
+			qj.Locks = append(qj.Locks, LockJSON{Mode: h.Mode.String(), Domain: h.Domain.String(), Lo: h.Lo, Hi: h.Hi, Txid: h.Txid})
 		}
 		st.Quorum = qj
 	}
@@ -198,6 +212,9 @@ func printStatus(w io.Writer, slots []Volconf, st *LeafStatus, notRunning error)
 	if q := st.Quorum; q != nil {
 		fmt.Fprintf(w, "quorum: master %s (%s), leader %s, term %d, last txid %d, members %s, quorum %v\n",
 			q.ID, q.State, q.Leader, q.Term, q.LastTxid, strings.Join(q.Members, " "), q.HasQuorum)
+		for _, h := range q.Locks {
+			fmt.Fprintf(w, "  lock %-9s %-6s %d-%d txid %d\n", h.Mode, h.Domain, h.Lo, h.Hi, h.Txid)
+		}
 	}
 	printSpans(w, st.Spans)
 }
