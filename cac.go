@@ -55,8 +55,14 @@ func parseCacLock(ext []byte) (cacLock, error) {
 	return c, nil
 }
 
-// holder names this leaf in the lock table.
+// holder names this leaf in the lock table; each kernel transaction holds
+// under its own name below it (holder()/N), so that closing one grant can
+// never free the keys of another the same leaf still holds.
 func (d *quorumDriver) holder() string { return d.leaf.info.Fsid.String() }
+
+func (d *quorumDriver) holdsThrough(h cacHolding) bool {
+	return h.Holder == d.holder() || strings.HasPrefix(h.Holder, d.holder()+"/")
+}
 
 // lock serves the kernel's CAC_LOCK.
 func (d *quorumDriver) lock(t *Trans, m *Msg) {
@@ -66,21 +72,26 @@ func (d *quorumDriver) lock(t *Trans, m *Msg) {
 		_ = t.Close(ErrParam)
 		return
 	}
-	var granted *cacHolding
+	holder := fmt.Sprintf("%s/%d", d.holder(), d.lockSeq.Add(1))
+	drop := quorumOp{Kind: quorumOpExpire, Holder: holder} // all of this holder's states
+	ignore := func(quorumResult, error) {}
+	// abandoned and granted belong to the driver's goroutine.
+	abandoned, granted := false, false
 	t.SetHandler(func(t *Trans, m *Msg) {
 		if m.Cmd&FlagDelete == 0 {
 			return
 		}
-		// The kernel released the state (or gave up): drop it in the group.
+		// Released or given up: one trip through the driver's queue, so it
+		// is proposed before anything the kernel asks next.
 		d.do(d.leaf.ctx, func() {
-			if g := granted; g != nil {
-				d.submit(quorumOp{Kind: quorumOpRelease, Holder: d.holder(), Domain: g.Domain, Lo: g.Lo, Hi: g.Hi},
-					nil, func(quorumResult, error) {})
+			abandoned = true
+			if granted {
+				d.propose(drop, nil, ignore)
 			}
 		})
 		_ = t.Close(ErrOK)
 	})
-	op := quorumOp{Kind: quorumOpLock, Holder: d.holder(), Domain: req.Domain, Mode: req.Mode, Lo: req.Lo, Hi: req.Hi}
+	op := quorumOp{Kind: quorumOpLock, Holder: holder, Domain: req.Domain, Mode: req.Mode, Lo: req.Lo, Hi: req.Hi}
 	d.submit(op, nil, func(r quorumResult, err error) {
 		switch {
 		case err != nil:
@@ -88,13 +99,16 @@ func (d *quorumDriver) lock(t *Trans, m *Msg) {
 		case r.Err != "":
 			_ = t.Close(ErrParam)
 		case r.Grant != nil:
-			granted = r.Grant
-			g := cacLock{Domain: r.Grant.Domain, Mode: r.Grant.Mode, Lo: r.Grant.Lo, Hi: r.Grant.Hi, Txid: r.Txid}
-			if req.Mode == cacInval {
-				_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock | FlagDelete}, Ext: g.marshal()})
+			granted = true
+			if abandoned { // the kernel gave up before the answer came
+				d.propose(drop, nil, ignore)
 				return
 			}
+			g := cacLock{Domain: r.Grant.Domain, Mode: r.Grant.Mode, Lo: r.Grant.Lo, Hi: r.Grant.Hi, Txid: r.Txid}
 			_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: g.marshal()})
+		case len(r.Released) > 0 || req.Mode == cacInval:
+			_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock | FlagDelete}, Ext: (&cacLock{Domain: req.Domain,
+				Mode: cacInval, Lo: req.Lo, Hi: req.Hi, Txid: r.Txid}).marshal()})
 		default:
 			_ = t.Close(ErrCacConflict)
 		}
@@ -126,7 +140,7 @@ func (d *quorumDriver) shell(line string, reply func(string)) bool {
 		d.do(d.leaf.ctx, func() {
 			var b strings.Builder
 			for _, h := range d.node.Holdings() {
-				if h.Holder == d.holder() {
+				if d.holdsThrough(h) {
 					fmt.Fprintf(&b, "%-9s %-6s %d-%d txid %d\n", h.Mode, h.Domain, h.Lo, h.Hi, h.Txid)
 				}
 			}
@@ -168,7 +182,7 @@ func (d *quorumDriver) parseShellLock(arg string) (quorumOp, error) {
 	if err != nil || hi < lo {
 		return quorumOp{}, fmt.Errorf("lock: key range %q is not <key>[-<key>] with the first no larger", f[2])
 	}
-	return quorumOp{Kind: quorumOpLock, Holder: d.holder(), Domain: dom, Mode: mode, Lo: lo, Hi: hi}, nil
+	return quorumOp{Kind: quorumOpLock, Holder: d.holder() + "/shell", Domain: dom, Mode: mode, Lo: lo, Hi: hi}, nil
 }
 
 func lockAnswer(r quorumResult, err error) string {

@@ -225,7 +225,7 @@ func newQuorumNode(id uint64, peers []uint64, store *quorumStore, cfg quorumConf
 		HeartbeatTick:             cfg.HeartbeatTicks,
 		Storage:                   store,
 		Applied:                   fsm.applied,
-		MaxSizePerMsg:             1 << 20,
+		MaxSizePerMsg:             AuxMax / 4, // a raft message is one dmsg aux (1 MiB at most)
 		MaxInflightMsgs:           256,
 		MaxUncommittedEntriesSize: 64 << 20,
 		MaxCommittedSizePerReady:  16 << 20,

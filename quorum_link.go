@@ -118,8 +118,9 @@ type quorumDriver struct {
 	out     map[uint64]*Trans        // our QRM_RAFT transaction to each master
 	waiters map[uint64]*quorumWaiter // by request id
 
-	status atomic.Pointer[quorumStatus]
-	wg     sync.WaitGroup
+	status  atomic.Pointer[quorumStatus]
+	lockSeq atomic.Uint64 // names each kernel CAC_LOCK's holder
+	wg      sync.WaitGroup
 }
 
 func newQuorumDriver(l *Leaf, node *quorumNode, tick time.Duration) *quorumDriver {
@@ -152,6 +153,16 @@ func (d *quorumDriver) run(ctx context.Context) {
 			d.node.Tick()
 		case f := <-d.work:
 			f()
+			// Take everything already waiting before one pump, so that
+			// concurrent requests share a raft Ready and its fsync.
+			for more := true; more; {
+				select {
+				case f := <-d.work:
+					f()
+				default:
+					more = false
+				}
+			}
 		}
 		d.pump()
 	}
@@ -212,7 +223,9 @@ func (d *quorumDriver) send(m *pb.Message) error {
 		return fmt.Errorf("quorum: encode message to %d: %w", m.GetTo(), err)
 	}
 	if err := t.Send(&Msg{Header: Header{Cmd: CmdQrmRaft}, Aux: data}); err != nil {
+		d.leaf.log.Warn("quorum: message not sent", "to", fmt.Sprintf("%x", m.GetTo()), "bytes", len(data), "err", err)
 		delete(d.out, m.GetTo())
+		_ = t.Close(ErrOK)
 		d.node.rn.ReportUnreachable(m.GetTo())
 		return err
 	}
@@ -272,17 +285,21 @@ type quorumWaiter struct {
 	done    func(r quorumResult, err error) // phase 2, or the failure
 }
 
-// submit proposes op. done gets the applied result, or the error that
-// refused or failed the request.
+// submit proposes op from any goroutine but the driver's. done gets the
+// applied result, or the error that refused or failed the request.
 func (d *quorumDriver) submit(op quorumOp, durable func(uint64), done func(quorumResult, error)) {
-	d.do(d.leaf.ctx, func() {
-		id, err := d.node.Propose(op)
-		if err != nil {
-			done(quorumResult{}, err)
-			return
-		}
-		d.waiters[id] = &quorumWaiter{durable: durable, done: done}
-	})
+	d.do(d.leaf.ctx, func() { d.propose(op, durable, done) })
+}
+
+// propose is submit on the driver's own goroutine (a callback may not go
+// through the work queue: only the driver drains it).
+func (d *quorumDriver) propose(op quorumOp, durable func(uint64), done func(quorumResult, error)) {
+	id, err := d.node.Propose(op)
+	if err != nil {
+		done(quorumResult{}, err)
+		return
+	}
+	d.waiters[id] = &quorumWaiter{durable: durable, done: done}
 }
 
 // quorumErrCode is the dmsg error a failed request is answered with.
@@ -329,7 +346,7 @@ func (d *quorumDriver) Holdings() []cacHolding {
 	d.do(ctx, func() {
 		var mine []cacHolding
 		for _, h := range d.node.Holdings() {
-			if h.Holder == d.holder() {
+			if d.holdsThrough(h) {
 				mine = append(mine, h)
 			}
 		}
