@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/alecthomas/kong"
 )
@@ -61,7 +62,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	)
 	opts := []kong.Option{kong.Vars(kongVars()), kong.Writers(stdout, stderr), kong.UsageOnError(),
 		kong.Exit(func(code int) { panic(exitCode(code)) })}
-	if filepath.Base(args[0]) == "hammer2-leaf" && !(len(args) > 1 && isCommand(args[1])) {
+	if filepath.Base(args[0]) == "hammer2-leaf" && !isCommand(firstWord(args[1:])) {
 		var c LeafCLI
 		g = &c.Globals
 		parser, err = kong.New(&c, append(opts, kong.Name("hammer2-leaf"),
@@ -102,6 +103,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 type exitCode int
+
+// firstWord is the first argument that is neither a flag nor a global
+// flag's value: where a command word stands.
+func firstWord(args []string) string {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			return ""
+		case a == "-s" || a == "-c" || a == "--path" || a == "--config":
+			i++ // its value
+		case strings.HasPrefix(a, "-"):
+		default:
+			return a
+		}
+	}
+	return ""
+}
 
 // isCommand reports whether arg names a hammer2 command. Run as
 // hammer2-leaf with one (as `go run .` does, naming the binary after the
