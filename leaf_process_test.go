@@ -314,19 +314,27 @@ func (n *leafNode) start() {
 // waitReady waits for this start's "leaf ready" log line.
 func (n *leafNode) waitReady(exited chan struct{}) {
 	n.t.Helper()
+	waitStarted(n.t, n.name, n.logPath, "leaf ready", exited, func() any { return n.state })
+}
+
+// waitStarted waits until the log of a daemon's latest start (after its
+// last "===== start" line) holds marker, failing if the process exits or
+// 15 s pass first.
+func waitStarted(t testing.TB, name, logPath, marker string, exited <-chan struct{}, state func() any) {
+	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		b, _ := os.ReadFile(n.logPath)
-		if i := bytes.LastIndex(b, []byte("===== start")); i >= 0 && bytes.Contains(b[i:], []byte("leaf ready")) {
+		b, _ := os.ReadFile(logPath)
+		if i := bytes.LastIndex(b, []byte("===== start")); i >= 0 && bytes.Contains(b[i:], []byte(marker)) {
 			return
 		}
 		select {
 		case <-exited:
-			n.t.Fatalf("%s exited while starting (%v); log:\n%s", n.name, n.state, b)
+			t.Fatalf("%s exited while starting (%v); log:\n%s", name, state(), b)
 		default:
 		}
 		if time.Now().After(deadline) {
-			n.t.Fatalf("%s not ready after 15s; log:\n%s", n.name, b)
+			t.Fatalf("%s: no %q after 15s; log:\n%s", name, marker, b)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

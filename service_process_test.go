@@ -219,22 +219,7 @@ func (s *svcNode) start() {
 		lf.Close()
 		close(exited)
 	}()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		b, _ := os.ReadFile(s.logPath)
-		if i := bytes.LastIndex(b, []byte("===== start")); i >= 0 && bytes.Contains(b[i:], []byte("service running")) {
-			return
-		}
-		select {
-		case <-exited:
-			s.t.Fatalf("service %s exited while starting (%v); log:\n%s", s.name, s.state, b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("service %s not running after 15s; log:\n%s", s.name, b)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitStarted(s.t, "service "+s.name, s.logPath, "service running", exited, func() any { return s.state })
 }
 
 func (s *svcNode) hasExitedLocked() bool {
