@@ -152,6 +152,9 @@ type quorumPending struct {
 	conf     *pb.ConfChange // or a membership change
 	deadline uint64         // tick by which it must be committed
 	inLog    bool           // raft accepted it (it may still be lost)
+	term     uint64         // our term when raft accepted it
+	handed   uint64         // tick raft accepted it
+	leader   bool           // we were the leader then: it is in our own log
 }
 
 type quorumNode struct {
@@ -368,9 +371,46 @@ func (n *quorumNode) hand(p *quorumPending) error {
 		err = n.rn.Propose(p.data)
 	}
 	if err == nil {
-		p.inLog = true
+		bs := n.rn.BasicStatus()
+		p.inLog, p.term, p.handed, p.leader = true, bs.GetTerm(), n.ticks, bs.RaftState == raft.StateLeader
 	}
 	return err
+}
+
+// requeue takes the pending requests match selects back out of raft's
+// hands: they are submitted again, in order, once a leader is known.
+func (n *quorumNode) requeue(match func(*quorumPending) bool) {
+	var again []uint64
+	for reqID, p := range n.pending {
+		if p.inLog && match(p) {
+			p.inLog = false
+			again = append(again, reqID)
+		}
+	}
+	if len(again) == 0 {
+		return
+	}
+	n.queued = append(n.queued, again...)
+	slices.Sort(n.queued) // request ids grow in submission order
+}
+
+// forwardedLost selects the plain requests this master forwarded to a
+// leader without seeing them applied: the forward may have been lost,
+// and raft never retransmits a proposal. Handing one again is safe because
+// the state machine skips a request it already applied (quorumFSM.seen).
+// Membership changes are left alone: they have no such guard.
+func forwardedLost(p *quorumPending) bool { return p.conf == nil && !p.leader }
+
+// requeueLost resubmits the requests a deposed leader took with it. It is
+// called when the first entry of a new leader's term (its empty entry) is
+// applied. Terms never decrease along a log, so an entry of an earlier
+// term can no longer be committed after that one: a request handed to
+// raft in an earlier term and not applied by now is in no log that can
+// win, and submitting it again cannot apply it twice. Without this a
+// request forwarded to a leader that died waits out its whole deadline
+// and fails as "outcome unknown".
+func (n *quorumNode) requeueLost(term uint64) {
+	n.requeue(func(p *quorumPending) bool { return p.term < term })
 }
 
 // resubmit retries requests raft dropped, in their original order, once a
@@ -432,6 +472,8 @@ func (n *quorumNode) Tick() {
 	if len(expired) > 0 {
 		n.queued = slices.DeleteFunc(n.queued, func(id uint64) bool { _, ok := n.pending[id]; return !ok })
 	}
+	retry := uint64(n.cfg.ElectionTicks)
+	n.requeue(func(p *quorumPending) bool { return forwardedLost(p) && n.ticks-p.handed >= retry })
 }
 
 // Step feeds a message received from another master.
@@ -465,6 +507,7 @@ func (n *quorumNode) LinkDown(peer uint64) {
 	n.rn.ReportUnreachable(peer)
 	if bs := n.rn.BasicStatus(); bs.Lead == peer && peer != n.id {
 		_ = n.rn.ForgetLeader()
+		n.requeue(forwardedLost)
 	}
 }
 
@@ -540,6 +583,7 @@ func (n *quorumNode) apply(ents []*pb.Entry, out *quorumReady) error {
 		case pb.EntryNormal:
 			if len(e.GetData()) == 0 {
 				n.fsm.skip(idx) // a new leader's empty entry
+				n.requeueLost(e.GetTerm())
 				continue
 			}
 			res, ok = n.applyNormal(idx, e.GetData())
@@ -577,8 +621,15 @@ func (n *quorumNode) applyNormal(idx uint64, data []byte) (quorumResult, bool) {
 		res.Err = err.Error()
 		return res, true
 	}
+	if idx > n.fsm.applied && n.fsm.duplicate(origin, reqID) {
+		n.fsm.skip(idx) // a copy handed again; the first one counted
+		return res, false
+	}
 	var ok bool
 	res.quorumOutcome, ok = n.fsm.apply(idx, op)
+	if ok {
+		n.fsm.remember(idx, origin, reqID)
+	}
 	return res, ok
 }
 

@@ -222,10 +222,72 @@ type quorumFSM struct {
 	lastCommit uint64 // txid of the last Commit op
 	holdings   map[cacDomain]map[cacKey]cacHolding
 	dirty      map[cacKey]struct{}
+
+	// The requests applied in the last quorumDedupWindow txids.
+	seen      map[quorumReqKey]uint64
+	seenQ     []quorumSeen // ascending txid
+	seenNew   []quorumSeen // not saved yet
+	seenFloor uint64       // entries below this txid are forgotten
 }
 
 func newQuorumFSM() *quorumFSM {
-	return &quorumFSM{holdings: map[cacDomain]map[cacKey]cacHolding{}, dirty: map[cacKey]struct{}{}}
+	return &quorumFSM{holdings: map[cacDomain]map[cacKey]cacHolding{}, dirty: map[cacKey]struct{}{},
+		seen: map[quorumReqKey]uint64{}}
+}
+
+// quorumDedupWindow is how many txids back the FSM remembers which request
+// each entry carried. A master hands a request to raft again when it
+// cannot know whether its forward to the leader arrived (the link
+// dropped, the leader changed, or nothing committed for an election
+// timeout); whichever copy commits second is skipped on every master.
+// The window counts txids, not time, so that every master forgets
+// identically; it is far longer than a request's deadline at any rate
+// the group can commit.
+const quorumDedupWindow = 1 << 17
+
+type quorumReqKey struct{ origin, reqID uint64 }
+
+// quorumSeen is one remembered request, as the store and snapshots hold it.
+type quorumSeen struct {
+	Txid   uint64 `json:"txid"`
+	Origin uint64 `json:"origin"`
+	ReqID  uint64 `json:"req"`
+}
+
+// duplicate reports a request already applied within the window.
+func (f *quorumFSM) duplicate(origin, reqID uint64) bool {
+	_, ok := f.seen[quorumReqKey{origin, reqID}]
+	return ok
+}
+
+// remember records the request applied at txid and forgets those that
+// fell out of the window.
+func (f *quorumFSM) remember(txid, origin, reqID uint64) {
+	s := quorumSeen{Txid: txid, Origin: origin, ReqID: reqID}
+	f.seen[quorumReqKey{origin, reqID}] = txid
+	f.seenQ = append(f.seenQ, s)
+	f.seenNew = append(f.seenNew, s)
+	if txid <= quorumDedupWindow {
+		return
+	}
+	floor := txid - quorumDedupWindow
+	i := 0
+	for i < len(f.seenQ) && f.seenQ[i].Txid < floor {
+		delete(f.seen, quorumReqKey{f.seenQ[i].Origin, f.seenQ[i].ReqID})
+		i++
+	}
+	f.seenQ, f.seenFloor = f.seenQ[i:], floor
+	for len(f.seenNew) > 0 && f.seenNew[0].Txid < floor {
+		f.seenNew = f.seenNew[1:]
+	}
+}
+
+// takeSeen returns the requests remembered since the last call and the
+// txid below which the store may forget.
+func (f *quorumFSM) takeSeen() ([]quorumSeen, uint64) {
+	n := f.seenNew
+	f.seenNew = nil
+	return n, f.seenFloor
 }
 
 func (f *quorumFSM) put(h cacHolding) {
@@ -422,13 +484,14 @@ type quorumFSMImage struct {
 	Applied    uint64       `json:"applied"`
 	LastCommit uint64       `json:"last_commit"`
 	Holdings   []cacHolding `json:"holdings,omitempty"`
+	Recent     []quorumSeen `json:"recent,omitempty"` // the dedup window, ascending txid
 }
 
 const quorumFSMImageVersion = 1
 
 func (f *quorumFSM) encode() ([]byte, error) {
 	b, err := json.Marshal(quorumFSMImage{Version: quorumFSMImageVersion, Applied: f.applied,
-		LastCommit: f.lastCommit, Holdings: f.list()})
+		LastCommit: f.lastCommit, Holdings: f.list(), Recent: f.seenQ})
 	if err != nil {
 		return nil, fmt.Errorf("encode quorum state at txid %d: %w", f.applied, err)
 	}
@@ -460,6 +523,9 @@ func decodeQuorumFSM(data []byte, index uint64) (*quorumFSM, error) {
 		f.put(h)
 	}
 	clear(f.dirty)
+	for _, r := range img.Recent {
+		f.remember(r.Txid, r.Origin, r.ReqID)
+	}
 	if err := f.checkInvariants(); err != nil {
 		return nil, fmt.Errorf("%w at txid %d: %w", errQuorumImage, index, err)
 	}

@@ -621,8 +621,12 @@ func (h *qpHistory) maxAcked() uint64 {
 type qpLog struct {
 	first, commit, last uint64
 	byTxid              map[uint64]string   // commit entries in [first, commit]
-	txids               map[string][]uint64 // payload -> where it is
+	txids               map[string][]uint64 // payload -> where it takes effect
 	entries             map[uint64]string   // every entry in [first, commit]: type, term, data
+	// copies counts entries that repeat a request id already in the log:
+	// a master handed a forward again, and the state machine skips it.
+	copies int
+	reqs   map[string]string // payload -> the request id that carried it
 }
 
 // qpReadLog reads a stopped master's committed log from its bbolt file.
@@ -639,7 +643,7 @@ func qpReadLog(dir string) (*qpLog, error) {
 	first, _ := s.FirstIndex()
 	last, _ := s.LastIndex()
 	lg := &qpLog{first: first, commit: hs.GetCommit(), last: last, byTxid: map[uint64]string{}, txids: map[string][]uint64{},
-		entries: map[uint64]string{}}
+		entries: map[uint64]string{}, reqs: map[string]string{}}
 	hi := min(lg.commit, last)
 	if hi < first {
 		return lg, nil
@@ -653,14 +657,19 @@ func qpReadLog(dir string) (*qpLog, error) {
 		if e.GetType() != pb.EntryNormal || len(e.GetData()) == 0 {
 			continue
 		}
-		_, _, op, err := decodeQuorumEntry(e.GetData())
+		origin, reqID, op, err := decodeQuorumEntry(e.GetData())
 		if err != nil {
 			return nil, fmt.Errorf("entry %d: %w", e.GetIndex(), err)
 		}
 		if op.Kind != quorumOpCommit {
 			continue
 		}
-		p := string(op.Payload)
+		p, req := string(op.Payload), fmt.Sprintf("%x/%s", origin, fmtReqID(reqID))
+		if prev, ok := lg.reqs[p]; ok && prev == req {
+			lg.copies++
+			continue
+		}
+		lg.reqs[p] = req
 		lg.byTxid[e.GetIndex()] = p
 		lg.txids[p] = append(lg.txids[p], e.GetIndex())
 	}
@@ -673,6 +682,7 @@ type qpReport struct {
 	ops, acked, noEffect, unknown, refused int
 	unknownApplied, unknownLost            int // unknown outcomes resolved from the logs
 	lateAcks                               int
+	copies                                 int // forwards handed again, skipped when applied
 	checkable                              int // acked commits found in a log
 	linearizable                           string
 	inMajorityLoss                         int // commits whose whole call lay in a majority-loss window
@@ -683,11 +693,11 @@ type qpReport struct {
 
 func (r qpReport) String() string {
 	return fmt.Sprintf("ops %d: acked %d, failed 0x25 %d, unknown %d (later found applied %d, never applied %d), refused %d; "+
-		"late acks %d; acked checked against the logs %d; committed log %d entries; linearizable: %s; "+
+		"late acks %d; acked checked against the logs %d; committed log %d entries (%d repeated forwards skipped); linearizable: %s; "+
 		"majority-loss windows %d with %d commits inside (none may be acked); longest stretch without an ack %v "+
 		"(%v while a majority was up)",
 		r.ops, r.acked, r.noEffect, r.unknown, r.unknownApplied, r.unknownLost, r.refused, r.lateAcks, r.checkable,
-		r.logLen, r.linearizable, r.majorityWindows, r.inMajorityLoss, r.maxGap.Round(time.Millisecond),
+		r.logLen, r.copies, r.linearizable, r.majorityWindows, r.inMajorityLoss, r.maxGap.Round(time.Millisecond),
 		r.maxGapMajorityUp.Round(time.Millisecond))
 }
 
@@ -739,6 +749,7 @@ func (c *qpCluster) verify(from, to time.Time) qpReport {
 	var rep qpReport
 	for _, lg := range logs {
 		rep.logLen = max(rep.logLen, lg.commit)
+		rep.copies = max(rep.copies, lg.copies)
 	}
 
 	// The masters' committed logs agree where they overlap.

@@ -18,6 +18,7 @@ package main
 //	fsm/meta                JSON quorumFSMImage without holdings
 //	fsm/confstate           raftpb.ConfState as of fsm/meta's applied index
 //	holdings/<cacKey>       JSON cacHolding
+//	recent/<txid u64>       origin u64 + request id u64 (the dedup window)
 
 import (
 	"encoding/binary"
@@ -42,6 +43,7 @@ const (
 	qbRaft     = "raft"
 	qbFSM      = "fsm"
 	qbHoldings = "holdings"
+	qbRecent   = "recent"
 
 	qkHardState = "hardstate"
 	qkSnapshot  = "snapshot"
@@ -95,7 +97,7 @@ func openQuorumStore(dir string, opt quorumStoreOptions) (*quorumStore, error) {
 	}
 	s := &quorumStore{path: path, db: db}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range []string{qbLog, qbRaft, qbFSM, qbHoldings} {
+		for _, b := range []string{qbLog, qbRaft, qbFSM, qbHoldings, qbRecent} {
 			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
 				return err
 			}
@@ -425,7 +427,7 @@ func applySnapshotTx(tx *bolt.Tx, m *quorumMarks, snap *pb.Snapshot) (*quorumFSM
 		return nil, err
 	}
 	// raft drops its whole log on a snapshot; the file must agree.
-	for _, b := range []string{qbLog, qbHoldings} {
+	for _, b := range []string{qbLog, qbHoldings, qbRecent} {
 		if err := tx.DeleteBucket([]byte(b)); err != nil {
 			return nil, err
 		}
@@ -437,7 +439,8 @@ func applySnapshotTx(tx *bolt.Tx, m *quorumMarks, snap *pb.Snapshot) (*quorumFSM
 	if err := tx.Bucket([]byte(qbRaft)).Put([]byte(qkTrunc), markBytes(mark)); err != nil {
 		return nil, err
 	}
-	if err := saveFSMTx(tx, fsm, md.GetConfState(), fsm.list(), nil); err != nil {
+	fsm.seenNew = nil
+	if err := saveFSMTx(tx, fsm, md.GetConfState(), fsm.list(), nil, fsm.seenQ, 0); err != nil {
 		return nil, err
 	}
 	m.trunc, m.last, m.snap = mark, mark.index, mark
@@ -524,12 +527,13 @@ func (s *quorumStore) saveReady(hs *pb.HardState, ents []*pb.Entry, snap *pb.Sna
 // saveApplied records what applying a batch of committed entries did.
 func (s *quorumStore) saveApplied(fsm *quorumFSM, cs *pb.ConfState) error {
 	puts, dels := fsm.takeDirty()
+	seen, floor := fsm.takeSeen()
 	return s.update(fmt.Sprintf("save applied state at txid %d", fsm.applied), func(tx *bolt.Tx, _ *quorumMarks) error {
-		return saveFSMTx(tx, fsm, cs, puts, dels)
+		return saveFSMTx(tx, fsm, cs, puts, dels, seen, floor)
 	})
 }
 
-func saveFSMTx(tx *bolt.Tx, fsm *quorumFSM, cs *pb.ConfState, puts []cacHolding, dels []cacKey) error {
+func saveFSMTx(tx *bolt.Tx, fsm *quorumFSM, cs *pb.ConfState, puts []cacHolding, dels []cacKey, seen []quorumSeen, floor uint64) error {
 	meta, err := json.Marshal(quorumFSMImage{Version: quorumFSMImageVersion, Applied: fsm.applied, LastCommit: fsm.lastCommit})
 	if err != nil {
 		return fmt.Errorf("encode fsm/meta: %w", err)
@@ -553,6 +557,24 @@ func saveFSMTx(tx *bolt.Tx, fsm *quorumFSM, cs *pb.ConfState, puts []cacHolding,
 			return fmt.Errorf("encode holding %s: %w", h, err)
 		}
 		if err := hb.Put(h.key().bytes(), v); err != nil {
+			return err
+		}
+	}
+	rb := tx.Bucket([]byte(qbRecent))
+	// Collected first: deleting under a bbolt cursor skips keys.
+	var old [][]byte
+	c := rb.Cursor()
+	for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) < floor; k, _ = c.Next() {
+		old = append(old, k)
+	}
+	for _, k := range old {
+		if err := rb.Delete(k); err != nil {
+			return err
+		}
+	}
+	for _, r := range seen {
+		v := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, r.Origin), r.ReqID)
+		if err := rb.Put(u64key(r.Txid), v); err != nil {
 			return err
 		}
 	}
@@ -580,7 +602,7 @@ func (s *quorumStore) loadFSM() (*quorumFSM, *pb.ConfState, error) {
 				return fmt.Errorf("fsm/confstate: %w", err)
 			}
 		}
-		return tx.Bucket([]byte(qbHoldings)).ForEach(func(k, v []byte) error {
+		err := tx.Bucket([]byte(qbHoldings)).ForEach(func(k, v []byte) error {
 			var h cacHolding
 			if err := json.Unmarshal(v, &h); err != nil {
 				return fmt.Errorf("holdings/%x: %w", k, err)
@@ -588,9 +610,20 @@ func (s *quorumStore) loadFSM() (*quorumFSM, *pb.ConfState, error) {
 			fsm.put(h)
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket([]byte(qbRecent)).ForEach(func(k, v []byte) error {
+			if len(k) != 8 || len(v) != 16 {
+				return fmt.Errorf("recent/%x: malformed record of %d bytes", k, len(v))
+			}
+			fsm.remember(binary.BigEndian.Uint64(k), binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:]))
+			return nil
+		})
 	})
 	if err == nil {
 		clear(fsm.dirty)
+		fsm.seenNew = nil
 		err = fsm.checkInvariants()
 	}
 	if err != nil {

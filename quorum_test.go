@@ -1001,3 +1001,66 @@ func TestQuorumFSMImageDeterministic(t *testing.T) {
 		t.Fatalf("image at the wrong index: %v", err)
 	}
 }
+
+// The dedup window is part of the applied state: it survives a restart
+// from the store and travels in snapshots, and forgets identically
+// everywhere once requests fall out of it.
+func TestQuorumDedupWindowPersists(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openQuorumStore(dir, quorumStoreOptions{noSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newQuorumFSM()
+	f.applied = 7
+	f.remember(5, 1, 100)
+	f.remember(7, 2, 200)
+	if err := s.saveApplied(f, &pb.ConfState{Voters: []uint64{1, 2}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = openQuorumStore(dir, quorumStoreOptions{noSync: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	g, _, err := s.loadFSM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		origin, req uint64
+		want        bool
+	}{{1, 100, true}, {2, 200, true}, {1, 200, false}, {3, 100, false}} {
+		if got := g.duplicate(tc.origin, tc.req); got != tc.want {
+			t.Errorf("after restart duplicate(%d, %d) = %v, want %v", tc.origin, tc.req, got, tc.want)
+		}
+	}
+
+	// One request far beyond the window pushes both out, on disk too.
+	far := uint64(quorumDedupWindow + 6)
+	g.applied = far
+	g.remember(far, 3, 300)
+	if err := s.saveApplied(g, &pb.ConfState{Voters: []uint64{1, 2}}); err != nil {
+		t.Fatal(err)
+	}
+	h, _, err := s.loadFSM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.duplicate(1, 100) || !h.duplicate(2, 200) || !h.duplicate(3, 300) {
+		t.Errorf("after pruning below txid %d: seen %v", far-quorumDedupWindow, h.seenQ)
+	}
+
+	// A snapshot image carries the window.
+	img, err := h.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := decodeQuorumFSM(img, far)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(k.seenQ, h.seenQ) {
+		t.Errorf("snapshot window %v, want %v", k.seenQ, h.seenQ)
+	}
+}
