@@ -150,6 +150,17 @@ func (d *quorumDriver) shell(line string, reply func(string)) bool {
 			reply(b.String())
 		})
 	case "quorum":
+		if verb, master, ok := strings.Cut(arg, " "); ok && (verb == "add" || verb == "remove") {
+			d.leaf.spawn(func() { // Member waits on the driver's goroutine, which runs this
+				members, err := d.leaf.changeMember("quorum-"+verb, strings.TrimSpace(master))
+				if err != nil {
+					reply(fmt.Sprintf("quorum %s: %v\n", verb, err))
+					return
+				}
+				reply(fmt.Sprintf("members %x\n", members))
+			})
+			return true
+		}
 		s := d.Status()
 		reply(fmt.Sprintf("master %x %s, leader %x, term %d, last txid %d, members %x, quorum %v\n",
 			s.ID, s.State, s.Leader, s.Term, s.LastTxid, s.Members, s.HasQuorum))

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -283,5 +284,50 @@ func (c *KeygenCmd) Run(env *Env) error {
 		fmt.Fprintf(env.Stderr, "hammer2 keygen: created %s/node.key; trust this node by putting the line below in a peer's remote/<name>.pub\n", dir)
 	}
 	fmt.Fprintln(env.Stdout, FormatPublicKey(pub))
+	return nil
+}
+
+// QuorumCmd is `hammer2 quorum add|remove <master>`: the operator's hand
+// on membership. The leader adds masters it sees by itself; a master that
+// is gone for good keeps its vote until it is removed here.
+type QuorumCmd struct {
+	Add    QuorumAddCmd    `cmd:"" help:"Add a master (its id as status shows it) to the group."`
+	Remove QuorumRemoveCmd `cmd:"" help:"Remove a master from the group; the leader will not add it back by itself."`
+}
+
+type QuorumAddCmd struct {
+	Master string `arg:"" help:"The master's id, hex, as hammer2 status shows it."`
+}
+
+type QuorumRemoveCmd struct {
+	Master string `arg:"" help:"The master's id, hex, as hammer2 status shows it."`
+}
+
+func (c *QuorumAddCmd) Run(env *Env) error    { return changeMember(env, "add", c.Master) }
+func (c *QuorumRemoveCmd) Run(env *Env) error { return changeMember(env, "remove", c.Master) }
+
+// changeMember asks the PFS's running leaf to change the group.
+func changeMember(env *Env, verb, master string) error {
+	pfs, err := OpenPFS(env.pfsPath())
+	if err != nil {
+		return err
+	}
+	info, err := pfs.Info()
+	control := ""
+	if err == nil {
+		var cfg Config
+		if cfg, err = LoadConfig(env.Config); err == nil {
+			control = leafPaths(cfg, pfs, info).control
+		}
+	}
+	pfs.Close()
+	if err != nil {
+		return err
+	}
+	resp, err := controlCall(control, controlRequest{Op: "quorum-" + verb, Master: master})
+	if err != nil {
+		return fmt.Errorf("quorum %s %s: %w", verb, master, err)
+	}
+	fmt.Fprintf(env.Stdout, "members: %s\n", strings.Join(resp.Members, " "))
 	return nil
 }

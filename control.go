@@ -11,17 +11,23 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
 
 type controlRequest struct {
-	Op string `json:"op"` // "status" or "rescan"
+	Op string `json:"op"` // "status", "rescan", "quorum-add" or "quorum-remove"
+	// Master is the quorum-add/-remove subject: a master id as status
+	// prints it (hex).
+	Master string `json:"master,omitempty"`
 }
 
 type controlResponse struct {
-	Error  string      `json:"error,omitempty"`
-	Status *LeafStatus `json:"status,omitempty"`
+	Error   string      `json:"error,omitempty"`
+	Status  *LeafStatus `json:"status,omitempty"`
+	Members []string    `json:"members,omitempty"` // after a quorum change
 }
 
 // serveControl listens on path until ctx ends.
@@ -72,6 +78,14 @@ func (l *Leaf) controlConn(c net.Conn) {
 			if err := l.Rescan(); err != nil {
 				resp.Error = err.Error()
 			}
+		case "quorum-add", "quorum-remove":
+			members, err := l.changeMember(req.Op, req.Master)
+			if err != nil {
+				resp.Error = err.Error()
+			}
+			for _, m := range members {
+				resp.Members = append(resp.Members, fmt.Sprintf("%x", m))
+			}
 		default:
 			resp.Error = fmt.Sprintf("unknown op %q", req.Op)
 		}
@@ -101,4 +115,23 @@ func controlCall(path string, req controlRequest) (*controlResponse, error) {
 		return &resp, fmt.Errorf("leaf: %s", resp.Error)
 	}
 	return &resp, nil
+}
+
+// changeMember serves quorum-add and quorum-remove, waiting at most the
+// commit timeout (the control connection allows 10 s).
+func (l *Leaf) changeMember(op, master string) ([]uint64, error) {
+	if l.quorum == nil {
+		return nil, errors.New("this leaf is not a member of a quorum group (not a MASTER, or no quorum.masters)")
+	}
+	id, err := strconv.ParseUint(strings.TrimPrefix(master, "0x"), 16, 64)
+	if err != nil || id == 0 {
+		return nil, fmt.Errorf("master %q: not a master id (hex, as status shows it)", master)
+	}
+	change := quorumAddVoter
+	if op == "quorum-remove" {
+		change = quorumRemoveVoter
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, min(l.cfg.Quorum.CommitTimeout.Duration, 9*time.Second))
+	defer cancel()
+	return l.quorum.Member(ctx, change, id)
 }

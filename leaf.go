@@ -113,13 +113,21 @@ func (l *Leaf) openQuorum() error {
 	if dir == "" {
 		dir = leafPaths(l.cfg, l.pfs, l.info).dir
 	}
+	self := masterID(l.info.Fsid)
+	if !slices.Contains(founders, self) {
+		// Not a founder: join the group the founders formed. The leader
+		// adds this master when it sees its span, then catches it up.
+		l.log.Info("quorum: not among quorum.masters; joining the group once its leader adds this master",
+			"master", fmt.Sprintf("%x", self))
+		founders = nil
+	}
 	store, err := openQuorumStore(dir, quorumStoreOptions{})
 	if err != nil {
 		return err
 	}
 	ticks := int(qc.CommitTimeout.Duration / qc.Tick.Duration)
 	log := l.log.With("quorum", fmt.Sprintf("%x", masterID(l.info.Fsid)))
-	node, err := newQuorumNode(masterID(l.info.Fsid), founders, store, quorumConfig{ProposeTimeoutTicks: ticks,
+	node, err := newQuorumNode(self, founders, store, quorumConfig{ProposeTimeoutTicks: ticks,
 		Logf: func(format string, args ...any) { log.Debug(fmt.Sprintf(format, args...)) }})
 	if err != nil {
 		store.Close()

@@ -37,6 +37,7 @@ type CLI struct {
 	Keygen     KeygenCmd     `cmd:"" help:"Make this node's Ed25519 key and print its public key."`
 	Service    ServiceCmd    `cmd:"" help:"Run the node's service daemon: the backbone that relays spans between links."`
 	Shell      ShellCmd      `cmd:"" help:"DragonFly's debug shell, on a service (host[:port] or unix:<path>)."`
+	Quorum     QuorumCmd     `cmd:"" help:"Change the quorum group's membership through this PFS's running leaf."`
 }
 
 // LeafCLI is the grammar when the binary runs as hammer2-leaf.

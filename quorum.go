@@ -661,6 +661,14 @@ func (n *quorumNode) applyConf(idx uint64, typ pb.EntryType, data []byte) quorum
 			res.Err = err.Error()
 		}
 	}
+	for _, c := range cc.AsV2().Changes {
+		switch c.GetType() {
+		case pb.ConfChangeRemoveNode:
+			n.fsm.removed[c.GetNodeId()] = true
+		case pb.ConfChangeAddNode, pb.ConfChangeAddLearnerNode:
+			delete(n.fsm.removed, c.GetNodeId())
+		}
+	}
 	n.cs = n.rn.ApplyConfChange(cc)
 	res.Members = slices.Clone(n.cs.GetVoters())
 	slices.Sort(res.Members)
@@ -725,6 +733,20 @@ func (n *quorumNode) Status() quorumStatus {
 
 // Holdings lists the lock table as of LastTxid, sorted.
 func (n *quorumNode) Holdings() []cacHolding { return n.fsm.list() }
+
+// Removed reports whether an operator took master id out of the group.
+func (n *quorumNode) Removed(id uint64) bool { return n.fsm.removed[id] }
+
+// PendingConfChange reports a membership change of ours not yet applied:
+// raft takes one at a time.
+func (n *quorumNode) PendingConfChange() bool {
+	for _, p := range n.pending {
+		if p.conf != nil {
+			return true
+		}
+	}
+	return false
+}
 
 // quorumLink carries raft messages to other masters of the group. The
 // daemon's implementation rides the cluster links (DMSG); tests use an

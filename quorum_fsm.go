@@ -228,11 +228,26 @@ type quorumFSM struct {
 	seenQ     []quorumSeen // ascending txid
 	seenNew   []quorumSeen // not saved yet
 	seenFloor uint64       // entries below this txid are forgotten
+
+	// removed are masters an operator took out of the group. Their
+	// spans may still be seen; the leader must not add them back by
+	// itself (an operator's add does).
+	removed map[uint64]bool
 }
 
 func newQuorumFSM() *quorumFSM {
 	return &quorumFSM{holdings: map[cacDomain]map[cacKey]cacHolding{}, dirty: map[cacKey]struct{}{},
-		seen: map[quorumReqKey]uint64{}}
+		seen: map[quorumReqKey]uint64{}, removed: map[uint64]bool{}}
+}
+
+// removedList is the removed masters, sorted.
+func (f *quorumFSM) removedList() []uint64 {
+	var out []uint64
+	for id := range f.removed {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // quorumDedupWindow is how many txids back the FSM remembers which request
@@ -485,13 +500,14 @@ type quorumFSMImage struct {
 	LastCommit uint64       `json:"last_commit"`
 	Holdings   []cacHolding `json:"holdings,omitempty"`
 	Recent     []quorumSeen `json:"recent,omitempty"` // the dedup window, ascending txid
+	Removed    []uint64     `json:"removed,omitempty"`
 }
 
 const quorumFSMImageVersion = 1
 
 func (f *quorumFSM) encode() ([]byte, error) {
 	b, err := json.Marshal(quorumFSMImage{Version: quorumFSMImageVersion, Applied: f.applied,
-		LastCommit: f.lastCommit, Holdings: f.list(), Recent: f.seenQ})
+		LastCommit: f.lastCommit, Holdings: f.list(), Recent: f.seenQ, Removed: f.removedList()})
 	if err != nil {
 		return nil, fmt.Errorf("encode quorum state at txid %d: %w", f.applied, err)
 	}
@@ -519,6 +535,9 @@ func decodeQuorumFSM(data []byte, index uint64) (*quorumFSM, error) {
 		return nil, fmt.Errorf("%w: image is at txid %d, snapshot at %d", errQuorumImage, img.Applied, index)
 	}
 	f.lastCommit = img.LastCommit
+	for _, id := range img.Removed {
+		f.removed[id] = true
+	}
 	for _, h := range img.Holdings {
 		f.put(h)
 	}

@@ -118,6 +118,9 @@ type quorumDriver struct {
 	out     map[uint64]*Trans        // our QRM_RAFT transaction to each master
 	waiters map[uint64]*quorumWaiter // by request id
 
+	reach   map[uint64]bool // masters whose span we saw at the last sweep
+	ticks   int
+
 	status  atomic.Pointer[quorumStatus]
 	lockSeq atomic.Uint64 // names each kernel CAC_LOCK's holder
 	wg      sync.WaitGroup
@@ -125,7 +128,7 @@ type quorumDriver struct {
 
 func newQuorumDriver(l *Leaf, node *quorumNode, tick time.Duration) *quorumDriver {
 	d := &quorumDriver{leaf: l, node: node, self: node.id, tick: tick, work: make(chan func(), 256),
-		out: map[uint64]*Trans{}, waiters: map[uint64]*quorumWaiter{}}
+		out: map[uint64]*Trans{}, waiters: map[uint64]*quorumWaiter{}, reach: map[uint64]bool{}}
 	st := node.Status()
 	d.status.Store(&st)
 	return d
@@ -151,6 +154,9 @@ func (d *quorumDriver) run(ctx context.Context) {
 			return
 		case <-t.C:
 			d.node.Tick()
+			if d.ticks++; d.ticks%quorumSweepTicks == 0 {
+				d.sweepMasters()
+			}
 		case f := <-d.work:
 			f()
 			// Take everything already waiting before one pump, so that
@@ -362,3 +368,96 @@ func (d *quorumDriver) Holdings() []cacHolding {
 
 // Status is the group as this master sees it.
 func (d *quorumDriver) Status() quorumStatus { return *d.status.Load() }
+
+// quorumSweepTicks is how often the driver compares the group with the
+// MASTER spans the cluster advertises.
+const quorumSweepTicks = 5
+
+// sweepMasters follows the masters the spans show. A member whose span
+// went away is reported down to raft at once (a leader that vanished is
+// forgotten, so its successor is elected without waiting out its lease,
+// and requests forwarded to it are handed again). On the leader, a
+// MASTER of this cluster that is no member yet is added: membership
+// follows the masters that exist, one change at a time. Only an
+// operator removes a member (quorum remove), and the leader never adds
+// back one that was removed.
+func (d *quorumDriver) sweepMasters() {
+	seen := map[uint64]bool{}
+	for _, e := range d.leaf.spans.list() {
+		if e.Span.PeerID == d.leaf.info.Clid && e.Span.PfsType&0x0F == PFSMaster {
+			seen[masterID(e.Span.PfsID)] = true
+		}
+	}
+	st := d.node.Status()
+	for _, id := range st.Members {
+		if id == d.self {
+			continue
+		}
+		if d.reach[id] && !seen[id] {
+			d.leaf.log.Info("quorum: master's span withdrawn", "master", fmt.Sprintf("%x", id))
+			d.node.LinkDown(id)
+		}
+		d.reach[id] = seen[id]
+	}
+	if st.State != "StateLeader" || d.node.PendingConfChange() {
+		return
+	}
+	var joiners []uint64
+	for id := range seen {
+		if !slices.Contains(st.Members, id) && !d.node.Removed(id) {
+			joiners = append(joiners, id)
+		}
+	}
+	if len(joiners) == 0 {
+		return
+	}
+	slices.Sort(joiners)
+	id := joiners[0]
+	d.leaf.log.Info("quorum: adding a new master to the group", "master", fmt.Sprintf("%x", id))
+	d.member(quorumAddVoter, id, func(r quorumResult, err error) {
+		if err != nil {
+			d.leaf.log.Warn("quorum: adding a master failed", "master", fmt.Sprintf("%x", id), "err", err)
+		}
+	})
+}
+
+// member proposes a membership change on the driver's goroutine.
+func (d *quorumDriver) member(change quorumMemberChange, id uint64, done func(quorumResult, error)) {
+	reqID, err := d.node.ProposeConfChange(change, id)
+	if err != nil {
+		done(quorumResult{}, err)
+		return
+	}
+	d.waiters[reqID] = &quorumWaiter{done: done}
+}
+
+// Member is the operator's add or remove from any goroutine: it waits for
+// the change to be applied (or to fail) and returns the voters after it.
+func (d *quorumDriver) Member(ctx context.Context, change quorumMemberChange, id uint64) ([]uint64, error) {
+	ch := make(chan quorumResult, 1)
+	errc := make(chan error, 1)
+	d.do(ctx, func() {
+		if change == quorumAddVoter && id == d.self {
+			errc <- errors.New("this master is already a member")
+			return
+		}
+		d.member(change, id, func(r quorumResult, err error) {
+			if err == nil && r.Err != "" {
+				err = errors.New(r.Err)
+			}
+			if err != nil {
+				errc <- err
+				return
+			}
+			ch <- r
+		})
+	})
+	select {
+	case r := <-ch:
+		return r.Members, nil
+	case err := <-errc:
+		return nil, err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("quorum: membership change of %x: %w", id, ctx.Err())
+	}
+}

@@ -15,7 +15,7 @@ package main
 //	raft/snapshot           raftpb.Snapshot (metadata + FSM image)
 //	raft/trunc              index u64 + term u64 of the last compacted entry
 //	raft/boot               u64, bumped on every open (request id epoch)
-//	fsm/meta                JSON quorumFSMImage without holdings
+//	fsm/meta                JSON quorumFSMImage without holdings and recent
 //	fsm/confstate           raftpb.ConfState as of fsm/meta's applied index
 //	holdings/<cacKey>       JSON cacHolding
 //	recent/<txid u64>       origin u64 + request id u64 (the dedup window)
@@ -534,7 +534,8 @@ func (s *quorumStore) saveApplied(fsm *quorumFSM, cs *pb.ConfState) error {
 }
 
 func saveFSMTx(tx *bolt.Tx, fsm *quorumFSM, cs *pb.ConfState, puts []cacHolding, dels []cacKey, seen []quorumSeen, floor uint64) error {
-	meta, err := json.Marshal(quorumFSMImage{Version: quorumFSMImageVersion, Applied: fsm.applied, LastCommit: fsm.lastCommit})
+	meta, err := json.Marshal(quorumFSMImage{Version: quorumFSMImageVersion, Applied: fsm.applied, LastCommit: fsm.lastCommit,
+		Removed: fsm.removedList()})
 	if err != nil {
 		return fmt.Errorf("encode fsm/meta: %w", err)
 	}
@@ -596,6 +597,9 @@ func (s *quorumStore) loadFSM() (*quorumFSM, *pb.ConfState, error) {
 				return fmt.Errorf("fsm/meta: version %d, want %d", img.Version, quorumFSMImageVersion)
 			}
 			fsm.applied, fsm.lastCommit = img.Applied, img.LastCommit
+			for _, id := range img.Removed {
+				fsm.removed[id] = true
+			}
 		}
 		if v := fb.Get([]byte(qkConfState)); v != nil {
 			if err := proto.Unmarshal(v, cs); err != nil {
