@@ -118,8 +118,8 @@ type quorumDriver struct {
 	out     map[uint64]*Trans        // our QRM_RAFT transaction to each master
 	waiters map[uint64]*quorumWaiter // by request id
 
-	reach   map[uint64]bool // masters whose span we saw at the last sweep
-	ticks   int
+	reach map[uint64]bool // masters whose span we saw at the last sweep
+	ticks int
 
 	status  atomic.Pointer[quorumStatus]
 	lockSeq atomic.Uint64 // names each kernel CAC_LOCK's holder
