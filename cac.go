@@ -7,43 +7,79 @@ package main
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // CmdCacLock is CAC_LOCK (protocol 0x3, code 0x001, 128-byte header).
 var CmdCacLock = mkcmd(ProtoCAC, 0x001, 128)
 
-// ErrCacConflict answers a request other holders' states stand in the way
-// of; their revocation is not served yet (docs/PROTOCOL.md §6.6).
+// ErrCacConflict answers a request whose conflicting holders did not let
+// go within the lease (they were asked to and then expired, and others
+// took the keys meanwhile, more times than a request retries).
 const ErrCacConflict = 0x28
+
+// ErrCacExpired closes a granted CAC_LOCK whose state the group expired:
+// the holder did not release it within the lease after being asked, or
+// its leaf lost the group. The kernel must drop the state at once.
+const ErrCacExpired = 0x29
+
+var errCacConflict = errors.New("cache state: the keys' holders did not let go within the lease")
+
+// CAC_LOCK flags (payload byte 0x42).
+const (
+	// cacFlagRevoke: leaf to kernel on a granted transaction: another
+	// holder needs these keys; release them (flush, then DELETE) within
+	// LeaseMs. A DELETE from the leaf instead means the state is gone now.
+	cacFlagRevoke = 0x01
+	// cacFlagRevalidate: kernel to leaf, opening a transaction after the
+	// leaf restarted: it held this state, granted at Txid, and would keep
+	// its cache. The answer is a grant (same Txid) or a DELETE (drop it).
+	cacFlagRevalidate = 0x02
+)
 
 // cacLock is the CAC_LOCK payload.
 type cacLock struct {
-	Domain cacDomain
-	Mode   cacMode
-	Lo, Hi uint64
-	Txid   uint64 // in grants: the transaction the grant is valid at
+	Domain  cacDomain
+	Mode    cacMode
+	Flags   uint8
+	LeaseMs uint32 // in a revoke: how long the holder has
+	Lo, Hi  uint64
+	Txid    uint64 // in grants: the transaction the grant is valid at
+	// Holder names the state's holder when a leaf forwards its kernel's
+	// request to a master: the leaf's pfs_fsid, its boot and a sequence.
+	// The kernel leaves it zero.
+	Holder    UUID
+	Boot, Seq uint32
 }
 
 func (c *cacLock) marshal() []byte {
 	b := newExt(CmdCacLock)
-	b[0x40-HdrSize], b[0x41-HdrSize] = byte(c.Domain), byte(c.Mode)
+	b[0x40-HdrSize], b[0x41-HdrSize], b[0x42-HdrSize] = byte(c.Domain), byte(c.Mode), c.Flags
 	le := binary.LittleEndian
+	le.PutUint32(b[0x44-HdrSize:], c.LeaseMs)
 	le.PutUint64(b[0x48-HdrSize:], c.Lo)
 	le.PutUint64(b[0x50-HdrSize:], c.Hi)
 	le.PutUint64(b[0x58-HdrSize:], c.Txid)
+	copy(b[0x60-HdrSize:], c.Holder[:])
+	le.PutUint32(b[0x70-HdrSize:], c.Boot)
+	le.PutUint32(b[0x74-HdrSize:], c.Seq)
 	return b
 }
 
 func parseCacLock(ext []byte) (cacLock, error) {
-	if err := needExt(ext, "CAC_LOCK", 0x60); err != nil {
+	if err := needExt(ext, "CAC_LOCK", 0x78); err != nil {
 		return cacLock{}, err
 	}
 	le := binary.LittleEndian
-	c := cacLock{Domain: cacDomain(ext[0x40-HdrSize]), Mode: cacMode(ext[0x41-HdrSize]),
-		Lo: le.Uint64(ext[0x48-HdrSize:]), Hi: le.Uint64(ext[0x50-HdrSize:]), Txid: le.Uint64(ext[0x58-HdrSize:])}
+	c := cacLock{Domain: cacDomain(ext[0x40-HdrSize]), Mode: cacMode(ext[0x41-HdrSize]), Flags: ext[0x42-HdrSize],
+		LeaseMs: le.Uint32(ext[0x44-HdrSize:]), Lo: le.Uint64(ext[0x48-HdrSize:]), Hi: le.Uint64(ext[0x50-HdrSize:]),
+		Txid: le.Uint64(ext[0x58-HdrSize:]), Boot: le.Uint32(ext[0x70-HdrSize:]), Seq: le.Uint32(ext[0x74-HdrSize:])}
+	copy(c.Holder[:], ext[0x60-HdrSize:])
 	switch {
 	case c.Domain == cacDomainNone || int(c.Domain) >= len(cacDomainNames):
 		return c, wireErr("domain", uint64(c.Domain), "not TREE, INUM, ATTR or DIRENT")
@@ -51,68 +87,278 @@ func parseCacLock(ext []byte) (cacLock, error) {
 		return c, wireErr("mode", uint64(c.Mode), "not INVAL, SHARED, EXCLUSIVE or MODIFIED")
 	case c.Lo > c.Hi:
 		return c, wireErr("key", c.Lo, "range ends at %#x, before it starts", c.Hi)
+	case c.Flags&^(cacFlagRevoke|cacFlagRevalidate) != 0:
+		return c, wireErr("flags", uint64(c.Flags), "unknown flag bits")
 	}
 	return c, nil
 }
 
-// holder names this leaf in the lock table; each kernel transaction holds
-// under its own name below it (holder()/N), so that closing one grant can
-// never free the keys of another the same leaf still holds.
-func (d *quorumDriver) holder() string { return d.leaf.info.Fsid.String() }
+// holderName is how the lock table names a holder: one per kernel
+// transaction, so that closing one grant never frees another's keys, and
+// never reused across a leaf's restarts.
+func holderName(leaf UUID, boot, seq uint32) string { return fmt.Sprintf("%s/%d.%d", leaf, boot, seq) }
 
-func (d *quorumDriver) holdsThrough(h cacHolding) bool {
-	return h.Holder == d.holder() || strings.HasPrefix(h.Holder, d.holder()+"/")
+func (c *cacLock) holder() string {
+	if c.Holder.IsNil() {
+		return ""
+	}
+	return holderName(c.Holder, c.Boot, c.Seq)
 }
 
-// lock serves the kernel's CAC_LOCK.
+func (c *cacLock) holding() cacHolding {
+	return cacHolding{Holder: c.holder(), Domain: c.Domain, Mode: c.Mode, Lo: c.Lo, Hi: c.Hi, Txid: c.Txid}
+}
+
+// cacGrant is a state this master granted and keeps the transaction of,
+// to revoke it when someone else needs the keys. t is nil once the
+// holder's link was lost (or, after a restart, until the kernel
+// revalidates): the state then stays in the table for the lease, and is
+// expired after it.
+type cacGrant struct {
+	h        cacHolding
+	t        *Trans
+	revoked  time.Time // when we asked the holder to release (zero: not asked)
+	orphaned time.Time // when the holder's link went (zero: still there)
+}
+
+// cacWait is a lock request whose keys other holders have: they were
+// asked to release them, and the request is proposed again when they did
+// or, after the lease, when they were expired.
+type cacWait struct {
+	op       quorumOp
+	conflict []cacHolding
+	since    time.Time
+	expired  bool
+	tries    int
+	done     func(quorumResult, error)
+}
+
+// cacMaxTries bounds how often one request is refused for conflicts
+// before its kernel gets ErrCacConflict.
+const cacMaxTries = 4
+
+// lock serves a CAC_LOCK opened by this leaf's kernel or forwarded by
+// another leaf (req.Holder set) through a circuit.
 func (d *quorumDriver) lock(t *Trans, m *Msg) {
 	req, err := parseCacLock(m.Ext)
 	if err != nil {
-		d.leaf.log.Warn("bad CAC_LOCK from the kernel", "err", err)
+		d.leaf.log.Warn("bad CAC_LOCK", "link", t.Link(), "err", err)
 		_ = t.Close(ErrParam)
 		return
 	}
-	holder := fmt.Sprintf("%s/%d", d.holder(), d.lockSeq.Add(1))
-	drop := quorumOp{Kind: quorumOpExpire, Holder: holder} // all of this holder's states
-	ignore := func(quorumResult, error) {}
-	// abandoned and granted belong to the driver's goroutine.
-	abandoned, granted := false, false
-	t.SetHandler(func(t *Trans, m *Msg) {
-		if m.Cmd&FlagDelete == 0 {
+	own := req.Holder.IsNil() // from our kernel: the leaf names and records it
+	if own {
+		if !d.leaf.cac.claim(&req) {
+			_ = t.Close(ErrOK) // a revalidation of nothing we know: drop it
 			return
 		}
-		// Released or given up: one trip through the driver's queue, so it
-		// is proposed before anything the kernel asks next.
+	}
+	holder := req.holder()
+	op := quorumOp{Kind: quorumOpLock, Holder: holder, Domain: req.Domain, Mode: req.Mode, Lo: req.Lo, Hi: req.Hi}
+	if req.Flags&cacFlagRevalidate != 0 {
+		op.Kind, op.UpTo = quorumOpRevalidate, req.Txid
+	}
+	// granted and gone belong to the driver's goroutine.
+	granted, gone := false, false
+	t.SetHandler(func(t *Trans, m *Msg) {
+		if m.Cmd&FlagDelete == 0 {
+			return // a kernel changes a state by opening a new transaction
+		}
+		lost := m.Error == ErrLostLink
 		d.do(d.leaf.ctx, func() {
-			abandoned = true
+			gone = true
 			if granted {
-				d.propose(drop, nil, ignore)
+				d.ended(holder, lost)
 			}
 		})
+		if own && !lost {
+			d.leaf.cac.forget(holder)
+		}
 		_ = t.Close(ErrOK)
 	})
-	op := quorumOp{Kind: quorumOpLock, Holder: holder, Domain: req.Domain, Mode: req.Mode, Lo: req.Lo, Hi: req.Hi}
-	d.submit(op, nil, func(r quorumResult, err error) {
+	var answer func(r quorumResult, err error)
+	answer = func(r quorumResult, err error) {
+		if err != nil || len(r.Conflict) == 0 {
+			delete(d.tries, holder)
+		}
 		switch {
 		case err != nil:
 			_ = t.Close(quorumErrCode(err))
 		case r.Err != "":
 			_ = t.Close(ErrParam)
+		case r.Stale:
+			d.leaf.log.Info("cache state no longer held as granted; the kernel must drop it", "holder", holder)
+			if own {
+				d.leaf.cac.forget(holder)
+			}
+			_ = t.Close(ErrOK)
 		case r.Grant != nil:
 			granted = true
-			if abandoned { // the kernel gave up before the answer came
-				d.propose(drop, nil, ignore)
+			g := &cacGrant{h: *r.Grant, t: t}
+			d.grants[holder] = g
+			if gone { // the kernel gave up before the answer came
+				d.ended(holder, false)
 				return
 			}
-			g := cacLock{Domain: r.Grant.Domain, Mode: r.Grant.Mode, Lo: r.Grant.Lo, Hi: r.Grant.Hi, Txid: r.Txid}
-			_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: g.marshal()})
-		case len(r.Released) > 0 || req.Mode == cacInval:
+			if own {
+				d.leaf.cac.granted(*r.Grant)
+			}
+			out := cacLock{Domain: r.Grant.Domain, Mode: r.Grant.Mode, Lo: r.Grant.Lo, Hi: r.Grant.Hi, Txid: r.Grant.Txid}
+			_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: out.marshal()})
+		case len(r.Conflict) > 0:
+			d.waitFor(op, r.Conflict, answer)
+		default: // an INVAL request: released what it named
+			if own {
+				d.leaf.cac.forget(holder)
+			}
 			_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock | FlagDelete}, Ext: (&cacLock{Domain: req.Domain,
 				Mode: cacInval, Lo: req.Lo, Hi: req.Hi, Txid: r.Txid}).marshal()})
-		default:
-			_ = t.Close(ErrCacConflict)
 		}
-	})
+	}
+	d.submit(op, nil, answer)
+}
+
+// ended drops a grant whose transaction closed. A release drops the state
+// at once; a lost link leaves it for the lease, since the holder's kernel
+// may not know yet that it must stop using it.
+func (d *quorumDriver) ended(holder string, lost bool) {
+	g := d.grants[holder]
+	if g == nil {
+		return
+	}
+	if lost {
+		g.t, g.orphaned = nil, time.Now()
+		return
+	}
+	delete(d.grants, holder)
+	d.propose(quorumOp{Kind: quorumOpExpire, Holder: holder}, nil, func(quorumResult, error) {})
+}
+
+// waitFor parks a refused lock request until its conflicts are gone.
+func (d *quorumDriver) waitFor(op quorumOp, conflict []cacHolding, done func(quorumResult, error)) {
+	// Each refusal gives the holders in the way a whole lease from now:
+	// they are asked to release only as this conflict is applied.
+	w := &cacWait{op: op, conflict: conflict, since: time.Now(), done: done}
+	if t, ok := d.tries[op.Holder]; ok {
+		w.tries = t
+	}
+	if w.tries++; w.tries > cacMaxTries {
+		delete(d.tries, op.Holder)
+		done(quorumResult{}, errCacConflict)
+		return
+	}
+	d.tries[op.Holder] = w.tries
+	d.waits = append(d.waits, w)
+}
+
+// cacApplied acts on what the group decided: holders of ours in someone's
+// way are asked to release, and requests waiting on released keys go
+// again.
+func (d *quorumDriver) cacApplied(applied []quorumResult) {
+	released := false
+	for _, r := range applied {
+		for _, h := range r.Conflict {
+			if g := d.grants[h.Holder]; g != nil && g.t != nil && g.revoked.IsZero() {
+				g.revoked = time.Now()
+				rv := cacLock{Domain: g.h.Domain, Mode: cacInval, Flags: cacFlagRevoke, Lo: g.h.Lo, Hi: g.h.Hi,
+					Txid: r.Txid, LeaseMs: uint32(d.lease / time.Millisecond)}
+				_ = g.t.Send(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: rv.marshal()})
+			}
+		}
+		if len(r.Released) > 0 {
+			released = true
+		}
+		if r.Op.Kind != quorumOpExpire {
+			continue
+		}
+		for _, h := range r.Released {
+			if g := d.grants[h.Holder]; g != nil {
+				if g.t != nil { // asked to release and did not: too late now
+					d.leaf.log.Warn("cache state expired while its transaction was open", "holder", h.Holder)
+					_ = g.t.Close(ErrCacExpired)
+				}
+				delete(d.grants, h.Holder)
+				d.leaf.cac.forget(h.Holder)
+			}
+		}
+	}
+	if released {
+		d.retryWaits(false)
+	}
+}
+
+// retryWaits proposes again the waiting requests whose conflicts are
+// gone from the table (or all of them, when force).
+func (d *quorumDriver) retryWaits(force bool) {
+	keep := d.waits[:0]
+	for _, w := range d.waits {
+		if force || len(d.node.fsm.conflicts(w.op)) == 0 {
+			d.propose(w.op, nil, w.done)
+			continue
+		}
+		keep = append(keep, w)
+	}
+	d.waits = keep
+}
+
+// cacTick enforces the leases: holders that did not release within one
+// are expired (the group drops their states, so the waiting request can
+// be granted), orphans are expired, and when this master has been out of
+// touch with a majority for half a lease it takes its own holders' states
+// back, because the group may expire them at the end of the lease.
+func (d *quorumDriver) cacTick(now time.Time) {
+	for _, w := range d.waits {
+		if w.expired || now.Sub(w.since) < d.lease {
+			continue
+		}
+		w.expired = true
+		// Only the states that were asked to go: one granted since then
+		// gets its own revoke when this request is refused again.
+		still := d.node.fsm.conflicts(w.op)
+		for _, h := range w.conflict {
+			if !slices.ContainsFunc(still, func(s cacHolding) bool { return s.key() == h.key() && s.Txid == h.Txid }) {
+				continue
+			}
+			d.leaf.log.Info("cache state not released within the lease; expiring it", "holder", h.Holder,
+				"domain", h.Domain, "keys", fmt.Sprintf("%d-%d", h.Lo, h.Hi))
+			d.propose(quorumOp{Kind: quorumOpExpire, Holder: h.Holder, UpTo: h.Txid}, nil, func(quorumResult, error) {})
+		}
+	}
+	// A request whose expiries did not go through (no majority) gives up.
+	keep := d.waits[:0]
+	for _, w := range d.waits {
+		if now.Sub(w.since) > 2*d.lease+d.commitTimeout {
+			delete(d.tries, w.op.Holder)
+			w.done(quorumResult{}, errCacConflict)
+			continue
+		}
+		keep = append(keep, w)
+	}
+	d.waits = keep
+	for holder, g := range d.grants {
+		if !g.orphaned.IsZero() && now.Sub(g.orphaned) >= d.lease {
+			g.orphaned = now // once per lease, until it is gone
+			d.propose(quorumOp{Kind: quorumOpExpire, Holder: holder, UpTo: g.h.Txid}, nil, func(quorumResult, error) {})
+		}
+	}
+	if time.Duration(d.node.ContactAge())*d.tick > d.lease/2 {
+		for _, g := range d.grants {
+			if g.t != nil {
+				d.leaf.log.Warn("no majority for half a lease; taking back a cache state", "holder", g.h.Holder)
+				_ = g.t.Close(ErrQuorumTimeout)
+				g.t, g.orphaned = nil, now
+			}
+		}
+	}
+}
+
+// adoptRecovered takes the states this leaf's kernel held before a
+// restart as orphans: the kernel revalidates them, or they expire.
+func (d *quorumDriver) adoptRecovered(hs []cacHolding) {
+	now := time.Now()
+	for _, h := range hs {
+		d.grants[h.Holder] = &cacGrant{h: h, orphaned: now}
+	}
 }
 
 // shell answers the quorum commands of the leaf's debug shell; reply is
@@ -140,7 +386,7 @@ func (d *quorumDriver) shell(line string, reply func(string)) bool {
 		d.do(d.leaf.ctx, func() {
 			var b strings.Builder
 			for _, h := range d.node.Holdings() {
-				if d.holdsThrough(h) {
+				if d.grants[h.Holder] != nil || h.Holder == d.shellHolder() {
 					fmt.Fprintf(&b, "%-9s %-6s %d-%d txid %d\n", h.Mode, h.Domain, h.Lo, h.Hi, h.Txid)
 				}
 			}
@@ -193,8 +439,12 @@ func (d *quorumDriver) parseShellLock(arg string) (quorumOp, error) {
 	if err != nil || hi < lo {
 		return quorumOp{}, fmt.Errorf("lock: key range %q is not <key>[-<key>] with the first no larger", f[2])
 	}
-	return quorumOp{Kind: quorumOpLock, Holder: d.holder() + "/shell", Domain: dom, Mode: mode, Lo: lo, Hi: hi}, nil
+	return quorumOp{Kind: quorumOpLock, Holder: d.shellHolder(), Domain: dom, Mode: mode, Lo: lo, Hi: hi}, nil
 }
+
+// shellHolder is the debug shell's holder: one per leaf, kept until an
+// INVAL from the shell releases it.
+func (d *quorumDriver) shellHolder() string { return d.leaf.info.Fsid.String() + "/shell" }
 
 func lockAnswer(r quorumResult, err error) string {
 	switch {

@@ -66,6 +66,10 @@ type QuorumSection struct {
 	Tick Duration `toml:"tick"`
 	// CommitTimeout is how long a commit may wait for a majority.
 	CommitTimeout Duration `toml:"commit_timeout"`
+	// Lease is how long a cache state's holder has to release it once
+	// asked, and how long the state of a holder whose link is lost
+	// survives (its kernel may revalidate it meanwhile).
+	Lease Duration `toml:"lease"`
 }
 
 // ServiceSection is the [service] table.
@@ -118,7 +122,8 @@ func DefaultConfig() Config {
 		RedialMin:       Duration{time.Second},
 		RedialMax:       Duration{30 * time.Second},
 		LogFormat:       "text",
-		Quorum:          QuorumSection{Tick: Duration{100 * time.Millisecond}, CommitTimeout: Duration{5 * time.Second}},
+		Quorum: QuorumSection{Tick: Duration{100 * time.Millisecond}, CommitTimeout: Duration{5 * time.Second},
+			Lease: Duration{5 * time.Second}},
 		Service: ServiceSection{
 			Unix:   defaultServiceSocket(),
 			TCP:    fmt.Sprintf("127.0.0.1:%d", ListenPort),
@@ -255,6 +260,9 @@ func (c *Config) validate() error {
 	}
 	if c.Quorum.Tick.Duration <= 0 || c.Quorum.CommitTimeout.Duration < c.Quorum.Tick.Duration {
 		return fmt.Errorf("key quorum.commit_timeout: %v must be at least quorum.tick %v", c.Quorum.CommitTimeout, c.Quorum.Tick)
+	}
+	if c.Quorum.Lease.Duration < 2*c.Quorum.Tick.Duration {
+		return fmt.Errorf("key quorum.lease: %v must be at least two quorum.tick (%v)", c.Quorum.Lease, c.Quorum.Tick)
 	}
 	for i, r := range c.Remotes {
 		if r.Address == "" {

@@ -20,7 +20,11 @@ func TestConfigExampleIsTheDefaults(t *testing.T) {
 	c.RunDir, d.RunDir = "", ""
 	if c.Listen != d.Listen || c.Backbone != d.Backbone || c.PingInterval != d.PingInterval ||
 		c.DeadAfter != d.DeadAfter || c.RemoteDeadAfter != d.RemoteDeadAfter || c.RedialMin != d.RedialMin ||
-		c.RedialMax != d.RedialMax || c.LogFormat != d.LogFormat || len(c.Remotes) != 0 {
+		c.RedialMax != d.RedialMax || c.LogFormat != d.LogFormat || len(c.Remotes) != 0 ||
+		len(c.Quorum.Masters) != 0 || c.Quorum.StateDir != d.Quorum.StateDir || c.Quorum.Tick != d.Quorum.Tick ||
+		c.Quorum.CommitTimeout != d.Quorum.CommitTimeout || c.Quorum.Lease != d.Quorum.Lease ||
+		c.Service.TCP != d.Service.TCP || c.Service.Listen != d.Service.Listen || len(c.Service.Autoconn) != 0 ||
+		c.Service.Unix != d.Service.Unix {
 		t.Errorf("example %+v\ndiffers from defaults %+v", c, d)
 	}
 }

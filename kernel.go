@@ -54,14 +54,15 @@ func (l *Leaf) kernelMessage(ks *kernelState, t *Trans, m *Msg) {
 		// Our result is what makes the kernel send its VOLCONFs and spans.
 		_ = t.Reply(ErrOK)
 	case CmdQrmCommit, CmdCacLock:
-		if l.quorum == nil {
-			_ = t.Close(ErrNoQuorum)
-			return
-		}
-		if t.Cmd() == CmdQrmCommit {
+		switch {
+		case l.quorum != nil && t.Cmd() == CmdQrmCommit:
 			l.quorum.commit(t, m)
-		} else {
+		case l.quorum != nil:
 			l.quorum.lock(t, m)
+		case t.Cmd() == CmdQrmCommit:
+			l.forwardToMaster(t, m, m.Ext, nil, nil)
+		default:
+			l.forwardLock(t, m)
 		}
 	case CmdLnkSpan:
 		var sp LnkSpan

@@ -47,6 +47,8 @@ type Leaf struct {
 
 	quorum *quorumDriver // nil unless this PFS is a master of a quorum group
 	qstore *quorumStore
+	cac    *cacAgent // the kernel's cache states, master or not
+	cstore *cacheStore
 }
 
 // target is one remote node we keep a link to.
@@ -83,11 +85,28 @@ func NewLeaf(cfg Config, pfs PFS, key ed25519.PrivateKey, trust *TrustStore, log
 		return nil, err
 	}
 	l.node = node
-	if err := l.openQuorum(); err != nil {
+	if l.cstore, err = openCacheStore(l.stateDir()); err == nil {
+		l.cac, err = newCacAgent(info.Fsid, l.cstore, l.log)
+	}
+	if err == nil {
+		err = l.openQuorum()
+	}
+	if err != nil {
+		if l.cstore != nil {
+			l.cstore.Close()
+		}
 		node.Close()
 		return nil, err
 	}
 	return l, nil
+}
+
+// stateDir holds quorum.db and cache.db.
+func (l *Leaf) stateDir() string {
+	if d := l.cfg.Quorum.StateDir; d != "" {
+		return d
+	}
+	return leafPaths(l.cfg, l.pfs, l.info).dir
 }
 
 // openQuorum starts this master's member of its cluster's quorum group,
@@ -109,10 +128,7 @@ func (l *Leaf) openQuorum() error {
 		}
 		founders = append(founders, masterID(u))
 	}
-	dir := qc.StateDir
-	if dir == "" {
-		dir = leafPaths(l.cfg, l.pfs, l.info).dir
-	}
+	dir := l.stateDir()
 	self := masterID(l.info.Fsid)
 	if !slices.Contains(founders, self) {
 		// Not a founder: join the group the founders formed. The leader
@@ -134,7 +150,8 @@ func (l *Leaf) openQuorum() error {
 		return err
 	}
 	l.qstore = store
-	l.quorum = newQuorumDriver(l, node, qc.Tick.Duration)
+	l.quorum = newQuorumDriver(l, node, qc.Tick.Duration, qc.Lease.Duration, qc.CommitTimeout.Duration)
+	l.quorum.adoptRecovered(l.cac.Recovered())
 	return nil
 }
 
@@ -173,6 +190,15 @@ func (l *Leaf) Run(ctx context.Context, control string, ready func()) error {
 	if l.quorum != nil {
 		l.spawn(func() { l.quorum.run(ctx) })
 	}
+	l.spawn(func() {
+		// The kernel revalidates what it held within two leases of our
+		// start, or the group expires those states without us.
+		select {
+		case <-ctx.Done():
+		case <-time.After(2 * l.cfg.Quorum.Lease.Duration):
+			l.cac.dropUnclaimed()
+		}
+	})
 	if ready != nil {
 		ready()
 	}
@@ -182,6 +208,7 @@ func (l *Leaf) Run(ctx context.Context, control string, ready func()) error {
 	if l.qstore != nil {
 		l.qstore.Close() // after the driver, which stopped with ctx
 	}
+	l.cstore.Close()
 	return nil
 }
 

@@ -155,6 +155,9 @@ type quorumPending struct {
 	term     uint64         // our term when raft accepted it
 	handed   uint64         // tick raft accepted it
 	leader   bool           // we were the leader then: it is in our own log
+	// once: raft accepted it at least once. Taken back to be handed
+	// again, it may still be in some log, so its failure is "unknown".
+	once bool
 }
 
 type quorumNode struct {
@@ -170,6 +173,7 @@ type quorumNode struct {
 	// contact with a majority, or a follower's with the leader, is what
 	// HasQuorum reports.
 	heard     map[uint64]uint64
+	contact   uint64 // last tick a majority was known to be with us (see ContactAge)
 	confDirty bool // a membership change was applied since the last snapshot
 	boot      uint64
 	seq       uint64
@@ -372,7 +376,7 @@ func (n *quorumNode) hand(p *quorumPending) error {
 	}
 	if err == nil {
 		bs := n.rn.BasicStatus()
-		p.inLog, p.term, p.handed, p.leader = true, bs.GetTerm(), n.ticks, bs.RaftState == raft.StateLeader
+		p.inLog, p.once, p.term, p.handed, p.leader = true, true, bs.GetTerm(), n.ticks, bs.RaftState == raft.StateLeader
 	}
 	return err
 }
@@ -447,6 +451,7 @@ func (n *quorumNode) Tick() {
 	}
 	n.ticks++
 	n.rn.Tick()
+	n.noteContact()
 	var expired []uint64
 	for reqID, p := range n.pending {
 		if p.deadline <= n.ticks {
@@ -458,7 +463,7 @@ func (n *quorumNode) Tick() {
 		p := n.pending[reqID]
 		delete(n.pending, reqID)
 		err := errQuorumTimeout
-		if !p.inLog {
+		if !p.once {
 			err = errQuorumNoLeader
 		} else {
 			n.timedOut = append(n.timedOut, reqID)
@@ -475,6 +480,47 @@ func (n *quorumNode) Tick() {
 	retry := uint64(n.cfg.ElectionTicks)
 	n.requeue(func(p *quorumPending) bool { return forwardedLost(p) && n.ticks-p.handed >= retry })
 }
+
+// noteContact records the last tick this master knew it was with a
+// majority: a follower, the tick it last heard its leader; the leader,
+// the tick by which it had heard from a majority of the voters.
+func (n *quorumNode) noteContact() {
+	bs := n.rn.BasicStatus()
+	var at uint64
+	switch {
+	case bs.Lead == raft.None:
+		return
+	case bs.RaftState == raft.StateLeader:
+		voters := n.cs.GetVoters()
+		last := make([]uint64, 0, len(voters))
+		for _, id := range voters {
+			if id == n.id {
+				last = append(last, n.ticks)
+			} else if t, ok := n.heard[id]; ok {
+				last = append(last, t)
+			}
+		}
+		need := len(voters)/2 + 1
+		if len(last) < need {
+			return
+		}
+		slices.Sort(last)
+		at = last[len(last)-need] // the need-th most recent
+	default:
+		t, ok := n.heard[bs.Lead]
+		if !ok {
+			return
+		}
+		at = t
+	}
+	n.contact = max(n.contact, at)
+}
+
+// ContactAge is how many ticks ago this master last knew a majority of
+// the group was with it. Unlike HasQuorum it does not lag: a holder of
+// cache states uses it to give them back before the group may expire
+// them.
+func (n *quorumNode) ContactAge() uint64 { return n.ticks - n.contact }
 
 // Step feeds a message received from another master.
 func (n *quorumNode) Step(m *pb.Message) error {

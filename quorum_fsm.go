@@ -109,9 +109,12 @@ const (
 	quorumOpRelease              // drop a holder's states in a range
 	quorumOpExpire               // drop a holder's states after its lease ran out
 	quorumOpMembers              // membership change (raft ConfChange entries)
+	// quorumOpRevalidate confirms that Holder still has exactly the state
+	// granted at UpTo, after its leaf restarted; it changes nothing.
+	quorumOpRevalidate
 )
 
-var quorumOpNames = [...]string{"none", "commit", "lock", "release", "expire", "members"}
+var quorumOpNames = [...]string{"none", "commit", "lock", "release", "expire", "members", "revalidate"}
 
 func (k quorumOpKind) String() string {
 	if int(k) < len(quorumOpNames) {
@@ -145,11 +148,11 @@ func (op quorumOp) validate() error {
 			return fmt.Errorf("commit payload of %d bytes exceeds %d", len(op.Payload), quorumMaxPayload)
 		}
 		return nil
-	case quorumOpLock, quorumOpRelease:
+	case quorumOpLock, quorumOpRelease, quorumOpRevalidate:
 		if op.Domain == cacDomainNone || int(op.Domain) >= len(cacDomainNames) {
 			return fmt.Errorf("%s: invalid cache domain %d", op.Kind, op.Domain)
 		}
-		if op.Kind == quorumOpLock && int(op.Mode) >= len(cacModeNames) {
+		if op.Kind != quorumOpRelease && int(op.Mode) >= len(cacModeNames) {
 			return fmt.Errorf("lock: invalid cache mode %d", op.Mode)
 		}
 		if op.Lo > op.Hi {
@@ -214,6 +217,9 @@ type quorumOutcome struct {
 	Conflict []cacHolding // Lock refused: these holdings must be revoked first
 	Released []cacHolding // states dropped by Release, Expire or an INVAL Lock
 	Err      string       // op rejected (invalid or undecodable); nothing changed
+	// Stale answers a Revalidate whose state is no longer held as it was
+	// granted: the holder's cache must be invalidated.
+	Stale bool
 }
 
 // quorumFSM is the lock table plus the applied index it reflects.
@@ -377,18 +383,30 @@ func (f *quorumFSM) apply(txid uint64, op quorumOp) (quorumOutcome, bool) {
 		return quorumOutcome{Released: f.trim(op.Holder, op.Domain, op.Lo, op.Hi)}, true
 	case quorumOpExpire:
 		return quorumOutcome{Released: f.expire(op.Holder, op.UpTo)}, true
+	case quorumOpRevalidate:
+		for _, h := range f.inDomain(op.Domain, op.Lo, op.Hi) {
+			if h.Holder == op.Holder && h.Lo == op.Lo && h.Hi == op.Hi && h.Mode == op.Mode && h.Txid == op.UpTo {
+				return quorumOutcome{Grant: &h}, true
+			}
+		}
+		return quorumOutcome{Stale: true}, true
 	}
 	return quorumOutcome{Err: fmt.Sprintf("unhandled op kind %s", op.Kind)}, true
 }
 
-func (f *quorumFSM) lock(txid uint64, op quorumOp) quorumOutcome {
+// conflicts lists the other holders' states that stand in the way of op.
+func (f *quorumFSM) conflicts(op quorumOp) []cacHolding {
 	var conflict []cacHolding
 	for _, h := range f.inDomain(op.Domain, op.Lo, op.Hi) {
 		if h.Holder != op.Holder && !cacCompatible(h.Mode, op.Mode) {
 			conflict = append(conflict, h)
 		}
 	}
-	if len(conflict) > 0 {
+	return conflict
+}
+
+func (f *quorumFSM) lock(txid uint64, op quorumOp) quorumOutcome {
+	if conflict := f.conflicts(op); len(conflict) > 0 {
 		return quorumOutcome{Conflict: conflict}
 	}
 	// Widen each side to the aligned block only where nobody, the

@@ -121,14 +121,21 @@ type quorumDriver struct {
 	reach map[uint64]bool // masters whose span we saw at the last sweep
 	ticks int
 
-	status  atomic.Pointer[quorumStatus]
-	lockSeq atomic.Uint64 // names each kernel CAC_LOCK's holder
-	wg      sync.WaitGroup
+	// cache states (cac.go), owned by the run goroutine
+	grants        map[string]*cacGrant // by holder: the states this master granted
+	waits         []*cacWait
+	tries         map[string]int // conflicts each waiting request met so far
+	lease         time.Duration
+	commitTimeout time.Duration
+
+	status atomic.Pointer[quorumStatus]
+	wg     sync.WaitGroup
 }
 
-func newQuorumDriver(l *Leaf, node *quorumNode, tick time.Duration) *quorumDriver {
+func newQuorumDriver(l *Leaf, node *quorumNode, tick, lease, commitTimeout time.Duration) *quorumDriver {
 	d := &quorumDriver{leaf: l, node: node, self: node.id, tick: tick, work: make(chan func(), 256),
-		out: map[uint64]*Trans{}, waiters: map[uint64]*quorumWaiter{}, reach: map[uint64]bool{}}
+		out: map[uint64]*Trans{}, waiters: map[uint64]*quorumWaiter{}, reach: map[uint64]bool{},
+		grants: map[string]*cacGrant{}, tries: map[string]int{}, lease: lease, commitTimeout: commitTimeout}
 	st := node.Status()
 	d.status.Store(&st)
 	return d
@@ -152,8 +159,9 @@ func (d *quorumDriver) run(ctx context.Context) {
 				_ = tr.Close(ErrOK)
 			}
 			return
-		case <-t.C:
+		case now := <-t.C:
 			d.node.Tick()
+			d.cacTick(now)
 			if d.ticks++; d.ticks%quorumSweepTicks == 0 {
 				d.sweepMasters()
 			}
@@ -201,6 +209,7 @@ func (d *quorumDriver) pump() {
 			w.done(r, nil)
 		}
 	}
+	d.cacApplied(rd.Applied)
 	for _, f := range rd.Failed {
 		if w := d.waiters[f.ReqID]; w != nil {
 			delete(d.waiters, f.ReqID)
@@ -315,6 +324,8 @@ func quorumErrCode(err error) uint32 {
 		return ErrQuorumTimeout
 	case errors.Is(err, errQuorumTimeout):
 		return ErrQuorumUnknown
+	case errors.Is(err, errCacConflict):
+		return ErrCacConflict
 	}
 	return ErrParam
 }
@@ -352,7 +363,7 @@ func (d *quorumDriver) Holdings() []cacHolding {
 	d.do(ctx, func() {
 		var mine []cacHolding
 		for _, h := range d.node.Holdings() {
-			if d.holdsThrough(h) {
+			if d.grants[h.Holder] != nil {
 				mine = append(mine, h)
 			}
 		}

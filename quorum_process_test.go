@@ -317,7 +317,7 @@ func newQPCluster(t *testing.T, n int, meshed bool, commitTimeout time.Duration)
 		quoted[i] = strconv.Quote(fsids[i].String())
 		c.ids = append(c.ids, fmt.Sprintf("%x", masterID(fsids[i])))
 	}
-	qtoml := fmt.Sprintf("\n[quorum]\nmasters = [%s]\ntick = \"100ms\"\ncommit_timeout = %q\n",
+	qtoml := fmt.Sprintf("\n[quorum]\nmasters = [%s]\ntick = \"100ms\"\ncommit_timeout = %q\nlease = \"2s\"\n",
 		strings.Join(quoted, ", "), commitTimeout.String())
 	nsvc := 1
 	if meshed {
@@ -1383,6 +1383,10 @@ func TestQuorumChaos(t *testing.T) {
 					h = &qpHeld{master: i, grant: r.grant, asked: asked, from: r.at}
 					end := time.Now().Add(time.Duration(rand.Int64N(int64(100 * time.Millisecond))))
 					for h.to = time.Now(); time.Now().Before(end) && !k.qpGone(); h.to = time.Now() {
+						if at, ok := k.lockEnded(r.msgid); ok { // revoked, or taken back by the leaf
+							h.to = at
+							break
+						}
 						time.Sleep(10 * time.Millisecond)
 					}
 					k.cacRelease(r.msgid)
@@ -1850,49 +1854,99 @@ func (c *qpCluster) locksOf(i int) string {
 	return "[" + strings.Join(parts, "; ") + "]"
 }
 
-// TestQuorumLocks: CAC_LOCK through the kernels of three masters. An
-// EXCLUSIVE grant excludes every other master's request on overlapping
-// keys until the kernel releases it. Then two ways a kernel can end up
-// believing it holds a state the group no longer records: giving up on a
-// request whose grant comes later, and releasing one of two overlapping
-// grants the same leaf holds.
+// TestQuorumLocks: CAC_LOCK through the kernels of three masters. A
+// conflicting request makes the holder's leaf revoke the state (its kernel
+// releases it) and is then granted; compatible states coexist; a kernel
+// that ignores the revoke has its state expired after the lease and its
+// transaction closed. Then two ways a kernel could end up believing it
+// holds a state the group no longer records: giving up on a request whose
+// grant comes later, and holding two overlapping grants.
 func TestQuorumLocks(t *testing.T) {
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 2*time.Second)
 	began := time.Now()
 	c.waitLeader(20 * time.Second)
 	wait := c.timeout + 3*time.Second
+	lease := 2 * time.Second // newQPCluster's
 	ex := func(lo, hi uint64) cacLock { return cacLock{Domain: cacInum, Mode: cacExclusive, Lo: lo, Hi: hi} }
-
-	// m1 holds INUM 5 (granted as its aligned block), m2 is refused.
-	g1 := c.lockUntil(0, ex(5, 5), 10*time.Second)
-	if g1.outcome != qpAcked {
-		t.Fatalf("m1 EXCLUSIVE INUM 5: %+v", g1)
+	sh := func(lo, hi uint64) cacLock { return cacLock{Domain: cacInum, Mode: cacShared, Lo: lo, Hi: hi} }
+	granted := func(who string, r qpLockReply) {
+		t.Helper()
+		for _, b := range r.bad {
+			t.Errorf("%s: %s", who, b)
+		}
+		if r.outcome != qpAcked {
+			t.Fatalf("%s: %+v", who, r)
+		}
+		t.Logf("%s: granted %s %s %d-%d at txid %d", who, r.grant.Mode, r.grant.Domain, r.grant.Lo, r.grant.Hi, r.grant.Txid)
 	}
-	t.Logf("m1 granted %s %s %d-%d at txid %d", g1.grant.Mode, g1.grant.Domain, g1.grant.Lo, g1.grant.Hi, g1.grant.Txid)
-	for _, req := range []cacLock{ex(5, 5), ex(g1.grant.Hi, g1.grant.Hi), {Domain: cacInum, Mode: cacShared, Lo: 5, Hi: 5}} {
-		if r := c.kernel(1).cacLockReq(req, wait); !r.conflict {
-			t.Errorf("m2 %s INUM %d-%d while m1 holds %d-%d EXCLUSIVE: %+v, want CAC_CONFLICT (0x28)",
-				req.Mode, req.Lo, req.Hi, g1.grant.Lo, g1.grant.Hi, r)
+	revokedBefore := func(who string, k *simKernel, msgid uint64, then time.Time) {
+		t.Helper()
+		at, ok := k.lockEnded(msgid)
+		if !ok || at.After(then) {
+			t.Errorf("%s: state not given up before the conflicting grant at %v (ended %v, %v)", who, then, at, ok)
 		}
 	}
-	// Another domain is independent.
-	if r := c.kernel(1).cacLockReq(cacLock{Domain: cacAttr, Mode: cacExclusive, Lo: 5, Hi: 5}, wait); r.outcome != qpAcked {
-		t.Errorf("m2 EXCLUSIVE ATTR 5 (m1 holds INUM 5 only): %+v, want a grant", r)
-	} else {
-		c.kernel(1).cacRelease(r.msgid)
+
+	// m1 holds INUM 5 (granted as its aligned block 0-15).
+	g1 := c.lockUntil(0, ex(5, 5), 10*time.Second)
+	granted("m1 EXCLUSIVE INUM 5", g1)
+	if g1.grant.Lo != 0 || g1.grant.Hi != 15 {
+		t.Errorf("m1's grant %d-%d, want the aligned block 0-15", g1.grant.Lo, g1.grant.Hi)
 	}
-	// Released, it goes to m2.
-	c.kernel(0).cacRelease(g1.msgid)
-	g2 := c.lockUntil(1, ex(5, 5), 10*time.Second)
-	if g2.outcome != qpAcked {
-		t.Errorf("m2 EXCLUSIVE INUM 5 after m1 released it: %+v; m1's table: %s", g2, c.locksOf(0))
-	} else {
-		c.kernel(1).cacRelease(g2.msgid)
+	// m2 asks for 15: m1's kernel is asked to release, does, and m2 gets it.
+	g2 := c.kernel(1).cacLockReq(ex(15, 15), wait)
+	granted("m2 EXCLUSIVE INUM 15 over m1's", g2)
+	revokedBefore("m1", c.kernel(0), g1.msgid, g2.at)
+	if g2.grant.Txid <= g1.grant.Txid {
+		t.Errorf("m2's grant at txid %d, not after m1's %d", g2.grant.Txid, g1.grant.Txid)
+	}
+	// Another domain is independent: no revoke.
+	rv := c.kernel(1).revokes
+	ga := c.kernel(0).cacLockReq(cacLock{Domain: cacAttr, Mode: cacExclusive, Lo: 15, Hi: 15}, wait)
+	granted("m1 EXCLUSIVE ATTR 15 (m2 holds INUM only)", ga)
+	if c.kernel(1).revokes != rv {
+		t.Errorf("m2 was asked to revoke for a request in another domain")
+	}
+	c.kernel(0).cacRelease(ga.msgid)
+	// SHARED over m2's EXCLUSIVE: revoked; then SHARED beside SHARED.
+	s3 := c.kernel(2).cacLockReq(sh(14, 14), wait)
+	granted("m3 SHARED INUM 14 over m2's EXCLUSIVE", s3)
+	revokedBefore("m2", c.kernel(1), g2.msgid, s3.at)
+	rv3 := c.kernel(2).revokes
+	s1 := c.kernel(0).cacLockReq(sh(14, 14), wait)
+	granted("m1 SHARED INUM 14 beside m3's", s1)
+	if c.kernel(2).revokes != rv3 {
+		t.Errorf("m3 was asked to revoke a SHARED state for another SHARED request")
 	}
 
+	// A kernel that ignores the revoke loses the state after the lease:
+	// the leaf closes its transaction with CAC_EXPIRED, then the request
+	// is granted.
+	k3 := c.kernel(2)
+	k3.mu.Lock()
+	k3.ignoreRevoke = true
+	k3.mu.Unlock()
+	c.kernel(0).cacRelease(s1.msgid)
+	asked := time.Now()
+	g4 := c.kernel(1).cacLockReq(ex(14, 14), lease+wait)
+	granted("m2 EXCLUSIVE INUM 14 over m3's stubborn SHARED", g4)
+	if took := g4.at.Sub(asked); took < lease {
+		t.Errorf("m2 was granted after %v, before m3's lease of %v ran out", took, lease)
+	}
+	if at, ok := k3.lockEnded(s3.msgid); !ok {
+		t.Errorf("m3's expired state was never closed by its leaf")
+	} else {
+		t.Logf("m3's state closed by its leaf %v after m2 asked", at.Sub(asked).Round(time.Millisecond))
+	}
+	k3.mu.Lock()
+	k3.ignoreRevoke = false
+	k3.mu.Unlock()
+	c.kernel(1).cacRelease(g4.msgid)
+
 	// A kernel gives up on a request at once (DELETE right behind the
-	// CREATE): whatever the group decides, nobody holds it afterwards.
+	// CREATE): whatever the group decides, nobody holds it afterwards, so
+	// another master's request is granted without a lease's wait.
 	k1 := c.kernel(0)
 	k1.mu.Lock()
 	id := k1.allocID()
@@ -1905,49 +1959,26 @@ func TestQuorumLocks(t *testing.T) {
 	delete(k1.ours, id)
 	k1.mu.Unlock()
 	time.Sleep(500 * time.Millisecond)
-	if r := c.lockUntil(1, ex(100, 100), 6*time.Second); r.outcome != qpAcked {
-		t.Errorf("BUG (cac.go quorumDriver.lock): m1's kernel abandoned its CAC_LOCK on INUM 100 (DELETE sent with the "+
-			"request) and nobody holds it, yet m2 is refused for 6s: %s; m1's lock table: %s. The DELETE handler "+
-			"releases only `granted`, which is still nil while the request is in flight; when the grant is applied "+
-			"afterwards, the done callback records it and t.Send fails on the closed transaction, so the state stays "+
-			"in the group's table with no kernel transaction to ever release it. Fix: when the kernel's DELETE comes "+
-			"first, mark the request abandoned and have the done callback submit the release of whatever it grants.",
-			r.why, c.locksOf(0))
-	} else {
-		c.kernel(1).cacRelease(r.msgid)
+	asked = time.Now()
+	r := c.lockUntil(1, ex(100, 100), 6*time.Second)
+	granted("m2 EXCLUSIVE INUM 100 after m1's kernel abandoned it", r)
+	if took := r.at.Sub(asked); took >= lease {
+		t.Errorf("m2 waited %v for INUM 100 that nobody holds; m1's table: %s", took, c.locksOf(0))
 	}
+	c.kernel(1).cacRelease(r.msgid)
 
-	// One kernel, two overlapping grants (the leaf is one holder): giving
-	// back one must not take away the other.
+	// One kernel, two overlapping requests: each transaction is its own
+	// holder, so the second revokes the first, and releasing either never
+	// frees the other's keys.
 	a := c.lockUntil(0, ex(200, 200), 10*time.Second)
-	if a.outcome != qpAcked {
-		t.Fatalf("m1 EXCLUSIVE INUM 200: %+v", a)
-	}
+	granted("m1 EXCLUSIVE INUM 200", a)
 	b := c.kernel(0).cacLockReq(ex(200, 200), wait)
-	if b.outcome != qpAcked {
-		// Refusing a leaf a second overlapping state is one way to stay
-		// safe.
-		t.Logf("m1's second EXCLUSIVE INUM 200 while it holds the first: %+v", b)
-		c.kernel(0).cacRelease(a.msgid)
-		c.verify(began, time.Now())
-		return
-	}
-	c.kernel(0).cacRelease(a.msgid)
-	time.Sleep(500 * time.Millisecond)
-	if r := c.kernel(1).cacLockReq(ex(200, 200), wait); r.outcome == qpAcked {
-		t.Errorf("BUG (cac.go quorumDriver.lock, quorum_fsm.go trim): two EXCLUSIVE holders of INUM 200: m1's kernel "+
-			"still holds its second grant (%d-%d, txid %d, transaction open) when m2 is granted %d-%d at txid %d. "+
-			"m1's two CAC_LOCKs are one holder in the group (the leaf's fsid); releasing the first (granted %d-%d) "+
-			"submits Release over its whole range, and trim removes every state of that holder there, the second "+
-			"grant's included. m1's lock table now: %s. Fix: release what the group still holds for other open "+
-			"transactions of this leaf only (reference-count a leaf's grants per key range, or name holders per "+
-			"kernel transaction), or refuse a second overlapping request from the same leaf.",
-			b.grant.Lo, b.grant.Hi, b.grant.Txid, r.grant.Lo, r.grant.Hi, r.grant.Txid, a.grant.Lo, a.grant.Hi, c.locksOf(0))
-		c.kernel(1).cacRelease(r.msgid)
-	} else if !r.conflict {
-		t.Errorf("m2 EXCLUSIVE INUM 200 while m1 holds it: %+v, want CAC_CONFLICT", r)
-	}
-	c.kernel(0).cacRelease(b.msgid)
+	granted("m1's second EXCLUSIVE INUM 200", b)
+	revokedBefore("m1's first", c.kernel(0), a.msgid, b.at)
+	m2 := c.kernel(1).cacLockReq(ex(200, 200), wait)
+	granted("m2 EXCLUSIVE INUM 200", m2)
+	revokedBefore("m1's second", c.kernel(0), b.msgid, m2.at)
+	c.kernel(1).cacRelease(m2.msgid)
 	for _, k := range c.kernels {
 		if k != nil {
 			k.checkClean()

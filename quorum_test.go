@@ -163,6 +163,9 @@ func describe(r quorumResult) string {
 		fmt.Fprintf(&b, " payload=%s", r.Op.Payload)
 	case r.Op.Kind == quorumOpMembers:
 		fmt.Fprintf(&b, " members=%s", joinIDs(r.Members))
+	case r.Stale:
+		fmt.Fprintf(&b, " %s %s %s %s at txid %d: stale", r.Op.Holder, r.Op.Domain, r.Op.Mode,
+			fmtRange(r.Op.Lo, r.Op.Hi), r.Op.UpTo)
 	case r.Grant != nil:
 		fmt.Fprintf(&b, " granted %s %s %s %s (asked %s)", r.Grant.Holder, r.Grant.Domain, r.Grant.Mode,
 			fmtRange(r.Grant.Lo, r.Grant.Hi), fmtRange(r.Op.Lo, r.Op.Hi))
@@ -427,13 +430,13 @@ func (h *quorumHarness) propose(t *testing.T, td *datadriven.TestData, n *quorum
 func (h *quorumHarness) lockOp(t *testing.T, td *datadriven.TestData, kind quorumOpKind) quorumOp {
 	op := quorumOp{Kind: kind, Holder: argOr(td, "holder", "")}
 	var err error
-	if kind == quorumOpLock || kind == quorumOpRelease {
+	if kind == quorumOpLock || kind == quorumOpRelease || kind == quorumOpRevalidate {
 		if op.Domain, err = parseCacDomain(argOr(td, "domain", "INUM")); err != nil {
 			td.Fatalf(t, "%v", err)
 		}
 		op.Lo, op.Hi = qhRange(t, td)
 	}
-	if kind == quorumOpLock {
+	if kind == quorumOpLock || kind == quorumOpRevalidate {
 		if op.Mode, err = parseCacMode(argOr(td, "mode", "SHARED")); err != nil {
 			td.Fatalf(t, "%v", err)
 		}
@@ -480,6 +483,8 @@ func (h *quorumHarness) run(t *testing.T, td *datadriven.TestData) string {
 			h.propose(t, td, n, h.lockOp(t, td, quorumOpRelease))
 		case td.HasArg("expire"):
 			h.propose(t, td, n, h.lockOp(t, td, quorumOpExpire))
+		case td.HasArg("revalidate"):
+			h.propose(t, td, n, h.lockOp(t, td, quorumOpRevalidate))
 		default:
 			td.Fatalf(t, "propose what? (commit, lock, release, expire)")
 		}

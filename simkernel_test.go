@@ -92,6 +92,13 @@ type simKernel struct {
 	changed   chan struct{}
 	readErr   error
 	done      chan struct{}
+
+	// CAC_LOCK states: when each ended (the kernel released it on a
+	// revoke, or the leaf closed it). A kernel releases at once when
+	// asked, unless ignoreRevoke (a misbehaving kernel) is set.
+	lockEnd      map[uint64]time.Time
+	revokes      int
+	ignoreRevoke bool
 }
 
 // newSimKernel starts the kernel side on c: it sends its LNK_CONN at once,
@@ -101,7 +108,7 @@ func newSimKernel(t testing.TB, name string, c net.Conn, pfs PFS, pfses []simPFS
 	t.Helper()
 	host, _ := os.Hostname()
 	k := &simKernel{t: t, name: name, c: c, pfs: pfs, pfses: pfses, mediaID: NewUUID(),
-		ours: map[uint64]string{}, everOurs: map[uint64]bool{}, theirs: map[uint64]uint32{},
+		ours: map[uint64]string{}, everOurs: map[uint64]bool{}, theirs: map[uint64]uint32{}, lockEnd: map[uint64]time.Time{},
 		changed: make(chan struct{}), done: make(chan struct{})}
 	if pfs != nil {
 		vs, err := pfs.RemoteScan()
@@ -330,7 +337,23 @@ func (k *simKernel) handle(m Msg) {
 		if kind == "conn" && create && reply && !k.dumped {
 			k.dumped, dump = true, true // triggers the VOLDATA dump and the spans
 		}
+		if kind == "lock" && base == CmdCacLock&kBaseMask && !del {
+			if g, err := parseCacLock(m.Ext); err == nil && g.Flags&cacFlagRevoke != 0 {
+				k.revokes++
+				if !k.ignoreRevoke { // flushed at once: release
+					k.lockEnd[id] = time.Now()
+					delete(k.ours, id)
+					out = append(out, Msg{Header: Header{Cmd: kOwnDelete, MsgID: id}})
+				}
+			}
+			return
+		}
 		if del {
+			if kind == "lock" {
+				if _, ok := k.lockEnd[id]; !ok {
+					k.lockEnd[id] = time.Now()
+				}
+			}
 			delete(k.ours, id)
 			if kind == "conn" {
 				k.connState = false // no more VOLCONFs; our spans stay open
@@ -938,4 +961,13 @@ func TestSimKernelSelfCheck(t *testing.T) {
 	if t.Failed() {
 		t.Logf("kernel link:\n%s", k.dump())
 	}
+}
+
+// lockEnded reports when CAC_LOCK msgid's state ended without the test
+// releasing it (revoked and released, or closed by the leaf).
+func (k *simKernel) lockEnded(msgid uint64) (time.Time, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	at, ok := k.lockEnd[msgid]
+	return at, ok
 }

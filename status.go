@@ -31,6 +31,9 @@ type LeafStatus struct {
 	Inbound  []LinkStatus `json:"inbound"`
 	Spans    []SpanStatus `json:"spans"`
 	Quorum   *QuorumJSON  `json:"quorum,omitempty"`
+	// Kernel cache states: what this leaf's kernel holds, as the leaf
+	// records it (cache.db), master or not.
+	KernelStates []LockJSON `json:"kernel_states"`
 }
 
 // QuorumJSON is the quorum group as this master sees it.
@@ -54,6 +57,7 @@ type LockJSON struct {
 	Lo     uint64 `json:"lo"`
 	Hi     uint64 `json:"hi"`
 	Txid   uint64 `json:"txid"`
+	Holder string `json:"holder,omitempty"`
 }
 
 // LinkStatus is one link's live state.
@@ -135,6 +139,12 @@ func (l *Leaf) Status() LeafStatus {
 		}
 		st.Quorum = qj
 	}
+	if hs, err := l.cstore.list(); err == nil {
+		for _, h := range hs {
+			st.KernelStates = append(st.KernelStates, LockJSON{Mode: h.Mode.String(), Domain: h.Domain.String(),
+				Lo: h.Lo, Hi: h.Hi, Txid: h.Txid, Holder: h.Holder})
+		}
+	}
 	for _, e := range l.spans.list() {
 		st.Spans = append(st.Spans, SpanStatus{Label: e.Span.PeerLabelString(), PeerID: e.Span.PeerID,
 			PfsID: e.Span.PfsID, PfsType: pfsTypeName(e.Span.PfsType), PeerType: e.Span.PeerType,
@@ -214,6 +224,11 @@ func printStatus(w io.Writer, slots []Volconf, st *LeafStatus, notRunning error)
 			q.ID, q.State, q.Leader, q.Term, q.LastTxid, strings.Join(q.Members, " "), q.HasQuorum)
 		for _, h := range q.Locks {
 			fmt.Fprintf(w, "  lock %-9s %-6s %d-%d txid %d\n", h.Mode, h.Domain, h.Lo, h.Hi, h.Txid)
+		}
+	}
+	if st.Quorum == nil {
+		for _, h := range st.KernelStates {
+			fmt.Fprintf(w, "  cache %-9s %-6s %d-%d txid %d (through a master)\n", h.Mode, h.Domain, h.Lo, h.Hi, h.Txid)
 		}
 	}
 	printSpans(w, st.Spans)
