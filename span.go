@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -314,6 +313,14 @@ func (c *clusterLink) String() string { return fmt.Sprintf("cluster link %s", c.
 // connections it touches, which gives the same result as libdmsg's full
 // pass.
 //
+// A driver may batch: after begin, events only record what they change,
+// and take rescans each node they touched once. A better link that arrives
+// in the same batch as a worse one then replaces it before either is
+// relayed, instead of the worse one being relayed on every connection and
+// replaced at every hop after (forming a 1000-node network, that churn was
+// half the messages). What is relayed once a batch ends is what libdmsg
+// relays for the final state; only the intermediate relays are gone.
+//
 // One addition keeps withdrawals from counting to 16 around loops (which
 // libdmsg's plain distance vector does, at a cost that grows with the
 // loops): a diffusing update in the manner of DUAL. We remember, per node,
@@ -325,6 +332,8 @@ func (c *clusterLink) String() string { return fmt.Sprintf("cluster link %s", c.
 // made us active is held until then; every other one is given at once, so
 // no cycle of waiting can form. A DragonFly peer answers at once, which
 // leaves it as loop-prone as before but changes nothing on the wire.
+// fd counts only what was relayed: a link that came and went within one
+// batch was never advertised, so it cannot make the next one infeasible.
 
 // SpanMaxDist is DMSG_SPAN_MAXDIST: spans further away are not relayed,
 // which ends the tail-chasing of withdrawn spans around loops.
@@ -351,30 +360,49 @@ type spanAction struct {
 
 const noDist = ^uint32(0)
 
+// clusterKey and nodeKey name a cluster and a node. Their labels point into
+// the body of the span that created them (bodies are never modified): a
+// router holds a node per PFS in the cluster, so a 1000-node simulation
+// holds a million, and two 128-byte labels copied into each (and into the
+// map keys) were a large part of its memory.
 type clusterKey struct {
 	peerType uint8
 	peerID   UUID
-	label    [LabelSize]byte
+	label    *[LabelSize]byte
 }
 
 type nodeKey struct {
-	label [LabelSize]byte
+	label *[LabelSize]byte
 	pfsID UUID
+}
+
+// is reports whether s belongs to the cluster; a relayed body is shared
+// between hops, so the pointer usually answers before the bytes.
+func (k *clusterKey) is(s *LnkSpan) bool {
+	return k.peerType == s.PeerType && k.peerID == s.PeerID && (k.label == &s.PeerLabel || *k.label == s.PeerLabel)
+}
+
+func (k *nodeKey) is(s *LnkSpan) bool {
+	return k.pfsID == s.PfsID && (k.label == &s.PfsLabel || *k.label == s.PfsLabel)
 }
 
 type spanCluster struct {
 	key   clusterKey
-	nodes map[nodeKey]*spanNode
+	next  *spanCluster       // another cluster with the same peer_id
+	nodes map[UUID]*spanNode // by pfs_id; nodes that share one are chained by next
+	count int                // nodes, chained ones included
 }
 
 type spanNode struct {
 	cluster *spanCluster
 	key     nodeKey
-	links   []*spanLink // best first
-	relays  map[connID]*spanRelay
+	next    *spanNode             // another node of the cluster with the same pfs_id
+	links   []*spanLink           // best first
+	relays  map[connID]*spanRelay // nil when there are none
 
 	fd      uint32 // the best dist relayed since the node was last passive
 	active  bool   // withdrawn, waiting for the answers
+	dirty   bool   // in the batch's list, to be rescanned
 	waiting map[relayID]bool
 	owed    *spanAction // the answer held until the node is passive
 }
@@ -409,35 +437,89 @@ type spanRelay struct {
 type spanConn struct {
 	id     connID
 	filter LnkConn
-	relays map[relayID]*spanRelay
 }
 
 // spanRouter is one node's spanning-tree state.
 type spanRouter struct {
 	salt      uint32 // added to rnss on every relay: a per-hop path signature
 	conns     map[connID]*spanConn
-	connIDs   []connID // sorted, for a deterministic order
+	connList  []*spanConn // by id, for a deterministic order
 	links     map[spanID]*spanLink
 	relays    map[relayID]*spanRelay
-	clusters  map[clusterKey]*spanCluster
+	clusters  map[UUID]*spanCluster // by peer_id; clusters that share one are chained by next
 	next      relayID
 	arrivals  uint64
 	pending   map[relayID]*spanNode // withdrawals of active nodes awaiting answers
 	relayConn map[relayID]connID    // where each pending withdrawal went
 	out       []spanAction
+
+	batching bool
+	dirty    []*spanNode // nodes to rescan when the batch ends, in the order touched
+	newConns []*spanConn // connections up in this batch, to relay every node to
 }
 
 func newSpanRouter(salt uint32) *spanRouter {
 	return &spanRouter{salt: salt, conns: map[connID]*spanConn{}, links: map[spanID]*spanLink{},
-		relays: map[relayID]*spanRelay{}, clusters: map[clusterKey]*spanCluster{}, pending: map[relayID]*spanNode{},
+		relays: map[relayID]*spanRelay{}, clusters: map[UUID]*spanCluster{}, pending: map[relayID]*spanNode{},
 		relayConn: map[relayID]connID{}}
 }
 
-// take returns and clears the pending actions.
+// begin starts a batch: until the next take, events record what they
+// change and relay nothing new (withdrawals and answers still go out as
+// they happen).
+func (r *spanRouter) begin() { r.batching = true }
+
+// take ends any batch and returns and clears the pending actions.
 func (r *spanRouter) take() []spanAction {
+	r.flush()
 	out := r.out
 	r.out = nil
 	return out
+}
+
+// takeAppend is take appending to dst; the router keeps its own buffer,
+// so a driver that reuses dst allocates nothing per batch.
+func (r *spanRouter) takeAppend(dst []spanAction) []spanAction {
+	r.flush()
+	dst = append(dst, r.out...)
+	clear(r.out)
+	r.out = r.out[:0]
+	return dst
+}
+
+// flush ends a batch: every node touched is rescanned on every
+// connection, then every node on the connections that came up.
+func (r *spanRouter) flush() {
+	r.batching = false
+	for i, n := range r.dirty {
+		if n.dirty {
+			r.scanNode(n)
+		}
+		r.dirty[i] = nil
+	}
+	r.dirty = r.dirty[:0]
+	if len(r.newConns) > 0 {
+		nodes := r.sortedNodes()
+		for _, c := range r.newConns {
+			for _, n := range nodes {
+				r.scan(n, c, n.best())
+			}
+		}
+		clear(r.newConns)
+		r.newConns = r.newConns[:0]
+	}
+}
+
+// touch rescans n now, or when the batch ends.
+func (r *spanRouter) touch(n *spanNode) {
+	if !r.batching {
+		r.scanNode(n)
+		return
+	}
+	if !n.dirty {
+		n.dirty = true
+		r.dirty = append(r.dirty, n)
+	}
 }
 
 // connUp records a peer's LNK_CONN (its filter) and relays to it.
@@ -445,12 +527,16 @@ func (r *spanRouter) connUp(id connID, filter LnkConn) {
 	if r.conns[id] != nil {
 		return
 	}
-	c := &spanConn{id: id, filter: filter, relays: map[relayID]*spanRelay{}}
+	c := &spanConn{id: id, filter: filter}
 	r.conns[id] = c
-	i, _ := slices.BinarySearch(r.connIDs, id)
-	r.connIDs = slices.Insert(r.connIDs, i, id)
+	i, _ := slices.BinarySearchFunc(r.connList, id, func(c *spanConn, id connID) int { return cmp.Compare(c.id, id) })
+	r.connList = slices.Insert(r.connList, i, c)
+	if r.batching {
+		r.newConns = append(r.newConns, c)
+		return
+	}
 	for _, n := range r.sortedNodes() {
-		r.scan(n, c)
+		r.scan(n, c, n.best())
 	}
 }
 
@@ -462,10 +548,16 @@ func (r *spanRouter) connDown(id connID) {
 		return
 	}
 	delete(r.conns, id)
-	if i, ok := slices.BinarySearch(r.connIDs, id); ok {
-		r.connIDs = slices.Delete(r.connIDs, i, i+1)
+	r.connList = slices.DeleteFunc(r.connList, func(x *spanConn) bool { return x == c })
+	r.newConns = slices.DeleteFunc(r.newConns, func(x *spanConn) bool { return x == c })
+	var gone []*spanRelay
+	for _, rl := range r.relays {
+		if rl.conn == id {
+			gone = append(gone, rl)
+		}
 	}
-	for _, rl := range sortedRelays(c.relays) {
+	slices.SortFunc(gone, func(a, b *spanRelay) int { return cmp.Compare(a.id, b.id) })
+	for _, rl := range gone {
 		r.closeRelay(rl)
 	}
 	// Nothing more will be answered on this connection's relays.
@@ -498,6 +590,30 @@ func (r *spanRouter) linkDown(id connID) {
 	}
 }
 
+// node finds or makes the node body belongs to.
+func (r *spanRouter) node(body *LnkSpan) *spanNode {
+	cl := r.clusters[body.PeerID]
+	for cl != nil && !cl.key.is(body) {
+		cl = cl.next
+	}
+	if cl == nil {
+		cl = &spanCluster{key: clusterKey{peerType: body.PeerType, peerID: body.PeerID, label: &body.PeerLabel},
+			next: r.clusters[body.PeerID], nodes: map[UUID]*spanNode{}}
+		r.clusters[body.PeerID] = cl
+	}
+	n := cl.nodes[body.PfsID]
+	for n != nil && !n.key.is(body) {
+		n = n.next
+	}
+	if n == nil {
+		n = &spanNode{cluster: cl, key: nodeKey{label: &body.PfsLabel, pfsID: body.PfsID}, next: cl.nodes[body.PfsID],
+			fd: noDist}
+		cl.nodes[body.PfsID] = n
+		cl.count++
+	}
+	return n
+}
+
 // spanUp records a span received on conn and relays it where it is best.
 // body's own Dist and RNSS are ignored for dist and rnss: a relayed body is
 // shared between hops, so they travel beside it.
@@ -505,25 +621,17 @@ func (r *spanRouter) spanUp(conn connID, id spanID, body *LnkSpan, dist, rnss ui
 	if r.links[id] != nil {
 		return
 	}
-	ck := clusterKey{peerType: body.PeerType, peerID: body.PeerID, label: body.PeerLabel}
-	cl := r.clusters[ck]
-	if cl == nil {
-		cl = &spanCluster{key: ck, nodes: map[nodeKey]*spanNode{}}
-		r.clusters[ck] = cl
-	}
-	nk := nodeKey{label: body.PfsLabel, pfsID: body.PfsID}
-	n := cl.nodes[nk]
-	if n == nil {
-		n = &spanNode{cluster: cl, key: nk, relays: map[connID]*spanRelay{}, fd: noDist}
-		cl.nodes[nk] = n
-	}
+	n := r.node(body)
 	r.arrivals++
 	l := &spanLink{id: id, conn: conn, node: n, body: body, dist: dist, rnss: rnss, tie: r.arrivals}
-	i := sort.Search(len(n.links), func(i int) bool { return l.less(n.links[i]) })
+	i := len(n.links) // usually last or first: search from the end
+	for i > 0 && l.less(n.links[i-1]) {
+		i--
+	}
 	n.links = slices.Insert(n.links, i, l)
 	r.links[id] = l
 	if i == 0 && !n.active {
-		r.scanNode(n) // only a new best link changes what is relayed
+		r.touch(n) // only a new best link changes what is relayed
 	}
 }
 
@@ -540,15 +648,18 @@ func (r *spanRouter) spanDown(id spanID) {
 	n := l.node
 	i := slices.Index(n.links, l)
 	n.links = slices.Delete(n.links, i, i+1)
-	ack := &spanAction{Ack: true, Conn: l.conn, Acked: id}
+	if len(n.links) == 0 {
+		n.links = nil
+	}
+	ack := spanAction{Ack: true, Conn: l.conn, Acked: id}
 	switch {
 	case i != 0 || n.active:
-		r.out = append(r.out, *ack)
+		r.out = append(r.out, ack)
 	case len(n.links) > 0 && n.links[0].dist <= n.fd:
-		r.scanNode(n) // a feasible successor: make-before-break
-		r.out = append(r.out, *ack)
+		r.touch(n) // a feasible successor: make-before-break
+		r.out = append(r.out, ack)
 	default:
-		r.goActive(n, ack)
+		r.goActive(n, &ack)
 	}
 	r.dropIfEmpty(n)
 }
@@ -559,7 +670,7 @@ func (r *spanRouter) goActive(n *spanNode, ack *spanAction) {
 	if n.waiting == nil {
 		n.waiting = map[relayID]bool{}
 	}
-	for _, rl := range sortedRelays(relaysOf(n, nil)) {
+	for _, rl := range sortedRelays(n.relays) {
 		n.waiting[rl.id] = true
 		r.pending[rl.id] = n
 		r.relayConn[rl.id] = rl.conn
@@ -574,11 +685,12 @@ func (r *spanRouter) goActive(n *spanNode, ack *spanAction) {
 func (r *spanRouter) goPassive(n *spanNode) {
 	n.active = false
 	n.fd = noDist
+	n.waiting = nil
 	if n.owed != nil {
 		r.out = append(r.out, *n.owed)
 		n.owed = nil
 	}
-	r.scanNode(n)
+	r.touch(n)
 }
 
 // answered notes the answer to one of an active node's withdrawals.
@@ -596,13 +708,46 @@ func (r *spanRouter) answered(rid relayID) {
 	}
 }
 
+// dropIfEmpty forgets a node nothing refers to any more.
 func (r *spanRouter) dropIfEmpty(n *spanNode) {
-	if len(n.links) == 0 && len(n.relays) == 0 && !n.active {
-		delete(n.cluster.nodes, n.key)
-		if len(n.cluster.nodes) == 0 {
-			delete(r.clusters, n.cluster.key)
+	if len(n.links) > 0 || len(n.relays) > 0 || n.active {
+		return
+	}
+	cl := n.cluster
+	if p := cl.nodes[n.key.pfsID]; p == n {
+		if n.next != nil {
+			cl.nodes[n.key.pfsID] = n.next
+		} else {
+			delete(cl.nodes, n.key.pfsID)
+		}
+	} else {
+		for p != nil && p.next != n {
+			p = p.next
+		}
+		if p == nil {
+			return // already dropped
+		}
+		p.next = n.next
+	}
+	n.next = nil
+	if cl.count--; cl.count > 0 {
+		return
+	}
+	if p := r.clusters[cl.key.peerID]; p == cl {
+		if cl.next != nil {
+			r.clusters[cl.key.peerID] = cl.next
+		} else {
+			delete(r.clusters, cl.key.peerID)
+		}
+	} else {
+		for p != nil && p.next != cl {
+			p = p.next
+		}
+		if p != nil {
+			p.next = cl.next
 		}
 	}
+	cl.next = nil
 }
 
 // relayClosed is the peer's DELETE on one of our relays: the answer to our
@@ -619,29 +764,28 @@ func (r *spanRouter) relayClosed(id relayID) {
 	}
 }
 
-// relaysOf lists n's relays, of link l only unless l is nil.
-func relaysOf(n *spanNode, l *spanLink) map[relayID]*spanRelay {
-	m := map[relayID]*spanRelay{}
-	for _, rl := range n.relays {
-		if l == nil || rl.link == l {
-			m[rl.id] = rl
-		}
+// best is the link n would relay if it passes a connection's filters.
+func (n *spanNode) best() *spanLink {
+	if len(n.links) == 0 || n.active {
+		return nil
 	}
-	return m
+	return n.links[0]
 }
 
 // scanNode brings a node's relays up to date on every connection.
 func (r *spanRouter) scanNode(n *spanNode) {
-	for _, id := range r.connIDs {
-		r.scan(n, r.conns[id])
+	n.dirty = false
+	best := n.best()
+	for _, c := range r.connList {
+		r.scan(n, c, best)
 	}
 }
 
-// scan is libdmsg's per-(node, connection) step.
-func (r *spanRouter) scan(n *spanNode, c *spanConn) {
+// scan is libdmsg's per-(node, connection) step; best is n.best().
+func (r *spanRouter) scan(n *spanNode, c *spanConn, best *spanLink) {
 	var want *spanLink
-	if len(n.links) > 0 && !n.active && r.passes(n.links[0], c) {
-		want = n.links[0]
+	if best != nil && r.passes(best, c) {
+		want = best
 		n.fd = min(n.fd, want.dist)
 	}
 	old := n.relays[c.id]
@@ -651,8 +795,10 @@ func (r *spanRouter) scan(n *spanNode, c *spanConn) {
 	if want != nil {
 		r.next++
 		rl := &spanRelay{id: r.next, conn: c.id, node: n, link: want}
+		if n.relays == nil {
+			n.relays = map[connID]*spanRelay{}
+		}
 		n.relays[c.id] = rl
-		c.relays[rl.id] = rl
 		r.relays[rl.id] = rl
 		r.out = append(r.out, spanAction{Open: true, Conn: c.id, Relay: rl.id, Span: want.body,
 			Dist: want.dist + 1, RNSS: want.rnss + r.salt})
@@ -687,19 +833,24 @@ func (r *spanRouter) closeRelay(rl *spanRelay) {
 
 func (r *spanRouter) forget(rl *spanRelay) {
 	delete(r.relays, rl.id)
-	if c := r.conns[rl.conn]; c != nil {
-		delete(c.relays, rl.id)
-	}
-	if rl.node.relays[rl.conn] == rl {
-		delete(rl.node.relays, rl.conn)
+	n := rl.node
+	if n.relays[rl.conn] == rl {
+		delete(n.relays, rl.conn)
+		if len(n.relays) == 0 {
+			n.relays = nil // a map keeps its buckets: let them go
+		}
 	}
 }
 
 func (r *spanRouter) sortedNodes() []*spanNode {
 	var out []*spanNode
 	for _, cl := range r.clusters {
-		for _, n := range cl.nodes {
-			out = append(out, n)
+		for ; cl != nil; cl = cl.next {
+			for _, n := range cl.nodes {
+				for ; n != nil; n = n.next {
+					out = append(out, n)
+				}
+			}
 		}
 	}
 	slices.SortFunc(out, compareNodes)
@@ -724,7 +875,7 @@ func sortedRelayIDs(m map[relayID]*spanNode) []relayID {
 	return out
 }
 
-func sortedRelays(m map[relayID]*spanRelay) []*spanRelay {
+func sortedRelays(m map[connID]*spanRelay) []*spanRelay {
 	out := make([]*spanRelay, 0, len(m))
 	for _, rl := range m {
 		out = append(out, rl)

@@ -9,32 +9,40 @@ import (
 )
 
 // spanSim runs many span routers over in-memory links: the same router code
-// the service runs, with message delivery replaced by a FIFO queue. Every
-// node has one local PFS (a leaf's span at dist 0 on a connection that sent
-// no LNK_CONN, so it is advertised but receives nothing).
+// the service runs, with message delivery replaced by queues. Every node
+// has one local PFS (a leaf's span at dist 0 on a connection that sent no
+// LNK_CONN, so it is advertised but receives nothing).
+//
+// Without batch, delivery is one FIFO over all messages, one message to a
+// router at a time. With batch it goes in rounds, as over links of equal
+// latency: what is sent in one round arrives in the next, and each node
+// takes everything that arrived for it in one batch before relaying (as a
+// service draining what its links have read).
 type spanSim struct {
 	nodes []*simNode
-	queue []simMsg
+	ready []int32 // without batch: a message's receiver per message, in order; with: next round's receivers
 	head  int
+	batch bool
 	msgs  int // span CREATEs and DELETEs sent between nodes
 	pairs int // connections between live nodes, counted per direction
+	acts  []spanAction
+	round []int32 // this round's receivers (batch)
 }
 
 type simNode struct {
-	r     *spanRouter
-	dead  bool
-	peers map[connID]simEnd // conn -> the other end
-	next  connID
-	spans spanID
-	sent  map[relayID]simEnd // our relay -> the span it became at the peer
-	from  map[spanID]simEnd  // a span we received -> the relay it was at the sender
+	r      *spanRouter
+	dead   bool
+	peers  []simEnd // by conn; conn 0 is the local leaf's
+	inbox  []simMsg
+	ihead  int
+	mark   int  // the end of what arrived before this round (batch)
+	queued bool // in ready (batch)
 }
 
 type simEnd struct {
-	node  int
-	conn  connID
-	span  spanID
-	relay relayID
+	node int32
+	up   bool
+	conn connID
 }
 
 type simKind uint8
@@ -47,21 +55,32 @@ const (
 	simAnswer // the DELETE that answers a withdrawal
 )
 
+// simMsg is one message. A relay becomes, at the receiver, the span
+// numbered simSpan(sender, relay): a withdrawal or an answer finds its way
+// back without tables.
 type simMsg struct {
-	to    int
-	kind  simKind
-	conn  connID
-	span  spanID
-	relay relayID
-	body  *LnkSpan
-	dist  uint32
-	rnss  uint32
+	body *LnkSpan
+	id   uint64 // the span (span kinds) or our relay (simAnswer)
+	conn connID
+	dist uint32
+	rnss uint32
+	kind simKind
 }
 
-const simLocal connID = 0 // the local leaf's connection on every node
+const (
+	simLocal     connID = 0 // the local leaf's connection on every node
+	simLocalSpan spanID = 1 // and its span
+	simRelayBits        = 40
+)
 
-func newSpanSim(n int, rng *rand.Rand) *spanSim {
-	s := &spanSim{}
+func simSpan(from int32, rl relayID) spanID { return spanID(from+1)<<simRelayBits | spanID(rl) }
+
+func simRelayOf(id spanID) (int32, relayID) {
+	return int32(id>>simRelayBits) - 1, relayID(id & (1<<simRelayBits - 1))
+}
+
+func newSpanSim(n int, rng *rand.Rand, batch bool) *spanSim {
+	s := &spanSim{batch: batch}
 	for range n {
 		s.addNode(rng)
 	}
@@ -70,27 +89,23 @@ func newSpanSim(n int, rng *rand.Rand) *spanSim {
 
 func (s *spanSim) addNode(rng *rand.Rand) int {
 	i := len(s.nodes)
-	nd := &simNode{r: newSpanRouter(rng.Uint32() | 1), peers: map[connID]simEnd{}, sent: map[relayID]simEnd{},
-		from: map[spanID]simEnd{}}
+	nd := &simNode{r: newSpanRouter(rng.Uint32() | 1), peers: make([]simEnd, 1, 4)}
 	s.nodes = append(s.nodes, nd)
 	body := &LnkSpan{PeerType: PeerHammer2, ProtoVersion: 1, PfsType: PFSMaster, PfsID: UUID{0: byte(i), 1: byte(i >> 8), 2: 1}}
 	body.SetLabels("cluster", fmt.Sprintf("pfs%d", i))
-	nd.spans++
-	s.push(simMsg{to: i, kind: simSpanUp, conn: simLocal, span: nd.spans, body: body})
+	s.push(int32(i), simMsg{kind: simSpanUp, conn: simLocal, id: uint64(simLocalSpan), body: body})
 	return i
 }
 
 // connect links nodes a and b; each sends its LNK_CONN.
 func (s *spanSim) connect(a, b int) {
 	na, nb := s.nodes[a], s.nodes[b]
-	na.next++
-	nb.next++
-	ca, cb := na.next, nb.next
-	na.peers[ca] = simEnd{node: b, conn: cb}
-	nb.peers[cb] = simEnd{node: a, conn: ca}
+	ca, cb := connID(len(na.peers)), connID(len(nb.peers))
+	na.peers = append(na.peers, simEnd{node: int32(b), up: true, conn: cb})
+	nb.peers = append(nb.peers, simEnd{node: int32(a), up: true, conn: ca})
 	s.pairs += 2
-	s.push(simMsg{to: a, kind: simConnUp, conn: ca})
-	s.push(simMsg{to: b, kind: simConnUp, conn: cb})
+	s.push(int32(a), simMsg{kind: simConnUp, conn: ca})
+	s.push(int32(b), simMsg{kind: simConnUp, conn: cb})
 }
 
 // kill makes node k vanish: its neighbours see their links drop.
@@ -98,71 +113,132 @@ func (s *spanSim) kill(k int) {
 	nk := s.nodes[k]
 	nk.dead = true
 	for _, e := range nk.peers {
-		s.push(simMsg{to: e.node, kind: simLinkDown, conn: e.conn})
-		s.pairs -= 2
+		if e.up {
+			s.push(e.node, simMsg{kind: simLinkDown, conn: e.conn})
+			s.pairs -= 2
+		}
 	}
 }
 
-func (s *spanSim) push(m simMsg) { s.queue = append(s.queue, m) }
+func (s *spanSim) push(to int32, m simMsg) {
+	nd := s.nodes[to]
+	nd.inbox = append(nd.inbox, m)
+	if !s.batch || !nd.queued {
+		nd.queued = true
+		s.ready = append(s.ready, to)
+	}
+}
 
-// run delivers messages until the network is quiet, up to limit.
+// run delivers messages until the network is quiet, up to limit; then it
+// lets the queues' buffers go (they are not state).
 func (s *spanSim) run(limit int) error {
-	for n := 0; s.head < len(s.queue); n++ {
+	var err error
+	if s.batch {
+		err = s.runRounds(limit)
+	} else {
+		err = s.runFIFO(limit)
+	}
+	s.ready, s.head, s.round = nil, 0, nil
+	for _, nd := range s.nodes {
+		nd.inbox, nd.ihead, nd.queued = nil, 0, false
+	}
+	return err
+}
+
+func (s *spanSim) runFIFO(limit int) error {
+	for n := 0; s.head < len(s.ready); n++ {
 		if n >= limit {
 			return fmt.Errorf("not converged after %d deliveries", limit)
 		}
-		m := s.queue[s.head]
-		s.queue[s.head] = simMsg{}
+		i := s.ready[s.head]
 		s.head++
-		if s.head > 1<<16 && s.head*2 > len(s.queue) {
-			s.queue = append(s.queue[:0], s.queue[s.head:]...)
+		if s.head > 1<<16 && s.head*2 > len(s.ready) {
+			s.ready = append(s.ready[:0], s.ready[s.head:]...)
 			s.head = 0
 		}
-		nd := s.nodes[m.to]
-		if nd.dead {
-			continue
+		nd := s.nodes[i]
+		m := nd.inbox[nd.ihead]
+		nd.inbox[nd.ihead] = simMsg{}
+		if nd.ihead++; nd.ihead == len(nd.inbox) {
+			nd.inbox, nd.ihead = nd.inbox[:0], 0
 		}
-		switch m.kind {
-		case simConnUp:
-			nd.r.connUp(m.conn, LnkConn{PeerType: PeerCluster, PeerMask: ^uint64(0)})
-		case simSpanUp:
-			nd.r.spanUp(m.conn, m.span, m.body, m.dist, m.rnss)
-		case simSpanDown:
-			nd.r.spanDown(m.span)
-		case simLinkDown:
-			nd.r.linkDown(m.conn)
-			delete(nd.peers, m.conn)
-		case simAnswer:
-			nd.r.relayClosed(m.relay)
-		}
-		for _, a := range nd.r.take() {
-			peer, ok := nd.peers[a.Conn]
-			if !ok {
-				continue // the link is gone; nothing can be sent on it
-			}
-			s.msgs++
-			switch {
-			case a.Ack:
-				if e, ok := nd.from[a.Acked]; ok {
-					delete(nd.from, a.Acked)
-					s.push(simMsg{to: e.node, kind: simAnswer, relay: e.relay})
-				}
-			case a.Open:
-				pn := s.nodes[peer.node]
-				pn.spans++
-				nd.sent[a.Relay] = simEnd{node: peer.node, conn: peer.conn, span: pn.spans}
-				pn.from[pn.spans] = simEnd{node: m.to, relay: a.Relay}
-				s.push(simMsg{to: peer.node, kind: simSpanUp, conn: peer.conn, span: pn.spans, body: a.Span,
-					dist: a.Dist, rnss: a.RNSS})
-			default:
-				if e, ok := nd.sent[a.Relay]; ok {
-					delete(nd.sent, a.Relay)
-					s.push(simMsg{to: e.node, kind: simSpanDown, span: e.span})
-				}
-			}
+		if !nd.dead {
+			s.deliver(nd, &m)
+			s.acts = nd.r.takeAppend(s.acts[:0])
+			s.send(i, nd)
 		}
 	}
 	return nil
+}
+
+func (s *spanSim) runRounds(limit int) error {
+	delivered := 0
+	for len(s.ready) > 0 {
+		s.round, s.ready = s.ready, s.round[:0]
+		for _, i := range s.round {
+			nd := s.nodes[i]
+			nd.queued, nd.mark = false, len(nd.inbox)
+		}
+		for _, i := range s.round {
+			nd := s.nodes[i]
+			in := nd.inbox[nd.ihead:nd.mark]
+			if delivered += len(in); delivered > limit {
+				return fmt.Errorf("not converged after %d deliveries", limit)
+			}
+			if !nd.dead {
+				nd.r.begin()
+				for j := range in {
+					s.deliver(nd, &in[j])
+				}
+				s.acts = nd.r.takeAppend(s.acts[:0])
+				s.send(i, nd)
+			}
+			// Keep what arrived this round, at the front.
+			k := copy(nd.inbox, nd.inbox[nd.mark:])
+			clear(nd.inbox[k:])
+			nd.inbox, nd.ihead = nd.inbox[:k], 0
+		}
+	}
+	return nil
+}
+
+func (s *spanSim) deliver(nd *simNode, m *simMsg) {
+	switch m.kind {
+	case simConnUp:
+		nd.r.connUp(m.conn, LnkConn{PeerType: PeerCluster, PeerMask: ^uint64(0)})
+	case simSpanUp:
+		nd.r.spanUp(m.conn, spanID(m.id), m.body, m.dist, m.rnss)
+	case simSpanDown:
+		nd.r.spanDown(spanID(m.id))
+	case simLinkDown:
+		nd.r.linkDown(m.conn)
+		nd.peers[m.conn].up = false
+	case simAnswer:
+		nd.r.relayClosed(relayID(m.id))
+	}
+}
+
+// send carries node i's actions to its peers.
+func (s *spanSim) send(i int32, nd *simNode) {
+	for k := range s.acts {
+		a := &s.acts[k]
+		if int(a.Conn) >= len(nd.peers) || !nd.peers[a.Conn].up {
+			continue // the local leaf, or the link is gone: nothing can be sent on it
+		}
+		peer := nd.peers[a.Conn]
+		s.msgs++
+		switch {
+		case a.Ack:
+			from, rl := simRelayOf(a.Acked)
+			s.push(from, simMsg{kind: simAnswer, id: uint64(rl)})
+		case a.Open:
+			s.push(peer.node, simMsg{kind: simSpanUp, conn: peer.conn, id: uint64(simSpan(i, a.Relay)), body: a.Span,
+				dist: a.Dist, rnss: a.RNSS})
+		default:
+			s.push(peer.node, simMsg{kind: simSpanDown, id: uint64(simSpan(i, a.Relay))})
+		}
+	}
+	clear(s.acts)
 }
 
 // randomGraph connects n nodes: a random tree, then n/2 more random edges
@@ -181,7 +257,7 @@ func (s *spanSim) randomGraph(rng *rand.Rand, from int) {
 
 func (s *spanSim) linked(a, b int) bool {
 	for _, e := range s.nodes[a].peers {
-		if e.node == b {
+		if e.up && int(e.node) == b {
 			return true
 		}
 	}
@@ -193,37 +269,70 @@ func (s *spanSim) linked(a, b int) bool {
 // 17, and no further), at the shortest dist, and nothing about dead ones.
 func (s *spanSim) check(t testing.TB) {
 	t.Helper()
-	live := 0
-	for _, nd := range s.nodes {
-		if !nd.dead {
-			live++
-		}
-	}
 	for i, nd := range s.nodes {
 		if nd.dead {
 			continue
 		}
 		dist := s.bfs(i)
 		seen := 0
-		for _, cl := range nd.r.clusters {
-			for _, n := range cl.nodes {
-				if len(n.links) == 0 {
-					continue
-				}
-				j := int(n.key.pfsID[0]) | int(n.key.pfsID[1])<<8
-				d, ok := dist[j]
-				if !ok {
-					t.Fatalf("node %d still holds a span of unreachable node %d (dist %d)", i, j, n.links[0].dist)
-				}
-				if got := int(n.links[0].dist); got != d {
-					t.Fatalf("node %d reaches node %d at dist %d, shortest is %d", i, j, got, d)
-				}
-				seen++
+		for _, n := range nd.r.sortedNodes() {
+			if len(n.links) == 0 {
+				continue
 			}
+			j := int(n.key.pfsID[0]) | int(n.key.pfsID[1])<<8
+			d, ok := dist[j]
+			if !ok {
+				t.Fatalf("node %d still holds a span of unreachable node %d (dist %d)", i, j, n.links[0].dist)
+			}
+			if got := int(n.links[0].dist); got != d {
+				t.Fatalf("node %d reaches node %d at dist %d, shortest is %d", i, j, got, d)
+			}
+			seen++
 		}
 		if seen != len(dist) {
 			t.Fatalf("node %d knows %d PFSs, %d are reachable", i, seen, len(dist))
 		}
+	}
+	s.checkRelays(t)
+}
+
+// checkRelays verifies a quiet network's relays: no node is still active,
+// every node relays exactly its best link where it passes the filters
+// (what libdmsg's full pass would relay), and every relay is a span its
+// receiver holds.
+func (s *spanSim) checkRelays(t testing.TB) {
+	t.Helper()
+	relays, remote := 0, 0
+	for i, nd := range s.nodes {
+		if nd.dead {
+			continue
+		}
+		r := nd.r
+		if len(r.pending) > 0 || r.batching || len(r.dirty) > 0 {
+			t.Fatalf("node %d: %d withdrawals unanswered, batching %v", i, len(r.pending), r.batching)
+		}
+		relays += len(r.relays)
+		for _, l := range r.links {
+			if l.conn != simLocal {
+				remote++
+			}
+		}
+		for _, n := range r.sortedNodes() {
+			if n.active {
+				t.Fatalf("node %d: node %s still active", i, label(n.key.label[:]))
+			}
+			best := n.best()
+			for _, c := range r.connList {
+				want := best != nil && r.passes(best, c)
+				rl := n.relays[c.id]
+				if want != (rl != nil) || rl != nil && rl.link != best {
+					t.Fatalf("node %d: node %s on conn %d: relay %v, want one: %v", i, label(n.key.label[:]), c.id, rl, want)
+				}
+			}
+		}
+	}
+	if relays != remote {
+		t.Fatalf("%d relays open, %d spans received", relays, remote)
 	}
 }
 
@@ -239,133 +348,188 @@ func (s *spanSim) bfs(i int) map[int]int {
 			continue
 		}
 		for _, e := range s.nodes[x].peers {
-			if _, ok := dist[e.node]; !ok && !s.nodes[e.node].dead {
-				dist[e.node] = dist[x] + 1
-				q = append(q, e.node)
+			if _, ok := dist[int(e.node)]; e.up && !ok && !s.nodes[e.node].dead {
+				dist[int(e.node)] = dist[x] + 1
+				q = append(q, int(e.node))
 			}
 		}
 	}
 	return dist
 }
 
+// simModes are the two ways the simulator delivers: a node drains its
+// inbox into one batch, or takes one message at a time.
+var simModes = []struct {
+	name  string
+	batch bool
+}{{"batch", true}, {"each", false}}
+
 func TestSpanSimConverges(t *testing.T) {
-	for _, tc := range []struct{ n, seed int }{{2, 1}, {10, 2}, {50, 3}, {120, 4}} {
-		t.Run(fmt.Sprint(tc.n), func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(uint64(tc.seed), 0))
-			s := newSpanSim(tc.n, rng)
+	for _, mode := range simModes {
+		for _, tc := range []struct{ n, seed int }{{2, 1}, {10, 2}, {50, 3}, {120, 4}} {
+			t.Run(fmt.Sprintf("%s/%d", mode.name, tc.n), func(t *testing.T) {
+				rng := rand.New(rand.NewPCG(uint64(tc.seed), 0))
+				s := newSpanSim(tc.n, rng, mode.batch)
+				s.randomGraph(rng, 0)
+				if err := s.run(50_000_000); err != nil {
+					t.Fatal(err)
+				}
+				s.check(t)
+				// A join, then a death (never the only link of a leaf node,
+				// which would partition the graph: check handles either).
+				j := s.addNode(rng)
+				s.connect(j, rng.IntN(j))
+				s.connect(j, rng.IntN(j))
+				if err := s.run(50_000_000); err != nil {
+					t.Fatal(err)
+				}
+				s.check(t)
+				s.kill(rng.IntN(len(s.nodes)))
+				if err := s.run(50_000_000); err != nil {
+					t.Fatal(err)
+				}
+				s.check(t)
+			})
+		}
+	}
+}
+
+// Random graphs under random joins, deaths and new links, in both modes.
+func TestSpanSimRandom(t *testing.T) {
+	for _, mode := range simModes {
+		for seed := range 30 {
+			rng := rand.New(rand.NewPCG(uint64(seed), 7))
+			s := newSpanSim(3+rng.IntN(40), rng, mode.batch)
 			s.randomGraph(rng, 0)
-			if err := s.run(50_000_000); err != nil {
-				t.Fatal(err)
+			for step := range 6 {
+				if err := s.run(50_000_000); err != nil {
+					t.Fatalf("%s seed %d step %d: %v", mode.name, seed, step, err)
+				}
+				s.check(t)
+				switch rng.IntN(3) {
+				case 0:
+					if k := rng.IntN(len(s.nodes)); !s.nodes[k].dead {
+						s.connect(s.addNode(rng), k)
+					}
+				case 1:
+					if k := rng.IntN(len(s.nodes)); !s.nodes[k].dead {
+						s.kill(k)
+					}
+				default:
+					a, b := rng.IntN(len(s.nodes)), rng.IntN(len(s.nodes))
+					if a != b && !s.nodes[a].dead && !s.nodes[b].dead && !s.linked(a, b) {
+						s.connect(a, b)
+					}
+				}
 			}
-			s.check(t)
-			// A join, then a death (never the only link of a leaf node,
-			// which would partition the graph: check handles either).
-			j := s.addNode(rng)
-			s.connect(j, rng.IntN(j))
-			s.connect(j, rng.IntN(j))
-			if err := s.run(50_000_000); err != nil {
-				t.Fatal(err)
-			}
-			s.check(t)
-			s.kill(rng.IntN(len(s.nodes)))
-			if err := s.run(50_000_000); err != nil {
-				t.Fatal(err)
-			}
-			s.check(t)
-		})
+		}
 	}
 }
 
 // A ring of services: no span above the dist cap, and it goes quiet.
 func TestSpanSimRing(t *testing.T) {
-	rng := rand.New(rand.NewPCG(9, 9))
-	const n = 40
-	s := newSpanSim(n, rng)
-	for i := range n {
-		s.connect(i, (i+1)%n)
-	}
-	if err := s.run(10_000_000); err != nil {
-		t.Fatal(err)
-	}
-	s.check(t)
-	for i, nd := range s.nodes {
-		for _, l := range nd.r.links {
-			if l.dist > SpanMaxDist+1 {
-				t.Fatalf("node %d holds a span at dist %d", i, l.dist)
+	for _, mode := range simModes {
+		t.Run(mode.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(9, 9))
+			const n = 40
+			s := newSpanSim(n, rng, mode.batch)
+			for i := range n {
+				s.connect(i, (i+1)%n)
 			}
-		}
+			if err := s.run(10_000_000); err != nil {
+				t.Fatal(err)
+			}
+			s.check(t)
+			for i, nd := range s.nodes {
+				for _, l := range nd.r.links {
+					if l.dist > SpanMaxDist+1 {
+						t.Fatalf("node %d holds a span at dist %d", i, l.dist)
+					}
+				}
+			}
+			s.kill(0)
+			if err := s.run(10_000_000); err != nil {
+				t.Fatal(err)
+			}
+			s.check(t)
+		})
 	}
-	s.kill(0)
-	if err := s.run(10_000_000); err != nil {
-		t.Fatal(err)
-	}
-	s.check(t)
 }
 
 // BenchmarkSpanSim: for random graphs of 10, 100 and 1000 nodes, the time
 // and messages to converge after a node joins and after one dies, and the
 // memory held per span. One iteration builds and converges the whole graph
 // from nothing (form-ms, outside the timer), then times a join and a death.
+// nodes=N drains each node's input in one batch; nodes=N/each delivers one
+// message at a time, as the service does today.
 func BenchmarkSpanSim(b *testing.B) {
 	for _, n := range []int{10, 100, 1000} {
-		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
-			var joinT, deathT, formT time.Duration
-			var joinMsgs, deathMsgs, formMsgs, pairs int
-			var bytesPerSpan float64
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				rng := rand.New(rand.NewPCG(uint64(i), uint64(n)))
-				runtime.GC()
-				var m0, m1 runtime.MemStats
-				runtime.ReadMemStats(&m0)
-				t0 := time.Now()
-				s := newSpanSim(n, rng)
-				s.randomGraph(rng, 0)
-				if err := s.run(1 << 40); err != nil {
-					b.Fatal(err)
-				}
-				formT += time.Since(t0)
-				formMsgs = s.msgs
-				runtime.GC()
-				runtime.ReadMemStats(&m1)
-				held := 0
-				for _, nd := range s.nodes {
-					held += len(nd.r.links)
-				}
-				bytesPerSpan = float64(m1.HeapAlloc-m0.HeapAlloc) / float64(held)
-				pairs = s.pairs
-				b.StartTimer()
-
-				s.msgs = 0
-				t0 = time.Now()
-				j := s.addNode(rng)
-				s.connect(j, rng.IntN(j))
-				s.connect(j, rng.IntN(j))
-				if err := s.run(1 << 40); err != nil {
-					b.Fatal(err)
-				}
-				joinT += time.Since(t0)
-				joinMsgs = s.msgs
-
-				s.msgs = 0
-				t0 = time.Now()
-				s.kill(rng.IntN(n))
-				if err := s.run(1 << 40); err != nil {
-					b.Fatal(err)
-				}
-				deathT += time.Since(t0)
-				deathMsgs = s.msgs
+		for _, mode := range simModes {
+			name := fmt.Sprintf("nodes=%d", n)
+			if !mode.batch {
+				name += "/" + mode.name
 			}
-			b.ReportMetric(float64(formT.Microseconds())/float64(b.N)/1000, "form-ms")
-			b.ReportMetric(float64(formMsgs), "form-msgs")
-			b.ReportMetric(float64(joinT.Microseconds())/float64(b.N)/1000, "join-ms")
-			b.ReportMetric(float64(deathT.Microseconds())/float64(b.N)/1000, "death-ms")
-			b.ReportMetric(float64(joinMsgs), "join-msgs")
-			b.ReportMetric(float64(deathMsgs), "death-msgs")
-			b.ReportMetric(float64(joinMsgs)/float64(pairs), "join-msgs/pair")
-			b.ReportMetric(float64(deathMsgs)/float64(pairs), "death-msgs/pair")
-			b.ReportMetric(float64(joinMsgs)/float64(n+1), "join-msgs/node")
-			b.ReportMetric(bytesPerSpan, "B/span")
-		})
+			b.Run(name, func(b *testing.B) { benchSpanSim(b, n, mode.batch) })
+		}
 	}
+}
+
+func benchSpanSim(b *testing.B, n int, batch bool) {
+	var joinT, deathT, formT time.Duration
+	var joinMsgs, deathMsgs, formMsgs, pairs int
+	var bytesPerSpan float64
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		rng := rand.New(rand.NewPCG(uint64(i), uint64(n)))
+		runtime.GC()
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		t0 := time.Now()
+		s := newSpanSim(n, rng, batch)
+		s.randomGraph(rng, 0)
+		if err := s.run(1 << 40); err != nil {
+			b.Fatal(err)
+		}
+		formT += time.Since(t0)
+		formMsgs = s.msgs
+		runtime.GC()
+		runtime.ReadMemStats(&m1)
+		held := 0
+		for _, nd := range s.nodes {
+			held += len(nd.r.links)
+		}
+		bytesPerSpan = float64(m1.HeapAlloc-m0.HeapAlloc) / float64(held)
+		pairs = s.pairs
+		b.StartTimer()
+
+		s.msgs = 0
+		t0 = time.Now()
+		j := s.addNode(rng)
+		s.connect(j, rng.IntN(j))
+		s.connect(j, rng.IntN(j))
+		if err := s.run(1 << 40); err != nil {
+			b.Fatal(err)
+		}
+		joinT += time.Since(t0)
+		joinMsgs = s.msgs
+
+		s.msgs = 0
+		t0 = time.Now()
+		s.kill(rng.IntN(n))
+		if err := s.run(1 << 40); err != nil {
+			b.Fatal(err)
+		}
+		deathT += time.Since(t0)
+		deathMsgs = s.msgs
+	}
+	b.ReportMetric(float64(formT.Microseconds())/float64(b.N)/1000, "form-ms")
+	b.ReportMetric(float64(formMsgs), "form-msgs")
+	b.ReportMetric(float64(joinT.Microseconds())/float64(b.N)/1000, "join-ms")
+	b.ReportMetric(float64(deathT.Microseconds())/float64(b.N)/1000, "death-ms")
+	b.ReportMetric(float64(joinMsgs), "join-msgs")
+	b.ReportMetric(float64(deathMsgs), "death-msgs")
+	b.ReportMetric(float64(joinMsgs)/float64(pairs), "join-msgs/pair")
+	b.ReportMetric(float64(deathMsgs)/float64(pairs), "death-msgs/pair")
+	b.ReportMetric(float64(joinMsgs)/float64(n+1), "join-msgs/node")
+	b.ReportMetric(bytesPerSpan, "B/span")
 }

@@ -66,6 +66,29 @@ func (s *spanScript) run(t *testing.T, td *datadriven.TestData) string {
 	case "router":
 		s.r = newSpanRouter(uint32(argU(t, td, "salt", 100)))
 		return "ok"
+	case "tree":
+		return s.tree()
+	case "batch":
+		// One event a line, in one batch: the actions of all of them.
+		s.r.begin()
+		for _, line := range strings.Split(strings.TrimSpace(td.Input), "\n") {
+			f := strings.Fields(line)
+			ev := &datadriven.TestData{Pos: td.Pos, Cmd: f[0]}
+			for _, kv := range f[1:] {
+				k, v, _ := strings.Cut(kv, "=")
+				ev.CmdArgs = append(ev.CmdArgs, datadriven.CmdArg{Key: k, Vals: []string{v}})
+			}
+			s.event(t, ev)
+		}
+	default:
+		s.event(t, td)
+	}
+	return s.actions()
+}
+
+// event applies one event to the router.
+func (s *spanScript) event(t *testing.T, td *datadriven.TestData) {
+	switch td.Cmd {
 	case "conn":
 		f := LnkConn{PeerMask: argU(t, td, "peer_mask", ^uint64(0)), PeerType: uint8(argU(t, td, "peer_type", PeerCluster)),
 			PeerID: s.uuid(argOr(td, "peer_id", ""))}
@@ -84,12 +107,9 @@ func (s *spanScript) run(t *testing.T, td *datadriven.TestData) string {
 		s.r.spanDown(spanID(argU(t, td, "id", 0)))
 	case "relay-closed":
 		s.r.relayClosed(relayID(argU(t, td, "id", 0)))
-	case "tree":
-		return s.tree()
 	default:
 		td.Fatalf(t, "unknown command %s", td.Cmd)
 	}
-	return s.actions()
 }
 
 func (s *spanScript) actions() string {
