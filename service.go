@@ -40,6 +40,8 @@ type Service struct {
 	nextSp  spanID
 	spanTx  map[spanID]*Trans // each received span's transaction, for circuits
 	started time.Time
+	// kicked wakes the applier: router events are applied in batches.
+	kicked chan struct{}
 }
 
 // ServiceConfig says where the service listens and whom it dials.
@@ -72,7 +74,8 @@ type svcLink struct {
 func NewService(cfg ServiceConfig, node *QuicNode, log *slog.Logger) *Service {
 	host, _ := os.Hostname()
 	return &Service{cfg: cfg, log: log, node: node, hostname: host, started: time.Now(),
-		router: newSpanRouter(rand.Uint32() | 1), links: map[connID]*svcLink{}, spanTx: map[spanID]*Trans{}}
+		router: newSpanRouter(rand.Uint32() | 1), links: map[connID]*svcLink{}, spanTx: map[spanID]*Trans{},
+		kicked: make(chan struct{}, 1)}
 }
 
 // errAlreadyRunning means another service holds the listening socket.
@@ -107,6 +110,7 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 		}
 		lns = append(lns, ln)
 	}
+	s.spawn(func() { s.applier(ctx) })
 	for _, ln := range lns {
 		s.spawn(func() { s.acceptStream(ctx, ln) })
 	}
@@ -254,8 +258,9 @@ func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 			if m.Cmd&FlagDelete != 0 {
 				s.mu.Lock()
 				sl.conn = nil
+				s.router.begin()
 				s.router.connDown(sl.id)
-				s.applyLocked()
+				s.kick()
 				s.mu.Unlock()
 				_ = t.Close(ErrOK)
 			}
@@ -263,8 +268,9 @@ func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 		_ = t.Reply(ErrOK)
 		s.mu.Lock()
 		sl.conn = t
+		s.router.begin()
 		s.router.connUp(sl.id, filter)
-		s.applyLocked()
+		s.kick()
 		s.mu.Unlock()
 	case CmdLnkSpan:
 		body := new(LnkSpan)
@@ -282,8 +288,9 @@ func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 		s.nextSp++
 		sl.spans[t] = s.nextSp
 		s.spanTx[s.nextSp] = t
+		s.router.begin()
 		s.router.spanUp(sl.id, s.nextSp, body, body.Dist, body.RNSS)
-		s.applyLocked()
+		s.kick()
 		s.mu.Unlock()
 		if m.Cmd&FlagDelete != 0 {
 			s.spanGone(sl, t)
@@ -298,8 +305,9 @@ func (s *Service) spanGone(sl *svcLink, t *Trans) {
 		delete(sl.spans, t)
 		delete(s.spanTx, id)
 		sl.unanswered[id] = t
+		s.router.begin()
 		s.router.spanDown(id)
-		s.applyLocked()
+		s.kick()
 	}
 }
 
@@ -384,6 +392,33 @@ func (s *Service) shellViaSpan(root *Trans, text string) {
 	}
 }
 
+// kick asks the applier to send what the router decided. Router events
+// are taken in batches (begin, events, take): whatever piles up while the
+// applier waits for the lock, typically everything a link's read buffer
+// held, is decided at once, so a path that a better one in the same burst
+// supersedes is never relayed and then replaced. Withdrawals and answers
+// are no faster or slower than the batch they are in.
+func (s *Service) kick() {
+	select {
+	case s.kicked <- struct{}{}:
+	default:
+	}
+}
+
+// applier runs applyLocked for each batch until ctx ends.
+func (s *Service) applier(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kicked:
+			s.mu.Lock()
+			s.applyLocked()
+			s.mu.Unlock()
+		}
+	}
+}
+
 // applyLocked sends what the router decided.
 func (s *Service) applyLocked() {
 	for _, a := range s.router.take() {
@@ -417,8 +452,9 @@ func (s *Service) applyLocked() {
 					if sl.relays[rid] == t {
 						delete(sl.relays, rid)
 					}
+					s.router.begin()
 					s.router.relayClosed(rid)
-					s.applyLocked()
+					s.kick()
 					s.mu.Unlock()
 				}
 			})
