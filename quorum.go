@@ -174,7 +174,7 @@ type quorumNode struct {
 	// HasQuorum reports.
 	heard     map[uint64]uint64
 	contact   uint64 // last tick a majority was known to be with us (see ContactAge)
-	confDirty bool // a membership change was applied since the last snapshot
+	confDirty bool   // a membership change was applied since the last snapshot
 	boot      uint64
 	seq       uint64
 	pending   map[uint64]*quorumPending
