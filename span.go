@@ -270,7 +270,8 @@ func (l *Leaf) shellCommands() shellCommands {
 		sc.extra = "commit <text>   Commit through the quorum group\n" +
 			"lock <mode> <domain> <key>[-<key>]  Ask the group for a cache state\n" +
 			"locks           Cache states held through this leaf\n" +
-			"quorum          The group as this master sees it\n"
+			"quorum          The group as this master sees it\n" +
+			"quorum add|remove <id>  Change the group's membership\n"
 	}
 	return sc
 }
