@@ -26,6 +26,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 const (
@@ -48,7 +49,7 @@ func openCacheStore(dir string) (*cacheStore, error) {
 	}
 	path := filepath.Join(dir, cacheStoreFile)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("cache store %s: locked by another process (is a second leaf running on this PFS?): %w", path, err)
 	}
 	if err != nil {

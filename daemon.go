@@ -109,8 +109,13 @@ func lockPidFile(path string) (*pidFile, error) {
 		}
 		return nil, fmt.Errorf("pid file %s: %w", path, err)
 	}
-	if err := f.Truncate(0); err == nil {
+	err = f.Truncate(0)
+	if err == nil {
 		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("pid file %s: write: %w", path, err)
 	}
 	return &pidFile{f: f}, nil
 }

@@ -354,7 +354,7 @@ type stubReg struct {
 }
 
 func encodeStubReg(info PFSInfo) []byte {
-	b, err := json.MarshalIndent(stubReg{info.Label, info.Clid, info.Fsid, info.Type}, "", "\t")
+	b, err := json.MarshalIndent(stubReg(info), "", "\t")
 	if err != nil {
 		panic(fmt.Sprintf("encode pfs registration: %v", err)) // plain strings and numbers always encode
 	}

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,7 +51,7 @@ func h2Binary(t testing.TB) string {
 		h2BuildDir = dir
 		goTool, err := exec.LookPath("go")
 		if err != nil {
-			goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+			goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go") // go test sets GOROOT
 		}
 		bin := filepath.Join(dir, "hammer2")
 		args := []string{"build", "-o", bin}

@@ -74,7 +74,6 @@ var (
 	// a majority, or be discarded; the caller must find out (e.g. by
 	// revalidating) rather than retry blindly.
 	errQuorumTimeout = errors.New("quorum: no majority of masters acknowledged the request in time; outcome unknown")
-	errQuorumRemoved = errors.New("quorum: this master is not a voting member")
 )
 
 // quorumResult is one applied entry as every master sees it. Txid is the

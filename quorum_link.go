@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -129,7 +128,6 @@ type quorumDriver struct {
 	commitTimeout time.Duration
 
 	status atomic.Pointer[quorumStatus]
-	wg     sync.WaitGroup
 }
 
 func newQuorumDriver(l *Leaf, node *quorumNode, tick, lease, commitTimeout time.Duration) *quorumDriver {

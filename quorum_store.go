@@ -31,6 +31,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -89,7 +90,7 @@ func openQuorumStore(dir string, opt quorumStoreOptions) (*quorumStore, error) {
 		opt.lockTimeout = 2 * time.Second
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opt.lockTimeout, NoSync: opt.noSync})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("quorum store %s: locked by another process (is a second leaf running on this PFS?): %w", path, err)
 	}
 	if err != nil {

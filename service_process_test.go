@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -645,7 +644,7 @@ func TestServiceLine(t *testing.T) {
 		}
 	}
 	s2.start()
-	took = svcWaitEach(t, time.Now(), 10*time.Second, "spans back after s2 started again", leaves, linked)
+	svcWaitEach(t, time.Now(), 10*time.Second, "spans back after s2 started again", leaves, linked)
 
 	// kill -9 the end service b uses: b's backbone breaks at once (its
 	// Unix socket closes) and every span it had goes with it; a loses b's
@@ -1038,7 +1037,7 @@ func svcRaceBinary(t *testing.T) string {
 	svcRaceOnce.Do(func() {
 		goTool, err := exec.LookPath("go")
 		if err != nil {
-			goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+			goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go") // go test sets GOROOT
 		}
 		out, err := exec.Command(goTool, "build", "-race", "-o", bin, ".").CombinedOutput()
 		if err != nil {
