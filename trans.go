@@ -121,9 +121,9 @@ func (tt *transTable) recv(h *Header) (rxResult, error) {
 			// libdmsg takes this for a one-way message.
 			return rxResult{t: &tt.root, discard: abort}, nil
 		}
-		if reply != rev {
-			return rxResult{}, protoError("cmd", uint64(cmd), "REPLY and REVTRANS disagree")
-		}
+		// A streaming message picks its transaction by REVTRANS alone, as
+		// libdmsg does: DragonFly's shell sends `@<span> <cmd>` as
+		// DBG_SHELL|REVTRANS without REPLY on the span we relayed to it.
 		if t.rx&FlagCreate == 0 {
 			if abort {
 				return rxResult{discard: true}, nil
