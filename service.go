@@ -419,6 +419,40 @@ func (s *Service) applier(ctx context.Context) {
 	}
 }
 
+// shellOnRelay is DragonFly's `@<msgid> <cmd>` from its C shell: the
+// shell sends the command inside the span we relayed to it, to be run by
+// the node that advertised the span. It goes there as a DBG_SHELL
+// transaction under the span we received, and its answer comes back to
+// the shell.
+func (s *Service) shellOnRelay(rid relayID, relay *Trans, cmd string) {
+	s.mu.Lock()
+	var src *Trans
+	if rl := s.router.relays[rid]; rl != nil {
+		src = s.spanTx[rl.link.id]
+	}
+	s.mu.Unlock()
+	// DragonFly's shell prints a one-way DBG_SHELL|REPLY, whatever
+	// transaction the command went on.
+	answer := func(out string) {
+		_ = relay.Link().Root().Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux(out)})
+	}
+	if src == nil {
+		answer("span withdrawn\n")
+		return
+	}
+	_, err := src.Open(&Msg{Header: Header{Cmd: CmdDbgShell | FlagDelete}, Aux: ShellAux(cmd)}, func(t *Trans, m *Msg) {
+		switch {
+		case m.Cmd&maskBaseCmd == CmdDbgShell:
+			answer(ShellText(m.Aux))
+		case m.Cmd&FlagDelete != 0:
+			answer(fmt.Sprintf("no answer (error %#x)\n", m.Error))
+		}
+	})
+	if err != nil {
+		answer(err.Error() + "\n")
+	}
+}
+
 // applyLocked sends what the router decided.
 func (s *Service) applyLocked() {
 	for _, a := range s.router.take() {
@@ -445,6 +479,10 @@ func (s *Service) applyLocked() {
 		body.Dist, body.RNSS = a.Dist, a.RNSS
 		t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: body.Marshal()},
 			func(t *Trans, m *Msg) {
+				if m.Cmd&(FlagDelete|maskBaseCmd) == CmdDbgShell {
+					s.shellOnRelay(rid, t, ShellText(m.Aux))
+					return
+				}
 				// The receiver's DELETE: the answer to our withdrawal, or it
 				// closing a relay it does not want. The router tells which.
 				if m.Cmd&FlagDelete != 0 {
@@ -526,7 +564,14 @@ func (s *Service) tree() string {
 		}
 		sort.Ints(conns)
 		for _, c := range conns {
-			fmt.Fprintf(&b, "\t    Relay-out %d via %s\n", n.relays[connID(c)].id, byConn[connID(c)])
+			// The msgid is the span as the receiver knows it: DragonFly's
+			// shell addresses a node with `@<msgid> <cmd>`.
+			r := n.relays[connID(c)]
+			var msgid uint64
+			if sl := s.links[connID(c)]; sl != nil && sl.relays[r.id] != nil {
+				msgid = sl.relays[r.id].MsgID()
+			}
+			fmt.Fprintf(&b, "\t    Relay-out %d msgid %016x via %s\n", r.id, msgid, byConn[connID(c)])
 		}
 	}
 	return b.String()
