@@ -160,9 +160,23 @@ func (d *quorumDriver) lock(t *Trans, m *Msg) {
 	}
 	// granted and gone belong to the driver's goroutine.
 	granted, gone := false, false
+	var answerFor func(op quorumOp) func(quorumResult, error)
 	t.SetHandler(func(t *Trans, m *Msg) {
 		if m.Cmd&FlagDelete == 0 {
-			return // a kernel changes a state by opening a new transaction
+			// The kernel changes the mode of the state it holds: a
+			// downgrade answering a revoke, or an upgrade it needs.
+			c, err := parseCacLock(m.Ext)
+			if m.Cmd&maskBaseCmd != CmdCacLock || err != nil || c.Mode == cacInval {
+				d.leaf.log.Warn("ignored a message on a granted CAC_LOCK (release with DELETE)", "holder", holder, "err", err)
+				return
+			}
+			d.do(d.leaf.ctx, func() {
+				if g := d.grants[holder]; g != nil && g.t == t && !gone {
+					op := quorumOp{Kind: quorumOpLock, Holder: holder, Domain: g.h.Domain, Mode: c.Mode, Lo: g.h.Lo, Hi: g.h.Hi}
+					d.propose(op, nil, answerFor(op))
+				}
+			})
+			return
 		}
 		lost := m.Error == ErrLostLink
 		d.do(d.leaf.ctx, func() {
@@ -176,46 +190,47 @@ func (d *quorumDriver) lock(t *Trans, m *Msg) {
 		}
 		_ = t.Close(ErrOK)
 	})
-	var answer func(r quorumResult, err error)
-	answer = func(r quorumResult, err error) {
-		if err != nil || len(r.Conflict) == 0 {
-			delete(d.tries, holder)
-		}
-		switch {
-		case err != nil:
-			_ = t.Close(quorumErrCode(err))
-		case r.Err != "":
-			_ = t.Close(ErrParam)
-		case r.Stale:
-			d.leaf.log.Info("cache state no longer held as granted; the kernel must drop it", "holder", holder)
-			if own {
-				d.leaf.cac.forget(holder)
+	answerFor = func(op quorumOp) func(quorumResult, error) {
+		return func(r quorumResult, err error) {
+			if err != nil || len(r.Conflict) == 0 {
+				delete(d.tries, holder)
 			}
-			_ = t.Close(ErrOK)
-		case r.Grant != nil:
-			granted = true
-			g := &cacGrant{h: *r.Grant, t: t}
-			d.grants[holder] = g
-			if gone { // the kernel gave up before the answer came
-				d.ended(holder, false)
-				return
+			switch {
+			case err != nil:
+				_ = t.Close(quorumErrCode(err))
+			case r.Err != "":
+				_ = t.Close(ErrParam)
+			case r.Stale:
+				d.leaf.log.Info("cache state no longer held as granted; the kernel must drop it", "holder", holder)
+				if own {
+					d.leaf.cac.forget(holder)
+				}
+				_ = t.Close(ErrOK)
+			case r.Grant != nil:
+				granted = true
+				g := &cacGrant{h: *r.Grant, t: t}
+				d.grants[holder] = g
+				if gone { // the kernel gave up before the answer came
+					d.ended(holder, false)
+					return
+				}
+				if own {
+					d.leaf.cac.granted(*r.Grant)
+				}
+				out := cacLock{Domain: r.Grant.Domain, Mode: r.Grant.Mode, Lo: r.Grant.Lo, Hi: r.Grant.Hi, Txid: r.Grant.Txid}
+				_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: out.marshal()})
+			case len(r.Conflict) > 0:
+				d.waitFor(op, r.Conflict, answerFor(op))
+			default: // an INVAL request: released what it named
+				if own {
+					d.leaf.cac.forget(holder)
+				}
+				_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock | FlagDelete}, Ext: (&cacLock{Domain: req.Domain,
+					Mode: cacInval, Lo: req.Lo, Hi: req.Hi, Txid: r.Txid}).marshal()})
 			}
-			if own {
-				d.leaf.cac.granted(*r.Grant)
-			}
-			out := cacLock{Domain: r.Grant.Domain, Mode: r.Grant.Mode, Lo: r.Grant.Lo, Hi: r.Grant.Hi, Txid: r.Grant.Txid}
-			_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: out.marshal()})
-		case len(r.Conflict) > 0:
-			d.waitFor(op, r.Conflict, answer)
-		default: // an INVAL request: released what it named
-			if own {
-				d.leaf.cac.forget(holder)
-			}
-			_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock | FlagDelete}, Ext: (&cacLock{Domain: req.Domain,
-				Mode: cacInval, Lo: req.Lo, Hi: req.Hi, Txid: r.Txid}).marshal()})
 		}
 	}
-	d.submit(op, nil, answer)
+	d.submit(op, nil, answerFor(op))
 }
 
 // ended drops a grant whose transaction closed. A release drops the state
@@ -260,13 +275,19 @@ func (d *quorumDriver) cacApplied(applied []quorumResult) {
 		for _, h := range r.Conflict {
 			if g := d.grants[h.Holder]; g != nil && g.t != nil && g.revoked.IsZero() {
 				g.revoked = time.Now()
-				rv := cacLock{Domain: g.h.Domain, Mode: cacInval, Flags: cacFlagRevoke, Lo: g.h.Lo, Hi: g.h.Hi,
+				// A reader in the way of a writer must go; a writer in the
+				// way of a reader may stay as a reader.
+				keep := cacInval
+				if r.Op.Mode == cacShared && g.h.Mode >= cacExclusive {
+					keep = cacShared
+				}
+				rv := cacLock{Domain: g.h.Domain, Mode: keep, Flags: cacFlagRevoke, Lo: g.h.Lo, Hi: g.h.Hi,
 					Txid: r.Txid, LeaseMs: uint32(d.lease / time.Millisecond)}
 				_ = g.t.Send(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: rv.marshal()})
 			}
 		}
-		if len(r.Released) > 0 {
-			released = true
+		if len(r.Released) > 0 || r.Grant != nil && len(d.waits) > 0 {
+			released = true // keys freed, or a holder downgraded
 		}
 		if r.Op.Kind != quorumOpExpire {
 			continue

@@ -1979,6 +1979,31 @@ func TestQuorumLocks(t *testing.T) {
 	granted("m2 EXCLUSIVE INUM 200", m2)
 	revokedBefore("m1's second", c.kernel(0), b.msgid, m2.at)
 	c.kernel(1).cacRelease(m2.msgid)
+
+	// A writer in the way of a reader may stay a reader: the revoke says
+	// SHARED, and a kernel that downgrades keeps its transaction, granted
+	// SHARED anew, while the reader is granted beside it.
+	kd := c.kernel(0)
+	kd.mu.Lock()
+	kd.downgrade = true
+	kd.mu.Unlock()
+	w := c.lockUntil(0, ex(300, 300), 10*time.Second)
+	granted("m1 EXCLUSIVE INUM 300", w)
+	rd := c.kernel(1).cacLockReq(sh(300, 300), wait)
+	granted("m2 SHARED INUM 300 over m1's EXCLUSIVE", rd)
+	kd.mu.Lock()
+	mode := kd.lockMode[w.msgid]
+	_, ended := kd.lockEnd[w.msgid]
+	kd.downgrade = false
+	kd.mu.Unlock()
+	if ended || mode != cacShared {
+		t.Errorf("m1's downgraded state: ended %v, last granted %s; want still held, SHARED", ended, mode)
+	}
+	if locks := c.locksOf(0); !strings.Contains(locks, "SHARED INUM 288-303") {
+		t.Errorf("m1's table after the downgrade: %s, want SHARED INUM 288-303", locks)
+	}
+	kd.cacRelease(w.msgid)
+	c.kernel(1).cacRelease(rd.msgid)
 	for _, k := range c.kernels {
 		if k != nil {
 			k.checkClean()

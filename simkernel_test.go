@@ -99,6 +99,10 @@ type simKernel struct {
 	lockEnd      map[uint64]time.Time
 	revokes      int
 	ignoreRevoke bool
+	// downgrade: a revoke that lets the holder keep SHARED is answered by
+	// asking for SHARED on the same transaction instead of releasing.
+	downgrade bool
+	lockMode  map[uint64]cacMode // the last grant on each held state
 }
 
 // newSimKernel starts the kernel side on c: it sends its LNK_CONN at once,
@@ -109,6 +113,7 @@ func newSimKernel(t testing.TB, name string, c net.Conn, pfs PFS, pfses []simPFS
 	host, _ := os.Hostname()
 	k := &simKernel{t: t, name: name, c: c, pfs: pfs, pfses: pfses, mediaID: NewUUID(),
 		ours: map[uint64]string{}, everOurs: map[uint64]bool{}, theirs: map[uint64]uint32{}, lockEnd: map[uint64]time.Time{},
+		lockMode: map[uint64]cacMode{},
 		changed: make(chan struct{}), done: make(chan struct{})}
 	if pfs != nil {
 		vs, err := pfs.RemoteScan()
@@ -338,9 +343,16 @@ func (k *simKernel) handle(m Msg) {
 			k.dumped, dump = true, true // triggers the VOLDATA dump and the spans
 		}
 		if kind == "lock" && base == CmdCacLock&kBaseMask && !del {
-			if g, err := parseCacLock(m.Ext); err == nil && g.Flags&cacFlagRevoke != 0 {
+			g, err := parseCacLock(m.Ext)
+			if err == nil && g.Flags&cacFlagRevoke == 0 {
+				k.lockMode[id] = g.Mode
+			}
+			if err == nil && g.Flags&cacFlagRevoke != 0 {
 				k.revokes++
-				if !k.ignoreRevoke { // flushed at once: release
+				if k.downgrade && g.Mode == cacShared {
+					down := cacLock{Domain: g.Domain, Mode: cacShared, Lo: g.Lo, Hi: g.Hi}
+					out = append(out, Msg{Header: Header{Cmd: CmdCacLock, MsgID: id}, Ext: down.marshal()})
+				} else if !k.ignoreRevoke { // flushed at once: release
 					k.lockEnd[id] = time.Now()
 					delete(k.ours, id)
 					out = append(out, Msg{Header: Header{Cmd: kOwnDelete, MsgID: id}})
