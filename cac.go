@@ -214,6 +214,16 @@ func (d *quorumDriver) lock(t *Trans, m *Msg) {
 					d.ended(holder, false)
 					return
 				}
+				if d.tooOld(r.Op) {
+					// Decided long ago (this leaf was cut off or behind): a
+					// conflict after it may already have run its lease out.
+					d.leaf.log.Warn("cache grant applied too late to hand out; giving it back", "holder", holder,
+						"age", time.Since(time.Unix(0, r.Op.At)).Round(time.Millisecond))
+					delete(d.grants, holder)
+					d.propose(quorumOp{Kind: quorumOpExpire, Holder: holder, UpTo: r.Grant.Txid}, nil, func(quorumResult, error) {})
+					_ = t.Close(ErrCacExpired)
+					return
+				}
 				if own {
 					d.leaf.cac.granted(*r.Grant)
 				}
@@ -275,6 +285,12 @@ func (d *quorumDriver) cacApplied(applied []quorumResult) {
 		for _, h := range r.Conflict {
 			if g := d.grants[h.Holder]; g != nil && g.t != nil && g.revoked.IsZero() {
 				g.revoked = time.Now()
+				if d.tooOld(r.Op) { // the requester's lease may be nearly out: no time to flush politely
+					d.leaf.log.Warn("conflict applied too late for a revoke; taking the state back", "holder", h.Holder)
+					_ = g.t.Close(ErrCacExpired)
+					g.t, g.orphaned = nil, time.Now()
+					continue
+				}
 				// A reader in the way of a writer must go; a writer in the
 				// way of a reader may stay as a reader.
 				keep := cacInval
@@ -371,6 +387,15 @@ func (d *quorumDriver) cacTick(now time.Time) {
 			}
 		}
 	}
+}
+
+// tooOld reports an entry proposed more than half a lease ago. The lease
+// runs from when the group decided, so a leaf that applies a grant or a
+// conflict that late (it was cut off, or far behind) must not act as if
+// the holder still had the whole lease. At is the proposer's clock:
+// masters' clocks must agree within a small part of a lease.
+func (d *quorumDriver) tooOld(op quorumOp) bool {
+	return op.At != 0 && time.Since(time.Unix(0, op.At)) > d.lease/2
 }
 
 // adoptRecovered takes the states this leaf's kernel held before a

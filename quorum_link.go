@@ -307,6 +307,7 @@ func (d *quorumDriver) submit(op quorumOp, durable func(uint64), done func(quoru
 // propose is submit on the driver's own goroutine (a callback may not go
 // through the work queue: only the driver drains it).
 func (d *quorumDriver) propose(op quorumOp, durable func(uint64), done func(quorumResult, error)) {
+	op.At = time.Now().UnixNano() // this proposal's age decides whether a grant is still safe to hand out
 	id, err := d.node.Propose(op)
 	if err != nil {
 		done(quorumResult{}, err)

@@ -114,7 +114,7 @@ func newSimKernel(t testing.TB, name string, c net.Conn, pfs PFS, pfses []simPFS
 	k := &simKernel{t: t, name: name, c: c, pfs: pfs, pfses: pfses, mediaID: NewUUID(),
 		ours: map[uint64]string{}, everOurs: map[uint64]bool{}, theirs: map[uint64]uint32{}, lockEnd: map[uint64]time.Time{},
 		lockMode: map[uint64]cacMode{},
-		changed: make(chan struct{}), done: make(chan struct{})}
+		changed:  make(chan struct{}), done: make(chan struct{})}
 	if pfs != nil {
 		vs, err := pfs.RemoteScan()
 		if err != nil {
