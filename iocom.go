@@ -1,17 +1,46 @@
 package main
 
 // The link engine: one dmsg link over any byte stream (a Unix socket to the
-// kernel or the backbone, TCP to DragonFly's C service, a QUIC stream).
+// kernel or the backbone, TCP to DragonFly's C service), or over the two
+// streams of a QUIC link.
 //
-// Each link owns one reader and one writer goroutine. Handlers run on the
-// reader goroutine, one message at a time, as libdmsg dispatches. Sends never
-// wait on the reader, so a handler may always answer: Send queues without
-// blocking (a hard cap on queued bytes kills a link whose peer stops reading),
-// and SendWait is the back-pressured form for producers on other goroutines.
+// Each link owns one reader and one writer goroutine per stream. Handlers
+// run on a reader goroutine, one message at a time, as libdmsg dispatches.
+// Sends never wait on a reader, so a handler may always answer: Send queues
+// without blocking (a hard cap on queued bytes kills a link whose peer stops
+// reading), and SendWait is the back-pressured form for producers on other
+// goroutines.
+//
+// Lanes. Control messages (PINGs, span updates, results) go ahead of bulk
+// (large aux). On one byte stream (the kernel, Unix and TCP links, byte for
+// byte as DragonFly's libdmsg) that is all the writer can do: a PING waits
+// for at most one bulk batch. A conn that offers a second stream (dualConn:
+// a QUIC link) gets the bulk lane on that stream, with a writer and a reader
+// of its own, so that control messages never queue behind bulk bytes. The
+// order the peer sees is then kept thus (docs/PROTOCOL.md §3):
+//
+//   - Each bulk-stream message is prefixed with the number of control
+//     messages queued before it; the peer's bulk reader holds it until its
+//     control reader has dispatched that many, and our bulk writer writes
+//     it only once the control writer has written them (were it to go
+//     first, its unread bytes could use up the connection's flow-control
+//     window that those control messages need, and both readers would wait
+//     for ever).
+//   - Once a transaction has sent on the bulk stream, all its later
+//     messages go there too, and so do those of children it opens after
+//     its CREATE went there; the DELETE of an ancestor of a transaction on
+//     the bulk stream goes there as well, so that a circuit never closes
+//     ahead of what runs on it. One-way messages other than PINGs stay on
+//     the bulk stream once one has used it.
+//   - Both readers dispatch under one lock, so handlers still run one at
+//     a time.
+//
+// A pacer (pacer.go) slows the bulk stream while control traffic waits.
 
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -50,8 +79,8 @@ type LinkConfig struct {
 	// Handler receives one-way messages and transactions the peer opens,
 	// and messages of transactions without a handler of their own.
 	Handler Handler
-	// OnClose runs once, on the reader goroutine, after the link is down
-	// and every transaction has been failed.
+	// OnClose runs once, on the (control) reader goroutine, after the
+	// link is down and every transaction has been failed.
 	OnClose func(err error)
 	Logger  *slog.Logger
 }
@@ -95,19 +124,34 @@ type Link struct {
 	queue    []*outMsg // control: written first
 	bulkq    []*outMsg // large aux, and whatever must follow it in order
 	queued   int       // bytes in both queues
-	writing  bool      // the writer holds a batch not yet written
-	space    sync.Cond // signalled as the writer drains the queue
+	writing  int       // writers holding a batch not yet written
+	space    sync.Cond // signalled as the writers drain the queues
 	wake     chan struct{}
 	dying    chan struct{} // closed by fail
 	err      error
 	failOnce sync.Once
+	pings    []pingReq // PINGs sent and not yet answered, oldest first
 
-	done chan struct{} // closed when both goroutines are gone
+	// A two-stream link's bulk lane (nil bulk on one stream).
+	bulk     io.Reader // the bulk stream's read side; writes go to bulkW
+	bulkW    io.Writer
+	wakeBulk chan struct{}
+	pacer    *pacer
+	ctlEnq   uint64 // control messages queued so far
+	ctlSent  uint64 // control messages written so far
 
-	lastRx   atomic.Int64 // unix nanos of the last message read
-	lastTx   atomic.Int64 // unix nanos of the last write
-	pingSent atomic.Int64 // unix nanos of an unanswered PING, 0 if none
-	rtt      atomic.Int64 // nanos, last PING round trip
+	// Dispatch: both readers run handlers under dmu, one at a time.
+	dmu        sync.Mutex
+	ctlRead    uint64    // control messages dispatched so far
+	ctlStopped bool      // the control reader is done
+	bulkWaits  bool      // the bulk reader waits for ctlRead
+	readCond   sync.Cond // on dmu: ctlRead moved or ctlStopped
+
+	done chan struct{} // closed when every goroutine of the link is gone
+
+	lastRx atomic.Int64 // unix nanos of the last message read
+	lastTx atomic.Int64 // unix nanos of the last write
+	rtt    atomic.Int64 // nanos, last PING round trip
 
 	BytesIn, BytesOut atomic.Uint64
 	MsgsIn, MsgsOut   atomic.Uint64
@@ -123,7 +167,34 @@ type outMsg struct {
 	size int    // bytes on the wire
 	t    *Trans // for the bulk lane's ordering
 	bulk bool
+	// after is, on a two-stream link, the number of control messages
+	// queued before this bulk one: the peer dispatches it after them.
+	after uint64
 }
+
+// dualConn is a conn whose transport can carry the bulk lane on a second
+// stream (a QUIC link). Closing the conn must end both streams.
+type dualConn interface {
+	io.ReadWriteCloser
+	BulkStream() io.ReadWriter
+}
+
+// pingReq is a PING awaiting its REPLY. A peer answers PINGs in order, on
+// the stream they came on (the control stream), so replies match the
+// oldest outstanding PING.
+type pingReq struct {
+	sent int64                // unix nanos
+	done chan<- time.Duration // for a caller waiting on this PING, or nil
+}
+
+// maxPings bounds the PINGs remembered: past it the oldest is forgotten,
+// so that a peer that does not answer costs nothing, while our PINGs still
+// go out to feed its silence check.
+const maxPings = 8
+
+// bulkPrefix is the size of a bulk-stream message's prefix: its after
+// count, big-endian.
+const bulkPrefix = 8
 
 // auxCopyMax is the largest aux copied into the queue; larger aux is written
 // from the caller's buffer, which must not change until the link is done
@@ -145,7 +216,15 @@ func NewLink(conn io.ReadWriteCloser, cfg LinkConfig) *Link {
 		done:  make(chan struct{}),
 	}
 	l.space.L = &l.mu
+	l.readCond.L = &l.dmu
 	l.tt = newTransTable(l)
+	if dc, ok := conn.(dualConn); ok {
+		if bs := dc.BulkStream(); bs != nil {
+			l.bulk, l.bulkW = bs, bs
+			l.wakeBulk = make(chan struct{}, 1)
+			l.pacer = newPacer(nil)
+		}
+	}
 	now := time.Now().UnixNano()
 	l.lastRx.Store(now)
 	l.lastTx.Store(now)
@@ -153,6 +232,10 @@ func NewLink(conn io.ReadWriteCloser, cfg LinkConfig) *Link {
 	wg.Add(2)
 	go func() { defer wg.Done(); l.writer() }()
 	go func() { defer wg.Done(); l.reader() }()
+	if l.bulk != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); l.bulkWriter() }()
+	}
 	go func() { wg.Wait(); close(l.done) }()
 	return l
 }
@@ -191,6 +274,9 @@ func (t *Trans) Open(m *Msg, h Handler) (*Trans, error) {
 	}
 	n := l.tt.open(t, m.Cmd)
 	n.handler = h
+	// A child's CREATE names its parent: it must not overtake the
+	// parent's CREATE on the bulk stream.
+	n.bulkLane = t.bulkCreate
 	if err := l.enqueueLocked(n, m); err != nil {
 		return nil, err
 	}
@@ -284,12 +370,31 @@ func (l *Link) enqueueLocked(t *Trans, m *Msg) error {
 	// sends after its own bulk message, so that nothing overtakes within a
 	// transaction. PINGs always stay in front: they measure the link.
 	ping := t.IsRoot() && m.Cmd&maskBaseCmd == CmdLnkPing
-	o.t, o.bulk = t, !ping && (o.aux != nil || t.pendingBulk > 0)
+	o.t = t
+	if l.bulk == nil {
+		// One stream: in order once written, so a transaction is held
+		// to the bulk lane only while its bulk is queued.
+		o.bulk = !ping && (o.aux != nil || t.pendingBulk > 0)
+	} else {
+		o.bulk = !ping && (o.aux != nil || t.bulkLane || m.Cmd&FlagDelete != 0 && t.bulkBelow)
+	}
+	wake := l.wake
 	if o.bulk {
 		t.pendingBulk++
+		if l.bulk != nil {
+			l.markBulkLocked(t, m)
+			o.after = l.ctlEnq
+			wake = l.wakeBulk
+		}
 		l.bulkq = append(l.bulkq, o)
 	} else {
 		l.queue = append(l.queue, o)
+		if l.bulk != nil {
+			l.ctlEnq++
+			if !ping {
+				l.pacer.Demand()
+			}
+		}
 	}
 	l.queued += o.size
 	if l.queued > l.cfg.HardQueueBytes {
@@ -297,10 +402,22 @@ func (l *Link) enqueueLocked(t *Trans, m *Msg) error {
 		return fmt.Errorf("send to %s: %w", l.cfg.Name, ErrQueueFull)
 	}
 	select {
-	case l.wake <- struct{}{}:
+	case wake <- struct{}{}:
 	default:
 	}
 	return nil
+}
+
+// markBulkLocked records that t sent m on the bulk stream: t stays there,
+// and its ancestors' DELETEs follow it there.
+func (l *Link) markBulkLocked(t *Trans, m *Msg) {
+	t.bulkLane = true
+	if m.Cmd&FlagCreate != 0 {
+		t.bulkCreate = true
+	}
+	for p := t.parent; p != nil && !p.bulkBelow; p = p.parent {
+		p.bulkBelow = true
+	}
 }
 
 // fail takes the link down once: the first error is the reason.
@@ -343,7 +460,7 @@ func (l *Link) Shutdown(ctx context.Context) error {
 	flushed := make(chan struct{})
 	go func() {
 		l.mu.Lock()
-		for (len(l.queue) > 0 || len(l.bulkq) > 0 || l.writing) && l.err == nil {
+		for (len(l.queue) > 0 || len(l.bulkq) > 0 || l.writing > 0) && l.err == nil {
 			l.space.Wait()
 		}
 		l.mu.Unlock()
@@ -362,11 +479,11 @@ func (l *Link) Shutdown(ctx context.Context) error {
 	}
 }
 
+// writer writes the control lane, and on one stream the bulk lane too,
+// and runs the keepalive.
 func (l *Link) writer() {
-	rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
-	var seq uint32
+	w := newLaneWriter(l.conn, false)
 	var batch []*outMsg
-	var bufs net.Buffers
 	var tick *time.Ticker
 	var tickC <-chan time.Time
 	if p, d := l.cfg.PingInterval, l.cfg.DeadAfter; p > 0 || d > 0 {
@@ -395,60 +512,22 @@ func (l *Link) writer() {
 		}
 		l.mu.Lock()
 		batch, l.queue = l.queue, batch[:0]
-		for n := 0; len(l.bulkq) > 0 && n < l.cfg.BulkBatch; {
-			o := l.bulkq[0]
-			l.bulkq[0] = nil
-			l.bulkq = l.bulkq[1:]
-			batch = append(batch, o)
-			n += o.size
+		if l.bulk == nil {
+			batch = l.takeBulkLocked(batch)
 		}
-		l.writing = len(batch) > 0
+		if len(batch) > 0 {
+			l.writing++
+		}
 		l.mu.Unlock()
 		if len(batch) == 0 {
 			continue
 		}
-		bufs = bufs[:0]
-		total := 0
-		for _, o := range batch {
-			// The salt's low byte is the per-direction sequence; libdmsg puts
-			// random bits above it.
-			salt := rng.Uint32()&^0xFF | seq&0xFF
-			seq++
-			putSaltAndCRC(o.buf[:o.hs], salt)
-			bufs = append(bufs, o.buf)
-			if o.aux != nil {
-				bufs = append(bufs, o.aux)
-				if pad := align64(len(o.aux)) - len(o.aux); pad > 0 {
-					bufs = append(bufs, zeroPad[:pad])
-				}
-			}
-			total += o.size
-		}
-		// WriteTo consumes the slice it is given; writing from a copy of
-		// the header keeps bufs' backing array for the next batch.
-		wb := bufs
-		_, err := wb.WriteTo(l.conn)
-		l.BytesOut.Add(uint64(total))
-		l.MsgsOut.Add(uint64(len(batch)))
-		l.lastTx.Store(time.Now().UnixNano())
+		err := w.write(l, batch, nil)
 		l.mu.Lock()
-		for i, o := range batch {
-			if o.bulk {
-				o.t.pendingBulk--
-			}
-			o.aux, o.t = nil, nil
-			outPool.Put(o)
-			batch[i] = nil
+		if l.bulk != nil {
+			l.ctlSent += uint64(len(batch))
 		}
-		l.queued -= total
-		l.writing = false
-		l.space.Broadcast()
-		if len(l.queue) > 0 || len(l.bulkq) > 0 {
-			select {
-			case l.wake <- struct{}{}:
-			default:
-			}
-		}
+		l.doneLocked(batch, l.wake)
 		l.mu.Unlock()
 		if err != nil {
 			l.fail(fmt.Errorf("write: %w", err))
@@ -456,11 +535,196 @@ func (l *Link) writer() {
 	}
 }
 
+// bulkWriter writes a two-stream link's bulk lane, paced.
+func (l *Link) bulkWriter() {
+	w := newLaneWriter(l.bulkW, true)
+	var batch []*outMsg
+	for {
+		select {
+		case <-l.dying:
+			return
+		case <-l.wakeBulk:
+		}
+		l.mu.Lock()
+		batch = l.takeBulkLocked(batch[:0])
+		if len(batch) == 0 {
+			l.mu.Unlock()
+			continue
+		}
+		l.writing++
+		// What the batch follows on the control stream goes out first
+		// (see the top of this file).
+		for after := batch[len(batch)-1].after; l.ctlSent < after && l.err == nil; {
+			l.space.Wait()
+		}
+		if l.err != nil {
+			l.doneLocked(batch, l.wakeBulk)
+			l.mu.Unlock()
+			return
+		}
+		l.mu.Unlock()
+		err := w.write(l, batch, l.pacer)
+		l.mu.Lock()
+		l.doneLocked(batch, l.wakeBulk)
+		l.mu.Unlock()
+		if err != nil {
+			l.fail(fmt.Errorf("write bulk: %w", err))
+		}
+	}
+}
+
+// takeBulkLocked moves up to one bulk turn (BulkBatch) from the bulk queue
+// to batch.
+func (l *Link) takeBulkLocked(batch []*outMsg) []*outMsg {
+	for n := 0; len(l.bulkq) > 0 && n < l.cfg.BulkBatch; {
+		o := l.bulkq[0]
+		l.bulkq[0] = nil
+		l.bulkq = l.bulkq[1:]
+		batch = append(batch, o)
+		n += o.size
+	}
+	return batch
+}
+
+// doneLocked releases a written batch and wakes its writer again if its
+// queue is not empty.
+func (l *Link) doneLocked(batch []*outMsg, wake chan struct{}) {
+	total := 0
+	for i, o := range batch {
+		if o.bulk {
+			o.t.pendingBulk--
+		}
+		total += o.size
+		o.aux, o.t = nil, nil
+		outPool.Put(o)
+		batch[i] = nil
+	}
+	l.queued -= total
+	l.writing--
+	l.space.Broadcast()
+	var more bool
+	switch {
+	case l.bulk == nil:
+		more = len(l.queue) > 0 || len(l.bulkq) > 0
+	case wake == l.wakeBulk:
+		more = len(l.bulkq) > 0
+	default:
+		more = len(l.queue) > 0
+	}
+	if more {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// laneWriter writes batches of messages to one stream, with the stream's
+// own salt sequence.
+type laneWriter struct {
+	w      io.Writer
+	prefix bool // bulk stream: each message is prefixed with its after count
+	rng    *rand.Rand
+	seq    uint32
+	bufs   net.Buffers
+	pre    []byte
+}
+
+func newLaneWriter(w io.Writer, prefix bool) *laneWriter {
+	return &laneWriter{w: w, prefix: prefix, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+}
+
+func (lw *laneWriter) write(l *Link, batch []*outMsg, p *pacer) error {
+	lw.bufs = lw.bufs[:0]
+	lw.pre = lw.pre[:0]
+	total := 0
+	for _, o := range batch {
+		// The salt's low byte is the per-direction sequence; libdmsg puts
+		// random bits above it.
+		salt := lw.rng.Uint32()&^0xFF | lw.seq&0xFF
+		lw.seq++
+		putSaltAndCRC(o.buf[:o.hs], salt)
+		if lw.prefix {
+			// The prefix and the header go in one write.
+			lw.pre = binary.BigEndian.AppendUint64(lw.pre, o.after)
+			lw.pre = append(lw.pre, o.buf...)
+		}
+	}
+	off := 0
+	for _, o := range batch {
+		if lw.prefix {
+			n := bulkPrefix + len(o.buf)
+			lw.bufs = append(lw.bufs, lw.pre[off:off+n])
+			off += n
+		} else {
+			lw.bufs = append(lw.bufs, o.buf)
+		}
+		if o.aux != nil {
+			lw.bufs = append(lw.bufs, o.aux)
+			if pad := align64(len(o.aux)) - len(o.aux); pad > 0 {
+				lw.bufs = append(lw.bufs, zeroPad[:pad])
+			}
+		}
+		total += o.size
+	}
+	var err error
+	if p == nil {
+		// WriteTo consumes the slice it is given; writing from a copy
+		// of the header keeps bufs' backing array for the next batch.
+		wb := lw.bufs
+		_, err = wb.WriteTo(lw.w)
+	} else {
+		err = l.pacedWrite(lw.w, lw.bufs, p)
+	}
+	l.BytesOut.Add(uint64(total))
+	l.MsgsOut.Add(uint64(len(batch)))
+	l.lastTx.Store(time.Now().UnixNano())
+	return err
+}
+
+// pacedWrite writes bufs as the pacer allows, PINGing to give it round
+// trips while it holds the bulk back.
+func (l *Link) pacedWrite(w io.Writer, bufs net.Buffers, p *pacer) error {
+	var timer *time.Timer
+	for _, b := range bufs {
+		for len(b) > 0 {
+			if p.ProbeDue() {
+				l.probe()
+			}
+			k, wait := p.Take(len(b))
+			if k == 0 {
+				if timer == nil {
+					timer = time.NewTimer(wait)
+					defer timer.Stop()
+				} else {
+					timer.Reset(wait)
+				}
+				select {
+				case <-timer.C:
+				case <-l.dying:
+					return l.Err()
+				}
+				continue
+			}
+			if _, err := w.Write(b[:k]); err != nil {
+				return err
+			}
+			b = b[k:]
+		}
+	}
+	return nil
+}
+
+// dropQueue drops what is queued; a batch the bulk writer still holds is
+// its own to release.
 func (l *Link) dropQueue() {
 	l.mu.Lock()
+	for _, q := range [][]*outMsg{l.queue, l.bulkq} {
+		for _, o := range q {
+			l.queued -= o.size
+		}
+	}
 	l.queue, l.bulkq = nil, nil
-	l.queued = 0
-	l.writing = false
 	l.space.Broadcast()
 	l.mu.Unlock()
 }
@@ -479,11 +743,69 @@ func (l *Link) keepalive(now time.Time) {
 	if p <= 0 || n-l.lastTx.Load() < p && n-l.lastRx.Load() < p {
 		return
 	}
-	if sent := l.pingSent.Load(); sent != 0 && n-sent < p {
+	l.mu.Lock()
+	recent := len(l.pings) > 0 && n-l.pings[len(l.pings)-1].sent < p
+	l.mu.Unlock()
+	if !recent {
+		l.ping(nil, false)
+	}
+}
+
+// ping sends a PING, whose round trip sets RTT and, on a two-stream link,
+// feeds the pacer; done, if not nil, receives it too. demand says whether
+// the PING stands for control traffic waiting (and so engages the pacer),
+// as a keepalive or the pacer's own probe does not. It returns false if the
+// link is down.
+func (l *Link) ping(done chan<- time.Duration, demand bool) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.pings) >= maxPings {
+		l.pings = append(l.pings[:0], l.pings[1:]...)
+	}
+	l.pings = append(l.pings, pingReq{sent: time.Now().UnixNano(), done: done})
+	if err := l.enqueueLocked(l.Root(), &Msg{Header: Header{Cmd: CmdLnkPing}}); err != nil {
+		l.pings = l.pings[:len(l.pings)-1]
+		return false
+	}
+	if demand && l.pacer != nil {
+		l.pacer.Demand()
+	}
+	return true
+}
+
+// probe PINGs for the pacer unless a PING is already out: one at a time,
+// so that a long path does not pile up probes.
+func (l *Link) probe() {
+	l.mu.Lock()
+	idle := len(l.pings) == 0
+	l.mu.Unlock()
+	if idle {
+		l.ping(nil, false)
+	}
+}
+
+// pong matches a PING's REPLY to the oldest PING outstanding.
+func (l *Link) pong() {
+	now := time.Now().UnixNano()
+	l.mu.Lock()
+	if len(l.pings) == 0 {
+		l.mu.Unlock()
 		return
 	}
-	l.pingSent.Store(n)
-	_ = l.Root().Send(&Msg{Header: Header{Cmd: CmdLnkPing}})
+	pr := l.pings[0]
+	l.pings = append(l.pings[:0], l.pings[1:]...)
+	l.mu.Unlock()
+	rtt := time.Duration(now - pr.sent)
+	l.rtt.Store(int64(rtt))
+	if l.pacer != nil {
+		l.pacer.Sample(rtt)
+	}
+	if pr.done != nil {
+		select {
+		case pr.done <- rtt:
+		default:
+		}
+	}
 }
 
 func putSaltAndCRC(hdr []byte, salt uint32) {
@@ -501,15 +823,32 @@ func putSaltAndCRC(hdr []byte, salt uint32) {
 // reader reads and dispatches until the stream fails, then fails every
 // open transaction with LOSTLINK, children first, and runs OnClose.
 func (l *Link) reader() {
-	err := l.readLoop()
+	var bulkDone chan struct{}
+	if l.bulk != nil {
+		bulkDone = make(chan struct{})
+		go func() {
+			defer close(bulkDone)
+			l.fail(l.readLoop(l.bulk, true))
+		}()
+	}
+	err := l.readLoop(l.conn, false)
 	l.fail(err)
-	l.logDown(err)
+	l.dmu.Lock()
+	l.ctlStopped = true
+	l.readCond.Broadcast()
+	l.dmu.Unlock()
+	if bulkDone != nil {
+		<-bulkDone
+	}
+	l.logDown(l.Err())
 	l.mu.Lock()
 	lost := l.tt.lostLink()
 	l.mu.Unlock()
+	l.dmu.Lock()
 	for i := range lost {
 		l.dispatch(&lost[i])
 	}
+	l.dmu.Unlock()
 	if l.cfg.OnClose != nil {
 		l.cfg.OnClose(l.Err())
 	}
@@ -535,13 +874,23 @@ func (l *Link) logDown(err error) {
 // throughput, and 1 MiB was worse again (cache). It costs 256 KiB per link.
 const readBufSize = 256 << 10
 
-func (l *Link) readLoop() error {
-	br := bufio.NewReaderSize(l.conn, readBufSize)
+// readLoop reads one stream; on the bulk stream each message comes after
+// its prefix.
+func (l *Link) readLoop(r io.Reader, bulk bool) error {
+	br := bufio.NewReaderSize(r, readBufSize)
 	var hdr [HdrMax]byte
+	var pre [bulkPrefix]byte
 	var aux []byte
 	var seq uint32
 	var m Msg
 	for {
+		var after uint64
+		if bulk {
+			if _, err := io.ReadFull(br, pre[:]); err != nil {
+				return l.readErr(err, "bulk prefix")
+			}
+			after = binary.BigEndian.Uint64(pre[:])
+		}
 		if _, err := io.ReadFull(br, hdr[:HdrSize]); err != nil {
 			return l.readErr(err, "header")
 		}
@@ -558,7 +907,7 @@ func (l *Link) readLoop() error {
 		if cap(aux) < ap {
 			aux = make([]byte, ap)
 		}
-		if err := readAux(br, l.conn, aux[:ap]); err != nil {
+		if err := readAux(br, r, aux[:ap]); err != nil {
 			return l.readErr(err, "aux data")
 		}
 		if err := DecodeAux(aux[:ap], &m); err != nil {
@@ -571,7 +920,7 @@ func (l *Link) readLoop() error {
 		l.lastRx.Store(time.Now().UnixNano())
 		l.BytesIn.Add(uint64(hs + ap))
 		l.MsgsIn.Add(1)
-		if err := l.receive(&m); err != nil {
+		if err := l.dispatchRead(&m, bulk, after); err != nil {
 			return err
 		}
 		select {
@@ -611,6 +960,32 @@ func (l *Link) readErr(err error, what string) error {
 		return io.EOF
 	}
 	return fmt.Errorf("read %s: %w", what, err)
+}
+
+// dispatchRead runs a message read from a stream, one at a time across
+// both readers. A bulk-stream message first waits until the control reader
+// has dispatched the control messages it follows.
+func (l *Link) dispatchRead(m *Msg, bulk bool, after uint64) error {
+	l.dmu.Lock()
+	defer l.dmu.Unlock()
+	if bulk {
+		for l.ctlRead < after && !l.ctlStopped {
+			l.bulkWaits = true
+			l.readCond.Wait()
+		}
+		if l.ctlRead < after {
+			return ErrLinkClosed
+		}
+	}
+	err := l.receive(m)
+	if !bulk {
+		l.ctlRead++
+		if l.bulkWaits {
+			l.bulkWaits = false
+			l.readCond.Broadcast()
+		}
+	}
+	return err
 }
 
 // receive runs one message through the state machine and its handler.
@@ -680,9 +1055,7 @@ func (l *Link) oneWay(m *Msg) {
 		_ = l.Root().Send(&Msg{Header: Header{Cmd: CmdLnkPing | FlagReply}})
 		return
 	case CmdLnkPing | FlagReply:
-		if sent := l.pingSent.Swap(0); sent != 0 {
-			l.rtt.Store(time.Now().UnixNano() - sent)
-		}
+		l.pong()
 		return
 	}
 	if l.cfg.Handler != nil {

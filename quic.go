@@ -11,13 +11,16 @@ package main
 // only if that key is in its TrustStore. Certificate chains, names and dates
 // mean nothing here.
 //
-// One QUIC connection carries one dmsg link on one bidirectional stream. The
-// dialer opens the stream and writes an 8-byte preamble, which the acceptor
-// echoes; only then does either side hand the link out. The preamble exists
-// because a QUIC peer learns of a stream only when data arrives on it, and
-// the echo because a TLS 1.3 client finishes its handshake before the server
-// has judged the client's certificate: without it, Dial would "succeed"
-// against a peer that is about to refuse us.
+// One QUIC connection carries one dmsg link on two bidirectional streams:
+// the control stream, urgent, for everything but bulk, and the bulk stream
+// (iocom.go, "Lanes"; docs/PROTOCOL.md §3). The dialer opens the control
+// stream and writes an 8-byte preamble, then opens the bulk stream and
+// writes another; the acceptor checks both and echoes the first. Only then
+// does either side hand the link out. The preambles exist because a QUIC
+// peer learns of a stream only when data arrives on it, and the echo because
+// a TLS 1.3 client finishes its handshake before the server has judged the
+// client's certificate: without it, Dial would "succeed" against a peer that
+// is about to refuse us.
 
 import (
 	"context"
@@ -47,14 +50,17 @@ import (
 
 const (
 	quicALPN     = "hammer2-dmsg"
-	quicPreamble = "H2DMSG\x00\x01" // magic, then a big-endian version
+	quicPreamble = "H2DMSG\x00\x02" // magic, then a big-endian version
+	// quicBulkPreamble opens the bulk stream. Version 2 of the control
+	// preamble is what says the link has one.
+	quicBulkPreamble = "H2DBULK\x00"
 
 	// Application error codes carried in CONNECTION_CLOSE.
 	quicCodeClose    quic.ApplicationErrorCode = 0 // orderly close
 	quicCodeProtocol quic.ApplicationErrorCode = 1 // missing or bad preamble
 
-	// One stream carries the link; leave room for later use (e.g. a bulk
-	// stream) without letting a peer make us track thousands.
+	// Two streams carry the link; leave room for later use without
+	// letting a peer make us track thousands.
 	quicMaxStreams = 16
 
 	resetKeyInfo = "hammer2-leaf quic stateless reset key v1"
@@ -67,20 +73,23 @@ var errDialOnly = errors.New("quic: this node only dials (listen = none)")
 // packetized, so a smaller turn lets control messages in sooner.
 const quicBulkBatch = 64 << 10
 
-// Flow control is what paces a link's bulk data. A stream Write returns
-// once its bytes are packetized, so what the link has written and the peer's
-// link has not yet read is in flight, and a PING or span update written
-// after it waits behind all of it. When the receiving link reads more slowly
-// than the path delivers (a busy CPU), the whole receive window fills with
-// unread bulk and each PING waits window/read rate: with quic-go's defaults
-// (512 KiB per stream, auto-tuned up to 6 MiB, 15 MiB per connection) the
-// PING p99 reached 20-150 ms on a 2-vCPU machine busy with other work
-// (docs/BENCHMARKS.md, "QUIC links"). Windows sized for the local path
-// would instead hold a long path to window/RTT. So the windows start at what
-// a fast short path needs (a 384 KiB connection window keeps loopback
-// throughput within about 10 % of quic-go's defaults; 96 KiB halves it),
-// and auto-tuning may grow the connection's only on paths with a minimum RTT
-// of quicLongPath or more, to twice the bandwidth-delay product of a
+// Flow control is what bounds a link's bulk data in flight. A stream Write
+// returns once its bytes are packetized, so what the link has written and
+// the peer's link has not yet read is in flight. On one stream a PING or
+// span update written after it waits behind all of it; on the two streams of
+// a link it has a stream of its own, but the connection window is shared, so
+// unread bulk can still hold it back (and the packets sent ahead of it still
+// go first). When the receiving link reads more slowly than the path
+// delivers (a busy CPU), the whole receive window fills with unread bulk and
+// each PING waits window/read rate: with quic-go's defaults (512 KiB per
+// stream, auto-tuned up to 6 MiB, 15 MiB per connection) the PING p99
+// reached 20-150 ms on a 2-vCPU machine busy with other work
+// (docs/BENCHMARKS.md, "QUIC links"). Windows sized for the local path would
+// instead hold a long path to window/RTT. So the windows start at what a
+// fast short path needs (a 384 KiB connection window keeps loopback
+// throughput within about 10 % of quic-go's defaults; 96 KiB halves it), and
+// auto-tuning may grow the connection's only on paths with a minimum RTT of
+// quicLongPath or more, to twice the bandwidth-delay product of a
 // quicPathRate path (allowWindowIncrease).
 const (
 	quicStreamWindow    = 256 << 10 // initial, per stream
@@ -179,6 +188,10 @@ type QuicNode struct {
 
 	winMu sync.Mutex
 	wins  map[*quic.Conn]uint64 // receive window of each connection that asked to grow it
+	// grewAt is, per connection, the smallest min RTT a growth beyond the
+	// initial window was allowed at (for tests: under load even loopback
+	// can look like a long path for a moment).
+	grewAt map[*quic.Conn]time.Duration
 }
 
 // NewQuicNode binds cfg.Listen and starts accepting links.
@@ -311,11 +324,13 @@ func (n *QuicNode) allowWindowIncrease(c *quic.Conn, delta uint64) bool {
 		context.AfterFunc(c.Context(), func() {
 			n.winMu.Lock()
 			delete(n.wins, c)
+			delete(n.grewAt, c)
 			n.winMu.Unlock()
 		})
 	}
 	limit := uint64(quicConnWindow)
-	if rtt := c.ConnectionStats().MinRTT; rtt >= quicLongPath {
+	rtt := c.ConnectionStats().MinRTT
+	if rtt >= quicLongPath {
 		limit = max(limit, uint64(2*rtt.Seconds()*quicPathRate))
 	}
 	if w+delta > limit {
@@ -323,6 +338,14 @@ func (n *QuicNode) allowWindowIncrease(c *quic.Conn, delta uint64) bool {
 		return false
 	}
 	n.wins[c] = w + delta
+	if w+delta > quicConnWindow {
+		if n.grewAt == nil {
+			n.grewAt = map[*quic.Conn]time.Duration{}
+		}
+		if old, ok := n.grewAt[c]; !ok || rtt < old {
+			n.grewAt[c] = rtt
+		}
+	}
 	return true
 }
 
@@ -410,6 +433,7 @@ func (n *QuicNode) admit(conn *quic.Conn) {
 		conn.CloseWithError(quicCodeProtocol, "no stream")
 		return
 	}
+	var bulk *quic.Stream
 	var got [len(quicPreamble)]byte
 	err = withStreamDeadline(ctx, str, func() error {
 		if _, err := io.ReadFull(str, got[:]); err != nil {
@@ -418,7 +442,24 @@ func (n *QuicNode) admit(conn *quic.Conn) {
 		if string(got[:]) != quicPreamble {
 			return fmt.Errorf("bad preamble %q", got[:])
 		}
-		_, err := io.WriteString(str, quicPreamble)
+		// quic-go hands out a peer's streams in the order of their
+		// IDs, so this is the one opened second.
+		var err error
+		if bulk, err = conn.AcceptStream(ctx); err != nil {
+			return fmt.Errorf("no bulk stream: %w", err)
+		}
+		if err := withStreamDeadline(ctx, bulk, func() error {
+			if _, err := io.ReadFull(bulk, got[:]); err != nil {
+				return err
+			}
+			if string(got[:]) != quicBulkPreamble {
+				return fmt.Errorf("bad bulk preamble %q", got[:])
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		_, err = io.WriteString(str, quicPreamble)
 		return err
 	})
 	if err != nil {
@@ -426,7 +467,7 @@ func (n *QuicNode) admit(conn *quic.Conn) {
 		conn.CloseWithError(quicCodeProtocol, "bad preamble")
 		return
 	}
-	l := n.newLink(conn, str, false)
+	l := n.newLink(conn, str, bulk, false)
 	if l == nil {
 		return
 	}
@@ -490,11 +531,22 @@ func (n *QuicNode) Dial(ctx context.Context, addr string) (*QuicLink, error) {
 	}
 	pctx, pcancel := context.WithTimeout(ctx, n.cfg.DeadAfter)
 	defer pcancel()
+	var bulk *quic.Stream
 	str, err := conn.OpenStreamSync(pctx)
 	if err == nil {
 		var got [len(quicPreamble)]byte
 		err = withStreamDeadline(pctx, str, func() error {
 			if _, err := io.WriteString(str, quicPreamble); err != nil {
+				return err
+			}
+			var err error
+			if bulk, err = conn.OpenStreamSync(pctx); err != nil {
+				return err
+			}
+			if err := withStreamDeadline(pctx, bulk, func() error {
+				_, err := io.WriteString(bulk, quicBulkPreamble)
+				return err
+			}); err != nil {
 				return err
 			}
 			if _, err := io.ReadFull(str, got[:]); err != nil {
@@ -516,7 +568,7 @@ func (n *QuicNode) Dial(ctx context.Context, addr string) (*QuicLink, error) {
 		conn.CloseWithError(quicCodeProtocol, "preamble failed")
 		return nil, n.dialError(addr, err)
 	}
-	l := n.newLink(conn, str, true)
+	l := n.newLink(conn, str, bulk, true)
 	if l == nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, net.ErrClosed)
 	}
@@ -608,11 +660,14 @@ func resolveListen(listen string) (*net.UDPAddr, error) {
 // newLink wraps an authenticated connection and tracks it until it ends,
 // so Close can say goodbye. It returns nil, having closed conn, if the node
 // is closing.
-func (n *QuicNode) newLink(conn *quic.Conn, str *quic.Stream, dialed bool) *QuicLink {
+func (n *QuicNode) newLink(conn *quic.Conn, str, bulk *quic.Stream, dialed bool) *QuicLink {
 	// The handshake guaranteed an Ed25519 leaf certificate (verifyPeer).
 	pub := conn.ConnectionState().TLS.PeerCertificates[0].PublicKey.(ed25519.PublicKey)
 	name, _ := n.trust.Lookup(pub)
-	l := &QuicLink{conn: conn, str: str, peer: pub, name: name, dialed: dialed, since: time.Now()}
+	// Control data leaves ahead of any bulk data quic-go holds: a PING
+	// then waits only for the packets already sent.
+	str.SetPriority(0, false)
+	l := &QuicLink{conn: conn, str: str, bulk: bulk, peer: pub, name: name, dialed: dialed, since: time.Now()}
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
@@ -661,7 +716,8 @@ func (n *QuicNode) Close() error {
 // QuicLink is one authenticated QUIC connection carrying one dmsg link.
 type QuicLink struct {
 	conn   *quic.Conn
-	str    *quic.Stream
+	str    *quic.Stream // control
+	bulk   *quic.Stream
 	peer   ed25519.PublicKey
 	name   string
 	dialed bool
@@ -714,9 +770,11 @@ func (l *QuicLink) Stats() QuicStats {
 	}
 }
 
-// Stream returns the dmsg byte stream. Its Close ends the whole link, as
-// closing a TCP connection would, and unblocks a pending Read; CloseWrite
-// only sends a FIN after the data already written.
+// Stream returns the link's control stream, which also offers the bulk
+// stream (BulkStream) for a Link to carry its bulk lane. Its Close ends the
+// whole link, as closing a TCP connection would, and unblocks a pending
+// Read on either stream; CloseWrite only sends a FIN after the data already
+// written.
 func (l *QuicLink) Stream() io.ReadWriteCloser { return quicLinkStream{l} }
 
 // Done is closed when the link has ended, for whatever reason.
@@ -741,6 +799,14 @@ func (l *QuicLink) Close() error {
 }
 
 type quicLinkStream struct{ l *QuicLink }
+
+// BulkStream is the stream for the Link's bulk lane (dualConn).
+func (s quicLinkStream) BulkStream() io.ReadWriter {
+	if s.l.bulk == nil {
+		return nil
+	}
+	return s.l.bulk
+}
 
 func (s quicLinkStream) Read(p []byte) (int, error)         { return s.l.str.Read(p) }
 func (s quicLinkStream) Write(p []byte) (int, error)        { return s.l.str.Write(p) }

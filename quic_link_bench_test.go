@@ -333,22 +333,20 @@ func BenchmarkQuicDmsgRoundTrip(b *testing.B) {
 
 // qlbPing sends one dmsg PING on l and returns its round trip as the link
 // itself measures it for Link.RTT (from just before the PING is queued to
-// the reader's handling of the REPLY). The links run with PINGs off, so no
-// keepalive PING can take the answer. The wait polls, which delays only the
-// next sample, not the figure.
+// the reader's handling of the REPLY). The PING counts as control traffic
+// waiting, as a span update would: on a two-stream link it engages the
+// bulk pacer.
 func qlbPing(l *Link) (time.Duration, error) {
-	l.pingSent.Store(time.Now().UnixNano())
-	if err := l.Root().Send(&Msg{Header: Header{Cmd: CmdLnkPing}}); err != nil {
-		return 0, err
+	done := make(chan time.Duration, 1)
+	if !l.ping(done, true) {
+		return 0, fmt.Errorf("PING not sent (link err %v)", l.Err())
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for l.pingSent.Load() != 0 {
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("no PING reply within 5s (link err %v)", l.Err())
-		}
-		time.Sleep(20 * time.Microsecond)
+	select {
+	case rtt := <-done:
+		return rtt, nil
+	case <-time.After(5 * time.Second):
+		return 0, fmt.Errorf("no PING reply within 5s (link err %v)", l.Err())
 	}
-	return l.RTT(), nil
 }
 
 // qlbPercentiles returns the median and 99th percentile in microseconds.
@@ -563,7 +561,17 @@ func TestQuicWindowFollowsPath(t *testing.T) {
 				t.Errorf("window %d KiB on a 10 ms path, want it grown to 1 MiB or more", got>>10)
 			}
 			if !tc.grow && got > quicConnWindow {
-				t.Errorf("window grew to %d KiB on loopback", got>>10)
+				// A loaded machine can delay every RTT sample past 1 ms
+				// early on; growth is wrong only if it was allowed on a
+				// path that looked short.
+				c.winMu.Lock()
+				at, ok := c.grewAt[lc.conn]
+				c.winMu.Unlock()
+				if !ok || at < quicLongPath {
+					t.Errorf("window grew to %d KiB on loopback (min RTT when it grew: %v)", got>>10, at)
+				} else {
+					t.Logf("window grew to %d KiB on loopback while the min RTT read %v (a loaded machine)", got>>10, at)
+				}
 			}
 		})
 	}

@@ -264,40 +264,53 @@ func TestQuicUntrustedRefused(t *testing.T) {
 }
 
 func TestQuicBadPreamble(t *testing.T) {
-	ctx := testCtx(t, 10*time.Second)
-	ka, kb := newTestKey(t), newTestKey(t)
-	a := startNode(t, ka, QuicConfig{}, peer{"b", kb.Public().(ed25519.PublicKey)})
-	b := startNode(t, kb, QuicConfig{}, peer{"a", ka.Public().(ed25519.PublicKey)})
+	for _, tc := range []struct {
+		name    string
+		streams []string // what the dialer writes on each stream it opens
+	}{
+		{"garbage", []string{"GET / HTTP/1.0\r\n"}},
+		{"version 1", []string{"H2DMSG\x00\x01"}},
+		{"bad bulk preamble", []string{quicPreamble, "GET / HTTP/1.0\r\n"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t, 10*time.Second)
+			ka, kb := newTestKey(t), newTestKey(t)
+			a := startNode(t, ka, QuicConfig{}, peer{"b", kb.Public().(ed25519.PublicKey)})
+			b := startNode(t, kb, QuicConfig{}, peer{"a", ka.Public().(ed25519.PublicKey)})
 
-	// A trusted peer that speaks something else on the stream.
-	conn, err := a.tr.Dial(ctx, b.Addr(), a.cliTLS, a.qconf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.CloseWithError(0, "")
-	str, err := conn.OpenStreamSync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := str.Write([]byte("GET / HTTP/1.0\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-conn.Context().Done():
-	case <-ctx.Done():
-		t.Fatal("acceptor kept a connection with a bad preamble")
-	}
-	var ae *quic.ApplicationError
-	if err := context.Cause(conn.Context()); !errors.As(err, &ae) || ae.ErrorCode != quicCodeProtocol {
-		t.Errorf("close error %v, want application error %d", err, quicCodeProtocol)
-	}
-	actx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-	defer cancel()
-	if _, err := b.Accept(actx); err == nil {
-		t.Error("Accept returned a link with a bad preamble")
-	}
-	if !strings.Contains(b.logs.String(), "preamble") {
-		t.Errorf("no log of the bad preamble:\n%s", b.logs.String())
+			// A trusted peer that speaks something else on the streams.
+			conn, err := a.tr.Dial(ctx, b.Addr(), a.cliTLS, a.qconf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.CloseWithError(0, "")
+			for _, w := range tc.streams {
+				str, err := conn.OpenStreamSync(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := str.Write([]byte(w)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			select {
+			case <-conn.Context().Done():
+			case <-ctx.Done():
+				t.Fatal("acceptor kept a connection with a bad preamble")
+			}
+			var ae *quic.ApplicationError
+			if err := context.Cause(conn.Context()); !errors.As(err, &ae) || ae.ErrorCode != quicCodeProtocol {
+				t.Errorf("close error %v, want application error %d", err, quicCodeProtocol)
+			}
+			actx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+			defer cancel()
+			if _, err := b.Accept(actx); err == nil {
+				t.Error("Accept returned a link with a bad preamble")
+			}
+			if !strings.Contains(b.logs.String(), "preamble") {
+				t.Errorf("no log of the bad preamble:\n%s", b.logs.String())
+			}
+		})
 	}
 }
 

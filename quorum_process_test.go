@@ -1389,6 +1389,10 @@ func TestQuorumChaos(t *testing.T) {
 						}
 						time.Sleep(10 * time.Millisecond)
 					}
+					// A revoke may have ended it after the last look.
+					if at, ok := k.lockEnded(r.msgid); ok && at.Before(h.to) {
+						h.to = at
+					}
 					k.cacRelease(r.msgid)
 				case r.outcome == qpUnknown && r.code == 0 && !k.qpGone():
 					k.cacRelease(r.msgid) // no answer: give up on it

@@ -34,6 +34,11 @@ type Trans struct {
 	orphan   bool // opened under a circuit we do not know
 
 	pendingBulk int // messages in the link's bulk lane not yet written
+	// On a two-stream link (iocom.go, "Lanes"): bulkLane, our later
+	// messages go on the bulk stream since one did; bulkCreate, our
+	// CREATE went there, so children we open follow it there; bulkBelow,
+	// a descendant's messages went there, so our DELETE follows them.
+	bulkLane, bulkCreate, bulkBelow bool
 
 	// Data is for the owner of the transaction (the span or quorum code).
 	Data any
