@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 )
@@ -401,11 +403,19 @@ func TestSpanSimRandom(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(seed), 7))
 			s := newSpanSim(3+rng.IntN(40), rng, mode.batch)
 			s.randomGraph(rng, 0)
+			var before [][]simRelayRow
 			for step := range 6 {
 				if err := s.run(50_000_000); err != nil {
 					t.Fatalf("%s seed %d step %d: %v", mode.name, seed, step, err)
 				}
 				s.check(t)
+				// No event settles in fewer messages than its floor: if one
+				// did, the floor (and msgs/affected) would be mismeasured.
+				after := s.relayTable()
+				if a := s.affected(before, after); step > 0 && s.msgs < a.floor() {
+					t.Fatalf("%s seed %d step %d: %d messages, floor %d (%+v)", mode.name, seed, step, s.msgs, a.floor(), a)
+				}
+				before, s.msgs = after, 0
 				switch rng.IntN(3) {
 				case 0:
 					if k := rng.IntN(len(s.nodes)); !s.nodes[k].dead {
@@ -456,12 +466,125 @@ func TestSpanSimRing(t *testing.T) {
 	}
 }
 
+// simRelayRow is one relay a router holds, as its receiver sees it: what
+// the (node, connection, PFS) triple advertises.
+type simRelayRow struct {
+	conn connID
+	pfs  int32
+	dist uint32
+	rnss uint32
+}
+
+// relayTable is every live router's relays, each sorted by (conn, PFS).
+func (s *spanSim) relayTable() [][]simRelayRow {
+	t := make([][]simRelayRow, len(s.nodes))
+	for i, nd := range s.nodes {
+		if nd.dead {
+			continue
+		}
+		rows := make([]simRelayRow, 0, len(nd.r.relays))
+		for _, rl := range nd.r.relays {
+			k := rl.node.key.pfsID
+			rows = append(rows, simRelayRow{conn: rl.conn, pfs: int32(k[0]) | int32(k[1])<<8,
+				dist: rl.link.dist + 1, rnss: rl.link.rnss + nd.r.salt})
+		}
+		slices.SortFunc(rows, func(a, b simRelayRow) int { return cmp.Or(cmp.Compare(a.conn, b.conn), cmp.Compare(a.pfs, b.pfs)) })
+		t[i] = rows
+	}
+	return t
+}
+
+// simAffected is what an event changed between two quiet networks.
+type simAffected struct {
+	opened, closed, changed int // relays
+	pairs                   int // distinct (node, connection) with any of them
+}
+
+// relays is the affected (node, connection, PFS) relays.
+func (a simAffected) relays() int { return a.opened + a.closed + a.changed }
+
+// floor is the fewest messages that make the change on DragonFly's wire:
+// an open is a CREATE; a close a DELETE and the receiver's answering
+// DELETE; a change opens the new relay before closing the old one, so
+// three.
+func (a simAffected) floor() int { return a.opened + 2*a.closed + 3*a.changed }
+
+// affected diffs the relay tables of the quiet network before an event and
+// the quiet network now. Only connections between nodes live now count:
+// the relays of a dead node and those toward it vanish with the link, and
+// no message can be spent on them. A relay that was closed and reopened
+// with the same dist and rnss is not affected; its messages are overhead.
+func (s *spanSim) affected(before, after [][]simRelayRow) simAffected {
+	var a simAffected
+	for i, nd := range s.nodes {
+		if nd.dead {
+			continue
+		}
+		var b []simRelayRow
+		if i < len(before) {
+			b = before[i]
+		}
+		live := func(c connID) bool {
+			e := nd.peers[c]
+			return e.up && !s.nodes[e.node].dead
+		}
+		var last connID
+		hit := false
+		note := func(c connID) {
+			if !hit || c != last {
+				a.pairs++
+			}
+			hit, last = true, c
+		}
+		x, y := b, after[i]
+		for len(x) > 0 || len(y) > 0 {
+			var c int
+			switch {
+			case len(x) == 0:
+				c = 1
+			case len(y) == 0:
+				c = -1
+			default:
+				c = cmp.Or(cmp.Compare(x[0].conn, y[0].conn), cmp.Compare(x[0].pfs, y[0].pfs))
+			}
+			switch {
+			case c < 0:
+				if live(x[0].conn) {
+					a.closed++
+					note(x[0].conn)
+				}
+				x = x[1:]
+			case c > 0:
+				if live(y[0].conn) {
+					a.opened++
+					note(y[0].conn)
+				}
+				y = y[1:]
+			default:
+				if x[0] != y[0] && live(y[0].conn) {
+					a.changed++
+					note(y[0].conn)
+				}
+				x, y = x[1:], y[1:]
+			}
+		}
+	}
+	return a
+}
+
 // BenchmarkSpanSim: for random graphs of 10, 100 and 1000 nodes, the time
 // and messages to converge after a node joins and after one dies, and the
 // memory held per span. One iteration builds and converges the whole graph
-// from nothing (form-ms, outside the timer), then times a join and a death.
+// from nothing (form-ms, outside the timer), then times simEvents joins
+// and deaths in turn, each on the network the last one left.
 // nodes=N drains each node's input in one batch; nodes=N/each delivers one
-// message at a time, as the service does today.
+// message at a time.
+//
+// Per event, "affected" is the (node, connection, PFS) relays that differ
+// between the quiet network before and the one after (see affected), and
+// msgs/affected the messages spent per affected relay: if it stays flat as
+// the graph grows, messages grow no faster than what an event changes.
+// msgs/floor divides by the fewest messages the change needs on the wire.
 func BenchmarkSpanSim(b *testing.B) {
 	for _, n := range []int{10, 100, 1000} {
 		for _, mode := range simModes {
@@ -474,9 +597,57 @@ func BenchmarkSpanSim(b *testing.B) {
 	}
 }
 
+// randomLive picks a live node: joining a dead one would count messages
+// sent to nobody.
+func (s *spanSim) randomLive(rng *rand.Rand) int {
+	for {
+		if k := rng.IntN(len(s.nodes)); !s.nodes[k].dead {
+			return k
+		}
+	}
+}
+
+// simEvents is how many joins and how many deaths one iteration times.
+const simEvents = 5
+
+// simEventStats gathers one kind of event over a benchmark.
+type simEventStats struct {
+	t                             time.Duration
+	msgs, affected, pairs, events int
+	perAffected, perFloor         []float64
+}
+
+func (e *simEventStats) add(d time.Duration, msgs int, a simAffected) {
+	e.t += d
+	e.msgs += msgs
+	e.affected += a.relays()
+	e.pairs += a.pairs
+	e.events++
+	e.perAffected = append(e.perAffected, float64(msgs)/float64(max(a.relays(), 1)))
+	e.perFloor = append(e.perFloor, float64(msgs)/float64(max(a.floor(), 1)))
+}
+
+func (e *simEventStats) report(b *testing.B, kind string, pairs int) {
+	n := float64(e.events)
+	b.ReportMetric(float64(e.t.Microseconds())/n/1000, kind+"-ms")
+	b.ReportMetric(float64(e.msgs)/n, kind+"-msgs")
+	b.ReportMetric(float64(e.msgs)/n/float64(pairs), kind+"-msgs/pair")
+	b.ReportMetric(float64(e.affected)/n, kind+"-affected")
+	b.ReportMetric(float64(e.pairs)/n, kind+"-touched")
+	for _, v := range []struct {
+		name string
+		x    []float64
+	}{{"/affected", e.perAffected}, {"/floor", e.perFloor}} {
+		slices.Sort(v.x)
+		b.ReportMetric(v.x[len(v.x)/2], kind+"-msgs"+v.name+"-med")
+		b.ReportMetric(v.x[len(v.x)-1], kind+"-msgs"+v.name+"-max")
+	}
+}
+
 func benchSpanSim(b *testing.B, n int, batch bool) {
-	var joinT, deathT, formT time.Duration
-	var joinMsgs, deathMsgs, formMsgs, pairs int
+	var formT time.Duration
+	var formMsgs, pairs int
+	var join, death simEventStats
 	var bytesPerSpan float64
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
@@ -500,36 +671,41 @@ func benchSpanSim(b *testing.B, n int, batch bool) {
 		}
 		bytesPerSpan = float64(m1.HeapAlloc-m0.HeapAlloc) / float64(held)
 		pairs = s.pairs
+
+		for range simEvents {
+			before := s.relayTable()
+			s.msgs = 0
+			b.StartTimer()
+			t0 = time.Now()
+			x, y := s.randomLive(rng), s.randomLive(rng)
+			j := s.addNode(rng)
+			s.connect(j, x)
+			s.connect(j, y)
+			if err := s.run(1 << 40); err != nil {
+				b.Fatal(err)
+			}
+			d := time.Since(t0)
+			b.StopTimer()
+			join.add(d, s.msgs, s.affected(before, s.relayTable()))
+
+			before = s.relayTable()
+			s.msgs = 0
+			k := s.randomLive(rng)
+			b.StartTimer()
+			t0 = time.Now()
+			s.kill(k)
+			if err := s.run(1 << 40); err != nil {
+				b.Fatal(err)
+			}
+			d = time.Since(t0)
+			b.StopTimer()
+			death.add(d, s.msgs, s.affected(before, s.relayTable()))
+		}
 		b.StartTimer()
-
-		s.msgs = 0
-		t0 = time.Now()
-		j := s.addNode(rng)
-		s.connect(j, rng.IntN(j))
-		s.connect(j, rng.IntN(j))
-		if err := s.run(1 << 40); err != nil {
-			b.Fatal(err)
-		}
-		joinT += time.Since(t0)
-		joinMsgs = s.msgs
-
-		s.msgs = 0
-		t0 = time.Now()
-		s.kill(rng.IntN(n))
-		if err := s.run(1 << 40); err != nil {
-			b.Fatal(err)
-		}
-		deathT += time.Since(t0)
-		deathMsgs = s.msgs
 	}
 	b.ReportMetric(float64(formT.Microseconds())/float64(b.N)/1000, "form-ms")
 	b.ReportMetric(float64(formMsgs), "form-msgs")
-	b.ReportMetric(float64(joinT.Microseconds())/float64(b.N)/1000, "join-ms")
-	b.ReportMetric(float64(deathT.Microseconds())/float64(b.N)/1000, "death-ms")
-	b.ReportMetric(float64(joinMsgs), "join-msgs")
-	b.ReportMetric(float64(deathMsgs), "death-msgs")
-	b.ReportMetric(float64(joinMsgs)/float64(pairs), "join-msgs/pair")
-	b.ReportMetric(float64(deathMsgs)/float64(pairs), "death-msgs/pair")
-	b.ReportMetric(float64(joinMsgs)/float64(n+1), "join-msgs/node")
+	join.report(b, "join", pairs)
+	death.report(b, "death", pairs)
 	b.ReportMetric(bytesPerSpan, "B/span")
 }
