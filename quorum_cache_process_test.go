@@ -101,6 +101,40 @@ func TestQuorumForwarding(t *testing.T) {
 	})
 	c.kernel(1).cacRelease(gm.msgid)
 	ks.checkClean()
+
+	// The master the slave's leaf forwards through dies: the slave's
+	// kernel loses the state at once (its transaction ends), and its next
+	// requests go through another master.
+	g2 := ks.cacLockReq(cacLock{Domain: cacInum, Mode: cacExclusive, Lo: 900, Hi: 900}, wait)
+	if g2.outcome != qpAcked {
+		t.Fatalf("second CAC_LOCK through the slave's leaf: %+v", g2)
+	}
+	via := -1
+	for i := range c.masters {
+		if strings.Contains(c.locksOf(i), "INUM 896-911") {
+			via = i
+		}
+	}
+	if via < 0 {
+		t.Fatalf("no master lists the slave's state INUM 896-911")
+	}
+	c.killMaster(via)
+	waitQP(t, 5*time.Second, "the slave's state ended with its master", func() (bool, string) {
+		_, ok := ks.lockEnded(g2.msgid)
+		return ok, ks.dump()
+	})
+	var op *qpOp
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		op = c.hist.commit(ks, 3, 0, wait)
+		if op.r.outcome == qpAcked || time.Now().After(deadline) {
+			break
+		}
+	}
+	if op.r.outcome != qpAcked {
+		t.Errorf("commit through the slave's leaf after m%d died: %v", via+1, op)
+	}
+	c.restartMaster(via) // the history is checked against every master's log
+	c.waitCaughtUp(20 * time.Second)
 	c.verify(began, time.Now())
 }
 
