@@ -44,16 +44,10 @@ type cacheStore struct {
 
 // openCacheStore opens <dir>/cache.db and takes this run's boot number.
 func openCacheStore(dir string) (*cacheStore, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("cache store: create state directory: %w", err)
-	}
 	path := filepath.Join(dir, cacheStoreFile)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("cache store %s: locked by another process (is a second leaf running on this PFS?): %w", path, err)
-	}
+	db, err := openStateDB("cache store", path, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
-		return nil, fmt.Errorf("cache store %s: open: %w", path, err)
+		return nil, err
 	}
 	s := &cacheStore{path: path, db: db}
 	err = db.Update(func(tx *bolt.Tx) error {
@@ -220,4 +214,20 @@ func parseHolderName(s string) (UUID, uint32, uint32, error) {
 		return UUID{}, 0, 0, fmt.Errorf("holder %q: %w", s, err)
 	}
 	return u, boot, seq, nil
+}
+
+// openStateDB opens a bbolt file of the PFS's state directory (creating
+// the directory), saying plainly when another process holds it.
+func openStateDB(what, path string, opt *bolt.Options) (*bolt.DB, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("%s: create state directory: %w", what, err)
+	}
+	db, err := bolt.Open(path, 0o600, opt)
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("%s %s: locked by another process (is a second leaf running on this PFS?): %w", what, path, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: open: %w", what, path, err)
+	}
+	return db, nil
 }

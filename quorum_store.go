@@ -25,13 +25,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -82,19 +80,13 @@ type quorumStore struct {
 
 // openQuorumStore opens or creates <dir>/quorum.db.
 func openQuorumStore(dir string, opt quorumStoreOptions) (*quorumStore, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("quorum store: create state directory: %w", err)
-	}
 	path := filepath.Join(dir, quorumStoreFile)
 	if opt.lockTimeout == 0 {
 		opt.lockTimeout = 2 * time.Second
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opt.lockTimeout, NoSync: opt.noSync})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("quorum store %s: locked by another process (is a second leaf running on this PFS?): %w", path, err)
-	}
+	db, err := openStateDB("quorum store", path, &bolt.Options{Timeout: opt.lockTimeout, NoSync: opt.noSync})
 	if err != nil {
-		return nil, fmt.Errorf("quorum store %s: open: %w", path, err)
+		return nil, err
 	}
 	s := &quorumStore{path: path, db: db}
 	err = db.Update(func(tx *bolt.Tx) error {
