@@ -49,19 +49,8 @@ func h2Binary(t testing.TB) string {
 			return
 		}
 		h2BuildDir = dir
-		goTool, err := exec.LookPath("go")
-		if err != nil {
-			goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go") // go test sets GOROOT
-		}
-		bin := filepath.Join(dir, "hammer2")
-		args := []string{"build", "-o", bin}
-		if os.Getenv("H2_TEST_RACE_BINARY") != "" {
-			args = append(args, "-race") // the daemons too run under the race detector
-		}
-		cmd := exec.Command(goTool, append(args, ".")...)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			h2BuildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		// With H2_TEST_RACE_BINARY the daemons too run under the race detector.
+		if h2BuildErr = goBuild(filepath.Join(dir, "hammer2"), os.Getenv("H2_TEST_RACE_BINARY") != ""); h2BuildErr != nil {
 			return
 		}
 		h2BuildErr = os.Symlink("hammer2", filepath.Join(dir, "hammer2-leaf"))
@@ -70,6 +59,22 @@ func h2Binary(t testing.TB) string {
 		t.Fatalf("building the hammer2 binary: %v", h2BuildErr)
 	}
 	return filepath.Join(h2BuildDir, "hammer2")
+}
+
+// goBuild builds this package's binary at out.
+func goBuild(out string, race bool) error {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go") // go test sets GOROOT
+	}
+	args := []string{"build", "-o", out}
+	if race {
+		args = append(args, "-race")
+	}
+	if msg, err := exec.Command(goTool, append(args, ".")...).CombinedOutput(); err != nil {
+		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, msg)
+	}
+	return nil
 }
 
 // shortTempDir is a t.TempDir with a short path: control and kernel
@@ -87,29 +92,43 @@ func shortTempDir(t testing.TB) string {
 
 var (
 	portsMu sync.Mutex
-	portsOK = map[int]bool{}
+	portsOK = map[string]bool{} // "udp/port", "tcp/port"
 )
 
 // freeUDPPort picks a free UDP port on 127.0.0.1, never the same one twice
 // in a test run, so that parallel tests do not collide.
-func freeUDPPort(t testing.TB) int {
+func freeUDPPort(t testing.TB) int { return freePort(t, "udp") }
+
+// freePort is freeUDPPort for network "udp" or "tcp".
+func freePort(t testing.TB, network string) int {
 	t.Helper()
 	for range 50 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+		var port int
+		if network == "udp" {
+			pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			port = pc.LocalAddr().(*net.UDPAddr).Port
+			pc.Close()
+		} else {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			port = ln.Addr().(*net.TCPAddr).Port
+			ln.Close()
 		}
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		pc.Close()
+		key := fmt.Sprintf("%s/%d", network, port)
 		portsMu.Lock()
-		used := portsOK[port]
-		portsOK[port] = true
+		used := portsOK[key]
+		portsOK[key] = true
 		portsMu.Unlock()
 		if !used {
 			return port
 		}
 	}
-	t.Fatal("no free UDP port")
+	t.Fatalf("no free %s port", network)
 	return 0
 }
 

@@ -71,33 +71,9 @@ type svcNode struct {
 	starts int
 }
 
-var (
-	svcTCPMu    sync.Mutex
-	svcTCPTaken = map[int]bool{}
-)
-
 // svcFreeTCPPort picks a free TCP port on 127.0.0.1, never the same one
 // twice in a test run.
-func svcFreeTCPPort(t testing.TB) int {
-	t.Helper()
-	for range 50 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		svcTCPMu.Lock()
-		used := svcTCPTaken[port]
-		svcTCPTaken[port] = true
-		svcTCPMu.Unlock()
-		if !used {
-			return port
-		}
-	}
-	t.Fatal("no free TCP port")
-	return 0
-}
+func svcFreeTCPPort(t testing.TB) int { return freePort(t, "tcp") }
 
 // newSvcNode prepares a service (key, config, ports) without starting it.
 func newSvcNode(t *testing.T, name string, o svcOpts) *svcNode {
@@ -1035,14 +1011,7 @@ func svcRaceBinary(t *testing.T) string {
 	}
 	bin := filepath.Join(filepath.Dir(plain), "hammer2-race")
 	svcRaceOnce.Do(func() {
-		goTool, err := exec.LookPath("go")
-		if err != nil {
-			goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go") // go test sets GOROOT
-		}
-		out, err := exec.Command(goTool, "build", "-race", "-o", bin, ".").CombinedOutput()
-		if err != nil {
-			svcRaceErr = fmt.Errorf("go build -race: %v\n%s", err, out)
-		}
+		svcRaceErr = goBuild(bin, true)
 	})
 	if svcRaceErr != nil {
 		t.Fatalf("building the race-detecting hammer2 binary: %v", svcRaceErr)
