@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -73,11 +74,22 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 	for ctx.Err() == nil {
 		b.set(func(s *DialState) { s.State, s.NextTry = DialDialing, time.Time{} })
 		conn, err := d.DialContext(ctx, b.network, b.addr)
+		var peer PeerIdentity
+		if err == nil {
+			// Only a privileged service may be the backbone: the spans it
+			// relays decide where quorum traffic goes, and anyone could
+			// listen on a socket path or a port that is free.
+			if peer = l.policy.identify(conn); !peer.Class.Privileged() {
+				conn.Close()
+				err = fmt.Errorf("backbone %s: the service there is not privileged (%s); not linking", b.addr, peer)
+				l.refused.Warn(l.log, "backbone refused", append([]any{"backbone", b.network + ":" + b.addr}, peer.attrs()...)...)
+			}
+		}
 		if err == nil {
 			if tc, ok := conn.(*net.TCPConn); ok {
 				_ = tc.SetNoDelay(true)
 			}
-			c := l.runClusterLink(conn, "backbone "+b.network+":"+b.addr, nil)
+			c := l.runClusterLink(conn, "backbone "+b.network+":"+b.addr, nil, peer)
 			up := time.Now()
 			b.mu.Lock()
 			b.link = c

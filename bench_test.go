@@ -202,10 +202,10 @@ func BenchmarkThroughput64K(b *testing.B) {
 
 	lc := newBenchCounter()
 	ca, cb := socketPair(b)
-	rx := NewLink(cb, quietConfig("rx", func(t *Trans, m *Msg) {
+	rx := startLink(cb, quietConfig("rx", func(t *Trans, m *Msg) {
 		lc.add(m.WireHdrSize() + len(m.Aux))
 	}))
-	tx := NewLink(ca, quietConfig("tx", nil))
+	tx := startLink(ca, quietConfig("tx", nil))
 	defer rx.Close()
 	defer tx.Close()
 	// The link sends large aux by reference and the content does not
@@ -266,12 +266,12 @@ func BenchmarkThroughput64K(b *testing.B) {
 // on another socketpair.
 func BenchmarkRoundTrip(b *testing.B) {
 	ca, cb := socketPair(b)
-	srv := NewLink(cb, quietConfig("srv", func(t *Trans, m *Msg) {
+	srv := startLink(cb, quietConfig("srv", func(t *Trans, m *Msg) {
 		if m.Cmd&FlagCreate != 0 && !t.IsRoot() {
 			_ = t.Close(ErrOK)
 		}
 	}))
-	cli := NewLink(ca, quietConfig("cli", nil))
+	cli := startLink(ca, quietConfig("cli", nil))
 	defer srv.Close()
 	defer cli.Close()
 	answered := make(chan struct{}, 1)

@@ -51,6 +51,18 @@ type Config struct {
 	Service ServiceSection `toml:"service"`
 	// Quorum configures the quorum group of MASTER PFSs.
 	Quorum QuorumSection `toml:"quorum"`
+	// Security says who is privileged (docs/SECURITY.md).
+	Security SecuritySection `toml:"security"`
+	// Limits bound what a peer can make the daemon hold (limits.go).
+	Limits Limits `toml:"limits"`
+}
+
+// SecuritySection is the [security] table.
+type SecuritySection struct {
+	// Group, if set, is a group (name or gid) whose members' local links
+	// are privileged, and which gets read and write on the service,
+	// kernel and control sockets (mode 0660 instead of 0600).
+	Group string `toml:"group"`
 }
 
 // QuorumSection is the [quorum] table.
@@ -122,6 +134,7 @@ func DefaultConfig() Config {
 		RedialMin:       Duration{time.Second},
 		RedialMax:       Duration{30 * time.Second},
 		LogFormat:       "text",
+		Limits:          defaultLimits(),
 		Quorum: QuorumSection{Tick: Duration{100 * time.Millisecond}, CommitTimeout: Duration{5 * time.Second},
 			Lease: Duration{5 * time.Second}},
 		Service: ServiceSection{
@@ -168,6 +181,9 @@ func LoadConfig(path string) (Config, error) {
 		}
 		return c, fmt.Errorf("config: %w", err)
 	}
+	if err := checkNotWritableByOthers(path); err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
 	if err := checkDurations(path, data); err != nil {
 		return c, err
 	}
@@ -200,8 +216,9 @@ func configError(path string, err error) error {
 	return fmt.Errorf("config %s: %w", path, err)
 }
 
-// durationKeys are the top-level keys holding durations.
-var durationKeys = []string{"ping_interval", "dead_after", "remote_dead_after", "redial_min", "redial_max"}
+// durationKeys are the keys holding durations, dotted below their table.
+var durationKeys = []string{"ping_interval", "dead_after", "remote_dead_after", "redial_min", "redial_max",
+	"quorum.tick", "quorum.commit_timeout", "quorum.lease", "limits.hello_timeout"}
 
 // checkDurations names the line of a duration key that does not parse:
 // go-toml reports no position for errors from a TextUnmarshaler.
@@ -211,7 +228,14 @@ func checkDurations(path string, data []byte) error {
 		return configError(path, err)
 	}
 	for _, k := range durationKeys {
-		v, ok := raw[k]
+		table, key, nested := strings.Cut(k, ".")
+		m := raw
+		if nested {
+			m, _ = raw[table].(map[string]any)
+		} else {
+			key = table
+		}
+		v, ok := m[key]
 		if !ok {
 			continue
 		}
@@ -220,16 +244,30 @@ func checkDurations(path string, data []byte) error {
 		if isStr && perr == nil {
 			continue
 		}
-		line := 0
-		for i, l := range strings.Split(string(data), "\n") {
-			if name, _, ok := strings.Cut(strings.TrimSpace(l), "="); ok && strings.TrimSpace(name) == k {
-				line = i + 1
-				break
-			}
-		}
-		return fmt.Errorf("config %s:%d: key %s: %v is not a duration such as \"1s\" or \"250ms\"", path, line, k, v)
+		return fmt.Errorf("config %s:%d: key %s: %v is not a duration such as \"1s\" or \"250ms\"", path, tomlKeyLine(data, k), k, v)
 	}
 	return nil
+}
+
+// tomlKeyLine is the line (from 1) where a dotted key is set, 0 if not
+// found: its table's header, then the key's own line below it.
+func tomlKeyLine(data []byte, dotted string) int {
+	table, key, nested := strings.Cut(dotted, ".")
+	if !nested {
+		table, key = "", dotted
+	}
+	cur := ""
+	for i, l := range strings.Split(string(data), "\n") {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "[") {
+			cur = strings.Trim(l, "[] ")
+			continue
+		}
+		if name, _, ok := strings.Cut(l, "="); ok && cur == table && strings.TrimSpace(name) == key {
+			return i + 1
+		}
+	}
+	return 0
 }
 
 func (c *Config) validate() error {
@@ -263,6 +301,12 @@ func (c *Config) validate() error {
 	}
 	if c.Quorum.Lease.Duration < 2*c.Quorum.Tick.Duration {
 		return fmt.Errorf("key quorum.lease: %v must be at least two quorum.tick (%v)", c.Quorum.Lease, c.Quorum.Tick)
+	}
+	if err := c.Limits.validate(); err != nil {
+		return err
+	}
+	if _, err := newPrivilegePolicy(c.Security.Group); err != nil {
+		return err
 	}
 	for i, r := range c.Remotes {
 		if r.Address == "" {

@@ -3,13 +3,16 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 )
 
 // The example documents every key with its default: loading it must give
-// exactly the built-in defaults (bar the per-user key_dir).
+// exactly the built-in defaults (bar the per-user key_dir), and every key
+// of Config must appear in it (set, or commented out where the default
+// depends on the platform).
 func TestConfigExampleIsTheDefaults(t *testing.T) {
 	c, err := LoadConfig("config.toml.example")
 	if err != nil {
@@ -18,15 +21,65 @@ func TestConfigExampleIsTheDefaults(t *testing.T) {
 	d := DefaultConfig()
 	c.KeyDir, d.KeyDir = "", ""
 	c.RunDir, d.RunDir = "", ""
-	if c.Listen != d.Listen || c.Backbone != d.Backbone || c.PingInterval != d.PingInterval ||
-		c.DeadAfter != d.DeadAfter || c.RemoteDeadAfter != d.RemoteDeadAfter || c.RedialMin != d.RedialMin ||
-		c.RedialMax != d.RedialMax || c.LogFormat != d.LogFormat || len(c.Remotes) != 0 ||
-		len(c.Quorum.Masters) != 0 || c.Quorum.StateDir != d.Quorum.StateDir || c.Quorum.Tick != d.Quorum.Tick ||
-		c.Quorum.CommitTimeout != d.Quorum.CommitTimeout || c.Quorum.Lease != d.Quorum.Lease ||
-		c.Service.TCP != d.Service.TCP || c.Service.Listen != d.Service.Listen || len(c.Service.Autoconn) != 0 ||
-		c.Service.Unix != d.Service.Unix {
+	c.Service.Unix, d.Service.Unix = "", ""
+	for _, x := range []*Config{&c, &d} { // an empty list reads as [], not nil
+		x.Remotes, x.Quorum.Masters, x.Service.Autoconn = nil, nil, nil
+	}
+	if !reflect.DeepEqual(c, d) {
 		t.Errorf("example %+v\ndiffers from defaults %+v", c, d)
 	}
+	text, err := os.ReadFile("config.toml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range tomlKeys(reflect.TypeOf(Config{}), "") {
+		table, name := "", key
+		if i := strings.LastIndex(key, "."); i >= 0 {
+			table, name = key[:i], key[i+1:]
+		}
+		if table == "remote" {
+			table = "[remote]" // [[remote]], shown commented out
+		}
+		found, cur := false, ""
+		for _, l := range strings.Split(string(text), "\n") {
+			l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "#"))
+			if strings.HasPrefix(l, "[") {
+				cur = strings.Trim(l, "[] ")
+				if strings.HasPrefix(l, "[[") {
+					cur = "[" + cur + "]"
+				}
+				continue
+			}
+			if k, _, ok := strings.Cut(l, "="); ok && cur == table && strings.TrimSpace(k) == name {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("config.toml.example does not document key %s", key)
+		}
+	}
+}
+
+// tomlKeys lists the dotted keys of a config struct type.
+func tomlKeys(t reflect.Type, prefix string) []string {
+	var out []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := f.Tag.Get("toml")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		ft := f.Type
+		if ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct {
+			ft = ft.Elem()
+		}
+		if ft.Kind() == reflect.Struct && ft != reflect.TypeOf(Duration{}) {
+			out = append(out, tomlKeys(ft, prefix+tag+".")...)
+			continue
+		}
+		out = append(out, prefix+tag)
+	}
+	return out
 }
 
 func TestConfigErrors(t *testing.T) {

@@ -9,8 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -30,20 +30,15 @@ type controlResponse struct {
 	Members []string    `json:"members,omitempty"` // after a quorum change
 }
 
-// serveControl listens on path until ctx ends.
+// serveControl listens on path until ctx ends. The socket is 0600 (0660
+// with security.group) whatever the umask, and each caller's credentials
+// are checked too: only a privileged one may change anything.
 func (l *Leaf) serveControl(ctx context.Context, path string) error {
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
+	ln, err := l.policy.listenUnix(path)
+	if errors.Is(err, errSocketInUse) {
 		return fmt.Errorf("control socket %s: another leaf answers there", path)
 	}
-	_ = os.Remove(path) // stale, from a leaf that died
-	ln, err := net.Listen("unix", path)
 	if err != nil {
-		return fmt.Errorf("control socket: %w", err)
-	}
-	ln.(*net.UnixListener).SetUnlinkOnClose(true)
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return fmt.Errorf("control socket: %w", err)
 	}
 	l.spawn(func() {
@@ -51,13 +46,9 @@ func (l *Leaf) serveControl(ctx context.Context, path string) error {
 		ln.Close()
 	})
 	l.spawn(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
+		_ = acceptLoop(ctx, ln, l.log, "control "+path, func(c net.Conn) {
 			l.spawn(func() { l.controlConn(c) })
-		}
+		})
 	})
 	return nil
 }
@@ -65,10 +56,14 @@ func (l *Leaf) serveControl(ctx context.Context, path string) error {
 func (l *Leaf) controlConn(c net.Conn) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	peer := l.policy.identify(c)
 	var req controlRequest
 	var resp controlResponse
-	if err := json.NewDecoder(c).Decode(&req); err != nil {
+	if err := json.NewDecoder(io.LimitReader(c, controlRequestMax)).Decode(&req); err != nil {
 		resp.Error = "bad request: " + err.Error()
+	} else if req.Op != "status" && !peer.Class.Privileged() {
+		l.refused.Warn(l.log, "control socket: refused an unprivileged caller", append([]any{"op", req.Op}, peer.attrs()...)...)
+		resp.Error = l.policy.needs(req.Op, peer)
 	} else {
 		switch req.Op {
 		case "status":
@@ -92,6 +87,9 @@ func (l *Leaf) controlConn(c net.Conn) {
 	}
 	_ = json.NewEncoder(c).Encode(&resp)
 }
+
+// controlRequestMax bounds a request: they are a few dozen bytes.
+const controlRequestMax = 64 << 10
 
 // controlCall sends one request to the leaf listening at path.
 func controlCall(path string, req controlRequest) (*controlResponse, error) {

@@ -99,6 +99,9 @@ const (
 	ErrIO       uint32 = 0x22
 	ErrParam    uint32 = 0x23
 	ErrCantCirc uint32 = 0x24
+	// ErrNoPerm is ours: the peer's link is unprivileged, and what it
+	// asked for changes cluster state (docs/SECURITY.md).
+	ErrNoPerm uint32 = 0x2A
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)

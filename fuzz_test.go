@@ -83,7 +83,7 @@ func FuzzTransTable(f *testing.F) {
 	f.Add([]byte{1, 0x80, 0, 0, 1, 0x40, 0, 0, 0, 0xA8, 1, 0, 0, 0x48, 1, 0})
 	f.Add([]byte{0, 0x80, 5, 0, 0, 0x84, 6, 5, 2, 0x20, 6, 0, 3, 0x40, 5, 0})
 	f.Fuzz(func(t *testing.T, ops []byte) {
-		tt := newTransTable(nil)
+		tt := newTransTable(nil, -1)
 		var mine []*Trans
 		for i := 0; i+3 < len(ops) && i < 4*256; i += 4 {
 			op, flags, id, circ := ops[i], ops[i+1], uint64(ops[i+2]), uint64(ops[i+3])
@@ -189,7 +189,7 @@ func FuzzLinkInput(f *testing.F) {
 			}
 		})
 		cfg.NoSeqCheck = len(b)%2 == 0 // exercise both
-		l := NewLink(c, cfg)
+		l := startLink(c, cfg)
 		select {
 		case <-l.Done():
 		case <-time.After(10 * time.Second):

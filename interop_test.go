@@ -15,7 +15,7 @@ import (
 func TestLinkStreamingRevTransWithoutReply(t *testing.T) {
 	ca, cb := socketPair(t)
 	got := newRecorder()
-	a := NewLink(ca, quietConfig("a", nil))
+	a := startLink(ca, quietConfig("a", nil))
 	defer a.Close()
 	p := &rawPeer{tb: t, c: cb}
 	tr, err := a.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: (&LnkSpan{}).Marshal()}, got.handle)

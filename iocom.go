@@ -83,6 +83,18 @@ type LinkConfig struct {
 	// link is down and every transaction has been failed.
 	OnClose func(err error)
 	Logger  *slog.Logger
+
+	// Peer is who the peer is (peer.go); every log line of the link
+	// names it.
+	Peer PeerIdentity
+	// MaxPeerTrans bounds the transactions the peer may hold open on the
+	// link (it opens them; each costs us a state). Over it the link is
+	// closed. Default defaultLimits().TransPerLink; negative: no bound.
+	MaxPeerTrans int
+	// HelloTimeout closes a link whose peer has not said who it is (the
+	// owner calls Hello: an LNK_CONN, or a shell's first line) this long
+	// after the start. Zero: no deadline.
+	HelloTimeout time.Duration
 }
 
 func (c *LinkConfig) setDefaults() {
@@ -103,6 +115,12 @@ func (c *LinkConfig) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.MaxPeerTrans == 0 {
+		c.MaxPeerTrans = defaultLimits().TransPerLink
+	}
+	if c.Peer == (PeerIdentity{}) {
+		c.Peer = unknownPeer("not given")
 	}
 }
 
@@ -149,9 +167,11 @@ type Link struct {
 
 	done chan struct{} // closed when every goroutine of the link is gone
 
-	lastRx atomic.Int64 // unix nanos of the last message read
-	lastTx atomic.Int64 // unix nanos of the last write
-	rtt    atomic.Int64 // nanos, last PING round trip
+	lastRx  atomic.Int64 // unix nanos of the last message read
+	lastTx  atomic.Int64 // unix nanos of the last write
+	rtt     atomic.Int64 // nanos, last PING round trip
+	started int64        // unix nanos of Start
+	hello   atomic.Bool  // the peer said who it is (Hello)
 
 	BytesIn, BytesOut atomic.Uint64
 	MsgsIn, MsgsOut   atomic.Uint64
@@ -203,21 +223,24 @@ const auxCopyMax = 4096
 
 var outPool = sync.Pool{New: func() any { return &outMsg{buf: make([]byte, 0, 1024)} }}
 
-// NewLink starts a link over conn. It runs until the peer goes away, an
-// error, or Close/Shutdown; Done tells when.
+// NewLink prepares a link over conn; nothing is read or written until
+// Start, so the caller can publish the link (store it where its handlers
+// look) first. Once started it runs until the peer goes away, an error, or
+// Close/Shutdown; Done tells when. A link never started owns nothing:
+// closing conn is then the caller's.
 func NewLink(conn io.ReadWriteCloser, cfg LinkConfig) *Link {
 	cfg.setDefaults()
 	l := &Link{
 		cfg:   cfg,
 		conn:  conn,
-		log:   cfg.Logger.With("peer", cfg.Name),
+		log:   cfg.Peer.logger(cfg.Logger.With("peer", cfg.Name)),
 		wake:  make(chan struct{}, 1),
 		dying: make(chan struct{}),
 		done:  make(chan struct{}),
 	}
 	l.space.L = &l.mu
 	l.readCond.L = &l.dmu
-	l.tt = newTransTable(l)
+	l.tt = newTransTable(l, cfg.MaxPeerTrans)
 	if dc, ok := conn.(dualConn); ok {
 		if bs := dc.BulkStream(); bs != nil {
 			l.bulk, l.bulkW = bs, bs
@@ -225,7 +248,15 @@ func NewLink(conn io.ReadWriteCloser, cfg LinkConfig) *Link {
 			l.pacer = newPacer(nil)
 		}
 	}
+	return l
+}
+
+// Start starts the link's goroutines: a reader and a writer per stream.
+// They are the link's own; Done is closed when all are gone. Messages sent
+// before Start are queued and go out first.
+func (l *Link) Start() {
 	now := time.Now().UnixNano()
+	l.started = now
 	l.lastRx.Store(now)
 	l.lastTx.Store(now)
 	var wg sync.WaitGroup
@@ -237,8 +268,13 @@ func NewLink(conn io.ReadWriteCloser, cfg LinkConfig) *Link {
 		go func() { defer wg.Done(); l.bulkWriter() }()
 	}
 	go func() { wg.Wait(); close(l.done) }()
-	return l
 }
+
+// Hello records that the peer said who it is, which ends HelloTimeout.
+func (l *Link) Hello() { l.hello.Store(true) }
+
+// Peer is who the peer is.
+func (l *Link) Peer() PeerIdentity { return l.cfg.Peer }
 
 // Name is the peer's name as configured.
 func (l *Link) Name() string { return l.cfg.Name }
@@ -437,6 +473,11 @@ func (l *Link) failLocked(err error) {
 	})
 }
 
+// Abort drops the link at once for err, which the link logs (a
+// *LimitError or *WireError names the peer's fault). It does not wait,
+// so a handler may call it.
+func (l *Link) Abort(err error) { l.fail(err) }
+
 // Close drops the link at once, sending nothing more.
 func (l *Link) Close() error {
 	l.fail(ErrLinkClosed)
@@ -486,15 +527,18 @@ func (l *Link) writer() {
 	var batch []*outMsg
 	var tick *time.Ticker
 	var tickC <-chan time.Time
-	if p, d := l.cfg.PingInterval, l.cfg.DeadAfter; p > 0 || d > 0 {
+	if p, d, h := l.cfg.PingInterval, l.cfg.DeadAfter, l.cfg.HelloTimeout; p > 0 || d > 0 || h > 0 {
 		// Tick fast enough to PING within 1.5 intervals and to notice
-		// silence within a quarter of the dead bound.
+		// silence (or a missing hello) within a quarter of its bound.
 		iv := time.Duration(1<<63 - 1)
 		if p > 0 {
 			iv = p / 2
 		}
 		if d > 0 {
 			iv = min(iv, d/4)
+		}
+		if h > 0 {
+			iv = min(iv, h/4)
 		}
 		tick = time.NewTicker(max(iv, time.Millisecond))
 		defer tick.Stop()
@@ -735,6 +779,11 @@ func (l *Link) dropQueue() {
 // what keep its side of the silence check fed.
 func (l *Link) keepalive(now time.Time) {
 	n := now.UnixNano()
+	if h := l.cfg.HelloTimeout; h > 0 && !l.hello.Load() && n-l.started > int64(h) {
+		l.fail(&LimitError{Limit: "hello_timeout", Value: uint64(time.Duration(n - l.started).Milliseconds()),
+			Max: uint64(h.Milliseconds()), Unit: "ms", Reason: "no LNK_CONN (or shell line) since the link started"})
+		return
+	}
 	if d := l.cfg.DeadAfter; d > 0 && n-l.lastRx.Load() > int64(d) {
 		l.fail(fmt.Errorf("%w for %v", ErrPeerSilent, d))
 		return
@@ -856,9 +905,12 @@ func (l *Link) reader() {
 
 func (l *Link) logDown(err error) {
 	var we *WireError
+	var le *LimitError
 	switch {
 	case errors.As(err, &we):
 		l.log.Warn("dmsg link closed: bad message from peer", "field", we.Field, "value", fmt.Sprintf("%#x", we.Value), "reason", we.Reason)
+	case errors.As(err, &le):
+		l.log.Warn("dmsg link closed: over a limit", "limit", le.Limit, "value", le.Value, "max", le.Max, "unit", le.Unit, "reason", le.Reason)
 	case errors.Is(err, ErrLinkClosed):
 		l.log.Debug("dmsg link closed")
 	case errors.Is(err, io.EOF):

@@ -106,7 +106,7 @@ func TestLinkTransactionLifecycle(t *testing.T) {
 	ca, cb := socketPair(t)
 	server := newRecorder()
 	var srvTrans *Trans
-	b := NewLink(cb, quietConfig("b", func(tr *Trans, m *Msg) {
+	b := startLink(cb, quietConfig("b", func(tr *Trans, m *Msg) {
 		server.handle(tr, m)
 		if m.Cmd&FlagCreate != 0 {
 			srvTrans = tr
@@ -114,7 +114,7 @@ func TestLinkTransactionLifecycle(t *testing.T) {
 		}
 	}))
 	client := newRecorder()
-	a := NewLink(ca, quietConfig("a", nil))
+	a := startLink(ca, quietConfig("a", nil))
 	defer a.Close()
 	defer b.Close()
 
@@ -169,8 +169,8 @@ func eventually(tb testing.TB, cond func() bool, what string) {
 
 func TestLinkUnknownCreateGetsNoSupp(t *testing.T) {
 	ca, cb := socketPair(t)
-	b := NewLink(cb, quietConfig("b", nil))
-	a := NewLink(ca, quietConfig("a", nil))
+	b := startLink(cb, quietConfig("b", nil))
+	a := startLink(ca, quietConfig("a", nil))
 	defer a.Close()
 	defer b.Close()
 	rec := newRecorder()
@@ -188,8 +188,8 @@ func TestLinkPingAndRTT(t *testing.T) {
 	ca, cb := socketPair(t)
 	cfg := quietConfig("a", nil)
 	cfg.PingInterval = 20 * time.Millisecond
-	a := NewLink(ca, cfg)
-	b := NewLink(cb, quietConfig("b", nil))
+	a := startLink(ca, cfg)
+	b := startLink(cb, quietConfig("b", nil))
 	defer a.Close()
 	defer b.Close()
 	eventually(t, func() bool { return a.RTT() > 0 }, "a PING answered")
@@ -301,13 +301,13 @@ func TestLinkBadInput(t *testing.T) {
 			ca, cb := socketPair(t)
 			// An unrelated link that must not notice anything.
 			oa, ob := socketPair(t)
-			other := NewLink(oa, quietConfig("other", func(tr *Trans, m *Msg) {
+			other := startLink(oa, quietConfig("other", func(tr *Trans, m *Msg) {
 				if m.Cmd&FlagCreate != 0 {
 					tr.SetHandler(func(*Trans, *Msg) {}) // keep it open
 					_ = tr.Reply(ErrOK)
 				}
 			}))
-			otherPeer := NewLink(ob, quietConfig("otherpeer", nil))
+			otherPeer := startLink(ob, quietConfig("otherpeer", nil))
 			defer other.Close()
 			defer otherPeer.Close()
 			otherRec := newRecorder()
@@ -324,7 +324,7 @@ func TestLinkBadInput(t *testing.T) {
 				}
 			})
 			cfg.Logger = logs.logger()
-			l := NewLink(ca, cfg)
+			l := startLink(ca, cfg)
 			p := &rawPeer{tb: t, c: cb}
 			tc.feed(p)
 			waitDone(t, l)
@@ -351,7 +351,7 @@ func TestLinkBadInput(t *testing.T) {
 
 func TestLinkAcceptsByteSwappedPeer(t *testing.T) {
 	ca, cb := socketPair(t)
-	l := NewLink(ca, quietConfig("swapped", nil))
+	l := startLink(ca, quietConfig("swapped", nil))
 	defer l.Close()
 	hdr := make([]byte, HdrSize)
 	be := binary.BigEndian
@@ -375,7 +375,7 @@ func TestLinkAcceptsByteSwappedPeer(t *testing.T) {
 // one-way message without a handler is dropped quietly.
 func TestLinkOneWayErrorNotAnswered(t *testing.T) {
 	ca, cb := socketPair(t)
-	l := NewLink(ca, quietConfig("a", nil))
+	l := startLink(ca, quietConfig("a", nil))
 	defer l.Close()
 	p := &rawPeer{tb: t, c: cb}
 	p.send(Msg{Header: Header{Cmd: CmdLnkError, Error: ErrIO}})
@@ -404,7 +404,7 @@ func TestLinkLostLinkChildrenFirst(t *testing.T) {
 		}
 	}
 	// b keeps everything it is asked to open.
-	b := NewLink(cb, quietConfig("b", func(tr *Trans, m *Msg) {
+	b := startLink(cb, quietConfig("b", func(tr *Trans, m *Msg) {
 		if m.Cmd&FlagCreate != 0 {
 			tr.SetHandler(func(*Trans, *Msg) {})
 			_ = tr.Reply(ErrOK)
@@ -413,7 +413,7 @@ func TestLinkLostLinkChildrenFirst(t *testing.T) {
 	var closed error
 	cfg := quietConfig("a", nil)
 	cfg.OnClose = func(err error) { closed = err }
-	a := NewLink(ca, cfg)
+	a := startLink(ca, cfg)
 	parent, err := a.Root().Open(&Msg{Header: Header{Cmd: CmdDbgShell}}, note("parent"))
 	if err != nil {
 		t.Fatal(err)
@@ -448,7 +448,7 @@ func TestLinkCircuitFlags(t *testing.T) {
 	ca, cb := socketPair(t)
 	var sub *Trans
 	subRec := newRecorder()
-	a := NewLink(ca, quietConfig("a", func(tr *Trans, m *Msg) {
+	a := startLink(ca, quietConfig("a", func(tr *Trans, m *Msg) {
 		if m.Cmd&FlagCreate != 0 && tr.Parent() == nil {
 			tr.SetHandler(func(*Trans, *Msg) {})
 			_ = tr.Reply(ErrOK)
@@ -488,7 +488,7 @@ func TestLinkDeadPeer(t *testing.T) {
 	cfg.PingInterval = 10 * time.Millisecond
 	cfg.DeadAfter = 150 * time.Millisecond
 	start := time.Now()
-	a := NewLink(ca, cfg)
+	a := startLink(ca, cfg)
 	// The peer reads everything and says nothing.
 	go io.Copy(io.Discard, cb)
 	waitDone(t, a)
@@ -502,7 +502,7 @@ func TestLinkDeadPeer(t *testing.T) {
 
 func TestLinkShutdownSendsDeletes(t *testing.T) {
 	ca, cb := socketPair(t)
-	a := NewLink(ca, quietConfig("a", func(tr *Trans, m *Msg) {
+	a := startLink(ca, quietConfig("a", func(tr *Trans, m *Msg) {
 		if m.Cmd&FlagCreate != 0 {
 			tr.SetHandler(func(*Trans, *Msg) {})
 			_ = tr.Reply(ErrOK)
@@ -540,7 +540,7 @@ func TestLinkBackPressure(t *testing.T) {
 	cfg := quietConfig("a", nil)
 	cfg.SendQueueBytes = 256 << 10
 	cfg.HardQueueBytes = 8 << 20
-	a := NewLink(ca, cfg)
+	a := startLink(ca, cfg)
 	defer a.Close()
 	aux := make([]byte, 64<<10)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -562,4 +562,12 @@ func TestLinkBackPressure(t *testing.T) {
 		t.Fatalf("Send over the hard limit = %v, want ErrQueueFull", err)
 	}
 	waitDone(t, a)
+}
+
+// startLink is NewLink and Start, for tests that publish nothing before
+// the link runs.
+func startLink(conn io.ReadWriteCloser, cfg LinkConfig) *Link {
+	l := NewLink(conn, cfg)
+	l.Start()
+	return l
 }

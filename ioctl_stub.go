@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -46,6 +47,10 @@ type stubPFS struct {
 	conn    net.Conn      // the link handed out last; a newer one replaces it
 	pending net.Conn      // accepted, not yet handed out
 	arrived chan struct{} // signalled when pending is set
+
+	access privilegePolicy // who may dial kernel.sock (SetSocketAccess)
+	log    *slog.Logger
+	accept sync.WaitGroup // the accept goroutine, waited for by Close
 }
 
 // OpenPFS opens the stub PFS in dir ("." if empty), creating the directory
@@ -67,7 +72,16 @@ func OpenPFS(dir string) (PFS, error) {
 	if _, err := readStubReg(dir); err != nil {
 		return nil, fmt.Errorf("open pfs: %w", err)
 	}
-	return &stubPFS{dir: dir}, nil
+	return &stubPFS{dir: dir, access: privilegePolicy{self: os.Geteuid(), group: -1}, log: slog.Default()}, nil
+}
+
+// SetSocketAccess sets kernel.sock's mode and who may dial it (only
+// privileged peers: anyone else could replace the kernel's link), and
+// where refusals are logged. Call it before the first Recluster.
+func (p *stubPFS) SetSocketAccess(pol privilegePolicy, log *slog.Logger) {
+	p.linkMu.Lock()
+	defer p.linkMu.Unlock()
+	p.access, p.log = pol, log
 }
 
 // CreatePFS registers a new stub PFS in dir, like pfs-create. Zero fields
@@ -253,12 +267,19 @@ func (p *stubPFS) Recluster(ctx context.Context) (net.Conn, error) {
 	}
 }
 
-// acceptKernels runs while the listener is open.
+// acceptKernels runs while the listener is open. Only a privileged peer
+// may play the kernel: anyone else dialing would replace the kernel's link.
 func (p *stubPFS) acceptKernels(ln *net.UnixListener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return // closed
+	defer p.accept.Done()
+	p.linkMu.Lock()
+	pol, log := p.access, p.log
+	p.linkMu.Unlock()
+	refused := newLogLimiter(defaultLimits().RefusedLogsPerSecond)
+	_ = acceptLoop(context.Background(), ln, log, "kernel.sock "+p.dir, func(c net.Conn) {
+		if peer := pol.identify(c); !peer.Class.Privileged() {
+			refused.Warn(log, "kernel.sock: refused an unprivileged peer", append([]any{"path", KernelSocketPath(p.dir)}, peer.attrs()...)...)
+			c.Close()
+			return
 		}
 		p.linkMu.Lock()
 		if p.closed {
@@ -276,7 +297,7 @@ func (p *stubPFS) acceptKernels(ln *net.UnixListener) {
 				old.Close()
 			}
 		}
-	}
+	})
 }
 
 // listener starts listening on kernel.sock on first use.
@@ -294,7 +315,7 @@ func (p *stubPFS) listener() (*net.UnixListener, error) {
 	if err := os.Remove(sock); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("recluster: remove stale socket: %w", err)
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	ln, err := p.access.listenUnix(sock)
 	if err != nil {
 		return nil, fmt.Errorf("recluster: %w", err)
 	}
@@ -306,6 +327,7 @@ func (p *stubPFS) listener() (*net.UnixListener, error) {
 	ln.SetUnlinkOnClose(false)
 	p.ln, p.lnStat = ln, st
 	p.arrived = make(chan struct{})
+	p.accept.Add(1)
 	go p.acceptKernels(ln)
 	return ln, nil
 }
@@ -313,6 +335,7 @@ func (p *stubPFS) listener() (*net.UnixListener, error) {
 // Close stops listening. The link already handed out belongs to the
 // caller and stays up, as closing the ioctl fd leaves the kernel's link.
 func (p *stubPFS) Close() error {
+	defer p.accept.Wait() // after the lock: the goroutine takes it
 	p.linkMu.Lock()
 	defer p.linkMu.Unlock()
 	if p.closed {

@@ -19,13 +19,17 @@ type kernelState struct {
 	conn  *LnkConn
 }
 
-func newKernelLink(l *Leaf, conn net.Conn) *Link {
+// newKernelLink starts the kernel's link. peer is the far end as the OS
+// reports it: on DragonFly our own socketpair, in the stand-in a
+// privileged process (kernel.sock refuses others).
+func newKernelLink(l *Leaf, conn net.Conn, peer PeerIdentity) *Link {
 	ks := &kernelState{spans: map[*Trans]LnkSpan{}}
 	k := NewLink(conn, LinkConfig{
 		Name: "kernel", PingInterval: -1, DeadAfter: -1, NoSeqCheck: true,
-		Logger:  l.log,
+		Logger: l.log, Peer: peer, MaxPeerTrans: l.cfg.Limits.TransPerLink, HardQueueBytes: l.cfg.Limits.QueueBytes,
 		Handler: func(t *Trans, m *Msg) { l.kernelMessage(ks, t, m) },
 	})
+	defer k.Start()
 	// Our own LNK_CONN, as DragonFly's service sends one to every link.
 	c := LnkConn{PeerType: PeerCluster, PeerMask: ^uint64(0), PeerLabel: l.hostname + "/hammer2-leaf"}
 	if _, err := k.Root().Open(&Msg{Header: Header{Cmd: CmdLnkConn}, Ext: c.Marshal()}, func(*Trans, *Msg) {}); err != nil {

@@ -111,6 +111,11 @@ func writeKeyFile(path string, data []byte, mode os.FileMode, replace bool) erro
 // LoadNodeKey reads <dir>/node.key. Like ssh, it refuses a key file that
 // group or other may access: such a key must be assumed leaked.
 func LoadNodeKey(dir string) (ed25519.PrivateKey, error) {
+	// Whoever can write the directory can swap the key (or, in remote/,
+	// add a peer to trust).
+	if err := checkNotWritableByOthers(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("key directory: %w", err)
+	}
 	path := filepath.Join(dir, nodeKeyFile)
 	f, err := os.Open(path)
 	if err != nil {
@@ -311,12 +316,24 @@ func (t *TrustStore) Reload() error {
 	}
 	var files []TrustedKey
 	var errs []error
+	if err == nil {
+		// A directory another user can write trusts nobody: any of its
+		// keys may be theirs.
+		if err := checkNotWritableByOthers(t.dir); err != nil {
+			entries = nil
+			errs = append(errs, fmt.Errorf("trust store: every key in it ignored: %w", err))
+		}
+	}
 	for _, e := range entries { // ReadDir sorts by name
 		name, ok := strings.CutSuffix(e.Name(), ".pub")
 		if !ok || name == "" || strings.HasPrefix(e.Name(), ".") || e.IsDir() {
 			continue
 		}
 		path := filepath.Join(t.dir, e.Name())
+		if err := checkNotWritableByOthers(path); err != nil {
+			errs = append(errs, fmt.Errorf("trust store: key ignored: %w", err))
+			continue
+		}
 		pub, err := ReadPublicKeyFile(path)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("trust store: %w", err))

@@ -109,8 +109,8 @@ func laneLinks(t *testing.T, rec *laneRecorder) (tx, rx *Link) {
 	a := startNode(t, ka, QuicConfig{}, peer{"c", kc.Public().(ed25519.PublicKey)})
 	c := startNode(t, kc, QuicConfig{}, peer{"a", ka.Public().(ed25519.PublicKey)})
 	la, lc := linkPair(t, testCtx(t, 20*time.Second), a, c)
-	rx = NewLink(lc.Stream(), quietConfig("rx", rec.handle))
-	tx = NewLink(la.Stream(), quietConfig("tx", nil))
+	rx = startLink(lc.Stream(), quietConfig("rx", rec.handle))
+	tx = startLink(la.Stream(), quietConfig("tx", nil))
 	t.Cleanup(func() { tx.Close(); rx.Close() })
 	if tx.bulk == nil || rx.bulk == nil {
 		t.Fatal("a Link over a QUIC link has no bulk stream")

@@ -32,6 +32,8 @@ type Leaf struct {
 	trust    *TrustStore
 	hostname string
 	started  time.Time
+	policy   privilegePolicy // who is privileged on the local sockets
+	refused  *logLimiter     // refusals on the local sockets
 
 	ctx context.Context
 	wg  sync.WaitGroup
@@ -68,15 +70,28 @@ func NewLeaf(cfg Config, pfs PFS, key ed25519.PrivateKey, trust *TrustStore, log
 		return nil, fmt.Errorf("read PFS registration: %w", err)
 	}
 	host, _ := os.Hostname()
+	policy, err := newPrivilegePolicy(cfg.Security.Group)
+	if err != nil {
+		return nil, err
+	}
 	l := &Leaf{
-		cfg: cfg, pfs: pfs, info: info, trust: trust, hostname: host, started: time.Now(),
+		cfg: cfg, pfs: pfs, info: info, trust: trust, hostname: host, started: time.Now(), policy: policy,
 		log:     log.With("pfs", info.Label),
+		refused: newLogLimiter(cfg.Limits.RefusedLogsPerSecond),
 		targets: map[string]*target{},
 		slots:   map[int]string{},
 		inbound: map[*clusterLink]struct{}{},
-		spans:   newSpanTable(),
+		spans:   newSpanTable(cfg.Limits),
 	}
-	qc := QuicConfig{Listen: cfg.Listen, DeadAfter: cfg.RemoteDeadAfter.Duration, Logger: l.log}
+	// The stand-in PFS's kernel.sock takes the same mode and checks as
+	// the other local sockets.
+	if sa, ok := pfs.(interface {
+		SetSocketAccess(privilegePolicy, *slog.Logger)
+	}); ok {
+		sa.SetSocketAccess(policy, l.log)
+	}
+	qc := QuicConfig{Listen: cfg.Listen, DeadAfter: cfg.RemoteDeadAfter.Duration, Logger: l.log,
+		RefusedLogsPerSecond: cfg.Limits.RefusedLogsPerSecond}
 	if cfg.Listen == "none" {
 		qc.Listen, qc.DialOnly = ":0", true // a socket to dial from, accepting nothing
 	}
@@ -406,7 +421,7 @@ func (l *Leaf) startTarget(t *target) {
 	l.log.Info("keeping a link to remote", "remote", t.addr, "slots", t.slots)
 	l.spawn(func() {
 		_ = t.dialer.Run(ctx, func(q *QuicLink) {
-			c := l.runClusterLink(q.Stream(), "remote "+t.addr, q)
+			c := l.runClusterLink(q.Stream(), "remote "+t.addr, q, nodePeer(q.PeerFingerprint(), "quic"))
 			l.mu.Lock()
 			t.link = c
 			l.mu.Unlock()
@@ -436,7 +451,7 @@ func (l *Leaf) acceptLoop(ctx context.Context) {
 			}
 			return
 		}
-		c := l.runClusterLink(q.Stream(), "inbound "+q.RemoteAddr().String(), q)
+		c := l.runClusterLink(q.Stream(), "inbound "+q.RemoteAddr().String(), q, nodePeer(q.PeerFingerprint(), "quic"))
 		l.mu.Lock()
 		l.inbound[c] = struct{}{}
 		l.mu.Unlock()
@@ -468,7 +483,7 @@ func (l *Leaf) kernelLoop(ctx context.Context, stop context.CancelFunc) {
 			}
 			continue
 		}
-		k := newKernelLink(l, conn)
+		k := newKernelLink(l, conn, l.policy.identify(conn))
 		l.mu.Lock()
 		l.kernel, l.kernelUp = k, time.Now()
 		l.mu.Unlock()

@@ -40,6 +40,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -119,6 +120,9 @@ type QuicConfig struct {
 	DialOnly bool
 	// Logger receives refusals and protocol errors. Default slog.Default().
 	Logger *slog.Logger
+	// RefusedLogsPerSecond bounds the log lines about refused handshakes
+	// (limits.refused_logs_per_second). Default defaultLimits'.
+	RefusedLogsPerSecond float64
 }
 
 func (c *QuicConfig) setDefaults() {
@@ -133,6 +137,9 @@ func (c *QuicConfig) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.RefusedLogsPerSecond <= 0 {
+		c.RefusedLogsPerSecond = defaultLimits().RefusedLogsPerSecond
 	}
 }
 
@@ -165,6 +172,7 @@ func (e *PeerRefusedError) Unwrap() error { return e.Err }
 type QuicNode struct {
 	cfg     QuicConfig
 	log     *slog.Logger
+	refused *logLimiter // refusals of handshakes and preambles
 	trust   *TrustStore
 	fp      string // our key's fingerprint
 	qconf   *quic.Config
@@ -237,10 +245,11 @@ func NewQuicNode(key ed25519.PrivateKey, trust *TrustStore, cfg QuicConfig) (*Qu
 	}
 
 	n := &QuicNode{
-		cfg:   cfg,
-		log:   cfg.Logger,
-		trust: trust,
-		fp:    Fingerprint(key.Public().(ed25519.PublicKey)),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		refused: newLogLimiter(cfg.RefusedLogsPerSecond),
+		trust:   trust,
+		fp:      Fingerprint(key.Public().(ed25519.PublicKey)),
 		qconf: &quic.Config{
 			HandshakeIdleTimeout:  cfg.DeadAfter,
 			MaxIdleTimeout:        cfg.DeadAfter,
@@ -274,7 +283,10 @@ func NewQuicNode(key ed25519.PrivateKey, trust *TrustStore, cfg QuicConfig) (*Qu
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
 		NextProtos:   []string{quicALPN},
-		ClientAuth:   tls.RequireAnyClientCert, // pinned in VerifyConnection
+		// Ask, but let VerifyConnection refuse a missing certificate, so
+		// that the refusal is logged (tls would fail the handshake first,
+		// silently).
+		ClientAuth: tls.RequestClientCert,
 		// Resumption would skip the certificate exchange; a full
 		// handshake costs little on long-lived links.
 		SessionTicketsDisabled: true,
@@ -284,6 +296,11 @@ func NewQuicNode(key ed25519.PrivateKey, trust *TrustStore, cfg QuicConfig) (*Qu
 		var remote net.Addr
 		if chi.Conn != nil { // quic-go fills in a stand-in with the addresses
 			remote = chi.Conn.RemoteAddr()
+		}
+		if !slices.Contains(chi.SupportedProtos, quicALPN) {
+			n.refused.Warn(n.log, "quic: refused a client that does not speak "+quicALPN, "remote", remote,
+				"alpn", chi.SupportedProtos)
+			return nil, fmt.Errorf("quic: ALPN %q required", quicALPN)
 		}
 		c := base.Clone()
 		c.VerifyConnection = n.verifyPeer(remote, "accept")
@@ -380,18 +397,18 @@ func selfSignedCert(key ed25519.PrivateKey) (tls.Certificate, error) {
 func (n *QuicNode) verifyPeer(remote net.Addr, side string) func(tls.ConnectionState) error {
 	return func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {
-			n.log.Warn("quic: peer sent no certificate", "remote", remote, "side", side)
+			n.refused.Warn(n.log, "quic: refused a peer that sent no certificate", "remote", remote, "side", side)
 			return errors.New("peer sent no certificate")
 		}
 		pub, ok := cs.PeerCertificates[0].PublicKey.(ed25519.PublicKey)
 		if !ok {
-			n.log.Warn("quic: peer key is not Ed25519", "remote", remote, "side", side,
+			n.refused.Warn(n.log, "quic: refused a peer whose key is not Ed25519", "remote", remote, "side", side,
 				"type", fmt.Sprintf("%T", cs.PeerCertificates[0].PublicKey))
 			return fmt.Errorf("peer key is %T, not Ed25519", cs.PeerCertificates[0].PublicKey)
 		}
 		if _, ok := n.trust.Lookup(pub); !ok {
-			n.log.Warn("quic: refused untrusted peer key", "remote", remote,
-				"fingerprint", Fingerprint(pub), "side", side)
+			n.refused.Warn(n.log, "quic: refused untrusted peer key", "remote", remote,
+				"key", Fingerprint(pub), "side", side)
 			return &UntrustedKeyError{Addr: remote, Key: pub}
 		}
 		return nil
@@ -427,9 +444,12 @@ func (n *QuicNode) admit(conn *quic.Conn) {
 	defer n.wg.Done()
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.DeadAfter)
 	defer cancel()
+	// The handshake pinned a trusted Ed25519 key (verifyPeer): every line
+	// about this peer names it.
+	key := Fingerprint(conn.ConnectionState().TLS.PeerCertificates[0].PublicKey.(ed25519.PublicKey))
 	str, err := conn.AcceptStream(ctx)
 	if err != nil {
-		n.log.Warn("quic: peer opened no stream", "remote", conn.RemoteAddr(), "err", err)
+		n.refused.Warn(n.log, "quic: peer opened no stream", "remote", conn.RemoteAddr(), "key", key, "err", err)
 		conn.CloseWithError(quicCodeProtocol, "no stream")
 		return
 	}
@@ -463,7 +483,7 @@ func (n *QuicNode) admit(conn *quic.Conn) {
 		return err
 	})
 	if err != nil {
-		n.log.Warn("quic: preamble failed", "remote", conn.RemoteAddr(), "err", err)
+		n.refused.Warn(n.log, "quic: preamble failed", "remote", conn.RemoteAddr(), "key", key, "err", err)
 		conn.CloseWithError(quicCodeProtocol, "bad preamble")
 		return
 	}

@@ -58,8 +58,8 @@ func qlbUnixLinks(b *testing.B, rxh Handler) (tx, rx *Link) {
 }
 
 func qlbLinks(b *testing.B, ca, cb io.ReadWriteCloser, rxh Handler) (tx, rx *Link) {
-	rx = NewLink(cb, quietConfig("rx", rxh))
-	tx = NewLink(ca, quietConfig("tx", nil))
+	rx = startLink(cb, quietConfig("rx", rxh))
+	tx = startLink(ca, quietConfig("tx", nil))
 	b.Cleanup(func() { tx.Close(); rx.Close() })
 	return tx, rx
 }

@@ -74,7 +74,7 @@ func dialQBKernel(name, pfsDir string) (*qbKernel, error) {
 					_ = t.Reply(ErrOK)
 				}
 			})
-			return &qbKernel{link: NewLink(c, cfg)}, nil
+			return &qbKernel{link: startLink(c, cfg)}, nil
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("dial %s: %w", sock, err)

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -40,8 +41,12 @@ type Service struct {
 	nextSp  spanID
 	spanTx  map[spanID]*Trans // each received span's transaction, for circuits
 	started time.Time
+	// unpriv counts the unprivileged links of all listeners.
+	unpriv int
 	// kicked wakes the applier: router events are applied in batches.
 	kicked chan struct{}
+	// refused rate-limits the log lines about refused connections.
+	refused *logLimiter
 }
 
 // ServiceConfig says where the service listens and whom it dials.
@@ -53,18 +58,31 @@ type ServiceConfig struct {
 	Ping      time.Duration
 	RedialMin time.Duration
 	RedialMax time.Duration
+	// Policy says which local peers are privileged; Limits bound what
+	// any peer can make the service hold. Zero values: root and our own
+	// user only, defaultLimits.
+	Policy privilegePolicy
+	Limits Limits
 }
 
-// svcLink is one connection of the service.
+// svcLink is one connection of the service. Its fields are guarded by the
+// service's mu, except peer, lsn and link, which never change.
 type svcLink struct {
 	id     connID
 	name   string
 	link   *Link
+	peer   PeerIdentity
+	lsn    *svcListener // the listener it came in on, nil if dialed
 	quic   *QuicLink
 	since  time.Time
 	conn   *Trans // the peer's LNK_CONN, while open
 	spans  map[*Trans]spanID
 	relays map[relayID]*Trans
+	// ignored counts the spans of an unprivileged link: answered, kept
+	// open and never relayed. circuits counts the circuits it has open
+	// through us.
+	ignored  int
+	circuits int
 	// unanswered are withdrawn spans whose DELETE we have not returned:
 	// the router holds the answer while it withdraws the node elsewhere.
 	unanswered map[spanID]*Trans
@@ -73,9 +91,23 @@ type svcLink struct {
 // NewService prepares a service; node may be nil (no QUIC links).
 func NewService(cfg ServiceConfig, node *QuicNode, log *slog.Logger) *Service {
 	host, _ := os.Hostname()
+	if cfg.Limits == (Limits{}) {
+		cfg.Limits = defaultLimits()
+	}
+	if cfg.Policy == (privilegePolicy{}) {
+		cfg.Policy = privilegePolicy{self: os.Geteuid(), group: -1}
+	}
 	return &Service{cfg: cfg, log: log, node: node, hostname: host, started: time.Now(),
 		router: newSpanRouter(rand.Uint32() | 1), links: map[connID]*svcLink{}, spanTx: map[spanID]*Trans{},
-		kicked: make(chan struct{}, 1)}
+		kicked: make(chan struct{}, 1), refused: newLogLimiter(cfg.Limits.RefusedLogsPerSecond)}
+}
+
+// svcListener is one of the service's stream listeners and the links it
+// holds (guarded by the service's mu).
+type svcListener struct {
+	ln    net.Listener
+	name  string // its address, for logs
+	links int
 }
 
 // errAlreadyRunning means another service holds the listening socket.
@@ -88,27 +120,24 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s.ctx = ctx
-	var lns []net.Listener
+	var lns []*svcListener
 	if s.cfg.TCP != "" {
 		ln, err := net.Listen("tcp", s.cfg.TCP)
 		if err != nil {
-			return listenErr(err)
+			return s.listenErr(err)
 		}
-		lns = append(lns, ln)
+		lns = append(lns, &svcListener{ln: ln, name: "tcp " + ln.Addr().String()})
 	}
 	if s.cfg.Unix != "" {
-		if c, err := net.DialTimeout("unix", s.cfg.Unix, time.Second); err == nil {
-			c.Close()
-			closeAll(lns)
-			return errAlreadyRunning
-		}
-		_ = os.Remove(s.cfg.Unix)
-		ln, err := net.Listen("unix", s.cfg.Unix)
+		ln, err := s.cfg.Policy.listenUnix(s.cfg.Unix)
 		if err != nil {
 			closeAll(lns)
-			return fmt.Errorf("listen %s: %w", s.cfg.Unix, err)
+			if errors.Is(err, errSocketInUse) {
+				return errAlreadyRunning
+			}
+			return err
 		}
-		lns = append(lns, ln)
+		lns = append(lns, &svcListener{ln: ln, name: "unix " + s.cfg.Unix})
 	}
 	s.spawn(func() { s.applier(ctx) })
 	for _, ln := range lns {
@@ -120,7 +149,7 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 			d := NewRedialer(s.node, addr, RedialConfig{MinBackoff: s.cfg.RedialMin, MaxBackoff: s.cfg.RedialMax})
 			s.spawn(func() {
 				_ = d.Run(ctx, func(q *QuicLink) {
-					sl := s.addLink(q.Stream(), "node "+addr, q)
+					sl := s.addLink(q.Stream(), "node "+addr, q, nodePeer(q.PeerFingerprint(), "quic"), nil)
 					select {
 					case <-sl.link.Done():
 					case <-ctx.Done():
@@ -140,18 +169,18 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 	return nil
 }
 
-var errAddrInUse = syscall.EADDRINUSE
-
-func listenErr(err error) error {
-	if errors.Is(err, errAddrInUse) {
+// listenErr tells a TCP port held by another program apart from one held
+// by our own service: only ours answers dmsg there.
+func (s *Service) listenErr(err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
 		return errAlreadyRunning
 	}
 	return fmt.Errorf("listen: %w", err)
 }
 
-func closeAll(lns []net.Listener) {
-	for _, ln := range lns {
-		ln.Close()
+func closeAll(lns []*svcListener) {
+	for _, l := range lns {
+		l.ln.Close()
 	}
 }
 
@@ -167,24 +196,47 @@ func (s *Service) spawn(f func()) {
 	go func() { defer s.wg.Done(); f() }()
 }
 
-func (s *Service) acceptStream(ctx context.Context, ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() == nil {
-				s.log.Warn("accept stopped", "listen", ln.Addr(), "err", err)
-			}
-			return
-		}
+// acceptStream serves one stream listener. Each connection's peer is
+// identified before anything is read from it, and refused at once when it
+// would go over the listener's link limit (or, unprivileged, over the
+// limit of unprivileged links), so that a flood holds no more than that.
+func (s *Service) acceptStream(ctx context.Context, lsn *svcListener) {
+	_ = acceptLoop(ctx, lsn.ln, s.log, lsn.name, func(c net.Conn) {
 		if tc, ok := c.(*net.TCPConn); ok {
 			_ = tc.SetNoDelay(true)
 		}
+		peer := s.cfg.Policy.identify(c)
+		if limit, n, max := s.admit(lsn, peer); limit != "" {
+			s.refused.Warn(s.log, "connection refused: over a limit", append([]any{"listen", lsn.name,
+				"remote", c.RemoteAddr().String(), "limit", limit, "value", n, "max", max}, peer.attrs()...)...)
+			c.Close()
+			return
+		}
 		name := "client " + c.RemoteAddr().String()
 		if c.RemoteAddr().Network() == "unix" {
-			name = "leaf"
+			name = "local"
 		}
-		s.addLink(c, name, nil)
+		s.addLink(c, name, nil, peer, lsn)
+	})
+}
+
+// admit counts a new link against its listener's limits; it returns the
+// limit that refuses it, if any.
+func (s *Service) admit(lsn *svcListener, peer PeerIdentity) (limit string, n, max int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lim := s.cfg.Limits
+	switch {
+	case lsn.links >= lim.Links:
+		return "links", lsn.links + 1, lim.Links
+	case !peer.Class.Privileged() && s.unpriv >= lim.UnprivilegedLinks:
+		return "unprivileged_links", s.unpriv + 1, lim.UnprivilegedLinks
 	}
+	lsn.links++
+	if !peer.Class.Privileged() {
+		s.unpriv++
+	}
+	return "", 0, 0
 }
 
 func (s *Service) acceptQuic(ctx context.Context) {
@@ -193,27 +245,29 @@ func (s *Service) acceptQuic(ctx context.Context) {
 		if err != nil {
 			return
 		}
-		s.addLink(q.Stream(), "node "+q.RemoteAddr().String(), q)
+		s.addLink(q.Stream(), "node "+q.RemoteAddr().String(), q, nodePeer(q.PeerFingerprint(), "quic"), nil)
 	}
 }
 
 // addLink starts a link and sends our LNK_CONN on it, as DragonFly's
 // service does on every connection: peer_type CLUSTER, every peer type.
-func (s *Service) addLink(rw interface {
-	Read([]byte) (int, error)
-	Write([]byte) (int, error)
-	Close() error
-}, name string, q *QuicLink) *svcLink {
+// lsn is the listener that accepted it (already counted by admit), nil
+// for links we dialed.
+func (s *Service) addLink(rw io.ReadWriteCloser, name string, q *QuicLink, peer PeerIdentity, lsn *svcListener) *svcLink {
 	s.mu.Lock()
 	s.nextID++
 	sl := &svcLink{id: s.nextID, name: fmt.Sprintf("%s #%d", name, s.nextID), quic: q, since: time.Now(),
-		spans: map[*Trans]spanID{}, relays: map[relayID]*Trans{}, unanswered: map[spanID]*Trans{}}
-	// The link is published with its Link set, under s.mu: its handlers
-	// take s.mu, so none runs (and no relay is sent on it) before then.
-	defer s.mu.Unlock()
+		peer: peer, lsn: lsn, spans: map[*Trans]spanID{}, relays: map[relayID]*Trans{}, unanswered: map[spanID]*Trans{}}
+	lim := s.cfg.Limits
 	cfg := LinkConfig{Name: sl.name, PingInterval: s.cfg.Ping, DeadAfter: s.cfg.DeadAfter, Logger: s.log,
+		Peer: peer, MaxPeerTrans: lim.TransPerLink, HardQueueBytes: lim.QueueBytes,
 		Handler: func(t *Trans, m *Msg) { s.handle(sl, t, m) },
 		OnClose: func(error) { s.linkGone(sl) }}
+	if lsn != nil {
+		// A peer that connected to us says who it is at once; one we
+		// dialed (or that dialed our QUIC port, authenticated) need not.
+		cfg.HelloTimeout = lim.HelloTimeout.Duration
+	}
 	if q != nil {
 		cfg.BulkBatch = quicBulkBatch
 	}
@@ -223,7 +277,10 @@ func (s *Service) addLink(rw interface {
 	if _, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkConn}, Ext: c.Marshal()}, func(*Trans, *Msg) {}); err != nil {
 		s.log.Warn("sending LNK_CONN", "link", sl.name, "err", err)
 	}
-	s.log.Info("link up", "link", sl.name)
+	s.mu.Unlock()
+	// Published: its handlers find it in s.links from the first message.
+	sl.link.Start()
+	sl.link.log.Info("link up", "link", sl.name)
 	return sl
 }
 
@@ -231,12 +288,17 @@ func (s *Service) addLink(rw interface {
 func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 	if t.IsRoot() {
 		if m.Cmd&(maskBaseCmd|FlagReply) == CmdDbgShell {
+			sl.link.Hello() // a shell says who it is with its first line
 			text := ShellText(m.Aux)
 			if strings.HasPrefix(text, "@") {
-				s.shellViaSpan(t, text)
+				s.shellViaSpan(sl, t, text)
 				return
 			}
-			shellCommands{tree: s.tree, span: s.shellSpan}.answer(t, text)
+			sc := shellCommands{tree: s.tree, span: s.shellSpan}
+			if !sl.peer.Class.Privileged() {
+				sc.refuse = func(cmd string) string { return s.cfg.Policy.needs(cmd, sl.peer) }
+			}
+			sc.answer(t, text)
 		}
 		return
 	}
@@ -254,6 +316,7 @@ func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 			_ = t.Close(ErrParam)
 			return
 		}
+		sl.link.Hello()
 		t.SetHandler(func(t *Trans, m *Msg) {
 			if m.Cmd&FlagDelete != 0 {
 				s.mu.Lock()
@@ -278,6 +341,14 @@ func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 			_ = t.Close(ErrParam)
 			return
 		}
+		if !sl.peer.Class.Privileged() {
+			s.ignoreSpan(sl, t, m)
+			return
+		}
+		if err := s.countSpan(sl); err != nil {
+			sl.link.Abort(err)
+			return
+		}
 		t.SetHandler(func(t *Trans, m *Msg) {
 			if m.Cmd&FlagDelete != 0 && m.Cmd&FlagReply == 0 {
 				s.spanGone(sl, t) // the router says when to answer
@@ -296,6 +367,55 @@ func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 			s.spanGone(sl, t)
 		}
 	}
+}
+
+// countSpan checks a privileged link's new span against the limits.
+func (s *Service) countSpan(sl *svcLink) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lim := s.cfg.Limits
+	switch {
+	case len(sl.spans) >= lim.SpansPerLink:
+		return &LimitError{Limit: "spans_per_link", Value: uint64(len(sl.spans) + 1), Max: uint64(lim.SpansPerLink),
+			Reason: "the link advertised one span more than it may"}
+	case len(s.spanTx) >= lim.Spans:
+		return &LimitError{Limit: "spans", Value: uint64(len(s.spanTx) + 1), Max: uint64(lim.Spans),
+			Reason: "the service holds as many spans as it may, from all links"}
+	}
+	return nil
+}
+
+// ignoreSpan answers a span from an unprivileged link and keeps it open,
+// as the protocol asks of unwanted spans (a relay closed on a DragonFly
+// peer is only opened again), but never relays it: no one downstream
+// could tell it from a span a privileged peer vouches for. The result
+// carries ErrNoPerm, which DragonFly's peers ignore and ours log.
+func (s *Service) ignoreSpan(sl *svcLink, t *Trans, m *Msg) {
+	s.mu.Lock()
+	sl.ignored++
+	n := sl.ignored
+	s.mu.Unlock()
+	if n > s.cfg.Limits.SpansPerLink {
+		sl.link.Abort(&LimitError{Limit: "spans_per_link", Value: uint64(n), Max: uint64(s.cfg.Limits.SpansPerLink),
+			Reason: "the link advertised one span more than it may"})
+		return
+	}
+	if n == 1 {
+		sl.link.log.Info("spans from an unprivileged link are not relayed", "link", sl.name)
+	}
+	t.SetHandler(func(t *Trans, m *Msg) {
+		if m.Cmd&FlagDelete != 0 {
+			s.mu.Lock()
+			sl.ignored--
+			s.mu.Unlock()
+			_ = t.Close(ErrOK)
+		}
+	})
+	if m.Cmd&FlagDelete != 0 {
+		_ = t.Close(ErrOK)
+		return
+	}
+	_ = t.Reply(ErrNoPerm)
 }
 
 func (s *Service) spanGone(sl *svcLink, t *Trans) {
@@ -319,7 +439,13 @@ func (s *Service) linkGone(sl *svcLink) {
 	s.router.linkDown(sl.id)
 	s.applyLocked()
 	delete(s.links, sl.id)
-	s.log.Info("link down", "link", sl.name, "reason", sl.link.Err())
+	if sl.lsn != nil {
+		sl.lsn.links--
+		if !sl.peer.Class.Privileged() {
+			s.unpriv--
+		}
+	}
+	sl.link.log.Info("link down", "link", sl.name, "reason", sl.link.Err())
 }
 
 // forwardCircuit carries a transaction the peer opened under one of our
@@ -327,6 +453,19 @@ func (s *Service) linkGone(sl *svcLink) {
 // that span, and splices the two until both ends are closed. This is how a
 // node talks to a PFS it only knows through spans.
 func (s *Service) forwardCircuit(sl *svcLink, parent, in *Trans, m *Msg) {
+	if !sl.peer.Class.Privileged() {
+		// An unprivileged peer may only ask a node's shell to look.
+		if t := in.Cmd(); t != CmdDbgShell || !shellReadOnly(ShellText(m.Aux)) {
+			s.refused.Warn(sl.link.log, "refused a circuit from an unprivileged link", "link", sl.name, "cmd", CmdString(t))
+			if t == CmdDbgShell {
+				_ = in.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagDelete},
+					Aux: ShellAux(s.cfg.Policy.needs(shellWord(ShellText(m.Aux)), sl.peer) + "\n")})
+				return
+			}
+			_ = in.Close(ErrNoPerm)
+			return
+		}
+	}
 	s.mu.Lock()
 	var src *Trans
 	for rid, rt := range sl.relays {
@@ -337,17 +476,43 @@ func (s *Service) forwardCircuit(sl *svcLink, parent, in *Trans, m *Msg) {
 			break
 		}
 	}
+	over := sl.circuits >= s.cfg.Limits.CircuitsPerLink
+	if src != nil && !over {
+		sl.circuits++
+	}
 	s.mu.Unlock()
+	if over {
+		sl.link.Abort(&LimitError{Limit: "circuits_per_link", Value: uint64(s.cfg.Limits.CircuitsPerLink + 1),
+			Max: uint64(s.cfg.Limits.CircuitsPerLink), Reason: "the link opened one circuit more than it may hold open"})
+		return
+	}
 	if src == nil {
 		_ = in.Close(ErrCantCirc) // not one of our relays, or its span is gone
 		return
 	}
+	var once sync.Once
+	done := func() {
+		once.Do(func() {
+			s.mu.Lock()
+			sl.circuits--
+			s.mu.Unlock()
+		})
+	}
 	out, err := src.Open(forwardCopy(m), func(_ *Trans, m *Msg) { forwardTo(in, m) })
 	if err != nil {
+		done()
 		_ = in.Close(ErrCantCirc)
 		return
 	}
-	in.SetHandler(func(_ *Trans, m *Msg) { forwardTo(out, m) })
+	in.SetHandler(func(_ *Trans, m *Msg) {
+		if m.Cmd&FlagDelete != 0 {
+			done()
+		}
+		forwardTo(out, m)
+	})
+	if m.Cmd&FlagDelete != 0 {
+		done()
+	}
 }
 
 // forwardCopy is m as it continues on the next hop: the command, DELETE or
@@ -367,8 +532,12 @@ func forwardTo(t *Trans, m *Msg) {
 // shellViaSpan is DragonFly's `@<span> <cmd>`: the command goes as a
 // DBG_SHELL transaction over a received span to the node that advertised
 // it, and its answer comes back here.
-func (s *Service) shellViaSpan(root *Trans, text string) {
+func (s *Service) shellViaSpan(sl *svcLink, root *Trans, text string) {
 	idText, cmd, _ := strings.Cut(strings.TrimPrefix(text, "@"), " ")
+	if !sl.peer.Class.Privileged() && !shellReadOnly(cmd) {
+		_ = root.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux(s.cfg.Policy.needs(shellWord(cmd), sl.peer) + "\n" + shellPrompt)})
+		return
+	}
 	id, err := strconv.ParseUint(idText, 0, 64)
 	s.mu.Lock()
 	st := s.spanTx[spanID(id)]
@@ -424,7 +593,12 @@ func (s *Service) applier(ctx context.Context) {
 // the node that advertised the span. It goes there as a DBG_SHELL
 // transaction under the span we received, and its answer comes back to
 // the shell.
-func (s *Service) shellOnRelay(rid relayID, relay *Trans, cmd string) {
+func (s *Service) shellOnRelay(sl *svcLink, rid relayID, relay *Trans, cmd string) {
+	if !sl.peer.Class.Privileged() && !shellReadOnly(cmd) {
+		_ = relay.Link().Root().Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply},
+			Aux: ShellAux(s.cfg.Policy.needs(shellWord(cmd), sl.peer) + "\n")})
+		return
+	}
 	s.mu.Lock()
 	var src *Trans
 	if rl := s.router.relays[rid]; rl != nil {
@@ -480,7 +654,7 @@ func (s *Service) applyLocked() {
 		t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: body.Marshal()},
 			func(t *Trans, m *Msg) {
 				if m.Cmd&(FlagDelete|maskBaseCmd) == CmdDbgShell {
-					s.shellOnRelay(rid, t, ShellText(m.Aux))
+					s.shellOnRelay(sl, rid, t, ShellText(m.Aux))
 					return
 				}
 				// The receiver's DELETE: the answer to our withdrawal, or it
@@ -534,7 +708,7 @@ func (s *Service) shellSpan(host string) string {
 	if err != nil {
 		return fmt.Sprintf("Connection to %s failed: %v\n", host, err)
 	}
-	s.addLink(q.Stream(), "node "+host, q)
+	s.addLink(q.Stream(), "node "+host, q, nodePeer(q.PeerFingerprint(), "quic"), nil)
 	return fmt.Sprintf("Connected to %s\n", host)
 }
 

@@ -83,7 +83,8 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 				_ = trust.AddKey(cmp.Or(r.Name, r.Address), pub)
 			}
 		}
-		qc := QuicConfig{Listen: sc.Listen, DeadAfter: cfg.RemoteDeadAfter.Duration, Logger: log}
+		qc := QuicConfig{Listen: sc.Listen, DeadAfter: cfg.RemoteDeadAfter.Duration, Logger: log,
+			RefusedLogsPerSecond: cfg.Limits.RefusedLogsPerSecond}
 		if sc.Listen == "none" {
 			qc.Listen, qc.DialOnly = ":0", true // autoconn only: accept nothing
 		}
@@ -92,9 +93,14 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 			return err
 		}
 	}
+	policy, err := newPrivilegePolicy(cfg.Security.Group)
+	if err != nil {
+		return err
+	}
 	svc := NewService(ServiceConfig{Unix: sc.Unix, TCP: sc.TCP, Autoconn: sc.Autoconn,
 		DeadAfter: cfg.DeadAfter.Duration, Ping: cfg.PingInterval.Duration,
-		RedialMin: cfg.RedialMin.Duration, RedialMax: cfg.RedialMax.Duration}, node, log)
+		RedialMin: cfg.RedialMin.Duration, RedialMax: cfg.RedialMax.Duration,
+		Policy: policy, Limits: cfg.Limits}, node, log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	err = svc.Run(ctx, func() { daemonReady(nil) })

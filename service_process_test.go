@@ -1333,7 +1333,7 @@ func TestServiceConnectRace(t *testing.T) {
 	if crashed || strings.Contains(log, "WARNING: DATA RACE") || strings.Contains(log, "panic:") {
 		t.Errorf("BUG (service.go Service.addLink): the service %s with %d clients sending LNK_CONN at once "+
 			"(failed sessions: %d). addLink puts the svcLink in s.links and releases s.mu before it assigns "+
-			"sl.link = NewLink(...); NewLink has already started the reader, whose handler takes the client's "+
+			"sl.link = startLink(...); NewLink has already started the reader, whose handler takes the client's "+
 			"LNK_CONN, connUp relays the leaf's span to the new link, and applyLocked calls sl.link.Root() on the "+
 			"still-nil sl.link (nil dereference, the whole service dies; the race detector reports the "+
 			"unsynchronised write and read of sl.link). Fix: assign sl.link while still holding s.mu (handlers "+

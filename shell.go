@@ -25,6 +25,30 @@ type shellCommands struct {
 	tree  func() string
 	span  func(host string) string
 	extra string // more help lines
+	// refuse, if set, is the answer to a command that is not read-only
+	// (shellReadOnly): the link asking is unprivileged.
+	refuse func(cmd string) string
+}
+
+// shellReadOnly reports whether a shell line only looks. Everything else
+// (commit, lock, quorum add|remove, span <host>, and any command we do not
+// know) needs a privileged link: an unknown word might mean something to
+// the node it goes to.
+func shellReadOnly(line string) bool {
+	cmd, arg, _ := strings.Cut(strings.TrimSpace(line), " ")
+	switch cmd {
+	case "", "help", "?", "tree", "ping", "locks":
+		return true
+	case "quorum":
+		return strings.TrimSpace(arg) == ""
+	}
+	return false
+}
+
+// shellWord is a shell line's command word.
+func shellWord(line string) string {
+	w, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+	return w
 }
 
 // answer runs one line and sends the output and the prompt.
@@ -34,6 +58,9 @@ func (sc shellCommands) answer(root *Trans, line string) {
 }
 
 func (sc shellCommands) run(line string) string {
+	if sc.refuse != nil && !shellReadOnly(line) {
+		return sc.refuse(shellWord(line)) + "\n"
+	}
 	cmd, arg, _ := strings.Cut(line, " ")
 	arg = strings.TrimSpace(arg)
 	switch cmd {
@@ -115,10 +142,11 @@ func runShell(conn io.ReadWriteCloser, in io.Reader, out io.Writer, log interfac
 				// As DragonFly's shell: note it, ask for a prompt, and refuse
 				// the CONN so that no spans are sent to a shell.
 				fmt.Fprintln(out, "Debug Shell received LNK_CONN")
-				_ = ask(t.Link(), "") // not l: the reader may run before NewLink returns
+				_ = ask(t.Link(), "")
 				_ = t.Close(ErrNoSupp)
 			}
 		}})
+	l.Start()
 	owed := func() bool {
 		mu.Lock()
 		defer mu.Unlock()

@@ -889,7 +889,7 @@ func TestSimKernelSelfCheck(t *testing.T) {
 	rec := newRecorder()
 	var mu sync.Mutex
 	var kernelTrans []*Trans
-	peer := NewLink(lc, LinkConfig{Name: "leaf", PingInterval: -1, DeadAfter: -1, NoSeqCheck: true,
+	peer := startLink(lc, LinkConfig{Name: "leaf", PingInterval: -1, DeadAfter: -1, NoSeqCheck: true,
 		Logger: (&logBuf{}).logger(),
 		Handler: func(tr *Trans, m *Msg) {
 			rec.handle(tr, m)

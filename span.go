@@ -24,24 +24,47 @@ type spanEntry struct {
 	Since time.Time
 }
 
-// spanTable is what the cluster advertises, over all links.
+// spanTable is what the cluster advertises, over all links, within the
+// limits on spans per link and in all.
 type spanTable struct {
+	perLink, total int
+
 	mu      sync.Mutex
 	entries map[*Trans]*spanEntry
+	byLink  map[*Link]int
 }
 
-func newSpanTable() *spanTable { return &spanTable{entries: map[*Trans]*spanEntry{}} }
+func newSpanTable(lim Limits) *spanTable {
+	return &spanTable{perLink: lim.SpansPerLink, total: lim.Spans, entries: map[*Trans]*spanEntry{}, byLink: map[*Link]int{}}
+}
 
-func (s *spanTable) add(t *Trans, link string, sp LnkSpan) {
+// add records a span, or refuses it with the limit it would break.
+func (s *spanTable) add(t *Trans, link string, sp LnkSpan) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch n := s.byLink[t.Link()]; {
+	case n >= s.perLink:
+		return &LimitError{Limit: "spans_per_link", Value: uint64(n + 1), Max: uint64(s.perLink),
+			Reason: "the link advertised one span more than it may"}
+	case len(s.entries) >= s.total:
+		return &LimitError{Limit: "spans", Value: uint64(len(s.entries) + 1), Max: uint64(s.total),
+			Reason: "the leaf holds as many spans as it may, from all links"}
+	}
 	s.entries[t] = &spanEntry{Link: link, Span: sp, Since: time.Now()}
-	s.mu.Unlock()
+	s.byLink[t.Link()]++
+	return nil
 }
 
 func (s *spanTable) remove(t *Trans) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.entries[t]; !ok {
+		return
+	}
 	delete(s.entries, t)
-	s.mu.Unlock()
+	if s.byLink[t.Link()]--; s.byLink[t.Link()] <= 0 {
+		delete(s.byLink, t.Link())
+	}
 }
 
 // find returns the transaction of the nearest span (lowest dist, then
@@ -96,17 +119,21 @@ type clusterLink struct {
 	peerConn *LnkConn
 }
 
-// runClusterLink starts the dmsg link over rw and opens our LNK_CONN.
-func (l *Leaf) runClusterLink(rw io.ReadWriteCloser, name string, q *QuicLink) *clusterLink {
+// runClusterLink starts the dmsg link over rw and opens our LNK_CONN. peer
+// is who is on the other end: an authenticated node (QUIC) or the local
+// service (the backbone, checked before).
+func (l *Leaf) runClusterLink(rw io.ReadWriteCloser, name string, q *QuicLink, peer PeerIdentity) *clusterLink {
 	c := &clusterLink{leaf: l, name: name, quic: q}
 	l.mu.Lock()
 	cfg := LinkConfig{Name: name, PingInterval: l.cfg.PingInterval.Duration, DeadAfter: l.cfg.DeadAfter.Duration,
-		Handler: c.handle, Logger: l.log}
+		Handler: c.handle, Logger: l.log, Peer: peer, MaxPeerTrans: l.cfg.Limits.TransPerLink,
+		HardQueueBytes: l.cfg.Limits.QueueBytes}
 	if q != nil {
 		cfg.BulkBatch = quicBulkBatch
 	}
 	l.mu.Unlock()
 	c.link = NewLink(rw, cfg)
+	defer c.link.Start() // once c is complete: its handler uses it
 	conn := LnkConn{PeerType: PeerHammer2, PeerMask: 1 << PeerHammer2, ProtoVersion: SpanProto1,
 		PeerLabel: l.hostname + "/hammer2-leaf"}
 	t, err := c.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkConn}, Ext: conn.Marshal()}, c.onOurConn)
@@ -117,7 +144,7 @@ func (l *Leaf) runClusterLink(rw io.ReadWriteCloser, name string, q *QuicLink) *
 	c.mu.Lock()
 	c.conn = t
 	c.mu.Unlock()
-	l.log.Info("cluster link up", "link", name)
+	c.link.log.Info("cluster link up", "link", name)
 	return c
 }
 
@@ -207,7 +234,10 @@ func (c *clusterLink) handle(t *Trans, m *Msg) {
 			_ = t.Close(ErrParam)
 			return
 		}
-		c.leaf.spans.add(t, c.name, sp)
+		if err := c.leaf.spans.add(t, c.name, sp); err != nil {
+			c.link.Abort(err)
+			return
+		}
 		c.leaf.log.Debug("span received", "link", c.name, "label", sp.PeerLabelString(), "dist", sp.Dist)
 		t.SetHandler(func(t *Trans, m *Msg) {
 			if m.Cmd&FlagDelete != 0 {

@@ -83,10 +83,13 @@ type transTable struct {
 	wr   map[uint64]*Trans
 	rd   map[uint64]*Trans
 	next uint64
+	// maxRd bounds the transactions the peer holds open (rd); a CREATE
+	// past it is a LimitError, which closes the link. Negative: no bound.
+	maxRd int
 }
 
-func newTransTable(l *Link) *transTable {
-	t := &transTable{wr: map[uint64]*Trans{}, rd: map[uint64]*Trans{}}
+func newTransTable(l *Link, maxRd int) *transTable {
+	t := &transTable{wr: map[uint64]*Trans{}, rd: map[uint64]*Trans{}, maxRd: maxRd}
 	t.root.link = l
 	return t
 }
@@ -151,6 +154,10 @@ func (tt *transTable) recv(h *Header) (rxResult, error) {
 		}
 		if tt.rd[h.MsgID] != nil {
 			return rxResult{}, protoError("msgid", h.MsgID, "CREATE for a transaction that is already open")
+		}
+		if tt.maxRd >= 0 && len(tt.rd) >= tt.maxRd && cmd&FlagDelete == 0 {
+			return rxResult{}, &LimitError{Limit: "transactions_per_link", Value: uint64(len(tt.rd) + 1), Max: uint64(tt.maxRd),
+				Reason: fmt.Sprintf("%s opens one more transaction than the peer may hold open", CmdString(cmd))}
 		}
 		t := &Trans{link: tt.root.link, msgid: h.MsgID, icmd: cmd & maskBaseCmd, rx: cmd & (FlagCreate | FlagDelete)}
 		if h.Circuit != 0 {
