@@ -138,8 +138,10 @@ func loadOrCreateKey(dir string, log interface{ Info(string, ...any) }) (ed25519
 
 // StatusCmd is `hammer2 status`.
 type StatusCmd struct {
-	PFS  []string `arg:"" optional:"" name:"path" help:"PFSs to show (default -s or \".\")."`
-	JSON bool     `name:"json" help:"Print JSON (the fields may grow)."`
+	PFS     []string `arg:"" optional:"" name:"path" help:"PFSs to show (default -s or \".\")."`
+	JSON    bool     `name:"json" help:"Print JSON (the fields may grow)."`
+	Service bool     `name:"service" help:"Show the node's service daemon instead: its links, who is behind each, its autoconn targets."`
+	Unix    string   `name:"unix" help:"With --service: the service's Unix socket (default: the config's [service] unix)." placeholder:"PATH"`
 }
 
 type statusJSON struct {
@@ -158,6 +160,9 @@ func (c *StatusCmd) Run(env *Env) error {
 	cfg, err := LoadConfig(env.Config)
 	if err != nil {
 		return err
+	}
+	if c.Service {
+		return c.service(env, cfg)
 	}
 	var all []statusJSON
 	for _, p := range paths {
@@ -200,6 +205,25 @@ func (c *StatusCmd) Run(env *Env) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(all)
 	}
+	return nil
+}
+
+// service shows the node's service daemon.
+func (c *StatusCmd) service(env *Env, cfg Config) error {
+	sock := cfg.Service.Unix
+	if c.Unix != "" {
+		sock = c.Unix
+	}
+	resp, err := controlCall(serviceControlPath(sock), controlRequest{Op: "status"})
+	if err != nil {
+		return fmt.Errorf("service: %w", err)
+	}
+	if c.JSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(resp.Service)
+	}
+	printServiceStatus(env.Stdout, resp.Service)
 	return nil
 }
 

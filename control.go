@@ -1,8 +1,9 @@
 package main
 
-// The control socket: how one-shot commands (status, connect, disconnect)
-// reach a running leaf. A Unix socket, mode 0600, one JSON request and one
-// JSON answer per connection.
+// The control socket: how one-shot commands (status, connect, disconnect,
+// quorum) reach a running leaf, and status reaches a running service. A
+// Unix socket, mode 0600, one JSON request and one JSON answer per
+// connection.
 
 import (
 	"context"
@@ -10,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -25,67 +27,92 @@ type controlRequest struct {
 }
 
 type controlResponse struct {
-	Error   string      `json:"error,omitempty"`
-	Status  *LeafStatus `json:"status,omitempty"`
-	Members []string    `json:"members,omitempty"` // after a quorum change
+	Error   string         `json:"error,omitempty"`
+	Status  *LeafStatus    `json:"status,omitempty"`
+	Service *ServiceStatus `json:"service,omitempty"` // a service's status
+	Members []string       `json:"members,omitempty"` // after a quorum change
 }
 
-// serveControl listens on path until ctx ends. The socket is 0600 (0660
-// with security.group) whatever the umask, and each caller's credentials
-// are checked too: only a privileged one may change anything.
-func (l *Leaf) serveControl(ctx context.Context, path string) error {
-	ln, err := l.policy.listenUnix(path)
+// controlServer is a daemon's control socket: one JSON request and one
+// JSON answer per connection. The socket is 0600 (0660 with
+// security.group) whatever the umask, and each caller's credentials are
+// checked as well: an unprivileged caller may ask for status only.
+type controlServer struct {
+	path    string
+	policy  privilegePolicy
+	log     *slog.Logger
+	refused *logLimiter
+	spawn   func(func()) // runs a goroutine its owner waits for
+	handle  func(controlRequest) controlResponse
+}
+
+// serve listens until ctx ends.
+func (cs *controlServer) serve(ctx context.Context) error {
+	ln, err := cs.policy.listenUnix(cs.path)
 	if errors.Is(err, errSocketInUse) {
-		return fmt.Errorf("control socket %s: another leaf answers there", path)
+		return fmt.Errorf("control socket %s: another daemon answers there", cs.path)
 	}
 	if err != nil {
 		return fmt.Errorf("control socket: %w", err)
 	}
-	l.spawn(func() {
+	cs.spawn(func() {
 		<-ctx.Done()
 		ln.Close()
 	})
-	l.spawn(func() {
-		_ = acceptLoop(ctx, ln, l.log, "control "+path, func(c net.Conn) {
-			l.spawn(func() { l.controlConn(c) })
+	cs.spawn(func() {
+		_ = acceptLoop(ctx, ln, cs.log, "control "+cs.path, func(c net.Conn) {
+			cs.spawn(func() { cs.conn(c) })
 		})
 	})
 	return nil
 }
 
-func (l *Leaf) controlConn(c net.Conn) {
+func (cs *controlServer) conn(c net.Conn) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	peer := l.policy.identify(c)
+	peer := cs.policy.identify(c)
 	var req controlRequest
 	var resp controlResponse
-	if err := json.NewDecoder(io.LimitReader(c, controlRequestMax)).Decode(&req); err != nil {
+	switch err := json.NewDecoder(io.LimitReader(c, controlRequestMax)).Decode(&req); {
+	case err != nil:
 		resp.Error = "bad request: " + err.Error()
-	} else if req.Op != "status" && !peer.Class.Privileged() {
-		l.refused.Warn(l.log, "control socket: refused an unprivileged caller", append([]any{"op", req.Op}, peer.attrs()...)...)
-		resp.Error = l.policy.needs(req.Op, peer)
-	} else {
-		switch req.Op {
-		case "status":
-			st := l.Status()
-			resp.Status = &st
-		case "rescan":
-			if err := l.Rescan(); err != nil {
-				resp.Error = err.Error()
-			}
-		case "quorum-add", "quorum-remove":
-			members, err := l.changeMember(req.Op, req.Master)
-			if err != nil {
-				resp.Error = err.Error()
-			}
-			for _, m := range members {
-				resp.Members = append(resp.Members, fmt.Sprintf("%x", m))
-			}
-		default:
-			resp.Error = fmt.Sprintf("unknown op %q", req.Op)
-		}
+	case req.Op != "status" && !peer.Class.Privileged():
+		cs.refused.Warn(cs.log, "control socket: refused an unprivileged caller", append([]any{"op", req.Op}, peer.attrs()...)...)
+		resp.Error = cs.policy.needs(req.Op, peer)
+	default:
+		resp = cs.handle(req)
 	}
 	_ = json.NewEncoder(c).Encode(&resp)
+}
+
+// serveControl serves the leaf's control socket at path until ctx ends.
+func (l *Leaf) serveControl(ctx context.Context, path string) error {
+	cs := &controlServer{path: path, policy: l.policy, log: l.log, refused: l.refused, spawn: l.spawn, handle: l.control}
+	return cs.serve(ctx)
+}
+
+// control answers one request to the leaf.
+func (l *Leaf) control(req controlRequest) (resp controlResponse) {
+	switch req.Op {
+	case "status":
+		st := l.Status()
+		resp.Status = &st
+	case "rescan":
+		if err := l.Rescan(); err != nil {
+			resp.Error = err.Error()
+		}
+	case "quorum-add", "quorum-remove":
+		members, err := l.changeMember(req.Op, req.Master)
+		if err != nil {
+			resp.Error = err.Error()
+		}
+		for _, m := range members {
+			resp.Members = append(resp.Members, fmt.Sprintf("%x", m))
+		}
+	default:
+		resp.Error = fmt.Sprintf("unknown op %q", req.Op)
+	}
+	return resp
 }
 
 // controlRequestMax bounds a request: they are a few dozen bytes.

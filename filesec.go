@@ -32,6 +32,9 @@ func checkNotWritableByOthers(path string) error {
 }
 
 func checkFileInfoNotWritable(path string, fi fs.FileInfo) error {
+	if !fi.Mode().IsRegular() && !fi.IsDir() {
+		return nil // a device such as /dev/null holds nothing to change
+	}
 	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
 		return fmt.Errorf("%s: mode %#o is group- or world-writable; refused (chmod go-w %s): %w", path, perm, path, errWritableByOthers)
 	}

@@ -910,7 +910,11 @@ func (l *Link) logDown(err error) {
 	case errors.As(err, &we):
 		l.log.Warn("dmsg link closed: bad message from peer", "field", we.Field, "value", fmt.Sprintf("%#x", we.Value), "reason", we.Reason)
 	case errors.As(err, &le):
-		l.log.Warn("dmsg link closed: over a limit", "limit", le.Limit, "value", le.Value, "max", le.Max, "unit", le.Unit, "reason", le.Reason)
+		args := []any{"limit", le.Limit, "value", le.Value, "max", le.Max, "reason", le.Reason}
+		if le.Unit != "" {
+			args = append(args, "unit", le.Unit)
+		}
+		l.log.Warn("dmsg link closed: over a limit", args...)
 	case errors.Is(err, ErrLinkClosed):
 		l.log.Debug("dmsg link closed")
 	case errors.Is(err, io.EOF):

@@ -29,6 +29,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if role := os.Getenv("H2_TEST_ROLE"); role != "" {
+		os.Exit(runTestRole(role)) // testrole_test.go
+	}
 	code := m.Run()
 	if h2BuildDir != "" {
 		os.RemoveAll(h2BuildDir)
@@ -49,6 +52,10 @@ func h2Binary(t testing.TB) string {
 			return
 		}
 		h2BuildDir = dir
+		// Children playing an unprivileged user run the binary too.
+		if h2BuildErr = os.Chmod(dir, 0o755); h2BuildErr != nil {
+			return
+		}
 		// With H2_TEST_RACE_BINARY the daemons too run under the race detector.
 		if h2BuildErr = goBuild(filepath.Join(dir, "hammer2"), os.Getenv("H2_TEST_RACE_BINARY") != ""); h2BuildErr != nil {
 			return

@@ -53,7 +53,7 @@ type Limits struct {
 func defaultLimits() Limits {
 	return Limits{
 		Links:                1024,
-		UnprivilegedLinks:    16,
+		UnprivilegedLinks:    8,
 		HelloTimeout:         Duration{10 * time.Second},
 		SpansPerLink:         4096,
 		Spans:                16384,

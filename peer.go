@@ -170,7 +170,10 @@ func (p privilegePolicy) inGroup(uid, gid int) bool {
 // needs is the refusal text for a privileged operation on an
 // unprivileged link: it names what would have been allowed.
 func (p privilegePolicy) needs(what string, peer PeerIdentity) string {
-	who := "root or uid " + strconv.Itoa(p.self)
+	who := "root"
+	if p.self != 0 {
+		who += " or uid " + strconv.Itoa(p.self)
+	}
 	if p.groupName != "" {
 		who += " or group " + p.groupName
 	}

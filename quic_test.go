@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"crypto/tls"
 	"net"
 	"runtime"
 	"strings"
@@ -310,6 +311,10 @@ func TestQuicBadPreamble(t *testing.T) {
 			if !strings.Contains(b.logs.String(), "preamble") {
 				t.Errorf("no log of the bad preamble:\n%s", b.logs.String())
 			}
+			// The peer's key is trusted: the line must say whose it is.
+			if !strings.Contains(b.logs.String(), "key="+Fingerprint(ka.Public().(ed25519.PublicKey))) {
+				t.Errorf("the bad-preamble line does not name the peer's key:\n%s", b.logs.String())
+			}
 		})
 	}
 }
@@ -563,5 +568,57 @@ func TestQuicNodeClose(t *testing.T) {
 			t.Fatalf("%d goroutines left over:\n%s", runtime.NumGoroutine()-before, buf[:runtime.Stack(buf, true)])
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+}
+
+// A client without a certificate, or without our ALPN, is refused with a
+// log line (they used to be refused in silence), and a flood of them is
+// held to limits.refused_logs_per_second.
+func TestQuicRefusalsLogged(t *testing.T) {
+	ka, kb := newTestKey(t), newTestKey(t)
+	b := startNode(t, kb, QuicConfig{RefusedLogsPerSecond: 1}, peer{"a", ka.Public().(ed25519.PublicKey)})
+	a := startNode(t, ka, QuicConfig{}, peer{"b", kb.Public().(ed25519.PublicKey)})
+	for _, tc := range []struct {
+		name string
+		tls  func() *tls.Config
+		want string
+	}{
+		{"no certificate", func() *tls.Config {
+			c := a.cliTLS.Clone()
+			c.Certificates = nil
+			return c
+		}, "refused a peer that sent no certificate"},
+		{"wrong ALPN", func() *tls.Config {
+			c := a.cliTLS.Clone()
+			c.NextProtos = []string{"h3"}
+			return c
+		}, "does not speak " + quicALPN},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t, 10*time.Second)
+			conn, err := a.tr.Dial(ctx, b.Addr(), tc.tls(), a.qconf)
+			if err == nil {
+				// TLS 1.3: the client may finish before the server refuses.
+				select {
+				case <-conn.Context().Done():
+				case <-ctx.Done():
+					t.Fatal("the server kept the connection")
+				}
+			}
+			eventually(t, func() bool { return strings.Contains(b.logs.String(), tc.want) }, tc.want)
+		})
+	}
+	// Ten more refusals within a second give at most the burst of lines.
+	before := strings.Count(b.logs.String(), "level=WARN")
+	for range 10 {
+		ctx := testCtx(t, 5*time.Second)
+		c := a.cliTLS.Clone()
+		c.NextProtos = []string{"h3"}
+		if conn, err := a.tr.Dial(ctx, b.Addr(), c, a.qconf); err == nil {
+			<-conn.Context().Done()
+		}
+	}
+	if n := strings.Count(b.logs.String(), "level=WARN") - before; n > 2 {
+		t.Errorf("%d refusal lines for 10 refusals at 1 line/s (burst 2)", n)
 	}
 }

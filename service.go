@@ -47,6 +47,9 @@ type Service struct {
 	kicked chan struct{}
 	// refused rate-limits the log lines about refused connections.
 	refused *logLimiter
+	// autoconn are the redialers of the configured nodes, set by Run
+	// before anything reads it.
+	autoconn []*Redialer
 }
 
 // ServiceConfig says where the service listens and whom it dials.
@@ -63,6 +66,9 @@ type ServiceConfig struct {
 	// user only, defaultLimits.
 	Policy privilegePolicy
 	Limits Limits
+	// Control is the control socket `hammer2 status --service` asks;
+	// "" for none.
+	Control string
 }
 
 // svcLink is one connection of the service. Its fields are guarded by the
@@ -147,6 +153,7 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 		s.spawn(func() { s.acceptQuic(ctx) })
 		for _, addr := range s.cfg.Autoconn {
 			d := NewRedialer(s.node, addr, RedialConfig{MinBackoff: s.cfg.RedialMin, MaxBackoff: s.cfg.RedialMax})
+			s.autoconn = append(s.autoconn, d)
 			s.spawn(func() {
 				_ = d.Run(ctx, func(q *QuicLink) {
 					sl := s.addLink(q.Stream(), "node "+addr, q, nodePeer(q.PeerFingerprint(), "quic"), nil)
@@ -158,7 +165,18 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 			})
 		}
 	}
-	s.log.Info("service running", "tcp", s.cfg.TCP, "unix", s.cfg.Unix, "quic", s.quicAddr(), "autoconn", s.cfg.Autoconn)
+	if s.cfg.Control != "" {
+		cs := &controlServer{path: s.cfg.Control, policy: s.cfg.Policy, log: s.log, refused: s.refused, spawn: s.spawn,
+			handle: s.control}
+		if err := cs.serve(ctx); err != nil {
+			cancel()
+			closeAll(lns)
+			s.wg.Wait()
+			return err
+		}
+	}
+	s.log.Info("service running", "tcp", s.cfg.TCP, "unix", s.cfg.Unix, "quic", s.quicAddr(), "autoconn", s.cfg.Autoconn,
+		"control", s.cfg.Control)
 	if ready != nil {
 		ready()
 	}

@@ -50,11 +50,8 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 	// The pid file and log sit beside the socket and are named after it,
 	// so that several services (tests, or one per address) can share a
 	// directory.
-	base := strings.TrimSuffix(sc.Unix, ".sock")
-	if sc.Unix == "" {
-		base = filepath.Join(os.TempDir(), fmt.Sprintf("hammer2-service-%d", os.Getuid()))
-	}
-	paths := runPaths{dir: filepath.Dir(base), pid: base + ".pid", log: base + ".log"}
+	base := serviceBase(sc.Unix)
+	paths := runPaths{dir: filepath.Dir(base), pid: base + ".pid", log: base + ".log", control: base + ".control"}
 	if env.Debug == 0 && !isDaemonChild() {
 		err := daemonize(env, paths)
 		if errors.Is(err, errAlreadyRunning) || err != nil && err.Error() == errAlreadyRunning.Error() {
@@ -100,7 +97,7 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 	svc := NewService(ServiceConfig{Unix: sc.Unix, TCP: sc.TCP, Autoconn: sc.Autoconn,
 		DeadAfter: cfg.DeadAfter.Duration, Ping: cfg.PingInterval.Duration,
 		RedialMin: cfg.RedialMin.Duration, RedialMax: cfg.RedialMax.Duration,
-		Policy: policy, Limits: cfg.Limits}, node, log)
+		Policy: policy, Limits: cfg.Limits, Control: paths.control}, node, log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	err = svc.Run(ctx, func() { daemonReady(nil) })
@@ -112,6 +109,20 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 	}
 	return err
 }
+
+// serviceBase is the path the service's pid file, log and control socket
+// are named from: beside its Unix socket, so that several services (tests,
+// or one per address) can share a directory.
+func serviceBase(unixSock string) string {
+	if unixSock == "" || unixSock == "none" {
+		return filepath.Join(os.TempDir(), fmt.Sprintf("hammer2-service-%d", os.Getuid()))
+	}
+	return strings.TrimSuffix(unixSock, ".sock")
+}
+
+// serviceControlPath is where a service configured with this Unix socket
+// answers `hammer2 status --service`.
+func serviceControlPath(unixSock string) string { return serviceBase(unixSock) + ".control" }
 
 // alreadyRunning is success, as in DragonFly: `hammer2 -q service` is an
 // idempotent "make sure it runs".

@@ -66,6 +66,9 @@ type LinkStatus struct {
 	Slots      []int      `json:"slots,omitempty"`
 	FromConfig bool       `json:"from_config,omitempty"`
 	State      string     `json:"state"`
+	Class      string     `json:"class,omitempty"` // who is behind it (peer.go), while up
+	PeerUID    *int       `json:"peer_uid,omitempty"`
+	PeerPID    *int       `json:"peer_pid,omitempty"`
 	Since      time.Time  `json:"since"`
 	NextTry    *time.Time `json:"next_try,omitempty"`
 	LastErr    string     `json:"last_error,omitempty"`
@@ -164,6 +167,14 @@ func dialStatus(ds DialState) LinkStatus {
 
 func fillLink(ls *LinkStatus, k *Link, q *QuicLink) {
 	ls.BytesIn, ls.BytesOut = k.BytesIn.Load(), k.BytesOut.Load()
+	p := k.Peer()
+	ls.Class = p.Class.String()
+	if p.UID >= 0 {
+		ls.PeerUID = new(p.UID)
+	}
+	if p.PID >= 0 {
+		ls.PeerPID = new(p.PID)
+	}
 	if rtt := k.RTT(); rtt > 0 {
 		ls.RTT = rtt.Round(time.Microsecond).String()
 	}
@@ -283,6 +294,15 @@ func linkSummary(ls LinkStatus) string {
 	b.WriteString(ls.State)
 	switch ls.State {
 	case DialUp:
+		if ls.Class != "" {
+			fmt.Fprintf(&b, " %s", ls.Class)
+			if ls.PeerUID != nil {
+				fmt.Fprintf(&b, " uid %d", *ls.PeerUID)
+			}
+			if ls.PeerPID != nil {
+				fmt.Fprintf(&b, " pid %d", *ls.PeerPID)
+			}
+		}
 		if ls.RTT != "" {
 			fmt.Fprintf(&b, " rtt %s", ls.RTT)
 		}

@@ -1,0 +1,415 @@
+package main
+
+// Test roles: this test binary re-run as a child process, usually under
+// an unused uid, to play a hostile local user against a daemon under test.
+// TestMain runs the role named by H2_TEST_ROLE instead of the tests. A
+// role reports on stdout, one line per event, and holds what it opened
+// until its stdin closes.
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// nobodyUID is a uid no account uses here: a child running as it is an
+// unprivileged local user.
+const nobodyUID = 4242
+
+// requireRoot skips a test that must start children under another uid.
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it runs children under another uid to play an unprivileged user")
+	}
+}
+
+var (
+	roleBinOnce sync.Once
+	roleBinPath string
+	roleBinErr  error
+)
+
+// roleBinary is a copy of this test binary that any user may run (the
+// one go test built lives in a directory only we may enter).
+func roleBinary(t testing.TB) string {
+	t.Helper()
+	roleBinOnce.Do(func() {
+		self, err := os.Executable()
+		if err != nil {
+			roleBinErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "h2role")
+		if err != nil {
+			roleBinErr = err
+			return
+		}
+		if roleBinErr = os.Chmod(dir, 0o755); roleBinErr != nil {
+			return
+		}
+		roleBinPath = filepath.Join(dir, "role.test")
+		roleBinErr = copyFile(self, roleBinPath, 0o755)
+	})
+	if roleBinErr != nil {
+		t.Fatalf("copying the test binary for a role: %v", roleBinErr)
+	}
+	return roleBinPath
+}
+
+func copyFile(from, to string, mode os.FileMode) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// roleProc is a running role.
+type roleProc struct {
+	t     testing.TB
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string
+	done  chan struct{}
+}
+
+// startRole runs role as uid (-1: as the test itself) with env.
+func startRole(t testing.TB, role string, uid int, env ...string) *roleProc {
+	t.Helper()
+	cmd := exec.Command(roleBinary(t))
+	cmd.Env = append(os.Environ(), append([]string{"H2_TEST_ROLE=" + role}, env...)...)
+	cmd.Dir = "/"
+	if uid >= 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("role %s: %v", role, err)
+	}
+	r := &roleProc{t: t, cmd: cmd, stdin: stdin, lines: make(chan string, 64), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			r.lines <- sc.Text()
+		}
+		_ = cmd.Wait()
+	}()
+	t.Cleanup(r.stop)
+	return r
+}
+
+// line waits for the role's next line.
+func (r *roleProc) line(d time.Duration) string {
+	r.t.Helper()
+	select {
+	case l := <-r.lines:
+		return l
+	case <-r.done:
+		select {
+		case l := <-r.lines:
+			return l
+		default:
+		}
+		r.t.Fatalf("role %v exited without a line", r.cmd.Args)
+	case <-time.After(d):
+		r.t.Fatalf("role %v: no line in %v", r.cmd.Args, d)
+	}
+	return ""
+}
+
+// stop closes the role's stdin (it lets go of what it holds) and waits.
+func (r *roleProc) stop() {
+	r.stdin.Close()
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		_ = r.cmd.Process.Kill()
+		<-r.done
+	}
+}
+
+// runTestRole plays a role; its exit code is the process's.
+func runTestRole(role string) int {
+	var err error
+	switch role {
+	case "dmsg-spans":
+		err = roleSpans()
+	case "hold":
+		err = roleHold()
+	case "listen-unix":
+		err = roleListenUnix()
+	case "dmsg-shell":
+		err = roleShellPaths()
+	default:
+		err = fmt.Errorf("unknown role %q", role)
+	}
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	return 0
+}
+
+func roleDial(addr string) (net.Conn, error) {
+	network, a, _ := strings.Cut(addr, ":")
+	return net.DialTimeout(network, a, 5*time.Second)
+}
+
+// roleSpans opens H2_LINKS links (default 1) to H2_ADDR ("tcp:host:port"
+// or "unix:path"); on each it sends its LNK_CONN and H2_SPANS spans of
+// pfs_type H2_TYPE claiming cluster H2_CLID. It reports how they fared
+// once every link has all its answers or is closed: "links L closed C
+// answered A noperm P", and holds the links until stdin closes.
+func roleSpans() error {
+	clid, err := ParseUUID(os.Getenv("H2_CLID"))
+	if err != nil {
+		return err
+	}
+	n, _ := strconv.Atoi(os.Getenv("H2_SPANS"))
+	typ, _ := strconv.Atoi(os.Getenv("H2_TYPE"))
+	nlinks, _ := strconv.Atoi(os.Getenv("H2_LINKS"))
+	nlinks = max(nlinks, 1)
+	var mu sync.Mutex
+	answered, noperm := 0, 0
+	changed := make(chan struct{}, 1)
+	var links []*Link
+	for range nlinks {
+		conn, err := roleDial(os.Getenv("H2_ADDR"))
+		if err != nil {
+			return err
+		}
+		l := NewLink(conn, LinkConfig{Name: "attacker", PingInterval: -1, DeadAfter: -1, Logger: discardLogger()})
+		c := LnkConn{PeerType: PeerHammer2, PeerMask: 1 << PeerHammer2, ProtoVersion: SpanProto1, PeerLabel: "attacker/hammer2-leaf"}
+		if _, err := l.Root().Open(&Msg{Header: Header{Cmd: CmdLnkConn}, Ext: c.Marshal()}, func(*Trans, *Msg) {}); err != nil {
+			return err
+		}
+		for range n {
+			sp := LnkSpan{PeerID: clid, PfsID: NewUUID(), PfsType: uint8(typ), PeerType: PeerHammer2, ProtoVersion: SpanProto1}
+			sp.SetLabels("fake", "")
+			_, err := l.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: sp.Marshal()}, func(t *Trans, m *Msg) {
+				if m.Cmd&FlagCreate == 0 || m.Error == ErrLostLink {
+					return // the link's own simulated DELETE when it is lost
+				}
+				mu.Lock()
+				answered++
+				if m.Error == ErrNoPerm {
+					noperm++
+				}
+				mu.Unlock()
+				select {
+				case changed <- struct{}{}:
+				default:
+				}
+			})
+			if err != nil {
+				return err
+			}
+		}
+		l.Start()
+		links = append(links, l)
+		go func() {
+			<-l.Done()
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}()
+	}
+	settled := func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		closed, open := 0, 0
+		for _, l := range links {
+			select {
+			case <-l.Done():
+				closed++
+			default:
+				open++
+			}
+		}
+		return answered >= open*n, fmt.Sprintf("links %d closed %d answered %d noperm %d", len(links), closed, answered, noperm)
+	}
+	deadline := time.After(60 * time.Second)
+	for {
+		ok, report := settled()
+		if ok {
+			fmt.Println(report)
+			break
+		}
+		select {
+		case <-changed:
+			continue
+		case <-deadline:
+			fmt.Println("timeout: " + report)
+		}
+		break
+	}
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	for _, l := range links {
+		l.Close()
+	}
+	return nil
+}
+
+// roleHold opens H2_N connections to H2_ADDR, reports "held K err E" and
+// holds them until stdin closes.
+func roleHold() error {
+	n, _ := strconv.Atoi(os.Getenv("H2_N"))
+	var conns []net.Conn
+	var firstErr error
+	for range n {
+		c, err := roleDial(os.Getenv("H2_ADDR"))
+		if err != nil {
+			firstErr = err
+			break
+		}
+		conns = append(conns, c)
+	}
+	fmt.Printf("held %d err %v\n", len(conns), firstErr)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	for _, c := range conns {
+		c.Close()
+	}
+	return nil
+}
+
+// roleListenUnix plays a service that is not privileged: it listens on
+// H2_PATH and accepts, saying nothing.
+func roleListenUnix() error {
+	ln, err := net.Listen("unix", os.Getenv("H2_PATH"))
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	fmt.Println("listening")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// roleShellPaths asks for spans on H2_ADDR and, on the first one relayed
+// to it of cluster H2_CLID, tries every way a shell line or a quorum
+// request can travel through a service to a node: the C shell's DBG_SHELL
+// inside the relayed span ("relay: <answer>"), a DBG_SHELL circuit opened
+// under it, read-only ("circuit-ro: ...") and state-changing
+// ("circuit: ..."), and QRM_COMMIT and CAC_LOCK circuits ("qrm: error
+// E", "cac: error E"). One line per answer, in any order.
+func roleShellPaths() error {
+	clid, err := ParseUUID(os.Getenv("H2_CLID"))
+	if err != nil {
+		return err
+	}
+	conn, err := roleDial(os.Getenv("H2_ADDR"))
+	if err != nil {
+		return err
+	}
+	out := make(chan string, 16)
+	found := make(chan *Trans, 1)
+	l := NewLink(conn, LinkConfig{Name: "attacker", PingInterval: -1, DeadAfter: -1, Logger: discardLogger(),
+		Handler: func(t *Trans, m *Msg) {
+			switch {
+			case t.IsRoot() && m.Cmd&(maskBaseCmd|FlagReply) == CmdDbgShell|FlagReply:
+				out <- "relay: " + strings.TrimSpace(strings.ReplaceAll(ShellText(m.Aux), shellPrompt, ""))
+			case !t.IsRoot() && t.Cmd() == CmdLnkSpan && m.Cmd&FlagCreate != 0:
+				var sp LnkSpan
+				if sp.Unmarshal(m.Ext) == nil && sp.PeerID == clid {
+					select {
+					case found <- t:
+					default:
+					}
+				}
+				t.SetHandler(func(*Trans, *Msg) {})
+				_ = t.Reply(ErrOK)
+			case !t.IsRoot() && t.Cmd() == CmdLnkConn && m.Cmd&FlagCreate != 0:
+				t.SetHandler(func(*Trans, *Msg) {})
+				_ = t.Reply(ErrOK)
+			}
+		}})
+	c := LnkConn{PeerType: PeerHammer2, PeerMask: ^uint64(0), ProtoVersion: SpanProto1, PeerLabel: "attacker/shell"}
+	if _, err := l.Root().Open(&Msg{Header: Header{Cmd: CmdLnkConn}, Ext: c.Marshal()}, func(*Trans, *Msg) {}); err != nil {
+		return err
+	}
+	l.Start()
+	var span *Trans
+	select {
+	case span = <-found:
+	case <-time.After(20 * time.Second):
+		return fmt.Errorf("no span of cluster %s relayed to us", clid)
+	case <-l.Done():
+		return fmt.Errorf("link closed: %v", l.Err())
+	}
+	answer := func(tag string) Handler {
+		return func(t *Trans, m *Msg) {
+			if m.Cmd&maskBaseCmd == CmdDbgShell {
+				out <- tag + ": " + strings.TrimSpace(ShellText(m.Aux))
+			} else if m.Cmd&FlagDelete != 0 {
+				out <- fmt.Sprintf("%s: error %#x", tag, m.Error)
+			}
+			if m.Cmd&FlagDelete != 0 && !t.TxDone() {
+				_ = t.Close(ErrOK)
+			}
+		}
+	}
+	_ = span.Send(&Msg{Header: Header{Cmd: CmdDbgShell}, Aux: ShellAux("commit evil")})
+	if _, err := span.Open(&Msg{Header: Header{Cmd: CmdDbgShell}, Aux: ShellAux("quorum")}, answer("circuit-ro")); err != nil {
+		return err
+	}
+	if _, err := span.Open(&Msg{Header: Header{Cmd: CmdDbgShell}, Aux: ShellAux("quorum remove 1234")}, answer("circuit")); err != nil {
+		return err
+	}
+	if _, err := span.Open(&Msg{Header: Header{Cmd: CmdQrmCommit}, Ext: (&qrmCommit{}).marshal(), Aux: []byte("evil")}, answer("qrm")); err != nil {
+		return err
+	}
+	lock := cacLock{Domain: cacInum, Mode: cacExclusive, Lo: 1, Hi: 1}
+	if _, err := span.Open(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: lock.marshal()}, answer("cac")); err != nil {
+		return err
+	}
+	go func() {
+		for l := range out {
+			fmt.Println(l)
+		}
+	}()
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	l.Close()
+	return nil
+}
