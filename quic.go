@@ -196,10 +196,6 @@ type QuicNode struct {
 
 	winMu sync.Mutex
 	wins  map[*quic.Conn]uint64 // receive window of each connection that asked to grow it
-	// grewAt is, per connection, the smallest min RTT a growth beyond the
-	// initial window was allowed at (for tests: under load even loopback
-	// can look like a long path for a moment).
-	grewAt map[*quic.Conn]time.Duration
 }
 
 // NewQuicNode binds cfg.Listen and starts accepting links.
@@ -341,29 +337,34 @@ func (n *QuicNode) allowWindowIncrease(c *quic.Conn, delta uint64) bool {
 		context.AfterFunc(c.Context(), func() {
 			n.winMu.Lock()
 			delete(n.wins, c)
-			delete(n.grewAt, c)
 			n.winMu.Unlock()
 		})
 	}
-	limit := uint64(quicConnWindow)
-	rtt := c.ConnectionStats().MinRTT
-	if rtt >= quicLongPath {
-		limit = max(limit, uint64(2*rtt.Seconds()*quicPathRate))
-	}
-	if w+delta > limit {
+	if w+delta > quicWindowLimit(c.ConnectionStats().MinRTT) {
 		n.wins[c] = w
 		return false
 	}
 	n.wins[c] = w + delta
-	if w+delta > quicConnWindow {
-		if n.grewAt == nil {
-			n.grewAt = map[*quic.Conn]time.Duration{}
-		}
-		if old, ok := n.grewAt[c]; !ok || rtt < old {
-			n.grewAt[c] = rtt
-		}
-	}
 	return true
+}
+
+// quicWindowLimit is how far a connection's receive window may grow on a
+// path whose minimum RTT is minRTT: not past quicConnWindow on loopback or
+// a LAN, twice a quicPathRate path's bandwidth-delay product on a long one,
+// never past quicMaxConnWindow (quic-go's own cap).
+func quicWindowLimit(minRTT time.Duration) uint64 {
+	limit := uint64(quicConnWindow)
+	if minRTT >= quicLongPath {
+		limit = max(limit, uint64(2*minRTT.Seconds()*quicPathRate))
+	}
+	return min(limit, quicMaxConnWindow)
+}
+
+// window is the receive window a connection has been allowed.
+func (n *QuicNode) window(c *quic.Conn) uint64 {
+	n.winMu.Lock()
+	defer n.winMu.Unlock()
+	return max(n.wins[c], quicConnWindow)
 }
 
 func selfSignedCert(key ed25519.PrivateKey) (tls.Certificate, error) {
@@ -687,7 +688,7 @@ func (n *QuicNode) newLink(conn *quic.Conn, str, bulk *quic.Stream, dialed bool)
 	// Control data leaves ahead of any bulk data quic-go holds: a PING
 	// then waits only for the packets already sent.
 	str.SetPriority(0, false)
-	l := &QuicLink{conn: conn, str: str, bulk: bulk, peer: pub, name: name, dialed: dialed, since: time.Now()}
+	l := &QuicLink{node: n, conn: conn, str: str, bulk: bulk, peer: pub, name: name, dialed: dialed, since: time.Now()}
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
@@ -735,6 +736,7 @@ func (n *QuicNode) Close() error {
 
 // QuicLink is one authenticated QUIC connection carrying one dmsg link.
 type QuicLink struct {
+	node   *QuicNode
 	conn   *quic.Conn
 	str    *quic.Stream // control
 	bulk   *quic.Stream
@@ -753,6 +755,9 @@ type QuicStats struct {
 	PacketsSent     uint64
 	PacketsReceived uint64
 	PacketsLost     uint64
+	// RecvWindow is the connection receive window we allow the peer:
+	// quicConnWindow on short paths, more on long ones (quicWindowLimit).
+	RecvWindow uint64
 }
 
 // PeerKey returns the key the peer authenticated with.
@@ -787,6 +792,7 @@ func (l *QuicLink) Stats() QuicStats {
 		PacketsSent:     s.PacketsSent,
 		PacketsReceived: s.PacketsReceived,
 		PacketsLost:     s.PacketsLost,
+		RecvWindow:      l.node.window(l.conn),
 	}
 }
 

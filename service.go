@@ -16,7 +16,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -488,8 +487,8 @@ func (s *Service) forwardCircuit(sl *svcLink, parent, in *Trans, m *Msg) {
 	var src *Trans
 	for rid, rt := range sl.relays {
 		if rt == parent {
-			if rl := s.router.relays[rid]; rl != nil {
-				src = s.spanTx[rl.link.id]
+			if sid, ok := s.router.SourceOf(rid); ok {
+				src = s.spanTx[sid]
 			}
 			break
 		}
@@ -619,8 +618,8 @@ func (s *Service) shellOnRelay(sl *svcLink, rid relayID, relay *Trans, cmd strin
 	}
 	s.mu.Lock()
 	var src *Trans
-	if rl := s.router.relays[rid]; rl != nil {
-		src = s.spanTx[rl.link.id]
+	if sid, ok := s.router.SourceOf(rid); ok {
+		src = s.spanTx[sid]
 	}
 	s.mu.Unlock()
 	// DragonFly's shell prints a one-way DBG_SHELL|REPLY, whatever
@@ -739,39 +738,25 @@ func (s *Service) tree() string {
 	for id, sl := range s.links {
 		byConn[id] = sl.name
 	}
-	var last *spanCluster
-	for _, n := range s.router.sortedNodes() {
-		if n.cluster != last {
-			last = n.cluster
-			fmt.Fprintf(&b, "Cluster %s %s (%s)\n", peerTypeName(n.cluster.key.peerType), n.cluster.key.peerID,
-				label(n.cluster.key.label[:]))
+	var cluster string
+	s.router.Walk(func(n NodeView) {
+		if c := fmt.Sprintf("Cluster %s %s (%s)\n", peerTypeName(n.PeerType), n.PeerID, n.PeerLabel); c != cluster {
+			cluster = c
+			b.WriteString(c)
 		}
-		fmt.Fprintf(&b, "    Node %02x %s (%s)\n", nodeType(n), n.key.pfsID, label(n.key.label[:]))
-		for _, l := range n.links {
-			fmt.Fprintf(&b, "\tSLink span %d dist=%d via %s\n", l.id, l.dist, byConn[l.conn])
+		fmt.Fprintf(&b, "    Node %02x %s (%s)\n", n.PfsType, n.PfsID, n.PfsLabel)
+		for _, l := range n.Links {
+			fmt.Fprintf(&b, "\tSLink span %d dist=%d via %s\n", l.Span, l.Dist, byConn[l.Conn])
 		}
-		conns := make([]int, 0, len(n.relays))
-		for c := range n.relays {
-			conns = append(conns, int(c))
-		}
-		sort.Ints(conns)
-		for _, c := range conns {
+		for _, r := range n.Relays {
 			// The msgid is the span as the receiver knows it: DragonFly's
 			// shell addresses a node with `@<msgid> <cmd>`.
-			r := n.relays[connID(c)]
 			var msgid uint64
-			if sl := s.links[connID(c)]; sl != nil && sl.relays[r.id] != nil {
-				msgid = sl.relays[r.id].MsgID()
+			if sl := s.links[r.Conn]; sl != nil && sl.relays[r.Relay] != nil {
+				msgid = sl.relays[r.Relay].MsgID()
 			}
-			fmt.Fprintf(&b, "\t    Relay-out %d msgid %016x via %s\n", r.id, msgid, byConn[connID(c)])
+			fmt.Fprintf(&b, "\t    Relay-out %d msgid %016x via %s\n", r.Relay, msgid, byConn[r.Conn])
 		}
-	}
+	})
 	return b.String()
-}
-
-func nodeType(n *spanNode) uint8 {
-	if len(n.links) > 0 {
-		return n.links[0].body.PfsType
-	}
-	return 0
 }

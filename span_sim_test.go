@@ -277,20 +277,20 @@ func (s *spanSim) check(t testing.TB) {
 		}
 		dist := s.bfs(i)
 		seen := 0
-		for _, n := range nd.r.sortedNodes() {
-			if len(n.links) == 0 {
-				continue
+		nd.r.Walk(func(n NodeView) {
+			if len(n.Links) == 0 {
+				return
 			}
-			j := int(n.key.pfsID[0]) | int(n.key.pfsID[1])<<8
+			j := int(n.PfsID[0]) | int(n.PfsID[1])<<8
 			d, ok := dist[j]
 			if !ok {
-				t.Fatalf("node %d still holds a span of unreachable node %d (dist %d)", i, j, n.links[0].dist)
+				t.Fatalf("node %d still holds a span of unreachable node %d (dist %d)", i, j, n.Links[0].Dist)
 			}
-			if got := int(n.links[0].dist); got != d {
+			if got := int(n.Links[0].Dist); got != d {
 				t.Fatalf("node %d reaches node %d at dist %d, shortest is %d", i, j, got, d)
 			}
 			seen++
-		}
+		})
 		if seen != len(dist) {
 			t.Fatalf("node %d knows %d PFSs, %d are reachable", i, seen, len(dist))
 		}

@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/sha256"
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -135,26 +134,20 @@ func (s *spanScript) actions() string {
 // tree prints the state as DragonFly's shell `tree` does, sorted.
 func (s *spanScript) tree() string {
 	var b strings.Builder
-	for _, n := range s.r.sortedNodes() {
+	s.r.Walk(func(n NodeView) {
 		state := ""
-		if n.active {
-			state = fmt.Sprintf(" active, awaiting %d answers", len(n.waiting))
+		if n.Active {
+			state = fmt.Sprintf(" active, awaiting %d answers", n.Waiting)
 		}
-		fmt.Fprintf(&b, "cluster %d %s (%s) node %s (%s)%s\n", n.cluster.key.peerType, s.name(n.cluster.key.peerID),
-			label(n.cluster.key.label[:]), s.name(n.key.pfsID), label(n.key.label[:]), state)
-		for _, l := range n.links {
-			fmt.Fprintf(&b, "  link span=%d dist=%d rnss=%d via conn=%d\n", l.id, l.dist, l.rnss, l.conn)
+		fmt.Fprintf(&b, "cluster %d %s (%s) node %s (%s)%s\n", n.PeerType, s.name(n.PeerID),
+			n.PeerLabel, s.name(n.PfsID), n.PfsLabel, state)
+		for _, l := range n.Links {
+			fmt.Fprintf(&b, "  link span=%d dist=%d rnss=%d via conn=%d\n", l.Span, l.Dist, l.RNSS, l.Conn)
 		}
-		var conns []int
-		for c := range n.relays {
-			conns = append(conns, int(c))
+		for _, rl := range n.Relays {
+			fmt.Fprintf(&b, "  relay=%d of span=%d to conn=%d\n", rl.Relay, rl.Span, rl.Conn)
 		}
-		sort.Ints(conns)
-		for _, c := range conns {
-			rl := n.relays[connID(c)]
-			fmt.Fprintf(&b, "  relay=%d of span=%d to conn=%d\n", rl.id, rl.link.id, c)
-		}
-	}
+	})
 	if b.Len() == 0 {
 		return "empty"
 	}
