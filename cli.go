@@ -89,8 +89,15 @@ func (c *LeafCmd) Run(env *Env) (err error) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	go func() {
-		for range hup {
+	reloads := make(chan struct{})
+	go func() { // ours: it ends with ctx, and Run's return waits for it
+		defer close(reloads)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
 			ncfg, err := LoadConfig(env.Config)
 			if err != nil {
 				log.Error("SIGHUP: config not reloaded", "err", err)
@@ -105,6 +112,8 @@ func (c *LeafCmd) Run(env *Env) (err error) {
 			leaf.Reload(ncfg)
 		}
 	}()
+	defer func() { <-reloads }()
+	defer stop() // ends the reload loop when Run returns by itself (PFS gone)
 	return leaf.Run(ctx, paths.control, func() {
 		daemonReady(nil)
 		log.Info("leaf ready", "control", paths.control, "pid_file", paths.pid)

@@ -251,7 +251,8 @@ func NewLink(conn io.ReadWriteCloser, cfg LinkConfig) *Link {
 	return l
 }
 
-// Start starts the link's goroutines: a reader and a writer per stream.
+// Start starts the link's goroutines: a reader and a writer per stream,
+// and one that closes the stream when the link goes down.
 // They are the link's own; Done is closed when all are gone. Messages sent
 // before Start are queued and go out first.
 func (l *Link) Start() {
@@ -260,9 +261,13 @@ func (l *Link) Start() {
 	l.lastRx.Store(now)
 	l.lastTx.Store(now)
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); l.writer() }()
 	go func() { defer wg.Done(); l.reader() }()
+	// Closing the stream is what stops a reader blocked in Read. It is
+	// done here, not under the lock fail holds, since closing a QUIC
+	// link waits for its CONNECTION_CLOSE to go out.
+	go func() { defer wg.Done(); <-l.dying; l.conn.Close() }()
 	if l.bulk != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); l.bulkWriter() }()
@@ -466,10 +471,8 @@ func (l *Link) fail(err error) {
 func (l *Link) failLocked(err error) {
 	l.failOnce.Do(func() {
 		l.err = err
-		close(l.dying)
+		close(l.dying) // the closer goroutine (Start) closes the stream
 		l.space.Broadcast()
-		// Closing the stream is what stops a reader blocked in Read.
-		go l.conn.Close()
 	})
 }
 

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // The binary under test, built once, on first use, by h2Binary.
@@ -35,6 +37,17 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if h2BuildDir != "" {
 		os.RemoveAll(h2BuildDir)
+	}
+	if roleBinPath != "" {
+		os.RemoveAll(filepath.Dir(roleBinPath))
+	}
+	// Every goroutine a test started is owned by something the test shut
+	// down: none may outlive the tests.
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goroutines left behind by the tests:\n%v\n", err)
+			code = 1
+		}
 	}
 	os.Exit(code)
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/alecthomas/kong"
@@ -51,7 +52,19 @@ func kongVars() kong.Vars {
 }
 
 func main() {
+	quietQuicBufferWarning()
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+// quietQuicBufferWarning: quic-go cannot inspect socket buffers on
+// DragonFly and so always warns that they are too small; the warning
+// carries no information there. It reads the environment, so this is set
+// once, here, before anything starts. An operator's own setting wins.
+func quietQuicBufferWarning() {
+	const bufWarn = "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING"
+	if runtime.GOOS == "dragonfly" && os.Getenv(bufWarn) == "" {
+		os.Setenv(bufWarn, "true")
+	}
 }
 
 // run dispatches on argv[0] and returns the exit status.

@@ -38,8 +38,6 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -207,14 +205,6 @@ func NewQuicNode(key ed25519.PrivateKey, trust *TrustStore, cfg QuicConfig) (*Qu
 		return nil, errors.New("quic: nil trust store")
 	}
 	cfg.setDefaults()
-
-	// quic-go cannot inspect socket buffers on DragonFly and so always
-	// warns that they are too small; the warning carries no information
-	// there. An operator's explicit setting wins.
-	const bufWarn = "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING"
-	if runtime.GOOS == "dragonfly" && os.Getenv(bufWarn) == "" {
-		os.Setenv(bufWarn, "true")
-	}
 
 	cert, err := selfSignedCert(key)
 	if err != nil {
