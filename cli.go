@@ -287,11 +287,12 @@ func (c *KeygenCmd) Run(env *Env) error {
 	return nil
 }
 
-// QuorumCmd is `hammer2 quorum add|remove <master>`: the operator's hand
-// on membership. The leader adds masters it sees by itself; a master that
-// is gone for good keeps its vote until it is removed here.
+// QuorumCmd is `hammer2 quorum add|remove|recover`: the operator's hand
+// on membership. A master that is not a member joins by itself only if
+// the members trust its node key; a master that is gone for good keeps
+// its vote until it is removed here.
 type QuorumCmd struct {
-	Add    QuorumAddCmd    `cmd:"" help:"Add a master (its id as status shows it) to the group."`
+	Add    QuorumAddCmd    `cmd:"" help:"Add a master (its id as status shows it) to the group: a learner first, a voter once caught up."`
 	Remove QuorumRemoveCmd `cmd:"" help:"Remove a master from the group; the leader will not add it back by itself."`
 }
 
@@ -329,5 +330,8 @@ func changeMember(env *Env, verb, master string) error {
 		return fmt.Errorf("quorum %s %s: %w", verb, master, err)
 	}
 	fmt.Fprintf(env.Stdout, "members: %s\n", strings.Join(resp.Members, " "))
+	if len(resp.Learners) > 0 {
+		fmt.Fprintf(env.Stdout, "learners: %s (promoted once caught up)\n", strings.Join(resp.Learners, " "))
+	}
 	return nil
 }
