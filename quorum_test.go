@@ -664,6 +664,36 @@ func (h *quorumHarness) run(t *testing.T, td *datadriven.TestData) string {
 	case "wait-sweeps":
 		// Time passes for the joiner tables without anyone asking.
 		h.sweeps += argU(t, td, "n", 1)
+	case "recover":
+		// recover node=2 survivors=(2): the operator's offline recovery
+		// of a stopped master, which then restarts.
+		n := qhTarget(t, td, h)
+		a, _ := td.Arg("survivors")
+		var survivors []uint64
+		for _, v := range a.Vals {
+			id, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				td.Fatalf(t, "bad survivor %q", v)
+			}
+			survivors = append(survivors, id)
+		}
+		id := n.id
+		h.crash(id, false)
+		st, err := openQuorumStore(h.nodes[id].dir, quorumStoreOptions{noSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, err := recoverQuorum(st, id, survivors)
+		st.Close()
+		if err != nil {
+			h.printf("n%d: recover: %v\n", id, err)
+		} else {
+			h.printf("n%d: recovered: txid=%d term=%d voters=%s removed=%s tail=%d emptied=%d last=%d\n", id, rep.Applied,
+				rep.Term, joinIDs(rep.Voters), orNone(joinIDs(rep.Removed)), rep.Tail, rep.Emptied, rep.Last)
+		}
+		h.open(id, nil)
+		h.printf("n%d: restarted at txid=%d\n", id, h.live(id).fsm.applied)
+		h.pump(id)
 	case "wipe":
 		// The master's state is gone: a new, empty quorum.db.
 		for _, id := range qhNodes(t, td, h) {
