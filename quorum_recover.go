@@ -13,12 +13,16 @@ package main
 //     machine, so it is never added back automatically and its raft
 //     traffic is not stepped (quorumNode.admits);
 //  3. the entries after it, which this master holds but did not know to
-//     be committed, stay in the log, uncommitted, with any membership
-//     change among them made an empty entry: raft commits the elected
-//     survivor's tail with its first entry, so a commit the old majority
-//     acknowledged with this master's help is not lost, and survivors
-//     whose tails differ settle it as raft always does;
-//  4. the hard state's commit index is the snapshot's, and its term and
+//     be committed, stay in the log, uncommitted: raft commits the
+//     elected survivor's tail with its first entry, so a commit the old
+//     majority acknowledged with this master's help is not lost, and
+//     survivors whose tails differ settle it as raft always does;
+//  4. the log is kept, entries before the snapshot too (a survivor that
+//     is behind catches up from them, and they are the record of what
+//     was committed), but every membership change in it is made an
+//     empty entry: replayed on a survivor that is behind, an old change
+//     would undo the survivors' configuration;
+//  5. the hard state's commit index is the snapshot's, and its term and
 //     vote stay, so the survivors elect a leader in a later term.
 //
 // What it cannot save: entries a majority committed without any survivor
@@ -105,13 +109,13 @@ type quorumRecovery struct {
 	Applied, Term uint64   // the snapshot written: the last committed txid here, and its term
 	Last          uint64   // the log's last index, kept
 	Tail          int      // entries after the snapshot, uncommitted, kept
-	Emptied       int      // membership changes among them made empty
+	Emptied       int      // membership changes in the log made empty entries
 	Voters        []uint64 // the group now
 	Removed       []uint64 // members before, marked removed
 }
 
 func (r quorumRecovery) String() string {
-	return fmt.Sprintf("recovered: applied txid %d (term %d); voters %s; removed %s; %d uncommitted entries kept up to index %d (%d membership changes among them emptied)",
+	return fmt.Sprintf("recovered: applied txid %d (term %d); voters %s; removed %s; %d uncommitted entries kept up to index %d; %d old membership changes in the log emptied",
 		r.Applied, r.Term, hexIDs(r.Voters), orNoneIDs(r.Removed), r.Tail, r.Last, r.Emptied)
 }
 
@@ -200,14 +204,17 @@ func recoverQuorum(store *quorumStore, self uint64, survivors []uint64) (quorumR
 		lb := tx.Bucket([]byte(qbLog))
 		var emptied []*pb.Entry
 		c := lb.Cursor()
-		for k, v := c.Seek(u64key(at + 1)); k != nil; k, v = c.Next() {
-			rep.Tail++
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			idx := binary.BigEndian.Uint64(k)
+			if idx > at {
+				rep.Tail++
+			}
 			e := &pb.Entry{}
 			if len(v) < 8 {
-				return fmt.Errorf("log/%d: short record", binary.BigEndian.Uint64(k))
+				return fmt.Errorf("log/%d: short record", idx)
 			}
 			if err := proto.Unmarshal(v[8:], e); err != nil {
-				return fmt.Errorf("log/%d: %w", binary.BigEndian.Uint64(k), err)
+				return fmt.Errorf("log/%d: %w", idx, err)
 			}
 			if t := e.GetType(); t == pb.EntryConfChange || t == pb.EntryConfChangeV2 {
 				emptied = append(emptied, &pb.Entry{Index: new(e.GetIndex()), Term: new(e.GetTerm()), Type: pb.EntryNormal.Enum()})
@@ -224,14 +231,7 @@ func recoverQuorum(store *quorumStore, self uint64, survivors []uint64) (quorumR
 			}
 		}
 		rep.Emptied = len(emptied)
-		if err := deleteThrough(lb, at); err != nil {
-			return err
-		}
-		mark := quorumMark{at, term}
 		rb := tx.Bucket([]byte(qbRaft))
-		if err := rb.Put([]byte(qkTrunc), markBytes(mark)); err != nil {
-			return err
-		}
 		if err := putProto(rb, qkSnapshot, snap); err != nil {
 			return err
 		}
@@ -242,7 +242,7 @@ func recoverQuorum(store *quorumStore, self uint64, survivors []uint64) (quorumR
 		if err := putProto(rb, qkHardState, nhs); err != nil {
 			return err
 		}
-		m.trunc, m.snap, m.last = mark, mark, max(m.last, at)
+		m.snap, m.last = quorumMark{at, term}, max(m.last, at)
 		return nil
 	})
 	if err != nil {
