@@ -350,6 +350,10 @@ func (d *quorumDriver) join(t *Trans, m *Msg) {
 		a.Result = res
 		_ = t.Send(&Msg{Header: Header{Cmd: CmdQrmJoin | FlagDelete}, Ext: a.marshal()})
 	}
+	if st := d.Status(); !slices.Contains(st.Members, d.self) && !slices.Contains(st.Learners, d.self) {
+		answer(joinNotMember) // nothing to vouch with: spare the signature check
+		return
+	}
 	var lookup func(ed25519.PublicKey) (string, bool)
 	if d.leaf.trust != nil {
 		lookup = d.leaf.trust.Lookup
