@@ -152,9 +152,9 @@ func (c quorumMemberChange) String() string {
 // load, which always trails by what is in flight, is still promoted.
 const quorumLearnerSlack = 128
 
-// quorumMaxSponsors bounds the masters a joining master with no
-// configuration yet accepts raft traffic from (those that answered its
-// join request as members of the group).
+// quorumMaxSponsors bounds the masters outside its configuration a
+// master steps raft traffic from (those that answered its join request
+// as members of the group), and the unknown senders it asks.
 const quorumMaxSponsors = 64
 
 // quorumStatus is for `status` output and for deciding whether to even
@@ -213,9 +213,10 @@ type quorumNode struct {
 	failed    []quorumFailure
 	timedOut  []uint64 // recent requests failed while in a log, oldest first (for Late)
 
-	// sponsors are the masters a master outside any configuration (a
-	// joiner before its first snapshot) steps raft messages from: those
-	// that answered its join request as members (quorum_join.go).
+	// sponsors are masters outside this master's configuration whose raft
+	// messages it steps: they answered its join request as members
+	// (quorum_join.go). A joiner has no configuration before its first
+	// snapshot; a member that is behind does not know masters added since.
 	sponsors map[uint64]bool
 
 	// err is sticky: once a write to the store failed, memory and disk
@@ -606,20 +607,23 @@ func (n *quorumNode) Step(m *pb.Message) error {
 }
 
 // admits reports whether raft messages from master id are stepped: id
-// must be a voter or a learner of this master's configuration and not
-// removed. A master that is in no configuration at all (a joiner that has
-// not received its first snapshot yet) has nothing to check against; it
-// admits the masters that answered its join request as members
-// (Sponsor), so the leader can catch it up and nobody else can feed it a
-// group of their making.
+// must not be removed, and must be a voter or a learner of this master's
+// configuration, or a sponsor. A master that is in no configuration at
+// all (a joiner that has not received its first snapshot yet) has
+// nothing else to check against; a member that is behind may not know a
+// master added since (a voter it must vote for, the leader it must catch
+// up from). Both ask such a master to admit them (QRM_JOIN), and a
+// master that answers as a member of the group becomes a sponsor
+// (Sponsor): the leader can catch them up, and masters that are not in
+// the group cannot feed them one of their making.
 func (n *quorumNode) admits(id uint64) bool {
 	if n.fsm.removed[id] {
 		return false
 	}
-	cs := n.cs
-	if len(cs.GetVoters()) == 0 && len(cs.GetLearners()) == 0 && len(cs.GetVotersOutgoing()) == 0 {
-		return n.sponsors[id]
+	if n.sponsors[id] {
+		return true
 	}
+	cs := n.cs
 	for _, set := range [][]uint64{cs.GetVoters(), cs.GetLearners(), cs.GetVotersOutgoing(), cs.GetLearnersNext()} {
 		if slices.Contains(set, id) {
 			return true
@@ -628,9 +632,9 @@ func (n *quorumNode) admits(id uint64) bool {
 	return false
 }
 
-// Sponsor lets a master in no configuration yet step raft messages from
-// id, a master that answered its join request as a member of the group.
-// At most quorumMaxSponsors are kept.
+// Sponsor lets this master step raft messages from id, a master that is
+// not in its configuration but answered its join request as a member of
+// the group. At most quorumMaxSponsors are kept.
 func (n *quorumNode) Sponsor(id uint64) {
 	if id != n.id && (n.sponsors[id] || len(n.sponsors) < quorumMaxSponsors) {
 		n.sponsors[id] = true

@@ -389,11 +389,12 @@ func (d *quorumDriver) joinRefused(req qrmJoin, fp quorumKeyFP, res quorumJoinRe
 		"fsid", req.Fsid, "pfs_clid", req.Clid, "key", fp, "reason", res.String())
 }
 
-// requestJoins is a master outside the group asking every master of its
-// cluster it sees (seen, from the sweep) to admit it: one request per
-// master at a time, at most one per sweep. A master that answers as a
-// member becomes a sponsor, whose raft traffic this master then steps.
-func (d *quorumDriver) requestJoins(seen map[uint64]bool) {
+// requestJoins asks the masters in ask to admit this master: all those
+// of its cluster it sees, while it is outside the group; those whose
+// traffic it refused, while it is in. One request per master at a time,
+// at most one per sweep. A master that answers as a member becomes a
+// sponsor, whose raft traffic this master then steps.
+func (d *quorumDriver) requestJoins(ask map[uint64]bool) {
 	if d.node.Removed(d.self) {
 		if d.joinLog.allow("self-removed", time.Now()) {
 			d.leaf.log.Warn("quorum: this master was removed from the group; it does not ask to join again (an operator's quorum add brings it back)",
@@ -404,8 +405,8 @@ func (d *quorumDriver) requestJoins(seen map[uint64]bool) {
 	if d.leaf.key == nil {
 		return
 	}
-	ids := make([]uint64, 0, len(seen))
-	for id := range seen {
+	ids := make([]uint64, 0, len(ask))
+	for id := range ask {
 		if id != d.self {
 			ids = append(ids, id)
 		}
@@ -469,10 +470,18 @@ func (d *quorumDriver) openUnder(id uint64, m *Msg, h Handler) (*Trans, error) {
 	return span.Open(m, h)
 }
 
-// stepRefused logs, at most once a minute per sender, that raft traffic
-// from a master outside this master's configuration was not stepped.
+// stepRefused notes raft traffic from a master outside this master's
+// configuration: one that is not removed is asked at the next sweep
+// (sweepMasters), and the refusal is logged at most once a minute per
+// sender.
 func (d *quorumDriver) stepRefused(from uint64, err error) {
-	if !errors.Is(err, errQuorumNotMember) || !d.stepLog.allow(fmt.Sprintf("%x", from), time.Now()) {
+	if !errors.Is(err, errQuorumNotMember) {
+		return
+	}
+	if !d.node.Removed(from) && len(d.strangers) < quorumMaxSponsors {
+		d.strangers[from] = true
+	}
+	if !d.stepLog.allow(fmt.Sprintf("%x", from), time.Now()) {
 		return
 	}
 	d.leaf.log.Warn("quorum: not stepping raft messages from a master outside this master's configuration",

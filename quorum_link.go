@@ -124,6 +124,10 @@ type quorumDriver struct {
 	// joining (quorum_join.go), owned by the run goroutine
 	joins   *quorumJoins      // member: the verified joiners
 	joinOut map[uint64]*Trans // joiner: our QRM_JOIN to each master
+	// strangers sent raft traffic that was refused as from outside the
+	// configuration (and not removed): the next sweep asks them to admit
+	// this master, which makes them sponsors if they are members.
+	strangers map[uint64]bool
 	// joinLog and stepLog keep repeated refusals out of the log; they are
 	// safe for any goroutine.
 	joinLog *logLimiter
@@ -142,7 +146,7 @@ type quorumDriver struct {
 func newQuorumDriver(l *Leaf, node *quorumNode, tick, lease, commitTimeout time.Duration) *quorumDriver {
 	d := &quorumDriver{leaf: l, node: node, self: node.id, tick: tick, work: make(chan func(), 256),
 		out: map[uint64]*Trans{}, waiters: map[uint64]*quorumWaiter{}, reach: map[uint64]bool{},
-		joins: newQuorumJoins(), joinOut: map[uint64]*Trans{}, joinLog: &logLimiter{},
+		joins: newQuorumJoins(), joinOut: map[uint64]*Trans{}, strangers: map[uint64]bool{}, joinLog: &logLimiter{},
 		stepLog: &logLimiter{every: time.Minute},
 		grants:  map[string]*cacGrant{}, tries: map[string]int{}, lease: lease, commitTimeout: commitTimeout}
 	st := node.Status()
@@ -432,8 +436,20 @@ func (d *quorumDriver) sweepMasters() {
 		}
 		d.reach[id] = seen[id]
 	}
-	if !d.node.InGroup() {
-		d.requestJoins(seen)
+	// A master outside the group asks every master it sees to admit it;
+	// a member asks those whose traffic it refused (it may be behind).
+	ask := seen
+	if d.node.InGroup() {
+		ask = map[uint64]bool{}
+		for id := range d.strangers {
+			if seen[id] && !d.node.Removed(id) {
+				ask[id] = true
+			}
+		}
+		clear(d.strangers)
+	}
+	if len(ask) > 0 {
+		d.requestJoins(ask)
 	}
 	change, id, key := d.joins.next(d.node, d.sweeps)
 	if change == 0 {
