@@ -47,7 +47,7 @@ import (
 
 // QuorumRecoverCmd is `hammer2 -s <pfs> quorum recover --survivors ...`.
 type QuorumRecoverCmd struct {
-	Survivors []string `required:"" sep:"," placeholder:"ID,..." help:"The masters that remain (hex ids as hammer2 status shows them), this one included; the same list on each survivor."`
+	Survivors []string `required:"" sep:"," placeholder:"ID" help:"The masters that remain (hex ids as hammer2 status shows them), this one included; the same list on each survivor."`
 }
 
 func (c *QuorumRecoverCmd) Run(env *Env) error {
