@@ -305,13 +305,19 @@ func (j *quorumJoins) next(n *quorumNode, now uint64) (quorumMemberChange, uint6
 }
 
 // logLimiter lets an event be logged once per key and interval (every 0:
-// once), across goroutines. It forgets everything when it has seen
-// logLimiterKeys keys, so a flood of distinct keys costs bounded memory
-// and at worst repeats some lines.
+// once), across goroutines, and at most perMinute events a minute in all
+// (0: no cap), so that a peer inventing ids cannot flood the log. A key
+// held back by the cap is logged when it comes again later. The limiter
+// forgets every key when it has seen logLimiterKeys of them, so distinct
+// keys cost bounded memory and at worst repeat some lines.
 type logLimiter struct {
-	every time.Duration
-	mu    sync.Mutex
-	last  map[string]time.Time
+	every     time.Duration
+	perMinute int
+
+	mu     sync.Mutex
+	last   map[string]time.Time
+	window time.Time // start of the current minute
+	count  int       // events allowed in it
 }
 
 const logLimiterKeys = 1024
@@ -322,12 +328,25 @@ func (l *logLimiter) allow(key string, now time.Time) bool {
 	if t, ok := l.last[key]; ok && (l.every == 0 || now.Sub(t) < l.every) {
 		return false
 	}
+	if l.perMinute > 0 {
+		if now.Sub(l.window) >= time.Minute {
+			l.window, l.count = now, 0
+		}
+		if l.count >= l.perMinute {
+			return false
+		}
+		l.count++
+	}
 	if l.last == nil || len(l.last) >= logLimiterKeys {
 		l.last = map[string]time.Time{}
 	}
 	l.last[key] = now
 	return true
 }
+
+// quorumLogPerMinute caps the join and step-filter lines a minute: enough
+// for every master of a real cluster, a bound for a flood.
+const quorumLogPerMinute = 30
 
 // ---- on the wire ----
 

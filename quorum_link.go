@@ -147,7 +147,7 @@ func newQuorumDriver(l *Leaf, node *quorumNode, tick, lease, commitTimeout time.
 	d := &quorumDriver{leaf: l, node: node, self: node.id, tick: tick, work: make(chan func(), 256),
 		out: map[uint64]*Trans{}, waiters: map[uint64]*quorumWaiter{}, reach: map[uint64]bool{},
 		joins: newQuorumJoins(), joinOut: map[uint64]*Trans{}, strangers: map[uint64]bool{},
-		joinLog: &logLimiter{}, stepLog: &logLimiter{every: time.Minute},
+		joinLog: &logLimiter{perMinute: quorumLogPerMinute}, stepLog: &logLimiter{every: time.Minute, perMinute: quorumLogPerMinute},
 		grants: map[string]*cacGrant{}, tries: map[string]int{}, lease: lease, commitTimeout: commitTimeout}
 	st := node.Status()
 	d.status.Store(&st)

@@ -1502,3 +1502,31 @@ func TestQrmJoinCodec(t *testing.T) {
 		t.Fatal("join statement could be a TLS signature's content")
 	}
 }
+
+// The join and step-filter logs: once per key (or per interval), and a
+// cap a minute in all, so invented ids cannot flood the log.
+func TestLogLimiter(t *testing.T) {
+	t0 := time.Unix(1700000000, 0)
+	once := &logLimiter{perMinute: 3}
+	var got []bool
+	for _, k := range []string{"a", "a", "b", "c", "d", "e"} {
+		got = append(got, once.allow(k, t0))
+	}
+	if want := []bool{true, false, true, true, false, false}; !slices.Equal(got, want) {
+		t.Errorf("once with a cap of 3: %v, want %v", got, want)
+	}
+	if !once.allow("d", t0.Add(time.Minute)) || once.allow("a", t0.Add(time.Hour)) {
+		t.Error("a key held back by the cap must log in the next minute; a logged one never again")
+	}
+	every := &logLimiter{every: time.Minute}
+	if !every.allow("x", t0) || every.allow("x", t0.Add(59*time.Second)) || !every.allow("x", t0.Add(time.Minute)) {
+		t.Error("every minute: want the first, nothing within the minute, then again")
+	}
+	many := &logLimiter{}
+	for i := range logLimiterKeys + 10 {
+		many.allow(strconv.Itoa(i), t0)
+	}
+	if len(many.last) > logLimiterKeys {
+		t.Errorf("the limiter holds %d keys, bound %d", len(many.last), logLimiterKeys)
+	}
+}
