@@ -444,18 +444,18 @@ func (d *quorumDriver) shell(line string, reply func(string)) bool {
 	case "quorum":
 		if verb, master, ok := strings.Cut(arg, " "); ok && (verb == "add" || verb == "remove") {
 			d.leaf.spawn(func() { // Member waits on the driver's goroutine, which runs this
-				members, err := d.leaf.changeMember("quorum-"+verb, strings.TrimSpace(master))
+				members, learners, err := d.leaf.changeMember("quorum-"+verb, strings.TrimSpace(master))
 				if err != nil {
 					reply(fmt.Sprintf("quorum %s: %v\n", verb, err))
 					return
 				}
-				reply(fmt.Sprintf("members %x\n", members))
+				reply(fmt.Sprintf("members %x learners %x\n", members, learners))
 			})
 			return true
 		}
 		s := d.Status()
-		reply(fmt.Sprintf("master %x %s, leader %x, term %d, last txid %d, members %x, quorum %v\n",
-			s.ID, s.State, s.Leader, s.Term, s.LastTxid, s.Members, s.HasQuorum))
+		reply(fmt.Sprintf("master %x %s, leader %x, term %d, last txid %d, members %x, learners %x, quorum %v\n",
+			s.ID, s.State, s.Leader, s.Term, s.LastTxid, s.Members, s.Learners, s.HasQuorum))
 	default:
 		return false
 	}

@@ -320,12 +320,15 @@ func (c *KeygenCmd) Run(env *Env) error {
 	return nil
 }
 
-// QuorumCmd is `hammer2 quorum add|remove <master>`: the operator's hand
-// on membership. The leader adds masters it sees by itself; a master that
-// is gone for good keeps its vote until it is removed here.
+// QuorumCmd is `hammer2 quorum add|remove|recover`: the operator's hand
+// on membership. A master that is not a member joins by itself only if
+// the members trust its node key; a master that is gone for good keeps
+// its vote until it is removed here; a group that lost its majority for
+// good is shrunk to the survivors by recover.
 type QuorumCmd struct {
-	Add    QuorumAddCmd    `cmd:"" help:"Add a master (its id as status shows it) to the group."`
-	Remove QuorumRemoveCmd `cmd:"" help:"Remove a master from the group; the leader will not add it back by itself."`
+	Add     QuorumAddCmd     `cmd:"" help:"Add a master (its id as status shows it) to the group: a learner first, a voter once caught up."`
+	Remove  QuorumRemoveCmd  `cmd:"" help:"Remove a master from the group; the leader will not add it back by itself."`
+	Recover QuorumRecoverCmd `cmd:"" help:"With the leaf stopped: make the survivors of a lost majority the whole group (entries only the lost masters held are lost)."`
 }
 
 type QuorumAddCmd struct {
@@ -362,5 +365,8 @@ func changeMember(env *Env, verb, master string) error {
 		return fmt.Errorf("quorum %s %s: %w", verb, master, err)
 	}
 	fmt.Fprintf(env.Stdout, "members: %s\n", strings.Join(resp.Members, " "))
+	if len(resp.Learners) > 0 {
+		fmt.Fprintf(env.Stdout, "learners: %s (promoted once caught up)\n", strings.Join(resp.Learners, " "))
+	}
 	return nil
 }

@@ -27,10 +27,11 @@ type controlRequest struct {
 }
 
 type controlResponse struct {
-	Error   string         `json:"error,omitempty"`
-	Status  *LeafStatus    `json:"status,omitempty"`
-	Service *ServiceStatus `json:"service,omitempty"` // a service's status
-	Members []string       `json:"members,omitempty"` // after a quorum change
+	Error    string         `json:"error,omitempty"`
+	Status   *LeafStatus    `json:"status,omitempty"`
+	Service  *ServiceStatus `json:"service,omitempty"`  // a service's status
+	Members  []string       `json:"members,omitempty"`  // voters after a quorum change
+	Learners []string       `json:"learners,omitempty"` // learners after a quorum change
 }
 
 // controlServer is a daemon's control socket: one JSON request and one
@@ -102,12 +103,15 @@ func (l *Leaf) control(req controlRequest) (resp controlResponse) {
 			resp.Error = err.Error()
 		}
 	case "quorum-add", "quorum-remove":
-		members, err := l.changeMember(req.Op, req.Master)
+		members, learners, err := l.changeMember(req.Op, req.Master)
 		if err != nil {
 			resp.Error = err.Error()
 		}
 		for _, m := range members {
 			resp.Members = append(resp.Members, fmt.Sprintf("%x", m))
+		}
+		for _, m := range learners {
+			resp.Learners = append(resp.Learners, fmt.Sprintf("%x", m))
 		}
 	default:
 		resp.Error = fmt.Sprintf("unknown op %q", req.Op)
@@ -143,18 +147,19 @@ func controlCall(path string, req controlRequest) (*controlResponse, error) {
 }
 
 // changeMember serves quorum-add and quorum-remove, waiting at most the
-// commit timeout (the control connection allows 10 s).
-func (l *Leaf) changeMember(op, master string) ([]uint64, error) {
+// commit timeout (the control connection allows 10 s). An added master
+// enters as a learner; the leader promotes it once it has caught up.
+func (l *Leaf) changeMember(op, master string) (voters, learners []uint64, err error) {
 	if l.quorum == nil {
-		return nil, errors.New("this leaf is not a member of a quorum group (not a MASTER, or no quorum.masters)")
+		return nil, nil, errors.New("this leaf is not a member of a quorum group (not a MASTER, or no quorum.masters)")
 	}
 	id, err := strconv.ParseUint(strings.TrimPrefix(master, "0x"), 16, 64)
 	if err != nil || id == 0 {
-		return nil, fmt.Errorf("master %q: not a master id (hex, as status shows it)", master)
+		return nil, nil, fmt.Errorf("master %q: not a master id (hex, as status shows it)", master)
 	}
-	change := quorumAddVoter
+	change := quorumAddLearner
 	if op == "quorum-remove" {
-		change = quorumRemoveVoter
+		change = quorumRemove
 	}
 	ctx, cancel := context.WithTimeout(l.ctx, min(l.cfg.Quorum.CommitTimeout.Duration, 9*time.Second))
 	defer cancel()

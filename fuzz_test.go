@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/binary"
 	"io"
 	"testing"
@@ -15,6 +16,7 @@ func seedMessages() [][]byte {
 	span.SetLabels("pfs", "")
 	conn := LnkConn{PeerType: PeerHammer2, PeerMask: 1 << PeerHammer2, ProtoVersion: 1, PeerLabel: "h/hammer2-mount"}
 	vc := LnkVolconf{Index: 1, Copy: Volconf{CopyID: 1, Path: "span:127.0.0.1"}}
+	join := fuzzJoinSeed()
 	msgs := []Msg{
 		{Header: Header{Cmd: CmdLnkPing}},
 		{Header: Header{Cmd: CmdLnkPing | FlagReply}},
@@ -30,6 +32,7 @@ func seedMessages() [][]byte {
 		{Header: Header{Cmd: CmdQrmCommit | FlagCreate, MsgID: 5}, Ext: (&qrmCommit{Phase: 2, Txid: 10, ReqID: 3}).marshal(),
 			Aux: []byte("op")},
 		{Header: Header{Cmd: CmdQrmRaft | FlagCreate | FlagRevCirc, MsgID: 6, Circuit: 2}, Ext: (&qrmRaft{From: 1, To: 2}).marshal()},
+		{Header: Header{Cmd: CmdQrmJoin | FlagCreate | FlagRevCirc, MsgID: 7, Circuit: 2}, Ext: join.marshal(), Aux: join.aux()},
 	}
 	var out [][]byte
 	var stream []byte
@@ -65,6 +68,8 @@ func FuzzDecode(f *testing.F) {
 		}
 		_, _ = parseQrmCommit(m.Ext)
 		_, _ = parseQrmRaft(m.Ext)
+		_, _ = parseQrmJoin(m.Ext, m.Aux, true)
+		_, _ = parseQrmJoin(m.Ext, m.Aux, false)
 		if binary.LittleEndian.Uint16(b) != MagicLE {
 			return // swapped input re-encodes little-endian
 		}
@@ -240,6 +245,55 @@ func FuzzQuorumEntry(f *testing.F) {
 		b, _ := fsms[1].encode()
 		if !bytes.Equal(a, b) {
 			t.Fatalf("two masters diverged:\n%s\n%s", a, b)
+		}
+	})
+}
+
+// fuzzJoinKey signs the seed join request; fuzzJoinClid and fuzzJoinNow
+// are the member's view it is checked against.
+var (
+	fuzzJoinKey  = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{0x4a}, ed25519.SeedSize))
+	fuzzJoinClid = UUID{0xc1, 0xd0}
+	fuzzJoinFsid = UUID{0x0f, 0x51, 0xd0}
+	fuzzJoinNow  = time.Unix(1700000000, 0)
+)
+
+func fuzzJoinSeed() qrmJoin {
+	return newQrmJoin(fuzzJoinKey, fuzzJoinClid, fuzzJoinFsid, 5, fuzzJoinNow)
+}
+
+// FuzzQuorumJoin: no QRM_JOIN a peer sends panics a member; a request
+// that parses re-encodes to itself; and a member that trusts the seed's
+// key accepts only exactly the statement that key signed, whatever else
+// the bytes say (the signature binds cluster, fsid, key and time).
+func FuzzQuorumJoin(f *testing.F) {
+	seed := fuzzJoinSeed()
+	f.Add(seed.marshal(), seed.aux())
+	ans := seed
+	ans.Result = joinAccepted
+	f.Add(ans.marshal(), []byte{})
+	f.Add(seed.marshal()[:0x30], seed.aux()[:40])
+	pub := fuzzJoinKey.Public().(ed25519.PublicKey)
+	trusted := func(k ed25519.PublicKey) (string, bool) { return "seed", k.Equal(pub) }
+	f.Fuzz(func(t *testing.T, ext, aux []byte) {
+		if a, err := parseQrmJoin(ext, aux, false); err == nil && a.Key != nil {
+			t.Fatalf("an answer parsed with a key: %+v", a)
+		}
+		j, err := parseQrmJoin(ext, aux, true)
+		if err != nil {
+			return
+		}
+		again, err := parseQrmJoin(j.marshal(), j.aux(), true)
+		if err != nil || again.From != j.From || again.To != j.To || again.Clid != j.Clid || again.Fsid != j.Fsid ||
+			again.Time != j.Time || !bytes.Equal(again.Key, j.Key) || !bytes.Equal(again.Sig, j.Sig) {
+			t.Fatalf("request %+v re-parses as %+v, %v", j, again, err)
+		}
+		res, fp, _ := verifyJoin(j, fuzzJoinClid, j.To, trusted, fuzzJoinNow)
+		if fp != keyFP(j.Key) {
+			t.Fatalf("fingerprint %s of key %x", fp, j.Key)
+		}
+		if res == joinAccepted && (!j.Key.Equal(pub) || j.Clid != fuzzJoinClid || j.Fsid != fuzzJoinFsid || j.Time != seed.Time) {
+			t.Fatalf("accepted a statement the key did not sign: %+v", j)
 		}
 	})
 }

@@ -29,6 +29,7 @@ type Leaf struct {
 	info     PFSInfo
 	log      *slog.Logger
 	node     *QuicNode
+	key      ed25519.PrivateKey // the node key: signs this master's quorum join requests
 	trust    *TrustStore
 	hostname string
 	started  time.Time
@@ -75,7 +76,7 @@ func NewLeaf(cfg Config, pfs PFS, key ed25519.PrivateKey, trust *TrustStore, log
 		return nil, err
 	}
 	l := &Leaf{
-		cfg: cfg, pfs: pfs, info: info, trust: trust, hostname: host, started: time.Now(), policy: policy,
+		cfg: cfg, pfs: pfs, info: info, key: key, trust: trust, hostname: host, started: time.Now(), policy: policy,
 		log:     log.With("pfs", info.Label),
 		refused: newLogLimiter(cfg.Limits.RefusedLogsPerSecond),
 		targets: map[string]*target{},
@@ -117,11 +118,13 @@ func NewLeaf(cfg Config, pfs PFS, key ed25519.PrivateKey, trust *TrustStore, log
 }
 
 // stateDir holds quorum.db and cache.db.
-func (l *Leaf) stateDir() string {
-	if d := l.cfg.Quorum.StateDir; d != "" {
+func (l *Leaf) stateDir() string { return leafStateDir(l.cfg, l.pfs, l.info) }
+
+func leafStateDir(cfg Config, pfs PFS, info PFSInfo) string {
+	if d := cfg.Quorum.StateDir; d != "" {
 		return d
 	}
-	return leafPaths(l.cfg, l.pfs, l.info).dir
+	return leafPaths(cfg, pfs, info).dir
 }
 
 // openQuorum starts this master's member of its cluster's quorum group,
@@ -146,10 +149,11 @@ func (l *Leaf) openQuorum() error {
 	dir := l.stateDir()
 	self := masterID(l.info.Fsid)
 	if !slices.Contains(founders, self) {
-		// Not a founder: join the group the founders formed. The leader
-		// adds this master when it sees its span, then catches it up.
-		l.log.Info("quorum: not among quorum.masters; joining the group once its leader adds this master",
-			"master", fmt.Sprintf("%x", self))
+		// Not a founder: join the group the founders formed. It asks the
+		// members to admit it (signed with the node key, which they must
+		// trust); the leader adds it as a learner and promotes it.
+		l.log.Info("quorum: not among quorum.masters; asking the group's masters to admit this master",
+			"master", fmt.Sprintf("%x", self), "key", l.node.Fingerprint())
 		founders = nil
 	}
 	store, err := openQuorumStore(dir, quorumStoreOptions{})

@@ -142,3 +142,43 @@ func (ll *logLimiter) Warn(log *slog.Logger, msg string, args ...any) {
 	}
 	log.Warn(msg, args...)
 }
+
+// keyedLogLimiter lets an event be logged once per key and interval (every 0:
+// once), across goroutines, and at most perMinute events a minute in all
+// (0: no cap), so that a peer inventing ids cannot flood the log. A key
+// held back by the cap is logged when it comes again later. The limiter
+// forgets every key when it has seen keyedLogLimiterKeys of them, so distinct
+// keys cost bounded memory and at worst repeat some lines.
+type keyedLogLimiter struct {
+	every     time.Duration
+	perMinute int
+
+	mu     sync.Mutex
+	last   map[string]time.Time
+	window time.Time // start of the current minute
+	count  int       // events allowed in it
+}
+
+const keyedLogLimiterKeys = 1024
+
+func (l *keyedLogLimiter) allow(key string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t, ok := l.last[key]; ok && (l.every == 0 || now.Sub(t) < l.every) {
+		return false
+	}
+	if l.perMinute > 0 {
+		if now.Sub(l.window) >= time.Minute {
+			l.window, l.count = now, 0
+		}
+		if l.count >= l.perMinute {
+			return false
+		}
+		l.count++
+	}
+	if l.last == nil || len(l.last) >= keyedLogLimiterKeys {
+		l.last = map[string]time.Time{}
+	}
+	l.last[key] = now
+	return true
+}

@@ -22,6 +22,7 @@ import (
 
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -80,11 +81,12 @@ var (
 // entry's raft index. Origin and ReqID identify the request across leader
 // changes: a master only answers the requests it originated.
 type quorumResult struct {
-	Txid    uint64
-	Origin  uint64
-	ReqID   uint64
-	Op      quorumOp // Kind is quorumOpMembers for a membership change
-	Members []uint64 // voters after a membership change
+	Txid     uint64
+	Origin   uint64
+	ReqID    uint64
+	Op       quorumOp // Kind is quorumOpMembers for a membership change
+	Members  []uint64 // voters after a membership change
+	Learners []uint64 // learners after a membership change
 	quorumOutcome
 	// Late marks this master's own request that was applied after it had
 	// already been reported Failed with errQuorumTimeout (its log's leader
@@ -120,10 +122,40 @@ type quorumReady struct {
 
 type quorumMemberChange uint8
 
+// Every master enters the group as a learner: it receives the log but has
+// no vote, so adding it never changes the majority. The leader promotes it
+// to voter once it has caught up (quorumLearnerSlack). Remove takes out a
+// voter or a learner.
 const (
-	quorumAddVoter quorumMemberChange = iota + 1
-	quorumRemoveVoter
+	quorumAddLearner quorumMemberChange = iota + 1
+	quorumPromote
+	quorumRemove
 )
+
+var quorumMemberChangeNames = [...]string{"", "add learner", "promote", "remove"}
+
+func (c quorumMemberChange) String() string {
+	if int(c) < len(quorumMemberChangeNames) && c != 0 {
+		return quorumMemberChangeNames[c]
+	}
+	return fmt.Sprintf("change(%d)", uint8(c))
+}
+
+// quorumLearnerSlack is how far (in entries) a learner's acknowledged log
+// may trail the leader's commit index for the leader to promote it. etcd
+// 3.4+ promotes a learner once its match index is within 10% of the
+// leader's; a fraction of a long log is far too loose (a learner a
+// million entries in would be 100000 behind), so the slack is absolute.
+// 128 entries is less than one append message carries (MaxSizePerMsg is
+// 256 KiB; entries are small), so a promoted learner is level after one
+// round trip and never holds a commit back; and a learner under steady
+// load, which always trails by what is in flight, is still promoted.
+const quorumLearnerSlack = 128
+
+// quorumMaxSponsors bounds the masters outside its configuration a
+// master steps raft traffic from (those that answered its join request
+// as members of the group), and the unknown senders it asks.
+const quorumMaxSponsors = 64
 
 // quorumStatus is for `status` output and for deciding whether to even
 // try a request.
@@ -180,6 +212,12 @@ type quorumNode struct {
 	queued    []uint64 // dropped by raft for want of a leader; resubmitted when one is known
 	failed    []quorumFailure
 	timedOut  []uint64 // recent requests failed while in a log, oldest first (for Late)
+
+	// sponsors are masters outside this master's configuration whose raft
+	// messages it steps: they answered its join request as members
+	// (quorum_join.go). A joiner has no configuration before its first
+	// snapshot; a member that is behind does not know masters added since.
+	sponsors map[uint64]bool
 
 	// err is sticky: once a write to the store failed, memory and disk
 	// may disagree, and the only safe continuation is a restart from the
@@ -244,7 +282,7 @@ func newQuorumNode(id uint64, peers []uint64, store *quorumStore, cfg quorumConf
 		return nil, fmt.Errorf("quorum: start raft for master %d on %s: %w", id, store.Path(), err)
 	}
 	return &quorumNode{id: id, cfg: cfg, rn: rn, store: store, fsm: fsm, cs: cs, boot: boot,
-		pending: map[uint64]*quorumPending{}, heard: map[uint64]uint64{}}, nil
+		pending: map[uint64]*quorumPending{}, heard: map[uint64]uint64{}, sponsors: map[uint64]bool{}}, nil
 }
 
 // Request ids carry the boot counter in the high half so that a restarted
@@ -259,7 +297,8 @@ func fmtReqID(id uint64) string { return fmt.Sprintf("%d.%d", id>>32, id&0xfffff
 
 // Entry data: version byte, origin master id, request id (both u64
 // big-endian), then the JSON op. Conf changes carry the same 17-byte
-// header, without op, in their Context.
+// header, without op, in their Context, followed for an automatic join by
+// the SHA-256 of the joining master's node key (32 bytes).
 const (
 	quorumEntryVersion = 1
 	quorumEntryHeader  = 17
@@ -327,27 +366,44 @@ func (n *quorumNode) Propose(op quorumOp) (uint64, error) {
 	return reqID, n.submit(reqID, &quorumPending{data: data})
 }
 
-// ProposeConfChange adds or removes a voting master. Membership never
-// changes by itself: a master that is down keeps its vote (and counts
-// against the majority) until an operator removes it.
-func (n *quorumNode) ProposeConfChange(change quorumMemberChange, node uint64) (uint64, error) {
+// ProposeConfChange changes the membership: a new master enters as a
+// learner, a caught-up learner is promoted, a voter or learner is
+// removed. Membership never changes by itself: a master that is down
+// keeps its vote (and counts against the majority) until an operator
+// removes it. key is the fingerprint of the node key a joining master
+// proved it holds (quorum_join.go), nil for an operator's change; the
+// state machine binds the master's id to it.
+func (n *quorumNode) ProposeConfChange(change quorumMemberChange, node uint64, key *quorumKeyFP) (uint64, error) {
 	if err := n.broken(); err != nil {
 		return 0, err
 	}
 	if node == 0 {
 		return 0, errors.New("quorum: membership change for reserved id 0")
 	}
+	voter, learner := slices.Contains(n.cs.GetVoters(), node), slices.Contains(n.cs.GetLearners(), node)
 	cc := &pb.ConfChange{NodeId: new(node)}
 	switch change {
-	case quorumAddVoter:
+	case quorumAddLearner:
+		// raft would demote a voter named here; a learner is already in.
+		if voter || learner {
+			return 0, fmt.Errorf("quorum: master %x is already a %s", node, map[bool]string{true: "voter", false: "learner"}[voter])
+		}
+		cc.Type = pb.ConfChangeAddLearnerNode.Enum()
+	case quorumPromote:
+		if !learner {
+			return 0, fmt.Errorf("quorum: master %x is not a learner", node)
+		}
 		cc.Type = pb.ConfChangeAddNode.Enum()
-	case quorumRemoveVoter:
+	case quorumRemove:
 		cc.Type = pb.ConfChangeRemoveNode.Enum()
 	default:
 		return 0, fmt.Errorf("quorum: unknown membership change %d", change)
 	}
 	reqID := n.nextReqID()
 	cc.Context = quorumEntryHead(n.id, reqID)
+	if key != nil {
+		cc.Context = append(cc.Context, key[:]...)
+	}
 	return reqID, n.submit(reqID, &quorumPending{conf: cc})
 }
 
@@ -521,6 +577,11 @@ func (n *quorumNode) noteContact() {
 // them.
 func (n *quorumNode) ContactAge() uint64 { return n.ticks - n.contact }
 
+// errQuorumNotMember: Step refused a message because its sender is not
+// in this master's configuration (see admits). Dropping a raft message
+// is always safe; raft retransmits what matters.
+var errQuorumNotMember = errors.New("quorum: sender is neither a voter nor a learner of this master's configuration")
+
 // Step feeds a message received from another master.
 func (n *quorumNode) Step(m *pb.Message) error {
 	if err := n.broken(); err != nil {
@@ -528,6 +589,9 @@ func (n *quorumNode) Step(m *pb.Message) error {
 	}
 	if m.GetTo() != n.id {
 		return fmt.Errorf("quorum: master %d got a message for %d", n.id, m.GetTo())
+	}
+	if !n.admits(m.GetFrom()) {
+		return fmt.Errorf("quorum: master %d: %s from %x: %w", n.id, m.GetType(), m.GetFrom(), errQuorumNotMember)
 	}
 	if err := n.rn.Step(m); err != nil {
 		// A proposal forwarded to a master that has just stopped being
@@ -540,6 +604,67 @@ func (n *quorumNode) Step(m *pb.Message) error {
 	}
 	n.heard[m.GetFrom()] = n.ticks
 	return nil
+}
+
+// admits reports whether raft messages from master id are stepped: id
+// must not be removed, and must be a voter or a learner of this master's
+// configuration, or a sponsor. A master that is in no configuration at
+// all (a joiner that has not received its first snapshot yet) has
+// nothing else to check against; a member that is behind may not know a
+// master added since (a voter it must vote for, the leader it must catch
+// up from). Both ask such a master to admit them (QRM_JOIN), and a
+// master that answers as a member of the group becomes a sponsor
+// (Sponsor): the leader can catch them up, and masters that are not in
+// the group cannot feed them one of their making.
+func (n *quorumNode) admits(id uint64) bool {
+	if n.fsm.removed[id] {
+		return false
+	}
+	if n.sponsors[id] {
+		return true
+	}
+	cs := n.cs
+	for _, set := range [][]uint64{cs.GetVoters(), cs.GetLearners(), cs.GetVotersOutgoing(), cs.GetLearnersNext()} {
+		if slices.Contains(set, id) {
+			return true
+		}
+	}
+	return false
+}
+
+// Sponsor lets this master step raft messages from id, a master that is
+// not in its configuration but answered its join request as a member of
+// the group. At most quorumMaxSponsors are kept.
+func (n *quorumNode) Sponsor(id uint64) {
+	if id != n.id && (n.sponsors[id] || len(n.sponsors) < quorumMaxSponsors) {
+		n.sponsors[id] = true
+	}
+}
+
+// InGroup reports whether this master is a voter or a learner of its own
+// configuration: a joiner stops asking to be admitted once it is.
+func (n *quorumNode) InGroup() bool {
+	return slices.Contains(n.cs.GetVoters(), n.id) || slices.Contains(n.cs.GetLearners(), n.id)
+}
+
+// ReadyLearners lists, on the leader, the learners caught up enough to be
+// promoted, lowest id first: in contact within the last election timeout,
+// replicating normally (not being probed or sent a snapshot), and with an
+// acknowledged log within quorumLearnerSlack of the commit index.
+func (n *quorumNode) ReadyLearners() []uint64 {
+	st := n.rn.Status()
+	if st.RaftState != raft.StateLeader {
+		return nil
+	}
+	commit := st.HardState.GetCommit()
+	var ready []uint64
+	for id, pr := range st.Progress {
+		if pr.IsLearner && pr.RecentActive && pr.State == tracker.StateReplicate && pr.Match+quorumLearnerSlack >= commit {
+			ready = append(ready, id)
+		}
+	}
+	slices.Sort(ready)
+	return ready
 }
 
 // LinkDown tells raft that the link to peer is gone, as the span layer
@@ -680,7 +805,9 @@ func (n *quorumNode) applyNormal(idx uint64, data []byte) (quorumResult, bool) {
 
 // applyConf applies a membership change. We only propose V1 changes, but
 // raft itself appends an empty V2 one to leave a joint configuration, so
-// both are handled.
+// both are handled. A change the state machine refuses is applied with
+// node id 0, which raft skips (etcd's way of refusing a change after
+// raft committed it); every master refuses identically.
 func (n *quorumNode) applyConf(idx uint64, typ pb.EntryType, data []byte) quorumResult {
 	n.fsm.skip(idx)
 	res := quorumResult{Txid: idx, Op: quorumOp{Kind: quorumOpMembers}}
@@ -700,24 +827,63 @@ func (n *quorumNode) applyConf(idx uint64, typ pb.EntryType, data []byte) quorum
 		res.Err = fmt.Sprintf("undecodable membership change: %v", err)
 		return res
 	}
+	var key *quorumKeyFP
 	if ctx := cc.GetContext(); len(ctx) > 0 {
 		var err error
 		if res.Origin, res.ReqID, err = decodeQuorumHead(ctx); err != nil {
 			res.Err = err.Error()
+		} else if len(ctx) == quorumEntryHeader+len(quorumKeyFP{}) {
+			key = new(quorumKeyFP(ctx[quorumEntryHeader:]))
 		}
 	}
-	for _, c := range cc.AsV2().Changes {
+	v2 := cc.AsV2()
+	for _, c := range v2.Changes {
+		id := c.GetNodeId()
+		if why := n.refuseConf(c.GetType(), id, key); why != "" {
+			res.Err = why
+			c.NodeId = new(uint64(0))
+			continue
+		}
 		switch c.GetType() {
 		case pb.ConfChangeRemoveNode:
-			n.fsm.removed[c.GetNodeId()] = true
+			n.fsm.removed[id] = true
 		case pb.ConfChangeAddNode, pb.ConfChangeAddLearnerNode:
-			delete(n.fsm.removed, c.GetNodeId())
+			delete(n.fsm.removed, id)
+			if key != nil {
+				n.fsm.bound[id] = *key
+			} else if c.GetType() == pb.ConfChangeAddLearnerNode {
+				// An operator's add vouches for the master: whatever key
+				// it joined with before is forgotten.
+				delete(n.fsm.bound, id)
+			}
 		}
 	}
-	n.cs = n.rn.ApplyConfChange(cc)
+	n.cs = n.rn.ApplyConfChange(v2)
 	res.Members = slices.Clone(n.cs.GetVoters())
+	res.Learners = slices.Clone(n.cs.GetLearners())
 	slices.Sort(res.Members)
+	slices.Sort(res.Learners)
 	return res
+}
+
+// refuseConf says why the state machine refuses one committed change, or
+// "". The leader checks the same before proposing; these catch a change
+// that raced another (two leaders' tables, a term change) and must decide
+// identically everywhere, so they look at replicated state only.
+func (n *quorumNode) refuseConf(typ pb.ConfChangeType, id uint64, key *quorumKeyFP) string {
+	if typ == pb.ConfChangeAddLearnerNode && slices.Contains(n.cs.GetVoters(), id) {
+		return fmt.Sprintf("master %x is a voter; adding it as a learner would demote it", id)
+	}
+	if key == nil || (typ != pb.ConfChangeAddLearnerNode && typ != pb.ConfChangeAddNode) {
+		return ""
+	}
+	if n.fsm.removed[id] {
+		return fmt.Sprintf("master %x was removed by an operator; only an operator adds it back", id)
+	}
+	if b, ok := n.fsm.bound[id]; ok && b != *key {
+		return fmt.Sprintf("master %x is bound to node key %s, not %s", id, b, key)
+	}
+	return ""
 }
 
 // maybeSnapshot compacts the log once enough has been applied. The image
@@ -781,6 +947,13 @@ func (n *quorumNode) Holdings() []cacHolding { return n.fsm.list() }
 
 // Removed reports whether an operator took master id out of the group.
 func (n *quorumNode) Removed(id uint64) bool { return n.fsm.removed[id] }
+
+// Bound is the fingerprint of the node key master id joined with, if its
+// id is bound to one.
+func (n *quorumNode) Bound(id uint64) (quorumKeyFP, bool) {
+	k, ok := n.fsm.bound[id]
+	return k, ok
+}
 
 // PendingConfChange reports a membership change of ours not yet applied:
 // raft takes one at a time.

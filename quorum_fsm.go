@@ -239,11 +239,34 @@ type quorumFSM struct {
 	// spans may still be seen; the leader must not add them back by
 	// itself (an operator's add does).
 	removed map[uint64]bool
+	// bound is the node key each automatically joined master proved it
+	// holds (its SHA-256): a later join for the same id under another
+	// key is refused.
+	bound map[uint64]quorumKeyFP
 }
 
 func newQuorumFSM() *quorumFSM {
 	return &quorumFSM{holdings: map[cacDomain]map[cacKey]cacHolding{}, dirty: map[cacKey]struct{}{},
-		seen: map[quorumReqKey]uint64{}, removed: map[uint64]bool{}}
+		seen: map[quorumReqKey]uint64{}, removed: map[uint64]bool{}, bound: map[uint64]quorumKeyFP{}}
+}
+
+// quorumBinding is one entry of the bound table as images hold it.
+type quorumBinding struct {
+	ID  uint64      `json:"id"`
+	Key quorumKeyFP `json:"key"`
+}
+
+// boundList is the bound table, sorted by id.
+func (f *quorumFSM) boundList() []quorumBinding {
+	out := make([]quorumBinding, 0, len(f.bound))
+	for id, k := range f.bound {
+		out = append(out, quorumBinding{id, k})
+	}
+	slices.SortFunc(out, func(a, b quorumBinding) int { return cmp.Compare(a.ID, b.ID) })
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // removedList is the removed masters, sorted.
@@ -519,13 +542,16 @@ type quorumFSMImage struct {
 	Holdings   []cacHolding `json:"holdings,omitempty"`
 	Recent     []quorumSeen `json:"recent,omitempty"` // the dedup window, ascending txid
 	Removed    []uint64     `json:"removed,omitempty"`
+	// Bound: masters whose id is bound to a node key. Added after
+	// version 1 images existed; absent means none.
+	Bound []quorumBinding `json:"bound,omitempty"`
 }
 
 const quorumFSMImageVersion = 1
 
 func (f *quorumFSM) encode() ([]byte, error) {
 	b, err := json.Marshal(quorumFSMImage{Version: quorumFSMImageVersion, Applied: f.applied,
-		LastCommit: f.lastCommit, Holdings: f.list(), Recent: f.seenQ, Removed: f.removedList()})
+		LastCommit: f.lastCommit, Holdings: f.list(), Recent: f.seenQ, Removed: f.removedList(), Bound: f.boundList()})
 	if err != nil {
 		return nil, fmt.Errorf("encode quorum state at txid %d: %w", f.applied, err)
 	}
@@ -555,6 +581,9 @@ func decodeQuorumFSM(data []byte, index uint64) (*quorumFSM, error) {
 	f.lastCommit = img.LastCommit
 	for _, id := range img.Removed {
 		f.removed[id] = true
+	}
+	for _, b := range img.Bound {
+		f.bound[b.ID] = b.Key
 	}
 	for _, h := range img.Holdings {
 		f.put(h)

@@ -25,8 +25,8 @@ import (
 )
 
 // QRM commands (protocol 0x4). DragonFly reserved QRM_COMMIT (code 0x001)
-// without a payload; QRM_RAFT is ours. Both payloads are 64 bytes, two
-// header units with the base header.
+// without a payload; QRM_RAFT and QRM_JOIN (quorum_join.go) are ours. All
+// payloads are 64 bytes, two header units with the base header.
 var (
 	CmdQrmCommit = mkcmd(ProtoQRM, 0x001, 128)
 	CmdQrmRaft   = mkcmd(ProtoQRM, 0x002, 128)
@@ -117,8 +117,21 @@ type quorumDriver struct {
 	out     map[uint64]*Trans        // our QRM_RAFT transaction to each master
 	waiters map[uint64]*quorumWaiter // by request id
 
-	reach map[uint64]bool // masters whose span we saw at the last sweep
-	ticks int
+	reach  map[uint64]bool // masters whose span we saw at the last sweep
+	ticks  int
+	sweeps uint64
+
+	// joining (quorum_join.go), owned by the run goroutine
+	joins   *quorumJoins      // member: the verified joiners
+	joinOut map[uint64]*Trans // joiner: our QRM_JOIN to each master
+	// strangers sent raft traffic that was refused as from outside the
+	// configuration (and not removed): the next sweep asks them to admit
+	// this master, which makes them sponsors if they are members.
+	strangers map[uint64]bool
+	// joinLog and stepLog keep repeated refusals out of the log; they are
+	// safe for any goroutine.
+	joinLog *keyedLogLimiter
+	stepLog *keyedLogLimiter
 
 	// cache states (cac.go), owned by the run goroutine
 	grants        map[string]*cacGrant // by holder: the states this master granted
@@ -133,6 +146,8 @@ type quorumDriver struct {
 func newQuorumDriver(l *Leaf, node *quorumNode, tick, lease, commitTimeout time.Duration) *quorumDriver {
 	d := &quorumDriver{leaf: l, node: node, self: node.id, tick: tick, work: make(chan func(), 256),
 		out: map[uint64]*Trans{}, waiters: map[uint64]*quorumWaiter{}, reach: map[uint64]bool{},
+		joins: newQuorumJoins(), joinOut: map[uint64]*Trans{}, strangers: map[uint64]bool{},
+		joinLog: &keyedLogLimiter{perMinute: quorumLogPerMinute}, stepLog: &keyedLogLimiter{every: time.Minute, perMinute: quorumLogPerMinute},
 		grants: map[string]*cacGrant{}, tries: map[string]int{}, lease: lease, commitTimeout: commitTimeout}
 	st := node.Status()
 	d.status.Store(&st)
@@ -154,6 +169,9 @@ func (d *quorumDriver) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			for _, tr := range d.out {
+				_ = tr.Close(ErrOK)
+			}
+			for _, tr := range d.joinOut {
 				_ = tr.Close(ErrOK)
 			}
 			return
@@ -247,14 +265,8 @@ func (d *quorumDriver) send(m *pb.Message) error {
 
 // open finds the nearest span of master id and opens QRM_RAFT under it.
 func (d *quorumDriver) open(id uint64) (*Trans, error) {
-	span := d.leaf.spans.find(func(s *LnkSpan) bool {
-		return s.PeerID == d.leaf.info.Clid && s.PfsType&0x0F == PFSMaster && masterID(s.PfsID) == id
-	})
-	if span == nil {
-		return nil, fmt.Errorf("quorum: no span reaches master %x", id)
-	}
 	hdr := qrmRaft{From: d.self, To: id, Clid: d.leaf.info.Clid}
-	return span.Open(&Msg{Header: Header{Cmd: CmdQrmRaft}, Ext: hdr.marshal()}, func(t *Trans, m *Msg) {
+	return d.openUnder(id, &Msg{Header: Header{Cmd: CmdQrmRaft}, Ext: hdr.marshal()}, func(t *Trans, m *Msg) {
 		if m.Cmd&FlagDelete != 0 {
 			d.do(d.leaf.ctx, func() {
 				if d.out[id] == t {
@@ -266,7 +278,9 @@ func (d *quorumDriver) open(id uint64) (*Trans, error) {
 }
 
 // accept takes a QRM_RAFT transaction another master opened under our
-// span, stepping every raft message that arrives on it.
+// span, stepping every raft message that arrives on it. The node steps
+// only messages from masters of its configuration (quorumNode.admits);
+// the sender a message names must be the one the transaction names.
 func (d *quorumDriver) accept(t *Trans, m *Msg) {
 	hdr, err := parseQrmRaft(m.Ext)
 	if err != nil || hdr.Clid != d.leaf.info.Clid || hdr.To != d.self {
@@ -281,7 +295,18 @@ func (d *quorumDriver) accept(t *Trans, m *Msg) {
 				_ = t.Close(ErrParam)
 				return
 			}
-			d.do(d.leaf.ctx, func() { _ = d.node.Step(msg) })
+			if msg.GetFrom() != hdr.From || msg.GetTo() != hdr.To {
+				d.leaf.log.Warn("bad raft message: sender or receiver differs from its QRM_RAFT's",
+					"link", t.Link(), "from", fmt.Sprintf("%x", hdr.From), "msg_from", fmt.Sprintf("%x", msg.GetFrom()),
+					"to", fmt.Sprintf("%x", hdr.To), "msg_to", fmt.Sprintf("%x", msg.GetTo()))
+				_ = t.Close(ErrParam)
+				return
+			}
+			d.do(d.leaf.ctx, func() {
+				if err := d.node.Step(msg); err != nil {
+					d.stepRefused(hdr.From, err)
+				}
+			})
 		}
 		if m.Cmd&FlagDelete != 0 {
 			_ = t.Close(ErrOK)
@@ -386,12 +411,14 @@ const quorumSweepTicks = 5
 // sweepMasters follows the masters the spans show. A member whose span
 // went away is reported down to raft at once (a leader that vanished is
 // forgotten, so its successor is elected without waiting out its lease,
-// and requests forwarded to it are handed again). On the leader, a
-// MASTER of this cluster that is no member yet is added: membership
-// follows the masters that exist, one change at a time. Only an
-// operator removes a member (quorum remove), and the leader never adds
-// back one that was removed.
+// and requests forwarded to it are handed again). A span never adds a
+// member by itself: a master outside the group asks to join
+// (requestJoins), and on the leader the next membership change is taken
+// from the verified joiners and the caught-up learners, one at a time
+// (quorumJoins.next). Only an operator removes a member (quorum remove),
+// and the leader never adds back one that was removed.
 func (d *quorumDriver) sweepMasters() {
+	d.sweeps++
 	seen := map[uint64]bool{}
 	for _, e := range d.leaf.spans.list() {
 		if e.Span.PeerID == d.leaf.info.Clid && e.Span.PfsType&0x0F == PFSMaster {
@@ -399,7 +426,7 @@ func (d *quorumDriver) sweepMasters() {
 		}
 	}
 	st := d.node.Status()
-	for _, id := range st.Members {
+	for _, id := range append(slices.Clone(st.Members), st.Learners...) {
 		if id == d.self {
 			continue
 		}
@@ -409,31 +436,43 @@ func (d *quorumDriver) sweepMasters() {
 		}
 		d.reach[id] = seen[id]
 	}
-	if st.State != "StateLeader" || d.node.PendingConfChange() {
-		return
-	}
-	var joiners []uint64
-	for id := range seen {
-		if !slices.Contains(st.Members, id) && !d.node.Removed(id) {
-			joiners = append(joiners, id)
+	// A master outside the group asks every master it sees to admit it;
+	// a member asks those whose traffic it refused (it may be behind).
+	ask := seen
+	if d.node.InGroup() {
+		ask = map[uint64]bool{}
+		for id := range d.strangers {
+			if seen[id] && !d.node.Removed(id) {
+				ask[id] = true
+			}
 		}
+		clear(d.strangers)
 	}
-	if len(joiners) == 0 {
+	if len(ask) > 0 {
+		d.requestJoins(ask)
+	}
+	change, id, key := d.joins.next(d.node, d.sweeps)
+	if change == 0 {
 		return
 	}
-	slices.Sort(joiners)
-	id := joiners[0]
-	d.leaf.log.Info("quorum: adding a new master to the group", "master", fmt.Sprintf("%x", id))
-	d.member(quorumAddVoter, id, func(r quorumResult, err error) {
+	args := []any{"master", fmt.Sprintf("%x", id), "change", change.String()}
+	if key != nil {
+		args = append(args, "key", key.String())
+	}
+	d.leaf.log.Info("quorum: changing the group's membership", args...)
+	d.member(change, id, key, func(r quorumResult, err error) {
+		if err == nil && r.Err != "" {
+			err = errors.New(r.Err)
+		}
 		if err != nil {
-			d.leaf.log.Warn("quorum: adding a master failed", "master", fmt.Sprintf("%x", id), "err", err)
+			d.leaf.log.Warn("quorum: membership change failed", append(args, "err", err)...)
 		}
 	})
 }
 
 // member proposes a membership change on the driver's goroutine.
-func (d *quorumDriver) member(change quorumMemberChange, id uint64, done func(quorumResult, error)) {
-	reqID, err := d.node.ProposeConfChange(change, id)
+func (d *quorumDriver) member(change quorumMemberChange, id uint64, key *quorumKeyFP, done func(quorumResult, error)) {
+	reqID, err := d.node.ProposeConfChange(change, id, key)
 	if err != nil {
 		done(quorumResult{}, err)
 		return
@@ -442,16 +481,18 @@ func (d *quorumDriver) member(change quorumMemberChange, id uint64, done func(qu
 }
 
 // Member is the operator's add or remove from any goroutine: it waits for
-// the change to be applied (or to fail) and returns the voters after it.
-func (d *quorumDriver) Member(ctx context.Context, change quorumMemberChange, id uint64) ([]uint64, error) {
+// the change to be applied (or to fail) and returns the voters and the
+// learners after it. An added master is a learner until the leader has
+// caught it up and promoted it.
+func (d *quorumDriver) Member(ctx context.Context, change quorumMemberChange, id uint64) (voters, learners []uint64, err error) {
 	ch := make(chan quorumResult, 1)
 	errc := make(chan error, 1)
 	d.do(ctx, func() {
-		if change == quorumAddVoter && id == d.self {
+		if change == quorumAddLearner && id == d.self {
 			errc <- errors.New("this master is already a member")
 			return
 		}
-		d.member(change, id, func(r quorumResult, err error) {
+		d.member(change, id, nil, func(r quorumResult, err error) {
 			if err == nil && r.Err != "" {
 				err = errors.New(r.Err)
 			}
@@ -464,10 +505,10 @@ func (d *quorumDriver) Member(ctx context.Context, change quorumMemberChange, id
 	})
 	select {
 	case r := <-ch:
-		return r.Members, nil
+		return r.Members, r.Learners, nil
 	case err := <-errc:
-		return nil, err
+		return nil, nil, err
 	case <-ctx.Done():
-		return nil, fmt.Errorf("quorum: membership change of %x: %w", id, ctx.Err())
+		return nil, nil, fmt.Errorf("quorum: membership change of %x: %w", id, ctx.Err())
 	}
 }

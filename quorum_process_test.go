@@ -712,7 +712,9 @@ func (c *qpCluster) stopAll() {
 		}
 	}
 	for i, l := range c.masters {
-		if _, exited := l.waitExit(0); exited {
+		// waitExit(0) may miss an exit (its timer can win the select):
+		// a master the test killed is known to be down.
+		if _, exited := l.waitExit(0); exited || c.leafDown[i] {
 			c.leafDown[i] = true
 			continue
 		}

@@ -16,6 +16,7 @@ package main
 //	raft/trunc              index u64 + term u64 of the last compacted entry
 //	raft/boot               u64, bumped on every open (request id epoch)
 //	fsm/meta                JSON quorumFSMImage without holdings and recent
+//	                        (removed masters and key bindings included)
 //	fsm/confstate           raftpb.ConfState as of fsm/meta's applied index
 //	holdings/<cacKey>       JSON cacHolding
 //	recent/<txid u64>       origin u64 + request id u64 (the dedup window)
@@ -528,7 +529,7 @@ func (s *quorumStore) saveApplied(fsm *quorumFSM, cs *pb.ConfState) error {
 
 func saveFSMTx(tx *bolt.Tx, fsm *quorumFSM, cs *pb.ConfState, puts []cacHolding, dels []cacKey, seen []quorumSeen, floor uint64) error {
 	meta, err := json.Marshal(quorumFSMImage{Version: quorumFSMImageVersion, Applied: fsm.applied, LastCommit: fsm.lastCommit,
-		Removed: fsm.removedList()})
+		Removed: fsm.removedList(), Bound: fsm.boundList()})
 	if err != nil {
 		return fmt.Errorf("encode fsm/meta: %w", err)
 	}
@@ -592,6 +593,9 @@ func (s *quorumStore) loadFSM() (*quorumFSM, *pb.ConfState, error) {
 			fsm.applied, fsm.lastCommit = img.Applied, img.LastCommit
 			for _, id := range img.Removed {
 				fsm.removed[id] = true
+			}
+			for _, b := range img.Bound {
+				fsm.bound[b.ID] = b.Key
 			}
 		}
 		if v := fb.Get([]byte(qkConfState)); v != nil {

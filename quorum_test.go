@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -15,6 +18,7 @@ import (
 	"github.com/cockroachdb/datadriven"
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
 )
 
 // qhNode is one master of the in-memory group: its directory survives a
@@ -43,16 +47,96 @@ type quorumHarness struct {
 	nodes  map[uint64]*qhNode
 	queue  []*pb.Message
 	groups map[uint64]int // partition; nil when healed
-	out    strings.Builder
-	quiet  bool
+	// blackholed masters receive nothing, but sends to them succeed: a
+	// link that is up and loses everything.
+	blackholed map[uint64]bool
+	out        strings.Builder
+	quiet      bool
 
 	byTxid map[uint64]string // fingerprint of what each txid applied
 	byReq  map[string]uint64 // origin/reqID -> txid
+
+	// Joining (quorum_join.go): each master's node key (by name, "k4",
+	// "k4.1" after a rekey), the keys it trusts, its table of verified
+	// joiners; the sweep counter; the (to, from) pairs whose refused
+	// messages were printed.
+	clid    UUID
+	keys    map[string]ed25519.PrivateKey
+	keyOf   map[uint64]string
+	trusts  map[uint64]*TrustStore
+	joins   map[uint64]*quorumJoins
+	sweeps  uint64
+	refused map[[2]uint64]bool
+	now     time.Time
 }
 
 func newQuorumHarness(t testing.TB) *quorumHarness {
 	return &quorumHarness{t: t, root: t.TempDir(), nodes: map[uint64]*qhNode{},
-		byTxid: map[uint64]string{}, byReq: map[string]uint64{}}
+		byTxid: map[uint64]string{}, byReq: map[string]uint64{},
+		clid: qhUUID(0xc1d), keys: map[string]ed25519.PrivateKey{}, keyOf: map[uint64]string{},
+		trusts: map[uint64]*TrustStore{}, joins: map[uint64]*quorumJoins{}, refused: map[[2]uint64]bool{},
+		now: time.Unix(1700000000, 0)}
+}
+
+// qhUUID is a fixed uuid whose first 8 bytes are id: as a pfs_fsid, its
+// master id is id.
+func qhUUID(id uint64) UUID {
+	var u UUID
+	binary.LittleEndian.PutUint64(u[:], id)
+	copy(u[8:], "harness!")
+	return u
+}
+
+// key is master id's node key (made from a fixed seed, so fingerprints
+// in scripts are stable).
+func (h *quorumHarness) key(id uint64) ed25519.PrivateKey {
+	name, ok := h.keyOf[id]
+	if !ok {
+		name = fmt.Sprintf("k%d", id)
+		h.keyOf[id] = name
+	}
+	return h.namedKey(name)
+}
+
+func (h *quorumHarness) namedKey(name string) ed25519.PrivateKey {
+	k, ok := h.keys[name]
+	if !ok {
+		seed := sha256.Sum256([]byte("quorum harness key " + name))
+		k = ed25519.NewKeyFromSeed(seed[:])
+		h.keys[name] = k
+	}
+	return k
+}
+
+// keyName names a fingerprint by the key it came from.
+func (h *quorumHarness) keyName(fp quorumKeyFP) string {
+	for name, k := range h.keys {
+		if keyFP(k.Public().(ed25519.PublicKey)) == fp {
+			return name
+		}
+	}
+	return fp.String()
+}
+
+func (h *quorumHarness) trust(id uint64) *TrustStore {
+	ts := h.trusts[id]
+	if ts == nil {
+		var err error
+		if ts, err = LoadTrustStore(""); err != nil {
+			h.t.Fatal(err)
+		}
+		h.trusts[id] = ts
+	}
+	return ts
+}
+
+func (h *quorumHarness) joinsOf(id uint64) *quorumJoins {
+	j := h.joins[id]
+	if j == nil {
+		j = newQuorumJoins()
+		h.joins[id] = j
+	}
+	return j
 }
 
 func (h *quorumHarness) ids() []uint64 {
@@ -157,12 +241,17 @@ func describe(r quorumResult) string {
 		fmt.Fprintf(&b, " req=n%d/%s", r.Origin, fmtReqID(r.ReqID))
 	}
 	switch {
+	case r.Err != "" && r.Op.Kind == quorumOpMembers:
+		fmt.Fprintf(&b, " refused: %s; members=%s", r.Err, joinIDs(r.Members))
 	case r.Err != "":
 		fmt.Fprintf(&b, " rejected: %s", r.Err)
 	case r.Op.Kind == quorumOpCommit:
 		fmt.Fprintf(&b, " payload=%s", r.Op.Payload)
 	case r.Op.Kind == quorumOpMembers:
 		fmt.Fprintf(&b, " members=%s", joinIDs(r.Members))
+		if len(r.Learners) > 0 {
+			fmt.Fprintf(&b, " learners=%s", joinIDs(r.Learners))
+		}
 	case r.Stale:
 		fmt.Fprintf(&b, " %s %s %s %s at txid %d: stale", r.Op.Holder, r.Op.Domain, r.Op.Mode,
 			fmtRange(r.Op.Lo, r.Op.Hi), r.Op.UpTo)
@@ -258,14 +347,28 @@ func (h *quorumHarness) record(qn *qhNode, rd quorumReady) {
 func (h *quorumHarness) deliver(msgs []*pb.Message) {
 	for _, m := range msgs {
 		n := h.live(m.GetTo())
-		if n == nil || !h.connected(m.GetFrom(), m.GetTo()) {
+		if n == nil || !h.connected(m.GetFrom(), m.GetTo()) || h.blackholed[m.GetTo()] {
 			continue
 		}
-		if err := n.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) && !errors.Is(err, raft.ErrStepLocalMsg) {
-			h.t.Fatalf("deliver %s %d->%d: %v", m.GetType(), m.GetFrom(), m.GetTo(), err)
-		}
+		h.step(n, m)
 	}
 	h.pumpAll()
+}
+
+// step hands m to n; a message n refuses as from outside its
+// configuration is printed once per (receiver, sender).
+func (h *quorumHarness) step(n *quorumNode, m *pb.Message) {
+	err := n.Step(m)
+	switch {
+	case err == nil, errors.Is(err, raft.ErrStepPeerNotFound), errors.Is(err, raft.ErrStepLocalMsg):
+	case errors.Is(err, errQuorumNotMember):
+		if pair := [2]uint64{n.id, m.GetFrom()}; !h.refused[pair] {
+			h.refused[pair] = true
+			h.printf("n%d: not stepping %s (and what follows) from %d: not in its configuration\n", n.id, m.GetType(), m.GetFrom())
+		}
+	default:
+		h.t.Fatalf("deliver %s %d->%d: %v", m.GetType(), m.GetFrom(), m.GetTo(), err)
+	}
 }
 
 func (h *quorumHarness) deliverQueued() {
@@ -324,9 +427,7 @@ func (h *quorumHarness) crash(id uint64, afterPersist bool) {
 			if m.GetTo() != id || !h.connected(m.GetFrom(), id) {
 				return false
 			}
-			if err := qn.n.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
-				h.t.Fatalf("deliver %s %d->%d: %v", m.GetType(), m.GetFrom(), id, err)
-			}
+			h.step(qn.n, m)
 			return true
 		})
 	}
@@ -356,8 +457,12 @@ func (h *quorumHarness) status() string {
 		if st.HasQuorum {
 			q = "yes"
 		}
-		fmt.Fprintf(&b, "n%d: leader=%d term=%d commit=%d txid=%d members=%s quorum=%s pending=%d\n",
-			id, st.Leader, st.Term, st.Commit, st.LastTxid, joinIDs(st.Members), q, st.Pending)
+		learners := ""
+		if len(st.Learners) > 0 {
+			learners = " learners=" + joinIDs(st.Learners)
+		}
+		fmt.Fprintf(&b, "n%d: leader=%d term=%d commit=%d txid=%d members=%s%s quorum=%s pending=%d\n",
+			id, st.Leader, st.Term, st.Commit, st.LastTxid, joinIDs(st.Members), learners, q, st.Pending)
 	}
 	return b.String()
 }
@@ -496,17 +601,111 @@ func (h *quorumHarness) run(t *testing.T, td *datadriven.TestData) string {
 		h.propose(t, td, qhTarget(t, td, h), h.lockOp(t, td, quorumOpExpire))
 	case "conf":
 		n := qhTarget(t, td, h)
-		change, node := quorumAddVoter, argU(t, td, "add", 0)
-		if node == 0 {
-			change, node = quorumRemoveVoter, argU(t, td, "remove", 0)
+		var change quorumMemberChange
+		var node uint64
+		for _, c := range []struct {
+			arg    string
+			change quorumMemberChange
+		}{{"add", quorumAddLearner}, {"promote", quorumPromote}, {"remove", quorumRemove}} {
+			if td.HasArg(c.arg) {
+				change, node = c.change, argU(t, td, c.arg, 0)
+			}
 		}
-		reqID, err := n.ProposeConfChange(change, node)
+		var key *quorumKeyFP
+		if name := argOr(td, "key", ""); name != "" {
+			key = new(keyFP(h.namedKey(name).Public().(ed25519.PublicKey)))
+		}
+		reqID, err := n.ProposeConfChange(change, node, key)
 		if err != nil {
 			h.printf("n%d: conf error: %v\n", n.id, err)
 			break
 		}
 		h.printf("n%d: proposed req=%s\n", n.id, fmtReqID(reqID))
 		h.pump(n.id)
+	case "trust":
+		// trust node=(1,2,3) key=(k4,...): these masters trust those keys.
+		a, _ := td.Arg("key")
+		for _, id := range qhNodes(t, td, h) {
+			for _, name := range a.Vals {
+				if err := h.trust(id).AddKey(name, h.namedKey(name).Public().(ed25519.PublicKey)); err != nil {
+					td.Fatalf(t, "%v", err)
+				}
+			}
+		}
+	case "rekey":
+		// rekey id=4 key=k4.1: master 4's node now has another key.
+		h.keyOf[argU(t, td, "id", 0)] = argOr(td, "key", "")
+	case "join":
+		h.join(t, td)
+	case "sweep":
+		// The leader's membership step, as the driver's sweep takes it.
+		h.sweeps++
+		for _, id := range qhNodes(t, td, h) {
+			n := h.live(id)
+			if n == nil {
+				continue
+			}
+			change, node, key := h.joinsOf(id).next(n, h.sweeps)
+			if change == 0 {
+				continue
+			}
+			with := ""
+			if key != nil {
+				with = " bound to " + h.keyName(*key)
+			}
+			reqID, err := n.ProposeConfChange(change, node, key)
+			if err != nil {
+				h.printf("n%d: sweep: %s %d%s: %v\n", id, change, node, with, err)
+				continue
+			}
+			h.printf("n%d: sweep: %s %d%s: req=%s\n", id, change, node, with, fmtReqID(reqID))
+			h.pump(id)
+		}
+	case "wait-sweeps":
+		// Time passes for the joiner tables without anyone asking.
+		h.sweeps += argU(t, td, "n", 1)
+	case "recover":
+		// recover node=2 survivors=(2): the operator's offline recovery
+		// of a stopped master, which then restarts.
+		n := qhTarget(t, td, h)
+		a, _ := td.Arg("survivors")
+		var survivors []uint64
+		for _, v := range a.Vals {
+			id, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				td.Fatalf(t, "bad survivor %q", v)
+			}
+			survivors = append(survivors, id)
+		}
+		id := n.id
+		h.crash(id, false)
+		st, err := openQuorumStore(h.nodes[id].dir, quorumStoreOptions{noSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, err := recoverQuorum(st, id, survivors)
+		st.Close()
+		if err != nil {
+			h.printf("n%d: recover: %v\n", id, err)
+		} else {
+			h.printf("n%d: recovered: txid=%d term=%d voters=%s removed=%s tail=%d emptied=%d last=%d\n", id, rep.Applied,
+				rep.Term, joinIDs(rep.Voters), orNone(joinIDs(rep.Removed)), rep.Tail, rep.Emptied, rep.Last)
+		}
+		h.open(id, nil)
+		h.printf("n%d: restarted at txid=%d\n", id, h.live(id).fsm.applied)
+		h.pump(id)
+	case "wipe":
+		// The master's state is gone: a new, empty quorum.db.
+		for _, id := range qhNodes(t, td, h) {
+			if h.live(id) != nil {
+				h.crash(id, false)
+			}
+			if err := os.RemoveAll(h.nodes[id].dir); err != nil {
+				t.Fatal(err)
+			}
+			h.open(id, nil)
+			h.pump(id)
+		}
 	case "tick":
 		for range argU(t, td, "n", 1) {
 			for _, id := range qhNodes(t, td, h) {
@@ -536,8 +735,28 @@ func (h *quorumHarness) run(t *testing.T, td *datadriven.TestData) string {
 		}
 		h.partition(append(groups, cur))
 	case "heal":
-		h.groups = nil
+		h.groups, h.blackholed = nil, nil
 		h.pumpAll()
+	case "blackhole":
+		h.blackholed = map[uint64]bool{}
+		for _, id := range qhNodes(t, td, h) {
+			h.blackholed[id] = true
+		}
+	case "commits":
+		// commits node=1 n=130: that many commits through one master,
+		// applied everywhere, summed up in one line.
+		n := qhTarget(t, td, h)
+		count := argU(t, td, "n", 1)
+		h.quiet = true
+		for i := range count {
+			if _, err := n.Propose(quorumOp{Kind: quorumOpCommit, Payload: fmt.Appendf(nil, "bulk%d", i)}); err != nil {
+				t.Fatal(err)
+			}
+			h.pump(n.id)
+		}
+		h.stabilize()
+		h.quiet = false
+		h.printf("n%d: %d commits, applied up to txid=%d\n", n.id, count, n.fsm.applied)
 	case "crash":
 		for _, id := range qhNodes(t, td, h) {
 			h.crash(id, argOr(td, "at", "") == "apply")
@@ -592,6 +811,72 @@ func (h *quorumHarness) run(t *testing.T, td *datadriven.TestData) string {
 		td.Fatalf(t, "unknown command %s", td.Cmd)
 	}
 	return h.takeOut()
+}
+
+// join is master node= asking to be admitted, with the request the
+// daemon builds, as each target member's driver would take it: verifyJoin
+// and then the member's table. Options forge what an attacker could:
+// claim= another id, fsid= another master's fsid, clid=other, sig=bad,
+// key= another node key, skew= a clock that far off.
+func (h *quorumHarness) join(t *testing.T, td *datadriven.TestData) {
+	joiner := qhTarget(t, td, h)
+	var targets []uint64
+	if a, ok := td.Arg("to"); ok {
+		for _, v := range a.Vals {
+			id, _ := strconv.ParseUint(v, 10, 64)
+			targets = append(targets, id)
+		}
+	} else {
+		for _, id := range h.ids() {
+			if id != joiner.id {
+				targets = append(targets, id)
+			}
+		}
+	}
+	key := h.key(joiner.id)
+	if name := argOr(td, "key", ""); name != "" {
+		key = h.namedKey(name)
+	}
+	fsid, clid := qhUUID(joiner.id), h.clid
+	if f := argU(t, td, "fsid", 0); f != 0 {
+		fsid = qhUUID(f)
+	}
+	if argOr(td, "clid", "") == "other" {
+		clid = qhUUID(0xbad)
+	}
+	skew, err := time.ParseDuration(argOr(td, "skew", "0s"))
+	if err != nil {
+		td.Fatalf(t, "%v", err)
+	}
+	for _, to := range targets {
+		req := newQrmJoin(key, clid, fsid, to, h.now.Add(skew))
+		if c := argU(t, td, "claim", 0); c != 0 {
+			req.From = c
+		}
+		if argOr(td, "sig", "") == "bad" {
+			req.Sig[0] ^= 1
+		}
+		// Over the wire and back, as the member sees it.
+		got, err := parseQrmJoin(req.marshal(), req.aux(), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := joinNotMember
+		if m := h.live(to); m != nil {
+			var fp quorumKeyFP
+			res, fp, _ = verifyJoin(got, h.clid, to, h.trust(to).Lookup, h.now)
+			if res.keyChecked() {
+				res = h.joinsOf(to).admit(m, got.From, fp, res, h.sweeps)
+			}
+		} else {
+			h.printf("n%d -> n%d: no answer (down)\n", joiner.id, to)
+			continue
+		}
+		h.printf("n%d -> n%d: %s\n", joiner.id, to, res)
+		if res.admitted() {
+			joiner.Sponsor(to)
+		}
+	}
 }
 
 // checkConverged compares the live masters: same applied index, same
@@ -1067,5 +1352,181 @@ func TestQuorumDedupWindowPersists(t *testing.T) {
 	}
 	if !slices.Equal(k.seenQ, h.seenQ) {
 		t.Errorf("snapshot window %v, want %v", k.seenQ, h.seenQ)
+	}
+}
+
+// qConfEntry is a committed membership change as raft hands it over.
+func qConfEntry(t *testing.T, index uint64, typ pb.ConfChangeType, node uint64, key *quorumKeyFP) *pb.Entry {
+	t.Helper()
+	ctx := quorumEntryHead(1, index)
+	if key != nil {
+		ctx = append(ctx, key[:]...)
+	}
+	data, err := proto.Marshal(&pb.ConfChange{Type: typ.Enum(), NodeId: new(node), Context: ctx})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pb.Entry{Index: new(index), Term: new(uint64(1)), Type: pb.EntryConfChange.Enum(), Data: data}
+}
+
+// The state machine has the last word on a membership change raft
+// committed: changes that raced past the leader's checks (a second key
+// for a bound id, a key-bound add of a removed master, a learner add that
+// would demote a voter) are refused identically on every master, and the
+// key bindings survive a restart and travel in snapshots.
+func TestQuorumConfRefused(t *testing.T) {
+	dir := t.TempDir()
+	st, err := openQuorumStore(dir, quorumStoreOptions{noSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := newQuorumNode(1, []uint64{1}, st, quorumConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1 := keyFP(ed25519.NewKeyFromSeed(make([]byte, 32)).Public().(ed25519.PublicKey))
+	k2 := keyFP(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, 32)).Public().(ed25519.PublicKey))
+	steps := []struct {
+		typ      pb.ConfChangeType
+		node     uint64
+		key      *quorumKeyFP
+		refused  string // substring of the refusal, "" if applied
+		learners []uint64
+		bound    *quorumKeyFP
+		removed  bool
+	}{
+		{pb.ConfChangeAddLearnerNode, 7, &k1, "", []uint64{7}, &k1, false},
+		{pb.ConfChangeAddLearnerNode, 7, &k2, "bound to node key " + k1.String(), []uint64{7}, &k1, false},
+		{pb.ConfChangeAddNode, 7, &k2, "bound to node key", []uint64{7}, &k1, false},
+		{pb.ConfChangeAddLearnerNode, 1, nil, "would demote it", []uint64{7}, &k1, false},
+		{pb.ConfChangeRemoveNode, 7, nil, "", nil, &k1, true},
+		{pb.ConfChangeAddLearnerNode, 7, &k1, "removed by an operator", nil, &k1, true},
+		{pb.ConfChangeAddLearnerNode, 7, nil, "", []uint64{7}, nil, false}, // the operator's add
+		{pb.ConfChangeAddNode, 7, nil, "", nil, nil, false},                // promoted
+	}
+	for i, s := range steps {
+		idx := uint64(2 + i)
+		var out quorumReady
+		if err := n.apply([]*pb.Entry{qConfEntry(t, idx, s.typ, s.node, s.key)}, &out); err != nil {
+			t.Fatal(err)
+		}
+		r := out.Applied[0]
+		if s.refused == "" && r.Err != "" || s.refused != "" && !strings.Contains(r.Err, s.refused) {
+			t.Errorf("step %d %s %d: result %q, want refusal %q", i, s.typ, s.node, r.Err, s.refused)
+		}
+		if !slices.Equal(r.Learners, s.learners) || !slices.Contains(r.Members, 1) {
+			t.Errorf("step %d %s %d: members %v learners %v, want learners %v", i, s.typ, s.node, r.Members, r.Learners, s.learners)
+		}
+		b, bound := n.Bound(7)
+		if bound != (s.bound != nil) || bound && b != *s.bound {
+			t.Errorf("step %d: master 7 bound=%v %s, want %v", i, bound, b, s.bound)
+		}
+		if n.Removed(7) != s.removed {
+			t.Errorf("step %d: removed=%v, want %v", i, n.Removed(7), s.removed)
+		}
+	}
+	if !slices.Equal(n.cs.GetVoters(), []uint64{1, 7}) {
+		t.Errorf("voters %v after the promotion", n.cs.GetVoters())
+	}
+
+	// The bindings are state: bind 9 and check a restart and a snapshot
+	// image carry it.
+	var out quorumReady
+	if err := n.apply([]*pb.Entry{qConfEntry(t, 10, pb.ConfChangeAddLearnerNode, 9, &k2)}, &out); err != nil {
+		t.Fatal(err)
+	}
+	img, err := n.fsm.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	if st, err = openQuorumStore(dir, quorumStoreOptions{noSync: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	f, _, err := st.loadFSM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := decodeQuorumFSM(img, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, fsm := range map[string]*quorumFSM{"store": f, "snapshot": g} {
+		if fsm.bound[9] != k2 || len(fsm.bound) != 1 {
+			t.Errorf("%s: bound %v, want 9 -> %s", what, fsm.boundList(), k2)
+		}
+	}
+}
+
+// The QRM_JOIN codec: what newQrmJoin builds parses back and verifies; a
+// request's aux data must be exactly key and signature.
+func TestQrmJoinCodec(t *testing.T) {
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32))
+	clid, fsid := NewUUID(), NewUUID()
+	now := time.Unix(1700000000, 0)
+	req := newQrmJoin(key, clid, fsid, 42, now)
+	got, err := parseQrmJoin(req.marshal(), req.aux(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.From != masterID(fsid) || got.To != 42 || got.Clid != clid || got.Fsid != fsid || got.Time != now.Unix() ||
+		!bytes.Equal(got.Key, req.Key) || !bytes.Equal(got.Sig, req.Sig) {
+		t.Fatalf("round trip: %+v, want %+v", got, req)
+	}
+	trusted := func(p ed25519.PublicKey) (string, bool) { return "k", p.Equal(key.Public()) }
+	if res, fp, _ := verifyJoin(got, clid, 42, trusted, now); res != joinAccepted || fp != keyFP(req.Key) {
+		t.Fatalf("verify: %s %s", res, fp)
+	}
+	ans := got
+	ans.Result = joinRebind
+	if a, err := parseQrmJoin(ans.marshal(), nil, false); err != nil || a.Result != joinRebind {
+		t.Fatalf("answer: %+v %v", a, err)
+	}
+	for _, tc := range []struct {
+		name     string
+		ext, aux []byte
+	}{
+		{"short header", req.marshal()[:0x30], req.aux()},
+		{"no aux", req.marshal(), nil},
+		{"aux too long", req.marshal(), append(req.aux(), 0)},
+		{"result in a request", ans.marshal(), req.aux()},
+	} {
+		if _, err := parseQrmJoin(tc.ext, tc.aux, true); err == nil {
+			t.Errorf("%s: parsed", tc.name)
+		}
+	}
+	// A join statement is never a TLS 1.3 CertificateVerify content (64
+	// spaces first), whatever the fields.
+	if s := quorumJoinStatement(clid, fsid, req.Key, now.Unix()); bytes.HasPrefix(s, bytes.Repeat([]byte{' '}, 64)) {
+		t.Fatal("join statement could be a TLS signature's content")
+	}
+}
+
+// The join and step-filter logs: once per key (or per interval), and a
+// cap a minute in all, so invented ids cannot flood the log.
+func TestKeyedLogLimiter(t *testing.T) {
+	t0 := time.Unix(1700000000, 0)
+	once := &keyedLogLimiter{perMinute: 3}
+	var got []bool
+	for _, k := range []string{"a", "a", "b", "c", "d", "e"} {
+		got = append(got, once.allow(k, t0))
+	}
+	if want := []bool{true, false, true, true, false, false}; !slices.Equal(got, want) {
+		t.Errorf("once with a cap of 3: %v, want %v", got, want)
+	}
+	if !once.allow("d", t0.Add(time.Minute)) || once.allow("a", t0.Add(time.Hour)) {
+		t.Error("a key held back by the cap must log in the next minute; a logged one never again")
+	}
+	every := &keyedLogLimiter{every: time.Minute}
+	if !every.allow("x", t0) || every.allow("x", t0.Add(59*time.Second)) || !every.allow("x", t0.Add(time.Minute)) {
+		t.Error("every minute: want the first, nothing within the minute, then again")
+	}
+	many := &keyedLogLimiter{}
+	for i := range keyedLogLimiterKeys + 10 {
+		many.allow(strconv.Itoa(i), t0)
+	}
+	if len(many.last) > keyedLogLimiterKeys {
+		t.Errorf("the limiter holds %d keys, bound %d", len(many.last), keyedLogLimiterKeys)
 	}
 }

@@ -257,8 +257,9 @@ func (c *clusterLink) handle(t *Trans, m *Msg) {
 
 // circuit takes a transaction opened under one of the leaf's own spans:
 // someone elsewhere in the cluster addressing this PFS: the debug shell,
-// another master's raft traffic, and the QRM_COMMIT and CAC_LOCK that
-// non-master leaves forward. Anything else is refused NOSUPP by the link.
+// another master's raft traffic and join requests, and the QRM_COMMIT and
+// CAC_LOCK that non-master leaves forward. Anything else is refused NOSUPP
+// by the link.
 func (c *clusterLink) circuit(parent, t *Trans, m *Msg) {
 	c.mu.Lock()
 	ours := parent == c.span
@@ -277,13 +278,15 @@ func (c *clusterLink) circuit(parent, t *Trans, m *Msg) {
 		if !c.leaf.quorumShell(line, reply) {
 			reply(c.leaf.shellCommands().run(line))
 		}
-	case CmdQrmRaft, CmdQrmCommit, CmdCacLock:
+	case CmdQrmRaft, CmdQrmJoin, CmdQrmCommit, CmdCacLock:
 		q := c.leaf.quorum
 		switch {
 		case q == nil:
 			_ = t.Close(ErrNoQuorum)
 		case t.Cmd() == CmdQrmRaft:
 			q.accept(t, m)
+		case t.Cmd() == CmdQrmJoin:
+			q.join(t, m) // a master asking to be admitted (quorum_join.go)
 		case t.Cmd() == CmdQrmCommit:
 			q.commit(t, m) // forwarded by a non-master's leaf
 		default:

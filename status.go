@@ -39,7 +39,8 @@ type LeafStatus struct {
 // QuorumJSON is the quorum group as this master sees it.
 type QuorumJSON struct {
 	ID        string   `json:"id"`
-	Members   []string `json:"members"`
+	Members   []string `json:"members"`            // voters
+	Learners  []string `json:"learners,omitempty"` // joined, catching up: no vote until promoted
 	Leader    string   `json:"leader"`
 	Term      uint64   `json:"term"`
 	State     string   `json:"state"`
@@ -137,6 +138,9 @@ func (l *Leaf) Status() LeafStatus {
 		for _, m := range q.Members {
 			qj.Members = append(qj.Members, fmt.Sprintf("%x", m))
 		}
+		for _, m := range q.Learners {
+			qj.Learners = append(qj.Learners, fmt.Sprintf("%x", m))
+		}
 		for _, h := range l.quorum.Holdings() {
 			qj.Locks = append(qj.Locks, LockJSON{Mode: h.Mode.String(), Domain: h.Domain.String(), Lo: h.Lo, Hi: h.Hi, Txid: h.Txid})
 		}
@@ -231,8 +235,12 @@ func printStatus(w io.Writer, slots []Volconf, st *LeafStatus, notRunning error)
 		fmt.Fprintf(w, "  inbound   %s %s\n", r.Target, linkSummary(r))
 	}
 	if q := st.Quorum; q != nil {
-		fmt.Fprintf(w, "quorum: master %s (%s), leader %s, term %d, last txid %d, members %s, quorum %v\n",
-			q.ID, q.State, q.Leader, q.Term, q.LastTxid, strings.Join(q.Members, " "), q.HasQuorum)
+		learners := ""
+		if len(q.Learners) > 0 {
+			learners = ", learners " + strings.Join(q.Learners, " ")
+		}
+		fmt.Fprintf(w, "quorum: master %s (%s), leader %s, term %d, last txid %d, members %s%s, quorum %v\n",
+			q.ID, q.State, q.Leader, q.Term, q.LastTxid, strings.Join(q.Members, " "), learners, q.HasQuorum)
 		for _, h := range q.Locks {
 			fmt.Fprintf(w, "  lock %-9s %-6s %d-%d txid %d\n", h.Mode, h.Domain, h.Lo, h.Hi, h.Txid)
 		}
