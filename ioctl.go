@@ -42,6 +42,8 @@ var (
 	IocRemoteDel  = h2ioc(70, IocRemoteSize)
 	IocRemoteRep  = h2ioc(71, IocRemoteSize)
 	IocPFSGet     = h2ioc(80, IocPFSSize)
+	IocPFSCreate  = h2ioc(81, IocPFSSize)
+	IocPFSDelete  = h2ioc(82, IocPFSSize)
 	IocPFSLookup  = h2ioc(83, IocPFSSize)
 )
 

@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -185,4 +186,63 @@ func (p *dflyPFS) Close() error {
 		return fmt.Errorf("close %s: %w", p.path, err)
 	}
 	return nil
+}
+
+// dflyDevice is the device of a HAMMER2 mount, through one of its PFSs.
+type dflyDevice struct{ *dflyPFS }
+
+// OpenPFSDevice opens the device of the HAMMER2 mount containing path.
+func OpenPFSDevice(path string) (PFSDevice, error) {
+	p, err := OpenPFS(path)
+	if err != nil {
+		return nil, err
+	}
+	return dflyDevice{p.(*dflyPFS)}, nil
+}
+
+func pfsEntry(r IocPFS) PFSEntry {
+	return PFSEntry{Name: r.Name, Type: r.PfsType, Subtype: r.PfsSubtype, Clid: r.PfsClid, Fsid: r.PfsFsid}
+}
+
+// List iterates PFS_GET from key 0 along name_next until it is -1.
+func (d dflyDevice) List() ([]PFSEntry, error) {
+	var out []PFSEntry
+	for key := uint64(0); key != IocPFSKeySelf; {
+		req := IocPFS{NameKey: key}
+		b := req.Marshal()
+		if err := d.do("PFS_GET", IocPFSGet, unsafe.Pointer(&b)); err != nil {
+			if len(out) == 0 && errors.Is(err, unix.ENOENT) {
+				return nil, nil // a device without PFSs
+			}
+			return out, err
+		}
+		r := ParseIocPFS(&b)
+		out = append(out, pfsEntry(r))
+		if r.NameNext != IocPFSKeySelf && r.NameNext <= key {
+			return out, fmt.Errorf("PFS_GET on %s: name_next %#x does not advance past %#x", d.path, r.NameNext, key)
+		}
+		key = r.NameNext
+	}
+	return out, nil
+}
+
+func (d dflyDevice) Lookup(name string) (PFSEntry, error) {
+	req := IocPFS{Name: name}
+	b := req.Marshal()
+	if err := d.do("PFS_LOOKUP", IocPFSLookup, unsafe.Pointer(&b)); err != nil {
+		return PFSEntry{}, err
+	}
+	return pfsEntry(ParseIocPFS(&b)), nil
+}
+
+func (d dflyDevice) Create(e PFSEntry) error {
+	req := IocPFS{Name: e.Name, PfsType: e.Type, PfsSubtype: e.Subtype, PfsClid: e.Clid, PfsFsid: e.Fsid}
+	b := req.Marshal()
+	return d.do("PFS_CREATE", IocPFSCreate, unsafe.Pointer(&b))
+}
+
+func (d dflyDevice) Delete(name string) error {
+	req := IocPFS{Name: name}
+	b := req.Marshal()
+	return d.do("PFS_DELETE", IocPFSDelete, unsafe.Pointer(&b))
 }

@@ -53,27 +53,35 @@ type stubPFS struct {
 	accept sync.WaitGroup // the accept goroutine, waited for by Close
 }
 
-// OpenPFS opens the stub PFS in dir ("." if empty), creating the directory
-// and a default registration (label = directory name, random ids, MASTER)
-// if they do not exist yet.
+// OpenPFS opens the stub PFS in dir ("." if empty). It never makes one: a
+// mistyped path must not turn into a new MASTER (`hammer2 pfs-create`
+// does that on purpose).
 func OpenPFS(dir string) (PFS, error) {
 	if dir == "" {
 		dir = "."
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("open pfs: %w", err)
-	}
-	if _, err := readStubReg(dir); errors.Is(err, fs.ErrNotExist) {
-		// Losing the race to another opener is fine: its defaults win.
-		if err := CreatePFS(dir, PFSInfo{}); err != nil && !errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("open pfs: %w", err)
-		}
-	}
 	if _, err := readStubReg(dir); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, &noPFSError{path: dir}
+		}
 		return nil, fmt.Errorf("open pfs: %w", err)
 	}
 	return &stubPFS{dir: dir, access: privilegePolicy{self: os.Geteuid(), group: -1}, log: slog.Default()}, nil
 }
+
+// noPFSError is a path that holds no PFS, with how to make one.
+type noPFSError struct{ path string }
+
+func (e *noPFSError) Error() string {
+	abs, err := filepath.Abs(e.path)
+	if err != nil {
+		abs = e.path
+	}
+	return fmt.Sprintf("%s holds no PFS; create one with: hammer2 -s %s pfs-create %s",
+		e.path, filepath.Dir(abs), filepath.Base(abs))
+}
+
+func (e *noPFSError) Unwrap() error { return fs.ErrNotExist }
 
 // SetSocketAccess sets kernel.sock's mode and who may dial it (only
 // privileged peers: anyone else could replace the kernel's link), and

@@ -19,14 +19,43 @@ import (
 	"time"
 )
 
+// stubOpenT opens the stand-in PFS in dir, creating it with the defaults
+// first if there is none.
 func stubOpenT(t *testing.T, dir string) PFS {
 	t.Helper()
+	if err := CreatePFS(dir, PFSInfo{}); err != nil && !errors.Is(err, fs.ErrExist) {
+		t.Fatal(err)
+	}
 	p, err := OpenPFS(dir)
 	if err != nil {
 		t.Fatalf("OpenPFS(%s): %v", dir, err)
 	}
 	t.Cleanup(func() { p.Close() })
 	return p
+}
+
+// Opening a path without a PFS fails, names the path and how to make one,
+// and leaves nothing behind (it used to make a MASTER there).
+func TestStubOpenNeverCreates(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "typo")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err := OpenPFS(dir)
+	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), dir) ||
+		!strings.Contains(err.Error(), "hammer2 -s "+parent+" pfs-create typo") {
+		t.Errorf("OpenPFS of an empty directory: %v", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("OpenPFS left %v in %s", ents, dir)
+	}
+	if _, err := OpenPFS(filepath.Join(parent, "missing")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("OpenPFS of a missing directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(parent, "missing")); err == nil {
+		t.Error("OpenPFS created a missing directory")
+	}
 }
 
 func TestStubPFSRegistrationDefaults(t *testing.T) {

@@ -56,6 +56,8 @@ func TestIoctlRequestNumbers(t *testing.T) {
 		{"IocRemoteDel", IocRemoteDel, 0xC1306846},
 		{"IocRemoteRep", IocRemoteRep, 0xC1306847},
 		{"IocPFSGet", IocPFSGet, 0xC1406850},
+		{"IocPFSCreate", IocPFSCreate, 0xC1406851},
+		{"IocPFSDelete", IocPFSDelete, 0xC1406852},
 		{"IocPFSLookup", IocPFSLookup, 0xC1406853},
 	}
 	for _, tc := range named {

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rogpeppe/go-internal/testscript"
 	"go.uber.org/goleak"
 )
 
@@ -34,7 +35,9 @@ func TestMain(m *testing.M) {
 	if role := os.Getenv("H2_TEST_ROLE"); role != "" {
 		os.Exit(runTestRole(role)) // testrole_test.go
 	}
-	code := m.Run()
+	// testscript runs this binary as the hammer2 commands of the CLI
+	// scripts (script_test.go), and the tests otherwise.
+	code := testscript.RunMain(m, scriptCommands())
 	if h2BuildDir != "" {
 		os.RemoveAll(h2BuildDir)
 	}

@@ -25,6 +25,8 @@ type Globals struct {
 	Quiet   bool             `short:"q" help:"Log and print only warnings and errors."`
 	Path    string           `short:"s" placeholder:"PATH" help:"The mounted PFS (or, off DragonFly, the PFS directory) to act on; default \".\"."`
 	Config  string           `short:"c" placeholder:"FILE" help:"Config file (default ${defaultConfig} if it exists)."`
+	Type    string           `short:"t" placeholder:"TYPE" help:"pfs-create: the PFS type (CACHE, DUMMY, SLAVE, SOFT_SLAVE, SOFT_MASTER, MASTER)."`
+	UUID    string           `short:"u" placeholder:"UUID" help:"pfs-create: the cluster (pfs_clid) to join; the PFS is then a SLAVE unless -t says otherwise."`
 	Version kong.VersionFlag `help:"Print the version and exit."`
 }
 
@@ -39,6 +41,11 @@ type CLI struct {
 	Service    ServiceCmd    `cmd:"" help:"Run the node's service daemon: the backbone that relays spans between links."`
 	Shell      ShellCmd      `cmd:"" help:"DragonFly's debug shell, on a service (host[:port] or unix:<path>)."`
 	Quorum     QuorumCmd     `cmd:"" help:"Change the quorum group's membership through this PFS's running leaf."`
+	PfsCreate  PfsCreateCmd  `cmd:"" name:"pfs-create" help:"Create a PFS on the -s device (off DragonFly: a PFS directory under the -s directory)."`
+	PfsList    PfsListCmd    `cmd:"" name:"pfs-list" help:"List the PFSs of a device."`
+	PfsClid    PfsClidCmd    `cmd:"" name:"pfs-clid" help:"Print a PFS's cluster id (pfs_clid)."`
+	PfsFsid    PfsFsidCmd    `cmd:"" name:"pfs-fsid" help:"Print a PFS's own id (pfs_fsid)."`
+	PfsDelete  PfsDeleteCmd  `cmd:"" name:"pfs-delete" help:"Destroy PFSs of the -s device, with everything they hold."`
 }
 
 // LeafCLI is the grammar when the binary runs as hammer2-leaf.
@@ -126,7 +133,7 @@ func firstWord(args []string) string {
 		switch {
 		case a == "--":
 			return ""
-		case a == "-s" || a == "-c" || a == "--path" || a == "--config":
+		case a == "-s" || a == "-c" || a == "-t" || a == "-u" || a == "--path" || a == "--config" || a == "--type" || a == "--uuid":
 			i++ // its value
 		case strings.HasPrefix(a, "-"):
 		default:

@@ -45,6 +45,31 @@ type PFS interface {
 	Close() error
 }
 
+// PFSEntry is one PFS of a device, as PFS_GET and PFS_LOOKUP return it.
+type PFSEntry struct {
+	Name    string
+	Type    uint8 // low nibble the type, high nibble a transition target
+	Subtype uint8 // NONE 0, SNAPSHOT 1, AUTOSNAP 2
+	Clid    UUID  // the cluster it belongs to
+	Fsid    UUID  // this PFS
+}
+
+// PFSDevice is where PFSs are made and listed, as `hammer2 pfs-*` do: on
+// DragonFly the device of a HAMMER2 mount (any mounted PFS of it
+// reaches every PFS of the device); elsewhere a directory holding PFS
+// directories, named by their labels. OpenPFSDevice(path) opens it.
+type PFSDevice interface {
+	// List returns the device's PFSs in key order.
+	List() ([]PFSEntry, error)
+	// Lookup finds a PFS by name; fs.ErrNotExist if there is none.
+	Lookup(name string) (PFSEntry, error)
+	// Create makes a PFS; fs.ErrExist if the name is taken.
+	Create(e PFSEntry) error
+	// Delete destroys a PFS and what it holds.
+	Delete(name string) error
+	Close() error
+}
+
 // RemoteSlots is the size of the volume header's copyinfo[] table.
 const RemoteSlots = 256
 
