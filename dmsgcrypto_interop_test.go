@@ -29,25 +29,28 @@ import (
 // the C service dialling a Go listener from its autoconn file. Over each
 // link the C side's first message (its LNK_CONN) must decrypt and pass its
 // CRCs here, and our PING and DBG_SHELL "help" must be answered, which
-// means the C side decrypted ours. It runs twice: the C service with the
-// keys its rsainit made and with keys made by ours.
+// means the C side decrypted ours. It runs with the C service's keys made
+// by its rsainit and by ours, and with 4096-bit keys (one RSA block).
 func TestDmsgCryptoCPeer(t *testing.T) {
 	bin := os.Getenv("H2_CPEER")
 	if bin == "" {
 		t.Skip("set H2_CPEER to DragonFly's C hammer2 (see /work/shared/interop-peer) to run")
 	}
-	for _, cKeys := range []string{"C rsainit", "Go rsainit"} {
-		t.Run("C keys by "+cKeys, func(t *testing.T) {
+	for _, tc := range []struct {
+		cKeys string
+		bits  int
+	}{{"C rsainit", 2048}, {"Go rsainit", 2048}, {"Go rsainit", 4096}} {
+		t.Run(fmt.Sprintf("C keys by %s, %d bits", tc.cKeys, tc.bits), func(t *testing.T) {
 			tmp := t.TempDir()
 			cDir, goDir := filepath.Join(tmp, "c"), filepath.Join(tmp, "go")
-			if cKeys == "C rsainit" {
+			if tc.cKeys == "C rsainit" { // always 2048 bits
 				if out, err := exec.Command(bin, "rsainit", cDir).CombinedOutput(); err != nil {
 					t.Fatalf("C rsainit: %v\n%s", err, out)
 				}
-			} else if err := rsaInit(cDir, 2048, io.Discard); err != nil {
+			} else if err := rsaInit(cDir, tc.bits, io.Discard); err != nil {
 				t.Fatal(err)
 			}
-			if err := rsaInit(goDir, 2048, io.Discard); err != nil {
+			if err := rsaInit(goDir, tc.bits, io.Discard); err != nil {
 				t.Fatal(err)
 			}
 			// The C rsainit leaves rsa.prv at 0400 as we require.
