@@ -1,7 +1,7 @@
 package main
 
 // DragonFly's session negotiation for dmsg over TCP (libdmsg crypto.c),
-// byte for byte; docs/PROTOCOL.md and the reference notes (§9) describe it.
+// byte for byte (docs/INTEROP.md records the check against the C code).
 //
 // Which rule applies to a peer depends on files named after its numeric
 // address: remote/<ip>.pub holds its RSA public key and means an encrypted
