@@ -3,6 +3,7 @@ module hammer2-leaf
 go 1.26.0
 
 require (
+	filippo.io/bigmod v0.1.0
 	github.com/alecthomas/kong v1.17.0
 	github.com/anishathalye/porcupine v1.3.1
 	github.com/cockroachdb/datadriven v1.0.3

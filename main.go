@@ -38,6 +38,7 @@ type CLI struct {
 	Connect    ConnectCmd    `cmd:"" help:"Add a REMOTE linkage (span:<host>[:port]) and have the leaf dial it."`
 	Disconnect DisconnectCmd `cmd:"" help:"Remove a REMOTE linkage and have the leaf drop it."`
 	Keygen     KeygenCmd     `cmd:"" help:"Make this node's Ed25519 key and print its public key."`
+	Rsainit    RsainitCmd    `cmd:"" help:"Make the RSA key pair (rsa.prv, rsa.pub) of DragonFly's encrypted TCP links."`
 	Service    ServiceCmd    `cmd:"" help:"Run the node's service daemon: the backbone that relays spans between links."`
 	Shell      ShellCmd      `cmd:"" help:"DragonFly's debug shell, on a service (host[:port] or unix:<path>)."`
 	Quorum     QuorumCmd     `cmd:"" help:"Change the quorum group's membership through this PFS's running leaf."`
@@ -149,7 +150,7 @@ func firstWord(args []string) string {
 // binaries try argv[1] when argv[0] does not decide.
 func isCommand(arg string) bool {
 	switch arg {
-	case "leaf", "status", "connect", "disconnect", "keygen", "service", "shell":
+	case "leaf", "status", "connect", "disconnect", "keygen", "rsainit", "service", "shell":
 		return true
 	}
 	return false
