@@ -241,6 +241,19 @@ func ReadPublicKeyFile(path string) (ed25519.PublicKey, error) {
 	return key, nil
 }
 
+// isPEMFile reports whether path starts like a PEM file: DragonFly keeps
+// its peers' RSA keys as remote/<ip>.pub beside our Ed25519 lines.
+func isPEMFile(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var b [11]byte
+	n, _ := io.ReadFull(f, b[:])
+	return string(b[:n]) == "-----BEGIN "
+}
+
 // TrustedKey is one entry of a TrustStore.
 type TrustedKey struct {
 	Name   string // file base name without ".pub", or the name given to AddKey
@@ -330,6 +343,9 @@ func (t *TrustStore) Reload() error {
 			continue
 		}
 		path := filepath.Join(t.dir, e.Name())
+		if isPEMFile(path) {
+			continue // a DragonFly peer's RSA key (remote/<ip>.pub), for TCP links
+		}
 		if err := checkNotWritableByOthers(path); err != nil {
 			errs = append(errs, fmt.Errorf("trust store: key ignored: %w", err))
 			continue

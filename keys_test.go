@@ -276,3 +276,24 @@ func TestTrustStoreTwoKeysInFile(t *testing.T) {
 		t.Fatalf("err = %v, want it to point at two.pub:2", err)
 	}
 }
+
+// DragonFly's RSA keys share remote/ with our Ed25519 lines: they are
+// left to the TCP links, without a warning.
+func TestTrustStoreSkipsRSAKeys(t *testing.T) {
+	dir := t.TempDir()
+	writePub(t, dir, "node2", newPub(t))
+	pem, err := os.ReadFile("testdata/crypto/a.pub")
+	if err != nil {
+		t.Skip("no test RSA key:", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, remoteDirName, "192.0.2.7.pub"), pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ts, err := LoadTrustStore(dir)
+	if err != nil {
+		t.Errorf("an RSA key in remote/ gave a warning: %v", err)
+	}
+	if n := len(ts.Keys()); n != 1 {
+		t.Errorf("%d keys trusted, want the one Ed25519 key", n)
+	}
+}
