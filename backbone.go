@@ -113,9 +113,9 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 		if ctx.Err() != nil {
 			break
 		}
-		// Full jitter in the upper half keeps a restarted service from
-		// being hit by every leaf at once.
-		wait := delay/2 + rand.N(delay/2+1)
+		// Jitter above the delay (never below redial_min) keeps a
+		// restarted service from being hit by every leaf at once.
+		wait := delay + rand.N(delay/2+1)
 		next := time.Now().Add(wait)
 		b.set(func(s *DialState) {
 			s.State, s.NextTry, s.Failures = DialBackoff, next, s.Failures+1

@@ -33,7 +33,7 @@ func (c *LeafCmd) Run(env *Env) (err error) {
 	if path == "" {
 		path = env.pfsPath()
 	}
-	cfg, err := LoadConfig(env.Config)
+	cfg, err := env.loadConfig()
 	if err != nil {
 		return err
 	}
@@ -68,7 +68,7 @@ func (c *LeafCmd) Run(env *Env) (err error) {
 	log := env.logger(env.Stderr, cfg.LogFormat)
 	pid, err := lockPidFile(paths.pid)
 	if err != nil {
-		return fmt.Errorf("PFS %s: %w", info.Label, err)
+		return fmt.Errorf("PFS %s: a leaf is %w", info.Label, err)
 	}
 	defer pid.release()
 
@@ -98,7 +98,7 @@ func (c *LeafCmd) Run(env *Env) (err error) {
 				return
 			case <-hup:
 			}
-			ncfg, err := LoadConfig(env.Config)
+			ncfg, err := env.loadConfig()
 			if err != nil {
 				log.Error("SIGHUP: config not reloaded", "err", err)
 				continue
@@ -166,7 +166,7 @@ func (c *StatusCmd) Run(env *Env) error {
 	if len(paths) == 0 {
 		paths = []string{env.pfsPath()}
 	}
-	cfg, err := LoadConfig(env.Config)
+	cfg, err := env.loadConfig()
 	if err != nil {
 		return err
 	}
@@ -242,10 +242,42 @@ type ConnectCmd struct {
 }
 
 func (c *ConnectCmd) Run(env *Env) error {
+	if err := checkSpanTarget(c.Target); err != nil {
+		return fmt.Errorf("connect %s: %w", c.Target, err)
+	}
 	return changeRemote(env, "connect", c.Target, func(pfs PFS) error {
-		_, err := pfs.RemoteAdd(-1, Volconf{Path: c.Target})
+		slots, err := pfs.RemoteScan()
+		if err != nil {
+			return err
+		}
+		for _, v := range slots {
+			if v.Path == c.Target {
+				return fmt.Errorf("already in REMOTE slot %d", v.CopyID)
+			}
+		}
+		_, err = pfs.RemoteAdd(-1, Volconf{Path: c.Target})
 		return err
 	})
+}
+
+// checkSpanTarget refuses what no daemon would dial: the target must be
+// span:<host>[:port], the only form DragonFly's daemon acts on, with a
+// host and a port in 1..65535.
+func checkSpanTarget(target string) error {
+	addr, ok := strings.CutPrefix(target, "span:")
+	if !ok {
+		return errors.New(`not span:<host>[:port] (the only form a daemon dials)`)
+	}
+	host, port, err := splitHostPortDefault(addr, ListenPort)
+	switch {
+	case err != nil:
+		return fmt.Errorf("not span:<host>[:port]: %w", err)
+	case host == "":
+		return errors.New("span: needs a host")
+	case port == 0:
+		return fmt.Errorf("port 0 of %q: ports are 1 to 65535", addr)
+	}
+	return nil
 }
 
 // DisconnectCmd is `hammer2 disconnect <target>`.
@@ -266,6 +298,12 @@ func changeRemote(env *Env, verb, target string, change func(PFS) error) error {
 	if len(target) > VolconfPathMax {
 		return fmt.Errorf("%s: Path too long", verb)
 	}
+	// The config first: a bad one must fail the command before a slot
+	// is written.
+	cfg, err := env.loadConfig()
+	if err != nil {
+		return err
+	}
 	pfs, err := OpenPFS(env.pfsPath())
 	if err != nil {
 		return err
@@ -273,10 +311,6 @@ func changeRemote(env *Env, verb, target string, change func(PFS) error) error {
 	defer pfs.Close()
 	if err := change(pfs); err != nil {
 		return fmt.Errorf("%s %s: %w", verb, target, err)
-	}
-	cfg, err := LoadConfig(env.Config)
-	if err != nil {
-		return err
 	}
 	info, err := pfs.Info()
 	if err != nil {
@@ -300,7 +334,7 @@ type KeygenCmd struct {
 func (c *KeygenCmd) Run(env *Env) error {
 	dir := c.Dir
 	if dir == "" {
-		cfg, err := LoadConfig(env.Config)
+		cfg, err := env.loadConfig()
 		if err != nil {
 			return err
 		}
@@ -310,6 +344,18 @@ func (c *KeygenCmd) Run(env *Env) error {
 		return fmt.Errorf("key directory: %w", err)
 	}
 	pub, err := GenerateKey(dir, c.Force)
+	if errors.Is(err, fs.ErrExist) {
+		// The key a peer needs is this one: say it, and how to replace it.
+		k, lerr := LoadNodeKey(dir)
+		if lerr != nil {
+			return fmt.Errorf("keygen: %s/node.key exists but does not load: %w", dir, lerr)
+		}
+		if !env.Quiet {
+			fmt.Fprintf(env.Stderr, "hammer2 keygen: %s/node.key exists; its public key is below (replace it with --force, and peers trusting it will refuse this node)\n", dir)
+		}
+		fmt.Fprintln(env.Stdout, FormatPublicKey(k.Public().(ed25519.PublicKey)))
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -352,7 +398,7 @@ func changeMember(env *Env, verb, master string) error {
 	control := ""
 	if err == nil {
 		var cfg Config
-		if cfg, err = LoadConfig(env.Config); err == nil {
+		if cfg, err = env.loadConfig(); err == nil {
 			control = leafPaths(cfg, pfs, info).control
 		}
 	}

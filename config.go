@@ -10,11 +10,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultConfigPath is read when no --config is given and it exists.
@@ -55,7 +57,14 @@ type Config struct {
 	Security SecuritySection `toml:"security"`
 	// Limits bound what a peer can make the daemon hold (limits.go).
 	Limits Limits `toml:"limits"`
+
+	// loadNote says why LoadConfig used the defaults for a file it could
+	// not read, for a debug line.
+	loadNote string
 }
+
+// LoadNote is LoadConfig's note about the file it did not read, or "".
+func (c *Config) LoadNote() string { return c.loadNote }
 
 // SecuritySection is the [security] table.
 type SecuritySection struct {
@@ -145,8 +154,11 @@ func DefaultConfig() Config {
 	}
 	if runtime.GOOS == "dragonfly" {
 		c.RunDir = "/var/run/hammer2"
-	} else if os.Geteuid() != 0 {
-		// A user can run the whole daemon on Linux without root.
+	}
+	// A user can run the whole daemon without root, on their own paths:
+	// where /etc/hammer2 is not theirs to write, their keys live in their
+	// own config directory.
+	if os.Geteuid() != 0 && unix.Access(c.KeyDir, unix.W_OK) != nil {
 		if d, err := os.UserConfigDir(); err == nil {
 			c.KeyDir = filepath.Join(d, "hammer2")
 		}
@@ -179,6 +191,13 @@ func LoadConfig(path string) (Config, error) {
 		if !explicit && errors.Is(err, os.ErrNotExist) {
 			return c, nil
 		}
+		if !explicit && errors.Is(err, os.ErrPermission) {
+			// The machine's config is root's (/etc/hammer2 is 0700 once
+			// root has run): a user's commands on their own paths go on
+			// with the defaults, which LoadNote says.
+			c.loadNote = fmt.Sprintf("%s is not readable (%v): using the defaults", path, err)
+			return c, nil
+		}
 		return c, fmt.Errorf("config: %w", err)
 	}
 	if err := checkNotWritableByOthers(path); err != nil {
@@ -193,10 +212,19 @@ func LoadConfig(path string) (Config, error) {
 		return c, configError(path, err)
 	}
 	if err := c.validate(); err != nil {
+		// Name the line of the key the error is about, if the file sets it.
+		if m := validateKeyRe.FindStringSubmatch(err.Error()); m != nil {
+			if line := tomlKeyLine(data, m[1]); line > 0 {
+				return c, fmt.Errorf("config %s:%d: %w", path, line, err)
+			}
+		}
 		return c, fmt.Errorf("config %s: %w", path, err)
 	}
 	return c, nil
 }
+
+// validateKeyRe finds the key a validation error names.
+var validateKeyRe = regexp.MustCompile(`^key ([a-z_]+(?:\.[a-z_]+)?)[:\[ ]`)
 
 func configError(path string, err error) error {
 	var se *toml.StrictMissingError
@@ -211,9 +239,32 @@ func configError(path string, err error) error {
 	var de *toml.DecodeError
 	if errors.As(err, &de) {
 		row, col := de.Position()
-		return fmt.Errorf("config %s:%d:%d: key %s: %s", path, row, col, strings.Join(de.Key(), "."), de.Error())
+		return fmt.Errorf("config %s:%d:%d: key %s: %s", path, row, col, strings.Join(de.Key(), "."), tomlWords(de.Error()))
 	}
 	return fmt.Errorf("config %s: %w", path, err)
+}
+
+// goTypeRe is go-toml's type mismatch, which names Go types.
+var goTypeRe = regexp.MustCompile(`cannot decode TOML (\w+) into struct field \S+ of type (\S+)`)
+
+// tomlWords says a type mismatch in the config's words, not Go's.
+func tomlWords(msg string) string {
+	m := goTypeRe.FindStringSubmatch(msg)
+	if m == nil {
+		return strings.TrimPrefix(msg, "toml: ")
+	}
+	want := map[string]string{"string": "a string", "int": "an integer", "int64": "an integer", "uint64": "an integer",
+		"float64": "a number", "bool": "true or false", "[]string": "an array of strings",
+		"main.Duration": `a duration such as "1s"`, "[]main.RemoteConfig": "[[remote]] tables"}[m[2]]
+	if want == "" {
+		want = "another type"
+	}
+	got := map[string]string{"integer": "an integer", "string": "a string", "float": "a number", "boolean": "a boolean",
+		"array": "an array", "table": "a table", "datetime": "a date"}[m[1]]
+	if got == "" {
+		got = m[1]
+	}
+	return fmt.Sprintf("needs %s, not %s", want, got)
 }
 
 // durationKeys are the keys holding durations, dotted below their table.
@@ -293,7 +344,7 @@ func (c *Config) validate() error {
 	}
 	for i, m := range c.Quorum.Masters {
 		if _, err := ParseUUID(m); err != nil {
-			return fmt.Errorf("quorum.masters[%d]: %w", i, err)
+			return fmt.Errorf("key quorum.masters: entry %d: %w", i, err)
 		}
 	}
 	if c.Quorum.Tick.Duration <= 0 || c.Quorum.CommitTimeout.Duration < c.Quorum.Tick.Duration {

@@ -105,7 +105,7 @@ func lockPidFile(path string) (*pidFile, error) {
 		n, _ := f.ReadAt(b, 0)
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("a leaf is already running (pid %s, pid file %s)", strings.TrimSpace(string(b[:n])), path)
+			return nil, &pidHeldError{pid: strings.TrimSpace(string(b[:n])), path: path}
 		}
 		return nil, fmt.Errorf("pid file %s: %w", path, err)
 	}
@@ -118,6 +118,13 @@ func lockPidFile(path string) (*pidFile, error) {
 		return nil, fmt.Errorf("pid file %s: write: %w", path, err)
 	}
 	return &pidFile{f: f}, nil
+}
+
+// pidHeldError is a pid file another running daemon holds.
+type pidHeldError struct{ pid, path string }
+
+func (e *pidHeldError) Error() string {
+	return fmt.Sprintf("already running (pid %s, pid file %s)", e.pid, e.path)
 }
 
 func (p *pidFile) release() {

@@ -43,7 +43,7 @@ func GenerateKey(dir string, overwrite bool) (ed25519.PublicKey, error) {
 	keyPath := filepath.Join(dir, nodeKeyFile)
 	if !overwrite {
 		if _, err := os.Lstat(keyPath); err == nil {
-			return nil, fmt.Errorf("%s already exists; refusing to replace the node key", keyPath)
+			return nil, fmt.Errorf("%s already exists; refusing to replace the node key: %w", keyPath, fs.ErrExist)
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return nil, err
 		}

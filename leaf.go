@@ -420,7 +420,8 @@ func (l *Leaf) reconcile() {
 func (l *Leaf) startTarget(t *target) {
 	ctx, cancel := context.WithCancel(l.ctx)
 	t.cancel = cancel
-	t.dialer = NewRedialer(l.node, t.addr, RedialConfig{MinBackoff: l.cfg.RedialMin.Duration, MaxBackoff: l.cfg.RedialMax.Duration})
+	t.dialer = NewRedialer(l.node, t.addr, RedialConfig{MinBackoff: l.cfg.RedialMin.Duration, MaxBackoff: l.cfg.RedialMax.Duration,
+		Logger: l.log})
 	l.targets[t.addr] = t
 	l.log.Info("keeping a link to remote", "remote", t.addr, "slots", t.slots)
 	l.spawn(func() {

@@ -11,13 +11,55 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"slices"
 	"strings"
 
 	"github.com/alecthomas/kong"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version, if set at build time with -ldflags "-X main.version=...",
+// overrides what the build info says.
+var version = ""
+
+// versionString is the module version and the VCS revision the binary was
+// built from, as the Go toolchain records them.
+func versionString() string {
+	v, rev, dirty, when := version, "", false, ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if v == "" {
+			v = bi.Main.Version // "(devel)" for a build in a checkout
+		}
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			case "vcs.time":
+				when = s.Value
+			}
+		}
+	}
+	out := "hammer2-leaf " + cmpOr(v, "(unknown version)")
+	if rev != "" {
+		out += " " + rev[:min(12, len(rev))]
+		if dirty {
+			out += "+modified"
+		}
+		if when != "" {
+			out += " " + when
+		}
+	}
+	return out
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
 
 // Globals are DragonFly's hammer2 flags that make sense here.
 type Globals struct {
@@ -56,7 +98,7 @@ type LeafCLI struct {
 }
 
 func kongVars() kong.Vars {
-	return kong.Vars{"version": "hammer2-leaf " + version, "defaultConfig": DefaultConfigPath}
+	return kong.Vars{"version": versionString(), "defaultConfig": DefaultConfigPath}
 }
 
 func main() {
@@ -84,7 +126,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	)
 	opts := []kong.Option{kong.Vars(kongVars()), kong.Writers(stdout, stderr), kong.UsageOnError(),
 		kong.Exit(func(code int) { panic(exitCode(code)) })}
-	if filepath.Base(args[0]) == "hammer2-leaf" && !isCommand(firstWord(args[1:])) {
+	if filepath.Base(args[0]) == "hammer2-leaf" && !isCommand(firstWord(args[1:]), opts) {
 		var c LeafCLI
 		g = &c.Globals
 		parser, err = kong.New(&c, append(opts, kong.Name("hammer2-leaf"),
@@ -144,14 +186,23 @@ func firstWord(args []string) string {
 	return ""
 }
 
-// isCommand reports whether arg names a hammer2 command. Run as
-// hammer2-leaf with one (as `go run .` does, naming the binary after the
-// module) the binary falls back to the full CLI, as u-root's multi-call
-// binaries try argv[1] when argv[0] does not decide.
-func isCommand(arg string) bool {
-	switch arg {
-	case "leaf", "status", "connect", "disconnect", "keygen", "rsainit", "service", "shell":
-		return true
+// isCommand reports whether arg names a hammer2 command, as the full
+// CLI's kong model has them. Run as hammer2-leaf with one (as `go run .`
+// does, naming the binary after the module) the binary falls back to the
+// full CLI, as u-root's multi-call binaries try argv[1] when argv[0] does
+// not decide.
+func isCommand(arg string, opts []kong.Option) bool {
+	if arg == "" {
+		return false
+	}
+	parser, err := kong.New(&CLI{}, opts...)
+	if err != nil {
+		return false
+	}
+	for _, n := range parser.Model.Children {
+		if n.Type == kong.CommandNode && (n.Name == arg || slices.Contains(n.Aliases, arg)) {
+			return true
+		}
 	}
 	return false
 }
@@ -193,4 +244,14 @@ func (e *Env) pfsPath() string {
 		return e.Path
 	}
 	return "."
+}
+
+// loadConfig is LoadConfig for -c, saying with -d why the machine's file
+// was not read, if it was not.
+func (e *Env) loadConfig() (Config, error) {
+	c, err := LoadConfig(e.Config)
+	if note := c.LoadNote(); note != "" && e.Debug > 0 {
+		fmt.Fprintf(e.Stderr, "hammer2: config: %s\n", note)
+	}
+	return c, err
 }

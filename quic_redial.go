@@ -11,6 +11,7 @@ package main
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -46,6 +47,9 @@ type RedialConfig struct {
 	// failure; it keeps a flapping peer from being hammered. Default
 	// MaxBackoff.
 	StableAfter time.Duration
+	// Logger, if set, gets one line per failed attempt or lost link, with
+	// the wait before the next: once per backoff step.
+	Logger *slog.Logger
 }
 
 func (c *RedialConfig) setDefaults() {
@@ -167,6 +171,10 @@ func (r *Redialer) Run(ctx context.Context, run func(*QuicLink)) error {
 			}
 		}
 		delay := r.backoff(failures)
+		if r.cfg.Logger != nil {
+			r.cfg.Logger.Info("link to node failed; redialing", "remote", r.addr, "state", state, "err", lastErr,
+				"failures", failures, "next_try_in", delay.Round(time.Millisecond))
+		}
 		r.set(func(s *DialState) {
 			s.State, s.NextTry, s.LastErr, s.Failures, s.Peer = state, time.Now().Add(delay), lastErr, failures, ""
 		})

@@ -68,7 +68,7 @@ func (c *QuorumRecoverCmd) Run(env *Env) error {
 		pfs.Close()
 		return err
 	}
-	cfg, err := LoadConfig(env.Config)
+	cfg, err := env.loadConfig()
 	if err != nil {
 		pfs.Close()
 		return err

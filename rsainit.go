@@ -21,7 +21,7 @@ type RsainitCmd struct {
 func (c *RsainitCmd) Run(env *Env) error {
 	dir := c.Dir
 	if dir == "" {
-		cfg, err := LoadConfig(env.Config)
+		cfg, err := env.loadConfig()
 		if err != nil {
 			return err
 		}

@@ -151,7 +151,8 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 	if s.node != nil {
 		s.spawn(func() { s.acceptQuic(ctx) })
 		for _, addr := range s.cfg.Autoconn {
-			d := NewRedialer(s.node, addr, RedialConfig{MinBackoff: s.cfg.RedialMin, MaxBackoff: s.cfg.RedialMax})
+			d := NewRedialer(s.node, addr, RedialConfig{MinBackoff: s.cfg.RedialMin, MaxBackoff: s.cfg.RedialMax,
+				Logger: s.log.With("autoconn", addr)})
 			s.autoconn = append(s.autoconn, d)
 			s.spawn(func() {
 				_ = d.Run(ctx, func(q *QuicLink) {
@@ -186,11 +187,15 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 	return nil
 }
 
-// listenErr tells a TCP port held by another program apart from one held
-// by our own service: only ours answers dmsg there.
+// portInUseError is a TCP address someone already listens on: another
+// service (DragonFly's or ours), or another program (ServiceCmd tells).
+type portInUseError struct{ addr string }
+
+func (e *portInUseError) Error() string { return fmt.Sprintf("TCP %s is in use", e.addr) }
+
 func (s *Service) listenErr(err error) error {
 	if errors.Is(err, syscall.EADDRINUSE) {
-		return errAlreadyRunning
+		return &portInUseError{addr: s.cfg.TCP}
 	}
 	return fmt.Errorf("listen: %w", err)
 }

@@ -5,11 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // ServiceCmd is `hammer2 service`.
@@ -26,7 +29,7 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 			daemonReady(err)
 		}
 	}()
-	cfg, err := LoadConfig(env.Config)
+	cfg, err := env.loadConfig()
 	if err != nil {
 		return err
 	}
@@ -54,15 +57,19 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 	paths := runPaths{dir: filepath.Dir(base), pid: base + ".pid", log: base + ".log", control: base + ".control"}
 	if env.Debug == 0 && !isDaemonChild() {
 		err := daemonize(env, paths)
-		if errors.Is(err, errAlreadyRunning) || err != nil && err.Error() == errAlreadyRunning.Error() {
-			return c.alreadyRunning(env)
+		if err != nil && strings.HasPrefix(err.Error(), errAlreadyRunning.Error()) {
+			return c.alreadyRunning(env, err.Error())
 		}
 		return err
 	}
 	log := env.logger(env.Stderr, cfg.LogFormat)
 	pid, err := lockPidFile(paths.pid)
+	var held *pidHeldError
+	if errors.As(err, &held) {
+		return c.alreadyRunning(env, fmt.Sprintf("%v (pid %s)", errAlreadyRunning, held.pid))
+	}
 	if err != nil {
-		return c.alreadyRunning(env)
+		return err
 	}
 	defer pid.release()
 	var node *QuicNode
@@ -101,13 +108,47 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	err = svc.Run(ctx, func() { daemonReady(nil) })
-	if errors.Is(err, errAlreadyRunning) {
-		if node != nil {
-			node.Close()
-		}
-		return c.alreadyRunning(env)
+	var inUse *portInUseError
+	switch {
+	case errors.Is(err, errAlreadyRunning):
+		err = c.alreadyRunning(env, fmt.Sprintf("%v (a service answers on %s)", errAlreadyRunning, sc.Unix))
+	case errors.As(err, &inUse) && speaksDmsg(inUse.addr):
+		// DragonFly's own service, or ours with another socket: a service
+		// runs, which is what `hammer2 -q service` asks for.
+		err = c.alreadyRunning(env, fmt.Sprintf("%v (a dmsg service answers on TCP %s)", errAlreadyRunning, inUse.addr))
+	case errors.As(err, &inUse):
+		err = fmt.Errorf("service: TCP %s is held by another program, not a dmsg service; choose another with [service] tcp or --tcp", inUse.addr)
+	}
+	if err != nil && node != nil {
+		node.Close()
 	}
 	return err
+}
+
+// speaksDmsg reports whether a dmsg service answers at addr: DragonFly's
+// and ours send their LNK_CONN as soon as a connection opens.
+func speaksDmsg(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	var hdr [HdrSize]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return false
+	}
+	var m Msg
+	hs, _, err := PeekSizes(hdr[:])
+	if err != nil || hs != cmdHdrSize(CmdLnkConn) {
+		return false
+	}
+	ext := make([]byte, hs)
+	copy(ext, hdr[:])
+	if _, err := io.ReadFull(c, ext[HdrSize:]); err != nil {
+		return false
+	}
+	return DecodeHeader(ext, &m) == nil && m.Cmd&maskBaseCmd == CmdLnkConn
 }
 
 // serviceBase is the path the service's pid file, log and control socket
@@ -125,11 +166,12 @@ func serviceBase(unixSock string) string {
 func serviceControlPath(unixSock string) string { return serviceBase(unixSock) + ".control" }
 
 // alreadyRunning is success, as in DragonFly: `hammer2 -q service` is an
-// idempotent "make sure it runs".
-func (c *ServiceCmd) alreadyRunning(env *Env) error {
-	daemonReady(errAlreadyRunning)
+// idempotent "make sure it runs". why starts with errAlreadyRunning's
+// text, which a waiting parent recognises.
+func (c *ServiceCmd) alreadyRunning(env *Env, why string) error {
+	daemonReady(errors.New(why))
 	if !env.Quiet {
-		fmt.Fprintln(env.Stderr, "hammer2: service: daemon already running")
+		fmt.Fprintln(env.Stderr, "hammer2: service: "+why)
 	}
 	return nil
 }
