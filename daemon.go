@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -59,7 +60,7 @@ func daemonize(env *Env, paths runPaths) error {
 	select {
 	case msg := <-done:
 		if msg == "ok" {
-			fmt.Fprintf(env.Stderr, "hammer2-leaf: running in the background, pid %d, log %s\n", cmd.Process.Pid, paths.log)
+			fmt.Fprintf(env.Stderr, "%s: running in the background, pid %d, log %s\n", filepath.Base(env.Args[0]), cmd.Process.Pid, paths.log)
 			_ = cmd.Process.Release()
 			return nil
 		}

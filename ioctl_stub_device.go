@@ -26,10 +26,12 @@ func OpenPFSDevice(path string) (PFSDevice, error) {
 		path = "."
 	}
 	fi, err := os.Stat(path)
-	if err != nil {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return stubDevice{dir: path}, nil // Create makes it
+	case err != nil:
 		return nil, fmt.Errorf("pfs device: %w", err)
-	}
-	if !fi.IsDir() {
+	case !fi.IsDir():
 		return nil, fmt.Errorf("pfs device %s: not a directory", path)
 	}
 	if _, err := os.Stat(filepath.Join(path, stubRegFile)); err == nil {
@@ -92,6 +94,9 @@ func (d stubDevice) Create(e PFSEntry) error {
 	}
 	if _, err := readStubReg(dir); err == nil {
 		return fmt.Errorf("pfs %s: %w", e.Name, fs.ErrExist)
+	}
+	if err := os.MkdirAll(d.dir, 0o755); err != nil {
+		return fmt.Errorf("pfs device: %w", err)
 	}
 	return CreatePFS(dir, PFSInfo{Label: e.Name, Clid: e.Clid, Fsid: e.Fsid, Type: e.Type})
 }

@@ -5,15 +5,49 @@ package main
 // tests), with hammer2 and hammer2-leaf being this package's main.
 
 import (
+	"fmt"
+	"net"
 	"os"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
 )
 
 func scriptCommands() map[string]func() int {
 	main := func() int { return run(os.Args, os.Stdout, os.Stderr) }
-	return map[string]func() int{"hammer2": main, "hammer2-leaf": main}
+	return map[string]func() int{"hammer2": main, "hammer2-leaf": main,
+		"stoppid": stopPid}
+}
+
+// stopPid sends SIGTERM to the daemon whose pid file is argv[1] and waits
+// (10 s at most) until it is gone.
+func stopPid() int {
+	b, err := os.ReadFile(os.Args[1])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	for range 1000 { // 10 ms apiece: a clean shutdown takes well under a second
+		if syscall.Kill(pid, 0) != nil {
+			return 0
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	fmt.Fprintf(os.Stderr, "pid %d still running after 10s\n", pid)
+	return 1
 }
 
 func TestScripts(t *testing.T) {
@@ -23,6 +57,15 @@ func TestScripts(t *testing.T) {
 		Setup: func(e *testscript.Env) error {
 			// No config of the machine's: every script says what it uses.
 			e.Setenv("HOME", e.WorkDir)
+			e.Setenv("TCPPORT", strconv.Itoa(freePort(t, "tcp")))
+			// A port another program holds for the whole script: it
+			// listens and says nothing.
+			held, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return err
+			}
+			e.Defer(func() { held.Close() })
+			e.Setenv("HELDPORT", strconv.Itoa(held.Addr().(*net.TCPAddr).Port))
 			return nil
 		},
 	})

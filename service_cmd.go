@@ -133,7 +133,9 @@ func speaksDmsg(addr string) bool {
 		return false
 	}
 	defer c.Close()
-	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	// A service sends its LNK_CONN at once; a second is plenty on a
+	// loaded machine, and only a refusal to start waits it out.
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
 	var hdr [HdrSize]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
 		return false
