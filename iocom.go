@@ -825,6 +825,22 @@ func (l *Link) ping(done chan<- time.Duration, demand bool) bool {
 	return true
 }
 
+// Ping sends a PING and waits for its answer: the link's round trip.
+func (l *Link) Ping(ctx context.Context) (time.Duration, error) {
+	done := make(chan time.Duration, 1)
+	if !l.ping(done, false) {
+		return 0, fmt.Errorf("ping %s: %w", l.cfg.Name, ErrLinkClosed)
+	}
+	select {
+	case rtt := <-done:
+		return rtt, nil
+	case <-l.done:
+		return 0, fmt.Errorf("ping %s: %w", l.cfg.Name, ErrLinkClosed)
+	case <-ctx.Done():
+		return 0, fmt.Errorf("ping %s: no answer: %w", l.cfg.Name, ctx.Err())
+	}
+}
+
 // probe PINGs for the pacer unless a PING is already out: one at a time,
 // so that a long path does not pile up probes.
 func (l *Link) probe() {

@@ -316,7 +316,8 @@ func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 				s.shellViaSpan(sl, t, text)
 				return
 			}
-			sc := shellCommands{tree: s.tree, span: s.shellSpan}
+			sc := shellCommands{tree: s.tree, span: s.shellSpan, ping: shellPing(s.ctx, s.spawn, sl.link),
+				notHere: quorumNotHere("a service runs no quorum group; ask a master's leaf: @<span> " + shellWord(text) + " ...")}
 			if !sl.peer.Class.Privileged() {
 				sc.refuse = func(cmd string) string { return s.cfg.Policy.needs(cmd, sl.peer) }
 			}
@@ -630,7 +631,7 @@ func (s *Service) shellOnRelay(sl *svcLink, rid relayID, relay *Trans, cmd strin
 	// DragonFly's shell prints a one-way DBG_SHELL|REPLY, whatever
 	// transaction the command went on.
 	answer := func(out string) {
-		_ = relay.Link().Root().Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux(out)})
+		_ = relay.Link().Root().Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux(out + shellPrompt)})
 	}
 	if src == nil {
 		answer("span withdrawn\n")

@@ -22,12 +22,19 @@ const shellPrompt = "debug> "
 // shellCommands is what a daemon offers its shell. span is nil where
 // linking to another node is not possible.
 type shellCommands struct {
-	tree  func() string
-	span  func(host string) string
+	tree func() string
+	span func(host string) string
+	// ping measures a round trip on the link the line came over and
+	// calls reply with the answer, later, from a goroutine of the
+	// daemon's.
+	ping  func(reply func(string))
 	extra string // more help lines
 	// refuse, if set, is the answer to a command that is not read-only
 	// (shellReadOnly): the link asking is unprivileged.
 	refuse func(cmd string) string
+	// notHere says why a command this node does not offer is missing
+	// (the quorum commands, on a node without a quorum group).
+	notHere map[string]string
 }
 
 // shellReadOnly reports whether a shell line only looks. Everything else
@@ -53,8 +60,20 @@ func shellWord(line string) string {
 
 // answer runs one line and sends the output and the prompt.
 func (sc shellCommands) answer(root *Trans, line string) {
-	out := sc.run(strings.TrimSpace(line))
-	_ = root.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux(out + shellPrompt)})
+	sc.do(line, func(out string) {
+		_ = root.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux(out + shellPrompt)})
+	})
+}
+
+// do runs one line and calls reply with its output once: at once, or
+// later for a ping.
+func (sc shellCommands) do(line string, reply func(string)) {
+	line = strings.TrimSpace(line)
+	if shellWord(line) == "ping" && sc.ping != nil && (sc.refuse == nil || shellReadOnly(line)) {
+		sc.ping(reply)
+		return
+	}
+	reply(sc.run(line))
 }
 
 func (sc shellCommands) run(line string) string {
@@ -62,6 +81,9 @@ func (sc shellCommands) run(line string) string {
 		return sc.refuse(shellWord(line)) + "\n"
 	}
 	cmd, arg, _ := strings.Cut(line, " ")
+	if why, ok := sc.notHere[cmd]; ok {
+		return cmd + ": " + why + "\n"
+	}
 	arg = strings.TrimSpace(arg)
 	switch cmd {
 	case "":
@@ -75,7 +97,7 @@ func (sc shellCommands) run(line string) string {
 		}
 		return s + sc.extra
 	case "ping":
-		return "ping reply\n"
+		return "ping reply\n" // a daemon that cannot measure one
 	case "tree":
 		return sc.tree()
 	case "span":
@@ -180,4 +202,34 @@ func runShell(conn io.ReadWriteCloser, in io.Reader, out io.Writer, log interfac
 	defer cancel()
 	_ = l.Shutdown(ctx)
 	return werr
+}
+
+// shellPing is a shellCommands.ping that measures a PING round trip on l
+// from a goroutine spawn owns, giving up with the link or after pingWait.
+func shellPing(ctx context.Context, spawn func(func()), l *Link) func(reply func(string)) {
+	return func(reply func(string)) {
+		spawn(func() {
+			ctx, cancel := context.WithTimeout(ctx, pingWait)
+			defer cancel()
+			rtt, err := l.Ping(ctx)
+			if err != nil {
+				reply(fmt.Sprintf("ping failed: %v\n", err))
+				return
+			}
+			reply(fmt.Sprintf("ping reply: round trip %v\n", rtt.Round(time.Microsecond)))
+		})
+	}
+}
+
+// pingWait bounds a shell's ping: a link that does not answer in this
+// long is dead by the silence rule anyway.
+const pingWait = 5 * time.Second
+
+// quorumNotHere is why the quorum commands are missing on node.
+func quorumNotHere(why string) map[string]string {
+	m := map[string]string{}
+	for _, c := range []string{"commit", "lock", "locks", "quorum"} {
+		m[c] = why
+	}
+	return m
 }

@@ -197,7 +197,7 @@ func (c *clusterLink) handle(t *Trans, m *Msg) {
 			if !c.leaf.quorumShell(line, func(out string) {
 				_ = t.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagReply}, Aux: ShellAux(out + shellPrompt)})
 			}) {
-				c.leaf.shellCommands().answer(t, line)
+				c.leaf.shellCommands(c.link).answer(t, line)
 			}
 		}
 		return
@@ -276,7 +276,7 @@ func (c *clusterLink) circuit(parent, t *Trans, m *Msg) {
 		t.SetHandler(func(*Trans, *Msg) {})
 		reply := func(out string) { _ = t.Send(&Msg{Header: Header{Cmd: CmdDbgShell | FlagDelete}, Aux: ShellAux(out)}) }
 		if !c.leaf.quorumShell(line, reply) {
-			reply(c.leaf.shellCommands().run(line))
+			c.leaf.shellCommands(t.Link()).do(line, reply)
 		}
 	case CmdQrmRaft, CmdQrmJoin, CmdQrmCommit, CmdCacLock:
 		q := c.leaf.quorum
@@ -295,9 +295,16 @@ func (c *clusterLink) circuit(parent, t *Trans, m *Msg) {
 	}
 }
 
-// shellCommands is the leaf's debug shell.
-func (l *Leaf) shellCommands() shellCommands {
-	sc := shellCommands{tree: l.shellTree}
+// shellCommands is the leaf's debug shell, for a line that came over link.
+func (l *Leaf) shellCommands(link *Link) shellCommands {
+	sc := shellCommands{tree: l.shellTree, ping: shellPing(l.ctx, l.spawn, link)}
+	if l.quorum == nil {
+		why := "this leaf serves no quorum group: its PFS is not a MASTER"
+		if l.info.Type&0x0F == PFSMaster {
+			why = "this leaf serves no quorum group: [quorum] masters names none"
+		}
+		sc.notHere = quorumNotHere(why)
+	}
 	if l.quorum != nil {
 		sc.extra = "commit <text>   Commit through the quorum group\n" +
 			"lock <mode> <domain> <key>[-<key>]  Ask the group for a cache state\n" +
@@ -318,8 +325,8 @@ func (l *Leaf) shellTree() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Leaf %s %s (%s)\n", pfsTypeName(l.info.Type), l.info.Fsid, l.info.Label)
 	for _, e := range l.spans.list() {
-		fmt.Fprintf(&b, "Cluster %d %s (%s)\n    Node %02x %s (%s)\n\tSLink dist=%d via %s\n",
-			e.Span.PeerType, e.Span.PeerID, e.Span.PeerLabelString(), e.Span.PfsType, e.Span.PfsID,
+		fmt.Fprintf(&b, "Cluster %s %s (%s)\n    Node %02x %s (%s)\n\tSLink dist=%d via %s\n",
+			peerTypeName(e.Span.PeerType), e.Span.PeerID, e.Span.PeerLabelString(), e.Span.PfsType, e.Span.PfsID,
 			e.Span.PfsLabelString(), e.Span.Dist, e.Link)
 	}
 	return b.String()
