@@ -15,19 +15,6 @@ import (
 	"time"
 )
 
-// CmdCacLock is CAC_LOCK (protocol 0x3, code 0x001, 128-byte header).
-var CmdCacLock = mkcmd(ProtoCAC, 0x001, 128)
-
-// ErrCacConflict answers a request whose conflicting holders did not let
-// go within the lease (they were asked to and then expired, and others
-// took the keys meanwhile, more times than a request retries).
-const ErrCacConflict = 0x28
-
-// ErrCacExpired closes a granted CAC_LOCK whose state the group expired:
-// the holder did not release it within the lease after being asked, or
-// its leaf lost the group. The kernel must drop the state at once.
-const ErrCacExpired = 0x29
-
 var errCacConflict = errors.New("cache state: the keys' holders did not let go within the lease")
 
 // CAC_LOCK flags (payload byte 0x42).

@@ -25,11 +25,6 @@ import (
 	"time"
 )
 
-// CmdQrmJoin is QRM code 0x003, with the same 128-byte header as
-// QRM_COMMIT and QRM_RAFT. The request's aux data is the node key and
-// the signature.
-var CmdQrmJoin = mkcmd(ProtoQRM, 0x003, 128)
-
 // qrmJoinAuxSize is a request's aux data: the Ed25519 public key (32
 // bytes) then the signature (64 bytes). An answer has none.
 const qrmJoinAuxSize = ed25519.PublicKeySize + ed25519.SignatureSize
@@ -154,35 +149,6 @@ func (k *quorumKeyFP) UnmarshalText(b []byte) error {
 	}
 	copy(k[:], raw)
 	return nil
-}
-
-// quorumJoinResult is a member's answer to QRM_JOIN.
-type quorumJoinResult uint8
-
-const (
-	joinNone         quorumJoinResult = iota // a request
-	joinAccepted                             // verified and remembered; the leader adds it
-	joinMember                               // already a voter or learner
-	joinNotMember                            // the answering master is in no group itself
-	joinWrongCluster                         // pfs_clid is not this group's
-	joinWrongID                              // from is not masterID(fsid), or to is not the member
-	joinUntrusted                            // the key is not in the member's trusted keys
-	joinBadSignature                         // the signature does not verify
-	joinRemoved                              // an operator removed this master
-	joinRebind                               // the id is bound to another key
-	joinClock                                // signed too far from the member's clock
-	joinBusy                                 // too many joiners waiting
-)
-
-var quorumJoinResultNames = [...]string{"none", "accepted", "already a member", "not a member itself",
-	"wrong cluster", "id does not match the fsid", "untrusted key", "bad signature", "removed by an operator",
-	"id bound to another key", "clock skew", "too many joiners"}
-
-func (r quorumJoinResult) String() string {
-	if int(r) < len(quorumJoinResultNames) {
-		return quorumJoinResultNames[r]
-	}
-	return fmt.Sprintf("result(%d)", uint8(r))
 }
 
 // admitted: the answering master is a member that accepted the joiner or
@@ -431,7 +397,7 @@ func (d *quorumDriver) joinAnswer(id uint64, t *Trans, m *Msg) {
 		case done && m.Error != ErrOK:
 			if d.joinLog.allow(fmt.Sprintf("error/%x/%d", id, m.Error), time.Now()) {
 				d.leaf.log.Info("quorum: a master did not take this master's join request", "member", fmt.Sprintf("%x", id),
-					"error", fmt.Sprintf("%#x", m.Error))
+					"error", ErrString(m.Error))
 			}
 		}
 	})

@@ -24,22 +24,6 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// QRM commands (protocol 0x4). DragonFly reserved QRM_COMMIT (code 0x001)
-// without a payload; QRM_RAFT and QRM_JOIN (quorum_join.go) are ours. All
-// payloads are 64 bytes, two header units with the base header.
-var (
-	CmdQrmCommit = mkcmd(ProtoQRM, 0x001, 128)
-	CmdQrmRaft   = mkcmd(ProtoQRM, 0x002, 128)
-)
-
-// Quorum results in the header's error field (the 0x2X block holds
-// DragonFly's own; these follow them).
-const (
-	ErrQuorumTimeout = 0x25 // no majority in time; the request was never applied
-	ErrQuorumUnknown = 0x26 // in a log but not committed in time: outcome unknown
-	ErrNoQuorum      = 0x27 // this leaf serves no quorum group
-)
-
 // qrmCommit is the QRM_COMMIT payload. The kernel opens the transaction
 // with the operation as aux data and the payload zeroed; the leaf answers
 // with phase 1 (a majority holds it durably; the transaction stays open),
