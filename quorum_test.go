@@ -186,12 +186,14 @@ func (h *quorumHarness) open(id uint64, peers []uint64) {
 	qn.store, qn.n = st, n
 }
 
-// qhLink is the in-memory quorumLink: a cut link or a crashed peer is a
+// qhLink is the in-memory quorumTransport: a cut link or a crashed peer is a
 // send error, as a lost DMSG circuit would be.
 type qhLink struct {
 	h    *quorumHarness
 	from uint64
 }
+
+func (qhLink) close() {}
 
 func (l qhLink) send(m *pb.Message) error {
 	if !l.h.connected(l.from, m.GetTo()) || l.h.live(m.GetTo()) == nil {
