@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -156,7 +157,7 @@ type cacMail struct {
 func (d *quorumDriver) lock(t *Trans, m *Msg) {
 	req, err := parseCacLock(m.Ext)
 	if err != nil {
-		d.log.Warn("bad CAC_LOCK", "link", t.Link(), "err", err)
+		d.log.Warn("bad CAC_LOCK", "link", t.Link().Name(), "err", err)
 		_ = t.Close(ErrParam)
 		return
 	}
@@ -175,7 +176,7 @@ func (d *quorumDriver) lockMessage(r *cacRequest, t *Trans, m *Msg) {
 		// answering a revoke, or an upgrade it needs.
 		c, err := parseCacLock(m.Ext)
 		if m.Cmd&maskBaseCmd != CmdCacLock || err != nil || c.Mode == cacInval {
-			d.log.Warn("ignored a message on a granted CAC_LOCK (release with DELETE)", "link", t.Link(),
+			d.log.Warn("ignored a message on a granted CAC_LOCK (release with DELETE)", "link", t.Link().Name(),
 				"cmd", CmdString(m.Cmd), "err", err)
 			return
 		}
@@ -401,15 +402,21 @@ func (d *quorumDriver) cacTick(now time.Time) {
 		keep = append(keep, w)
 	}
 	d.waits = keep
+	var due []string
 	for holder, g := range d.grants {
 		if !g.orphaned.IsZero() && now.Sub(g.orphaned) >= d.lease {
-			g.orphaned = now // once per lease, until it is gone
-			d.propose(quorumOp{Kind: quorumOpExpire, Holder: holder, UpTo: g.h.Txid}, nil, func(quorumResult, error) {})
+			due = append(due, holder)
 		}
 	}
+	slices.Sort(due) // so that expiries take txids in the same order on every run
+	for _, holder := range due {
+		g := d.grants[holder]
+		g.orphaned = now // once per lease, until it is gone
+		d.propose(quorumOp{Kind: quorumOpExpire, Holder: holder, UpTo: g.h.Txid}, nil, func(quorumResult, error) {})
+	}
 	if time.Duration(d.node.ContactAge())*d.tick > d.lease/2 {
-		for _, g := range d.grants {
-			if g.t != nil {
+		for _, holder := range slices.Sorted(maps.Keys(d.grants)) {
+			if g := d.grants[holder]; g.t != nil {
 				d.log.Warn("no majority for half a lease; taking back a cache state", "holder", g.h.Holder,
 					"answer", ErrString(ErrQuorumTimeout))
 				_ = g.t.Close(ErrQuorumTimeout)

@@ -114,10 +114,10 @@ const (
 	// ErrNoPerm: the peer's link is unprivileged, and what it asked for
 	// changes cluster state (docs/SECURITY.md).
 	ErrNoPerm uint32 = 0x2A
-	// ErrQuorumBusy: the master's quorum driver had more work queued than
-	// it takes (quorumInboxMax); the request was dropped before it was
-	// proposed, so it was never applied and may be sent again
-	// (PROTOCOL §6.4).
+	// ErrQuorumBusy: the master's quorum driver had as many requests
+	// waiting as it takes (quorumInboxRequests); this one was refused
+	// before it was proposed, so it was never applied and may be sent
+	// again (PROTOCOL §6.4).
 	ErrQuorumBusy uint32 = 0x2B
 )
 

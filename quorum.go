@@ -6,7 +6,7 @@ package main
 // has: a deterministic state machine with no goroutines and no I/O of its
 // own other than its bbolt file. The owner feeds it ticks and received
 // messages, calls Advance, and ships what Advance returns over a
-// quorumLink. That keeps the whole group testable step by step in memory
+// quorumTransport. That keeps the whole group testable step by step in memory
 // (quorum_test.go) with the same code the daemon runs.
 //
 // Transaction ids are raft log indexes: unique, strictly increasing in

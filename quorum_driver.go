@@ -327,7 +327,7 @@ func (d *quorumDriver) hand(t *Trans, f func()) bool {
 	if d.inbox.put(inboxRequest, f) {
 		return true
 	}
-	d.busy(CmdString(t.Cmd()), "link", t.Link(), "answer", ErrString(ErrQuorumBusy))
+	d.busy(CmdString(t.Cmd()), "link", t.Link().Name(), "answer", ErrString(ErrQuorumBusy))
 	_ = t.Close(ErrQuorumBusy)
 	return false
 }

@@ -279,7 +279,7 @@ const quorumLogPerMinute = 30
 func (d *quorumDriver) join(t *Trans, m *Msg) {
 	req, err := parseQrmJoin(m.Ext, m.Aux, true)
 	if err != nil {
-		d.log.Warn("bad QRM_JOIN", "link", t.Link(), "err", err)
+		d.log.Warn("bad QRM_JOIN", "link", t.Link().Name(), "err", err)
 		_ = t.Close(ErrParam)
 		return
 	}

@@ -192,7 +192,7 @@ func (d *quorumDriver) accept(t *Trans, m *Msg) {
 			}
 			if msg.GetFrom() != hdr.From || msg.GetTo() != hdr.To {
 				d.log.Warn("bad raft message: sender or receiver differs from its QRM_RAFT's",
-					"link", t.Link(), "from", fmt.Sprintf("%x", hdr.From), "msg_from", fmt.Sprintf("%x", msg.GetFrom()),
+					"link", t.Link().Name(), "from", fmt.Sprintf("%x", hdr.From), "msg_from", fmt.Sprintf("%x", msg.GetFrom()),
 					"to", fmt.Sprintf("%x", hdr.To), "msg_to", fmt.Sprintf("%x", msg.GetTo()))
 				_ = t.Close(ErrParam)
 				return
