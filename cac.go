@@ -9,24 +9,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 )
-
-// CmdCacLock is CAC_LOCK (protocol 0x3, code 0x001, 128-byte header).
-var CmdCacLock = mkcmd(ProtoCAC, 0x001, 128)
-
-// ErrCacConflict answers a request whose conflicting holders did not let
-// go within the lease (they were asked to and then expired, and others
-// took the keys meanwhile, more times than a request retries).
-const ErrCacConflict = 0x28
-
-// ErrCacExpired closes a granted CAC_LOCK whose state the group expired:
-// the holder did not release it within the lease after being asked, or
-// its leaf lost the group. The kernel must drop the state at once.
-const ErrCacExpired = 0x29
 
 var errCacConflict = errors.New("cache state: the keys' holders did not let go within the lease")
 
@@ -125,122 +113,169 @@ type cacGrant struct {
 // asked to release them, and the request is proposed again when they did
 // or, after the lease, when they were expired.
 type cacWait struct {
+	r        *cacRequest
 	op       quorumOp
 	conflict []cacHolding
 	since    time.Time
 	expired  bool
-	tries    int
-	done     func(quorumResult, error)
 }
 
 // cacMaxTries bounds how often one request is refused for conflicts
 // before its kernel gets ErrCacConflict.
 const cacMaxTries = 4
 
+// cacRequest is one CAC_LOCK transaction this master serves: its
+// kernel's, or one another leaf forwarded through a circuit (req.Holder
+// set). The driver's goroutine owns it. The transaction's handler runs on
+// the link's reader and only posts to the request's mailbox, which the
+// inbox guards.
+type cacRequest struct {
+	t   *Trans
+	req cacLock // as opened (the holder filled in once claimed)
+	own bool    // from this leaf's kernel: the leaf names the holder and records its states
+
+	holder  string // "" until the driver took the request
+	tries   int    // conflicts met in a row
+	granted bool   // a state was granted on t
+	gone    bool   // the kernel closed t
+
+	// under the inbox's lock
+	mail   cacMail
+	queued bool
+}
+
+// cacMail is what a request's kernel said since the driver last looked.
+type cacMail struct {
+	mode   cacMode // a mode change asked for on the granted transaction; INVAL: none
+	closed bool    // the kernel released it (DELETE)
+	lost   bool    // ... or the link did (LOSTLINK)
+}
+
 // lock serves a CAC_LOCK opened by this leaf's kernel or forwarded by
-// another leaf (req.Holder set) through a circuit.
+// another leaf through a circuit. On the link's reader it only checks the
+// payload and hands the request to the driver.
 func (d *quorumDriver) lock(t *Trans, m *Msg) {
 	req, err := parseCacLock(m.Ext)
 	if err != nil {
-		d.leaf.log.Warn("bad CAC_LOCK", "link", t.Link(), "err", err)
+		d.log.Warn("bad CAC_LOCK", "link", t.Link().Name(), "err", err)
 		_ = t.Close(ErrParam)
 		return
 	}
-	own := req.Holder.IsNil() // from our kernel: the leaf names and records it
-	if own {
-		if !d.leaf.cac.claim(&req) {
-			_ = t.Close(ErrOK) // a revalidation of nothing we know: drop it
+	r := &cacRequest{t: t, req: req, own: req.Holder.IsNil()}
+	if !d.hand(t, func() { d.startLock(r) }) {
+		return
+	}
+	t.SetHandler(func(t *Trans, m *Msg) { d.lockMessage(r, t, m) })
+}
+
+// lockMessage takes what the kernel sends on an open CAC_LOCK, on the
+// link's reader.
+func (d *quorumDriver) lockMessage(r *cacRequest, t *Trans, m *Msg) {
+	if m.Cmd&FlagDelete == 0 {
+		// The kernel changes the mode of the state it holds: a downgrade
+		// answering a revoke, or an upgrade it needs.
+		c, err := parseCacLock(m.Ext)
+		if m.Cmd&maskBaseCmd != CmdCacLock || err != nil || c.Mode == cacInval {
+			d.log.Warn("ignored a message on a granted CAC_LOCK (release with DELETE)", "link", t.Link().Name(),
+				"cmd", CmdString(m.Cmd), "err", err)
 			return
 		}
+		d.inbox.post(r, func(mail *cacMail) { mail.mode = c.Mode })
+		return
 	}
-	holder := req.holder()
-	op := quorumOp{Kind: quorumOpLock, Holder: holder, Domain: req.Domain, Mode: req.Mode, Lo: req.Lo, Hi: req.Hi}
-	if req.Flags&cacFlagRevalidate != 0 {
-		op.Kind, op.UpTo = quorumOpRevalidate, req.Txid
+	lost := m.Error == ErrLostLink
+	d.inbox.post(r, func(mail *cacMail) { mail.closed, mail.lost = true, lost })
+	_ = t.Close(ErrOK)
+}
+
+// startLock names the request's holder and proposes it.
+func (d *quorumDriver) startLock(r *cacRequest) {
+	if r.own && !d.cac.claim(&r.req) {
+		_ = r.t.Close(ErrOK) // a revalidation of nothing we know: drop it
+		return
 	}
-	// granted and gone belong to the driver's goroutine.
-	granted, gone := false, false
-	var answerFor func(op quorumOp) func(quorumResult, error)
-	t.SetHandler(func(t *Trans, m *Msg) {
-		if m.Cmd&FlagDelete == 0 {
-			// The kernel changes the mode of the state it holds: a
-			// downgrade answering a revoke, or an upgrade it needs.
-			c, err := parseCacLock(m.Ext)
-			if m.Cmd&maskBaseCmd != CmdCacLock || err != nil || c.Mode == cacInval {
-				d.leaf.log.Warn("ignored a message on a granted CAC_LOCK (release with DELETE)", "holder", holder, "err", err)
-				return
-			}
-			d.do(d.leaf.ctx, func() {
-				if g := d.grants[holder]; g != nil && g.t == t && !gone {
-					op := quorumOp{Kind: quorumOpLock, Holder: holder, Domain: g.h.Domain, Mode: c.Mode, Lo: g.h.Lo, Hi: g.h.Hi}
-					d.propose(op, nil, answerFor(op))
-				}
-			})
-			return
+	r.holder = r.req.holder()
+	op := quorumOp{Kind: quorumOpLock, Holder: r.holder, Domain: r.req.Domain, Mode: r.req.Mode, Lo: r.req.Lo, Hi: r.req.Hi}
+	if r.req.Flags&cacFlagRevalidate != 0 {
+		op.Kind, op.UpTo = quorumOpRevalidate, r.req.Txid
+	}
+	d.proposeLock(r, op)
+}
+
+// lockNews acts on what the request's kernel said meanwhile. A release
+// wins over a mode change it came with.
+func (d *quorumDriver) lockNews(r *cacRequest, mail cacMail) {
+	if r.holder == "" || r.gone {
+		return // never taken (nothing to release), or already released
+	}
+	switch {
+	case mail.closed:
+		r.gone = true
+		if r.granted {
+			d.ended(r.holder, mail.lost)
 		}
-		lost := m.Error == ErrLostLink
-		d.do(d.leaf.ctx, func() {
-			gone = true
-			if granted {
-				d.ended(holder, lost)
-			}
-		})
-		if own && !lost {
-			d.leaf.cac.forget(holder)
+		if r.own && !mail.lost {
+			d.cac.forget(r.holder)
+		}
+	case mail.mode != cacInval:
+		if g := d.grants[r.holder]; g != nil && g.t == r.t {
+			d.proposeLock(r, quorumOp{Kind: quorumOpLock, Holder: r.holder, Domain: g.h.Domain, Mode: mail.mode, Lo: g.h.Lo, Hi: g.h.Hi})
+		}
+	}
+}
+
+func (d *quorumDriver) proposeLock(r *cacRequest, op quorumOp) {
+	d.propose(op, nil, func(res quorumResult, err error) { d.lockAnswer(r, op, res, err) })
+}
+
+// lockAnswer answers the kernel with what the group decided on op.
+func (d *quorumDriver) lockAnswer(r *cacRequest, op quorumOp, res quorumResult, err error) {
+	t := r.t
+	if err != nil || len(res.Conflict) == 0 {
+		r.tries = 0
+	}
+	switch {
+	case err != nil:
+		_ = t.Close(quorumErrCode(err))
+	case res.Err != "":
+		_ = t.Close(ErrParam)
+	case res.Stale:
+		d.log.Info("cache state no longer held as granted; the kernel must drop it", "holder", r.holder)
+		if r.own {
+			d.cac.forget(r.holder)
 		}
 		_ = t.Close(ErrOK)
-	})
-	answerFor = func(op quorumOp) func(quorumResult, error) {
-		return func(r quorumResult, err error) {
-			if err != nil || len(r.Conflict) == 0 {
-				delete(d.tries, holder)
-			}
-			switch {
-			case err != nil:
-				_ = t.Close(quorumErrCode(err))
-			case r.Err != "":
-				_ = t.Close(ErrParam)
-			case r.Stale:
-				d.leaf.log.Info("cache state no longer held as granted; the kernel must drop it", "holder", holder)
-				if own {
-					d.leaf.cac.forget(holder)
-				}
-				_ = t.Close(ErrOK)
-			case r.Grant != nil:
-				granted = true
-				g := &cacGrant{h: *r.Grant, t: t}
-				d.grants[holder] = g
-				if gone { // the kernel gave up before the answer came
-					d.ended(holder, false)
-					return
-				}
-				if d.tooOld(r.Op) {
-					// Decided long ago (this leaf was cut off or behind): a
-					// conflict after it may already have run its lease out.
-					d.leaf.log.Warn("cache grant applied too late to hand out; giving it back", "holder", holder,
-						"age", time.Since(time.Unix(0, r.Op.At)).Round(time.Millisecond))
-					delete(d.grants, holder)
-					d.propose(quorumOp{Kind: quorumOpExpire, Holder: holder, UpTo: r.Grant.Txid}, nil, func(quorumResult, error) {})
-					_ = t.Close(ErrCacExpired)
-					return
-				}
-				if own {
-					d.leaf.cac.granted(*r.Grant)
-				}
-				out := cacLock{Domain: r.Grant.Domain, Mode: r.Grant.Mode, Lo: r.Grant.Lo, Hi: r.Grant.Hi, Txid: r.Grant.Txid}
-				_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: out.marshal()})
-			case len(r.Conflict) > 0:
-				d.waitFor(op, r.Conflict, answerFor(op))
-			default: // an INVAL request: released what it named
-				if own {
-					d.leaf.cac.forget(holder)
-				}
-				_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock | FlagDelete}, Ext: (&cacLock{Domain: req.Domain,
-					Mode: cacInval, Lo: req.Lo, Hi: req.Hi, Txid: r.Txid}).marshal()})
-			}
+	case res.Grant != nil:
+		r.granted = true
+		d.grants[r.holder] = &cacGrant{h: *res.Grant, t: t}
+		if r.gone { // the kernel gave up before the answer came
+			d.ended(r.holder, false)
+			return
 		}
+		if d.tooOld(res.Op) {
+			// Decided long ago (this leaf was cut off or behind): a
+			// conflict after it may already have run its lease out.
+			d.log.Warn("cache grant applied too late to hand out; giving it back", "holder", r.holder,
+				"age", d.clock.Now().Sub(time.Unix(0, res.Op.At)).Round(time.Millisecond), "answer", ErrString(ErrCacExpired))
+			delete(d.grants, r.holder)
+			d.propose(quorumOp{Kind: quorumOpExpire, Holder: r.holder, UpTo: res.Grant.Txid}, nil, func(quorumResult, error) {})
+			_ = t.Close(ErrCacExpired)
+			return
+		}
+		if r.own {
+			d.cac.granted(*res.Grant)
+		}
+		out := cacLock{Domain: res.Grant.Domain, Mode: res.Grant.Mode, Lo: res.Grant.Lo, Hi: res.Grant.Hi, Txid: res.Grant.Txid}
+		_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: out.marshal()})
+	case len(res.Conflict) > 0:
+		d.waitFor(r, op, res.Conflict)
+	default: // an INVAL request: released what it named
+		if r.own {
+			d.cac.forget(r.holder)
+		}
+		_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock | FlagDelete}, Ext: (&cacLock{Domain: r.req.Domain,
+			Mode: cacInval, Lo: r.req.Lo, Hi: r.req.Hi, Txid: res.Txid}).marshal()})
 	}
-	d.submit(op, nil, answerFor(op))
 }
 
 // ended drops a grant whose transaction closed. A release drops the state
@@ -252,7 +287,7 @@ func (d *quorumDriver) ended(holder string, lost bool) {
 		return
 	}
 	if lost {
-		g.t, g.orphaned = nil, time.Now()
+		g.t, g.orphaned = nil, d.clock.Now()
 		return
 	}
 	delete(d.grants, holder)
@@ -260,20 +295,14 @@ func (d *quorumDriver) ended(holder string, lost bool) {
 }
 
 // waitFor parks a refused lock request until its conflicts are gone.
-func (d *quorumDriver) waitFor(op quorumOp, conflict []cacHolding, done func(quorumResult, error)) {
-	// Each refusal gives the holders in the way a whole lease from now:
-	// they are asked to release only as this conflict is applied.
-	w := &cacWait{op: op, conflict: conflict, since: time.Now(), done: done}
-	if t, ok := d.tries[op.Holder]; ok {
-		w.tries = t
-	}
-	if w.tries++; w.tries > cacMaxTries {
-		delete(d.tries, op.Holder)
-		done(quorumResult{}, errCacConflict)
+func (d *quorumDriver) waitFor(r *cacRequest, op quorumOp, conflict []cacHolding) {
+	if r.tries++; r.tries > cacMaxTries {
+		d.lockAnswer(r, op, quorumResult{}, errCacConflict)
 		return
 	}
-	d.tries[op.Holder] = w.tries
-	d.waits = append(d.waits, w)
+	// Each refusal gives the holders in the way a whole lease from now:
+	// they are asked to release only as this conflict is applied.
+	d.waits = append(d.waits, &cacWait{r: r, op: op, conflict: conflict, since: d.clock.Now()})
 }
 
 // cacApplied acts on what the group decided: holders of ours in someone's
@@ -284,11 +313,12 @@ func (d *quorumDriver) cacApplied(applied []quorumResult) {
 	for _, r := range applied {
 		for _, h := range r.Conflict {
 			if g := d.grants[h.Holder]; g != nil && g.t != nil && g.revoked.IsZero() {
-				g.revoked = time.Now()
+				g.revoked = d.clock.Now()
 				if d.tooOld(r.Op) { // the requester's lease may be nearly out: no time to flush politely
-					d.leaf.log.Warn("conflict applied too late for a revoke; taking the state back", "holder", h.Holder)
+					d.log.Warn("conflict applied too late for a revoke; taking the state back", "holder", h.Holder,
+						"answer", ErrString(ErrCacExpired))
 					_ = g.t.Close(ErrCacExpired)
-					g.t, g.orphaned = nil, time.Now()
+					g.t, g.orphaned = nil, d.clock.Now()
 					continue
 				}
 				// A reader in the way of a writer must go; a writer in the
@@ -311,26 +341,27 @@ func (d *quorumDriver) cacApplied(applied []quorumResult) {
 		for _, h := range r.Released {
 			if g := d.grants[h.Holder]; g != nil {
 				if g.t != nil { // asked to release and did not: too late now
-					d.leaf.log.Warn("cache state expired while its transaction was open", "holder", h.Holder)
+					d.log.Warn("cache state expired while its transaction was open", "holder", h.Holder,
+						"answer", ErrString(ErrCacExpired))
 					_ = g.t.Close(ErrCacExpired)
 				}
 				delete(d.grants, h.Holder)
-				d.leaf.cac.forget(h.Holder)
+				d.cac.forget(h.Holder)
 			}
 		}
 	}
 	if released {
-		d.retryWaits(false)
+		d.retryWaits()
 	}
 }
 
 // retryWaits proposes again the waiting requests whose conflicts are
-// gone from the table (or all of them, when force).
-func (d *quorumDriver) retryWaits(force bool) {
+// gone from the table.
+func (d *quorumDriver) retryWaits() {
 	keep := d.waits[:0]
 	for _, w := range d.waits {
-		if force || len(d.node.fsm.conflicts(w.op)) == 0 {
-			d.propose(w.op, nil, w.done)
+		if len(d.node.Conflicts(w.op)) == 0 {
+			d.proposeLock(w.r, w.op)
 			continue
 		}
 		keep = append(keep, w)
@@ -351,12 +382,12 @@ func (d *quorumDriver) cacTick(now time.Time) {
 		w.expired = true
 		// Only the states that were asked to go: one granted since then
 		// gets its own revoke when this request is refused again.
-		still := d.node.fsm.conflicts(w.op)
+		still := d.node.Conflicts(w.op)
 		for _, h := range w.conflict {
 			if !slices.ContainsFunc(still, func(s cacHolding) bool { return s.key() == h.key() && s.Txid == h.Txid }) {
 				continue
 			}
-			d.leaf.log.Info("cache state not released within the lease; expiring it", "holder", h.Holder,
+			d.log.Info("cache state not released within the lease; expiring it", "holder", h.Holder,
 				"domain", h.Domain, "keys", fmt.Sprintf("%d-%d", h.Lo, h.Hi))
 			d.propose(quorumOp{Kind: quorumOpExpire, Holder: h.Holder, UpTo: h.Txid}, nil, func(quorumResult, error) {})
 		}
@@ -365,23 +396,29 @@ func (d *quorumDriver) cacTick(now time.Time) {
 	keep := d.waits[:0]
 	for _, w := range d.waits {
 		if now.Sub(w.since) > 2*d.lease+d.commitTimeout {
-			delete(d.tries, w.op.Holder)
-			w.done(quorumResult{}, errCacConflict)
+			d.lockAnswer(w.r, w.op, quorumResult{}, errCacConflict)
 			continue
 		}
 		keep = append(keep, w)
 	}
 	d.waits = keep
+	var due []string
 	for holder, g := range d.grants {
 		if !g.orphaned.IsZero() && now.Sub(g.orphaned) >= d.lease {
-			g.orphaned = now // once per lease, until it is gone
-			d.propose(quorumOp{Kind: quorumOpExpire, Holder: holder, UpTo: g.h.Txid}, nil, func(quorumResult, error) {})
+			due = append(due, holder)
 		}
 	}
+	slices.Sort(due) // so that expiries take txids in the same order on every run
+	for _, holder := range due {
+		g := d.grants[holder]
+		g.orphaned = now // once per lease, until it is gone
+		d.propose(quorumOp{Kind: quorumOpExpire, Holder: holder, UpTo: g.h.Txid}, nil, func(quorumResult, error) {})
+	}
 	if time.Duration(d.node.ContactAge())*d.tick > d.lease/2 {
-		for _, g := range d.grants {
-			if g.t != nil {
-				d.leaf.log.Warn("no majority for half a lease; taking back a cache state", "holder", g.h.Holder)
+		for _, holder := range slices.Sorted(maps.Keys(d.grants)) {
+			if g := d.grants[holder]; g.t != nil {
+				d.log.Warn("no majority for half a lease; taking back a cache state", "holder", g.h.Holder,
+					"answer", ErrString(ErrQuorumTimeout))
 				_ = g.t.Close(ErrQuorumTimeout)
 				g.t, g.orphaned = nil, now
 			}
@@ -395,13 +432,13 @@ func (d *quorumDriver) cacTick(now time.Time) {
 // the holder still had the whole lease. At is the proposer's clock:
 // masters' clocks must agree within a small part of a lease.
 func (d *quorumDriver) tooOld(op quorumOp) bool {
-	return op.At != 0 && time.Since(time.Unix(0, op.At)) > d.lease/2
+	return op.At != 0 && d.clock.Now().Sub(time.Unix(0, op.At)) > d.lease/2
 }
 
 // adoptRecovered takes the states this leaf's kernel held before a
 // restart as orphans: the kernel revalidates them, or they expire.
 func (d *quorumDriver) adoptRecovered(hs []cacHolding) {
-	now := time.Now()
+	now := d.clock.Now()
 	for _, h := range hs {
 		d.grants[h.Holder] = &cacGrant{h: h, orphaned: now}
 	}
@@ -429,7 +466,7 @@ func (d *quorumDriver) shell(line string, reply func(string)) bool {
 		}
 		d.submit(op, nil, func(r quorumResult, err error) { reply(lockAnswer(r, err)) })
 	case "locks":
-		d.do(d.leaf.ctx, func() {
+		ok := d.inbox.put(inboxRequest, func() {
 			var b strings.Builder
 			for _, h := range d.node.Holdings() {
 				if d.grants[h.Holder] != nil || h.Holder == d.shellHolder() {
@@ -441,10 +478,14 @@ func (d *quorumDriver) shell(line string, reply func(string)) bool {
 			}
 			reply(b.String())
 		})
+		if !ok {
+			d.busy("a shell command")
+			reply(fmt.Sprintf("locks: %v\n", errQuorumBusy))
+		}
 	case "quorum":
 		if verb, master, ok := strings.Cut(arg, " "); ok && (verb == "add" || verb == "remove") {
-			d.leaf.spawn(func() { // Member waits on the driver's goroutine, which runs this
-				members, learners, err := d.leaf.changeMember("quorum-"+verb, strings.TrimSpace(master))
+			d.host.spawn(func() { // Member waits for the driver; the link's reader, which runs this, must not
+				members, learners, err := d.host.changeMember("quorum-"+verb, strings.TrimSpace(master))
 				if err != nil {
 					reply(fmt.Sprintf("quorum %s: %v\n", verb, err))
 					return
@@ -490,7 +531,7 @@ func (d *quorumDriver) parseShellLock(arg string) (quorumOp, error) {
 
 // shellHolder is the debug shell's holder: one per leaf, kept until an
 // INVAL from the shell releases it.
-func (d *quorumDriver) shellHolder() string { return d.leaf.info.Fsid.String() + "/shell" }
+func (d *quorumDriver) shellHolder() string { return d.fsid.String() + "/shell" }
 
 func lockAnswer(r quorumResult, err error) string {
 	switch {

@@ -7,6 +7,29 @@ package main
 // circuits the spans built). Every message is relayed unchanged both
 // ways, so the kernel gets the same answers a master's kernel does.
 
+// serveQuorum takes a QRM or CAC transaction t, opened by m: the kernel's
+// (fromKernel) or one opened under this leaf's span. A master's driver
+// serves it (quorumServed); a non-master leaf forwards its kernel's
+// QRM_COMMIT and CAC_LOCK to a master and refuses the rest NO_QUORUM. It
+// reports false for any other command, which the link refuses NOSUPP.
+func (l *Leaf) serveQuorum(t *Trans, m *Msg, fromKernel bool) bool {
+	if l.quorum != nil {
+		return l.quorum.serve(t, m, fromKernel)
+	}
+	s, ok := quorumServed[t.Cmd()]
+	switch {
+	case !ok || fromKernel && !s.kernel:
+		return false
+	case !fromKernel:
+		_ = t.Close(ErrNoQuorum)
+	case t.Cmd() == CmdCacLock:
+		l.forwardLock(t, m)
+	default:
+		l.forwardToMaster(t, m, m.Ext, nil, nil)
+	}
+	return true
+}
+
 // forwardToMaster relays kernel transaction t, opened by m, to a master.
 // ext replaces m's payload (a CAC_LOCK gets its holder filled in);
 // fromMaster and fromKernel, if set, see each message first.

@@ -6,7 +6,8 @@ package main
 // command's payload struct; the total size is the low byte of cmd times 64),
 // and aux data padded with zeroes to a multiple of 64. Everything we send is
 // little-endian; a peer whose magic reads byte-swapped has only its 64-byte
-// base header swapped, never the payload, exactly as libdmsg does.
+// base header swapped, never the payload, exactly as libdmsg does. The
+// commands and error codes, with their names, are in cmds.go.
 
 import (
 	"encoding/binary"
@@ -59,49 +60,6 @@ const (
 	maskSize      uint32 = 0x000000FF
 	maskBaseCmd          = maskProto | maskCmd | maskSize
 	maskBaseFlags        = FlagCreate | FlagDelete | FlagReply
-)
-
-// Protocols (bits 23..20 of cmd). CAC and QRM were named in DragonFly's 2012
-// headers and left without payloads; docs/PROTOCOL.md defines ours.
-const (
-	ProtoLNK uint32 = 0x0 << 20
-	ProtoDBG uint32 = 0x1 << 20
-	ProtoHM2 uint32 = 0x2 << 20
-	ProtoCAC uint32 = 0x3 << 20
-	ProtoQRM uint32 = 0x4 << 20
-	ProtoBLK uint32 = 0x5 << 20
-	ProtoVOP uint32 = 0x6 << 20
-)
-
-// mkcmd builds a command value. The header size is part of the command's
-// identity: both DragonFly libraries dispatch on the exact value.
-func mkcmd(proto, code uint32, structBytes int) uint32 {
-	return proto | code<<8 | uint32((structBytes+Align-1)/Align)
-}
-
-// Commands, newest layout.
-var (
-	CmdLnkPad     = mkcmd(ProtoLNK, 0x000, 64)  // 0x00000001
-	CmdLnkPing    = mkcmd(ProtoLNK, 0x001, 64)  // 0x00000101
-	CmdLnkAuth    = mkcmd(ProtoLNK, 0x010, 128) // 0x00001002
-	CmdLnkConn    = mkcmd(ProtoLNK, 0x011, 328) // 0x00001106
-	CmdLnkSpan    = mkcmd(ProtoLNK, 0x012, 432) // 0x00001207
-	CmdLnkVolconf = mkcmd(ProtoLNK, 0x020, 472) // 0x00002008
-	CmdLnkError   = mkcmd(ProtoLNK, 0xFFF, 64)  // 0x000FFF01
-	CmdDbgShell   = mkcmd(ProtoDBG, 0x001, 64)  // 0x00100101
-)
-
-// Result and error codes carried in the header's error field.
-const (
-	ErrOK       uint32 = 0x00
-	ErrNoSupp   uint32 = 0x20
-	ErrLostLink uint32 = 0x21
-	ErrIO       uint32 = 0x22
-	ErrParam    uint32 = 0x23
-	ErrCantCirc uint32 = 0x24
-	// ErrNoPerm is ours: the peer's link is unprivileged, and what it
-	// asked for changes cluster state (docs/SECURITY.md).
-	ErrNoPerm uint32 = 0x2A
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -330,32 +288,4 @@ func Decode(b []byte, m *Msg) (int, error) {
 		return 0, err
 	}
 	return hs + ap, nil
-}
-
-// CmdString names a command for logs, e.g. "LNK_SPAN|CREATE|REPLY".
-func CmdString(cmd uint32) string {
-	name, ok := cmdNames[cmd&maskBaseCmd]
-	if !ok {
-		name = fmt.Sprintf("%#08x", cmd&maskBaseCmd)
-	}
-	for _, f := range flagNames {
-		if cmd&f.bit != 0 {
-			name += "|" + f.name
-		}
-	}
-	return name
-}
-
-var cmdNames = map[uint32]string{
-	CmdLnkPad: "LNK_PAD", CmdLnkPing: "LNK_PING", CmdLnkAuth: "LNK_AUTH",
-	CmdLnkConn: "LNK_CONN", CmdLnkSpan: "LNK_SPAN", CmdLnkVolconf: "LNK_HAMMER2_VOLCONF",
-	CmdLnkError: "LNK_ERROR", CmdDbgShell: "DBG_SHELL",
-}
-
-var flagNames = []struct {
-	bit  uint32
-	name string
-}{
-	{FlagCreate, "CREATE"}, {FlagDelete, "DELETE"}, {FlagReply, "REPLY"},
-	{FlagAbort, "ABORT"}, {FlagRevTrans, "REVTRANS"}, {FlagRevCirc, "REVCIRC"},
 }

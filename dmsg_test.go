@@ -22,25 +22,103 @@ func TestCRCVectors(t *testing.T) {
 	}
 }
 
-// The command values are pinned by the reference README (checked against a
-// build of the C headers).
+// mkcmd builds a command value as the reference states the rule:
+// proto | code<<8 | the struct size rounded up to 64-byte units.
+func mkcmd(proto, code uint32, structBytes int) uint32 {
+	return proto | code<<8 | uint32((structBytes+Align-1)/Align)
+}
+
+// The command values are pinned twice: by the rule from each struct's
+// size, and by the literal value the reference README lists (checked
+// against a build of the C headers) or PROTOCOL §6 gives ours.
 func TestCommandValues(t *testing.T) {
 	for _, tc := range []struct {
-		name      string
-		got, want uint32
+		name        string
+		got         uint32
+		proto, code uint32
+		structBytes int
+		want        uint32
 	}{
-		{"LNK_PAD", CmdLnkPad, 0x00000001},
-		{"LNK_PING", CmdLnkPing, 0x00000101},
-		{"LNK_AUTH", CmdLnkAuth, 0x00001002},
-		{"LNK_CONN", CmdLnkConn, 0x00001106},
-		{"LNK_SPAN", CmdLnkSpan, 0x00001207},
-		{"LNK_HAMMER2_VOLCONF", CmdLnkVolconf, 0x00002008},
-		{"LNK_ERROR", CmdLnkError, 0x000FFF01},
-		{"DBG_SHELL", CmdDbgShell, 0x00100101},
+		{"LNK_PAD", CmdLnkPad, ProtoLNK, 0x000, 64, 0x00000001},
+		{"LNK_PING", CmdLnkPing, ProtoLNK, 0x001, 64, 0x00000101},
+		{"LNK_AUTH", CmdLnkAuth, ProtoLNK, 0x010, 128, 0x00001002},
+		{"LNK_CONN", CmdLnkConn, ProtoLNK, 0x011, 328, 0x00001106},
+		{"LNK_SPAN", CmdLnkSpan, ProtoLNK, 0x012, 432, 0x00001207},
+		{"LNK_HAMMER2_VOLCONF", CmdLnkVolconf, ProtoLNK, 0x020, 472, 0x00002008},
+		{"LNK_ERROR", CmdLnkError, ProtoLNK, 0xFFF, 64, 0x000FFF01},
+		{"DBG_SHELL", CmdDbgShell, ProtoDBG, 0x001, 64, 0x00100101},
+		{"CAC_LOCK", CmdCacLock, ProtoCAC, 0x001, 0x78, 0x00300102},
+		{"QRM_COMMIT", CmdQrmCommit, ProtoQRM, 0x001, 0x58, 0x00400102},
+		{"QRM_RAFT", CmdQrmRaft, ProtoQRM, 0x002, 0x60, 0x00400202},
+		{"QRM_JOIN", CmdQrmJoin, ProtoQRM, 0x003, 0x79, 0x00400302},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s = %#08x, want %#08x", tc.name, tc.got, tc.want)
 		}
+		if rule := mkcmd(tc.proto, tc.code, tc.structBytes); rule != tc.want {
+			t.Errorf("%s: the rule gives %#08x for a %d-byte struct, want %#08x", tc.name, rule, tc.structBytes, tc.want)
+		}
+		if got := CmdString(tc.got); got != tc.name {
+			t.Errorf("CmdString(%#08x) = %q, want %q", tc.got, got, tc.name)
+		}
+	}
+}
+
+func TestCmdString(t *testing.T) {
+	for _, tc := range []struct {
+		cmd  uint32
+		want string
+	}{
+		{CmdLnkSpan | FlagCreate | FlagReply, "LNK_SPAN|CREATE|REPLY"},
+		{CmdQrmCommit | FlagDelete, "QRM_COMMIT|DELETE"},
+		{CmdLnkError | FlagCreate | FlagDelete | FlagReply | FlagRevTrans, "LNK_ERROR|CREATE|DELETE|REPLY|REVTRANS"},
+		{mkcmd(ProtoBLK, 0x003, 96), "BLK_READ"},
+		{mkcmd(ProtoBLK, 0xFFF, 144), "BLK_ERROR"},
+		// Every family names itself, so a log says what a peer spoke.
+		{mkcmd(ProtoQRM, 0x005, 128), "QRM_0x005(128B)"},
+		{mkcmd(ProtoCAC, 0x001, 64), "CAC_0x001(64B)"}, // CAC_LOCK's code with the wrong size is not CAC_LOCK
+		{mkcmd(ProtoHM2, 0x001, 64) | FlagCreate, "HM2_0x001(64B)|CREATE"},
+		{mkcmd(ProtoVOP, 0x010, 192), "VOP_0x010(192B)"},
+		{mkcmd(ProtoLNK, 0x013, 80), "LNK_0x013(128B)"},
+		{0x00F00101, "0x00f00101"},
+	} {
+		if got := CmdString(tc.cmd); got != tc.want {
+			t.Errorf("CmdString(%#08x) = %q, want %q", tc.cmd, got, tc.want)
+		}
+	}
+}
+
+// The error codes are pinned: DragonFly's from the reference README,
+// ours from PROTOCOL §6 (and SECURITY.md for NOPERM).
+func TestErrorCodes(t *testing.T) {
+	for _, tc := range []struct {
+		code uint32
+		want uint32
+		name string
+	}{
+		{ErrOK, 0x00, "0x00 OK"},
+		{ErrNoSupp, 0x20, "0x20 NOSUPP"},
+		{ErrLostLink, 0x21, "0x21 LOSTLINK"},
+		{ErrIO, 0x22, "0x22 IO"},
+		{ErrParam, 0x23, "0x23 PARAM"},
+		{ErrCantCirc, 0x24, "0x24 CANTCIRC"},
+		{ErrQuorumTimeout, 0x25, "0x25 QUORUM_TIMEOUT"},
+		{ErrQuorumUnknown, 0x26, "0x26 QUORUM_UNKNOWN"},
+		{ErrNoQuorum, 0x27, "0x27 NO_QUORUM"},
+		{ErrCacConflict, 0x28, "0x28 CAC_CONFLICT"},
+		{ErrCacExpired, 0x29, "0x29 CAC_EXPIRED"},
+		{ErrNoPerm, 0x2A, "0x2a NOPERM"},
+		{ErrQuorumBusy, 0x2B, "0x2b QUORUM_BUSY"},
+	} {
+		if tc.code != tc.want {
+			t.Errorf("%s = %#x, want %#x", tc.name, tc.code, tc.want)
+		}
+		if got := ErrString(tc.code); got != tc.name {
+			t.Errorf("ErrString(%#x) = %q, want %q", tc.code, got, tc.name)
+		}
+	}
+	if got := ErrString(0x05); got != "0x05" {
+		t.Errorf("ErrString(5) = %q, want the bare number", got)
 	}
 }
 

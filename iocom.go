@@ -285,7 +285,7 @@ func (l *Link) Peer() PeerIdentity { return l.cfg.Peer }
 func (l *Link) Name() string { return l.cfg.Name }
 
 // Root is the pseudo-transaction for one-way messages and top-level opens.
-func (l *Link) Root() *Trans { return &l.tt.root }
+func (l *Link) Root() *Trans { return l.tt.rootTrans() }
 
 // Done is closed once the link is down and its transactions are failed.
 func (l *Link) Done() <-chan struct{} { return l.done }

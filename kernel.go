@@ -57,17 +57,6 @@ func (l *Leaf) kernelMessage(ks *kernelState, t *Trans, m *Msg) {
 		t.SetHandler(func(t *Trans, m *Msg) { l.kernelConnMessage(ks, t, m) })
 		// Our result is what makes the kernel send its VOLCONFs and spans.
 		_ = t.Reply(ErrOK)
-	case CmdQrmCommit, CmdCacLock:
-		switch {
-		case l.quorum != nil && t.Cmd() == CmdQrmCommit:
-			l.quorum.commit(t, m)
-		case l.quorum != nil:
-			l.quorum.lock(t, m)
-		case t.Cmd() == CmdQrmCommit:
-			l.forwardToMaster(t, m, m.Ext, nil, nil)
-		default:
-			l.forwardLock(t, m)
-		}
 	case CmdLnkSpan:
 		var sp LnkSpan
 		if err := sp.Unmarshal(m.Ext); err != nil {
@@ -89,6 +78,8 @@ func (l *Leaf) kernelMessage(ks *kernelState, t *Trans, m *Msg) {
 			}
 		})
 		_ = t.Reply(ErrOK)
+	default:
+		l.serveQuorum(t, m, true) // QRM_COMMIT and CAC_LOCK; the link refuses anything else
 	}
 }
 

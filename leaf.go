@@ -169,10 +169,40 @@ func (l *Leaf) openQuorum() error {
 		return err
 	}
 	l.qstore = store
-	l.quorum = newQuorumDriver(l, node, qc.Tick.Duration, qc.Lease.Duration, qc.CommitTimeout.Duration)
+	l.quorum = newQuorumDriver(l, node, quorumDriverConfig{Clid: l.info.Clid, Fsid: l.info.Fsid, Key: l.key,
+		Log: l.log, CAC: l.cac, Clock: wallClock{}, Transport: newQuorumWire(l, self, l.info.Clid, l.log),
+		Tick: qc.Tick.Duration, Lease: qc.Lease.Duration, CommitTimeout: qc.CommitTimeout.Duration,
+		Inbox: quorumInboxLimits{Raft: quorumInboxRaft, Requests: quorumInboxRequests}})
 	l.quorum.adoptRecovered(l.cac.Recovered())
 	return nil
 }
+
+// The Leaf is its quorum driver's quorumHost.
+
+func (l *Leaf) masterSpan(id uint64) *Trans {
+	return l.spans.find(func(s *LnkSpan) bool {
+		return s.PeerID == l.info.Clid && s.PfsType&0x0F == PFSMaster && masterID(s.PfsID) == id
+	})
+}
+
+func (l *Leaf) masters() map[uint64]bool {
+	seen := map[uint64]bool{}
+	for _, e := range l.spans.list() {
+		if e.Span.PeerID == l.info.Clid && e.Span.PfsType&0x0F == PFSMaster {
+			seen[masterID(e.Span.PfsID)] = true
+		}
+	}
+	return seen
+}
+
+func (l *Leaf) trusted(key ed25519.PublicKey) (string, bool) {
+	if l.trust == nil {
+		return "", false
+	}
+	return l.trust.Lookup(key)
+}
+
+var _ quorumHost = (*Leaf)(nil)
 
 // Info is the PFS registration the leaf advertises.
 func (l *Leaf) Info() PFSInfo { return l.info }

@@ -6,7 +6,7 @@ package main
 // has: a deterministic state machine with no goroutines and no I/O of its
 // own other than its bbolt file. The owner feeds it ticks and received
 // messages, calls Advance, and ships what Advance returns over a
-// quorumLink. That keeps the whole group testable step by step in memory
+// quorumTransport. That keeps the whole group testable step by step in memory
 // (quorum_test.go) with the same code the daemon runs.
 //
 // Transaction ids are raft log indexes: unique, strictly increasing in
@@ -641,10 +641,17 @@ func (n *quorumNode) Sponsor(id uint64) {
 	}
 }
 
+// ID is this master's raft id.
+func (n *quorumNode) ID() uint64 { return n.id }
+
 // InGroup reports whether this master is a voter or a learner of its own
 // configuration: a joiner stops asking to be admitted once it is.
-func (n *quorumNode) InGroup() bool {
-	return slices.Contains(n.cs.GetVoters(), n.id) || slices.Contains(n.cs.GetLearners(), n.id)
+func (n *quorumNode) InGroup() bool { return n.InConfig(n.id) }
+
+// InConfig reports whether master id is a voter or a learner of this
+// master's configuration.
+func (n *quorumNode) InConfig(id uint64) bool {
+	return slices.Contains(n.cs.GetVoters(), id) || slices.Contains(n.cs.GetLearners(), id)
 }
 
 // ReadyLearners lists, on the leader, the learners caught up enough to be
@@ -678,6 +685,14 @@ func (n *quorumNode) LinkDown(peer uint64) {
 	if bs := n.rn.BasicStatus(); bs.Lead == peer && peer != n.id {
 		_ = n.rn.ForgetLeader()
 		n.requeue(forwardedLost)
+	}
+}
+
+// ReportUnreachable tells raft that a message to peer could not be sent,
+// so that it probes the peer instead of streaming to it.
+func (n *quorumNode) ReportUnreachable(peer uint64) {
+	if n.err == nil {
+		n.rn.ReportUnreachable(peer)
 	}
 }
 
@@ -945,6 +960,10 @@ func (n *quorumNode) Status() quorumStatus {
 // Holdings lists the lock table as of LastTxid, sorted.
 func (n *quorumNode) Holdings() []cacHolding { return n.fsm.list() }
 
+// Conflicts lists the other holders' states that stand in the way of op
+// in the lock table as of LastTxid.
+func (n *quorumNode) Conflicts(op quorumOp) []cacHolding { return n.fsm.conflicts(op) }
+
 // Removed reports whether an operator took master id out of the group.
 func (n *quorumNode) Removed(id uint64) bool { return n.fsm.removed[id] }
 
@@ -953,6 +972,15 @@ func (n *quorumNode) Removed(id uint64) bool { return n.fsm.removed[id] }
 func (n *quorumNode) Bound(id uint64) (quorumKeyFP, bool) {
 	k, ok := n.fsm.bound[id]
 	return k, ok
+}
+
+// takeState hands over the state machine and the members (voters and
+// learners, sorted) for the offline recovery (quorum_recover.go), which
+// rewrites them into a new snapshot. The node must not be used after.
+func (n *quorumNode) takeState() (*quorumFSM, []uint64) {
+	members := append(slices.Clone(n.cs.GetVoters()), n.cs.GetLearners()...)
+	slices.Sort(members)
+	return n.fsm, members
 }
 
 // PendingConfChange reports a membership change of ours not yet applied:
@@ -966,16 +994,20 @@ func (n *quorumNode) PendingConfChange() bool {
 	return false
 }
 
-// quorumLink carries raft messages to other masters of the group. The
-// daemon's implementation rides the cluster links (DMSG); tests use an
-// in-memory network. send returning an error means the link is down.
-type quorumLink interface {
+// quorumTransport carries raft messages to the other masters of the
+// group. The daemon's rides the cluster links (quorumWire, over DMSG);
+// tests use an in-memory network. send returning an error means the
+// master is unreachable now.
+type quorumTransport interface {
 	send(m *pb.Message) error
+	// close ends what the transport holds open, once the driver stops.
+	close()
 }
 
-// quorumPump runs one Advance and sends what it produced: what a driver
-// does after each tick or received message.
-func quorumPump(n *quorumNode, link quorumLink) (quorumReady, error) {
+// quorumPump runs one Advance and sends what it produced: what the driver
+// does after each tick or received message, and what the in-memory
+// harnesses do in its place.
+func quorumPump(n *quorumNode, link quorumTransport) (quorumReady, error) {
 	rd, err := n.Advance()
 	if err != nil {
 		return rd, err
@@ -986,7 +1018,7 @@ func quorumPump(n *quorumNode, link quorumLink) (quorumReady, error) {
 			n.ReportSnapshot(m.GetTo(), err == nil)
 		}
 		if err != nil {
-			n.rn.ReportUnreachable(m.GetTo())
+			n.ReportUnreachable(m.GetTo())
 		}
 	}
 	return rd, nil

@@ -25,11 +25,6 @@ import (
 	"time"
 )
 
-// CmdQrmJoin is QRM code 0x003, with the same 128-byte header as
-// QRM_COMMIT and QRM_RAFT. The request's aux data is the node key and
-// the signature.
-var CmdQrmJoin = mkcmd(ProtoQRM, 0x003, 128)
-
 // qrmJoinAuxSize is a request's aux data: the Ed25519 public key (32
 // bytes) then the signature (64 bytes). An answer has none.
 const qrmJoinAuxSize = ed25519.PublicKeySize + ed25519.SignatureSize
@@ -156,35 +151,6 @@ func (k *quorumKeyFP) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// quorumJoinResult is a member's answer to QRM_JOIN.
-type quorumJoinResult uint8
-
-const (
-	joinNone         quorumJoinResult = iota // a request
-	joinAccepted                             // verified and remembered; the leader adds it
-	joinMember                               // already a voter or learner
-	joinNotMember                            // the answering master is in no group itself
-	joinWrongCluster                         // pfs_clid is not this group's
-	joinWrongID                              // from is not masterID(fsid), or to is not the member
-	joinUntrusted                            // the key is not in the member's trusted keys
-	joinBadSignature                         // the signature does not verify
-	joinRemoved                              // an operator removed this master
-	joinRebind                               // the id is bound to another key
-	joinClock                                // signed too far from the member's clock
-	joinBusy                                 // too many joiners waiting
-)
-
-var quorumJoinResultNames = [...]string{"none", "accepted", "already a member", "not a member itself",
-	"wrong cluster", "id does not match the fsid", "untrusted key", "bad signature", "removed by an operator",
-	"id bound to another key", "clock skew", "too many joiners"}
-
-func (r quorumJoinResult) String() string {
-	if int(r) < len(quorumJoinResultNames) {
-		return quorumJoinResultNames[r]
-	}
-	return fmt.Sprintf("result(%d)", uint8(r))
-}
-
 // admitted: the answering master is a member that accepted the joiner or
 // already has it in its configuration.
 func (r quorumJoinResult) admitted() bool { return r == joinAccepted || r == joinMember }
@@ -253,7 +219,7 @@ func (j *quorumJoins) admit(n *quorumNode, id uint64, key quorumKeyFP, verified 
 		return joinRemoved
 	case bound && b != key:
 		return joinRebind
-	case slices.Contains(n.cs.GetVoters(), id) || slices.Contains(n.cs.GetLearners(), id):
+	case n.InConfig(id):
 		delete(j.joiners, id)
 		return joinMember
 	case verified != joinAccepted:
@@ -280,8 +246,7 @@ func (j *quorumJoins) admit(n *quorumNode, id uint64, key quorumKeyFP, verified 
 func (j *quorumJoins) next(n *quorumNode, now uint64) (quorumMemberChange, uint64, *quorumKeyFP) {
 	for id, w := range j.joiners {
 		b, bound := n.Bound(id)
-		if now-w.seen > quorumJoinerSweeps || n.Removed(id) || bound && b != w.key ||
-			slices.Contains(n.cs.GetVoters(), id) || slices.Contains(n.cs.GetLearners(), id) {
+		if now-w.seen > quorumJoinerSweeps || n.Removed(id) || bound && b != w.key || n.InConfig(id) {
 			delete(j.joiners, id)
 		}
 	}
@@ -314,7 +279,7 @@ const quorumLogPerMinute = 30
 func (d *quorumDriver) join(t *Trans, m *Msg) {
 	req, err := parseQrmJoin(m.Ext, m.Aux, true)
 	if err != nil {
-		d.leaf.log.Warn("bad QRM_JOIN", "link", t.Link(), "err", err)
+		d.log.Warn("bad QRM_JOIN", "link", t.Link().Name(), "err", err)
 		_ = t.Close(ErrParam)
 		return
 	}
@@ -332,22 +297,18 @@ func (d *quorumDriver) join(t *Trans, m *Msg) {
 		answer(joinNotMember) // nothing to vouch with: spare the signature check
 		return
 	}
-	var lookup func(ed25519.PublicKey) (string, bool)
-	if d.leaf.trust != nil {
-		lookup = d.leaf.trust.Lookup
-	}
-	verified, fp, name := verifyJoin(req, d.leaf.info.Clid, d.self, lookup, time.Now())
+	verified, fp, name := verifyJoin(req, d.clid, d.self, d.host.trusted, d.clock.Now())
 	if !verified.keyChecked() {
 		d.joinRefused(req, fp, verified)
 		answer(verified)
 		return
 	}
-	d.do(d.leaf.ctx, func() {
+	d.hand(t, func() {
 		res := d.joins.admit(d.node, req.From, fp, verified, d.sweeps)
 		switch res {
 		case joinAccepted:
-			if d.joinLog.allow(fmt.Sprintf("ok/%x/%s", req.From, fp), time.Now()) {
-				d.leaf.log.Info("quorum: verified a joining master", "master", fmt.Sprintf("%x", req.From),
+			if d.joinLog.allow(fmt.Sprintf("ok/%x/%s", req.From, fp), d.clock.Now()) {
+				d.log.Info("quorum: verified a joining master", "master", fmt.Sprintf("%x", req.From),
 					"fsid", req.Fsid, "key", fp, "trusted_as", name)
 			}
 		case joinMember:
@@ -360,10 +321,10 @@ func (d *quorumDriver) join(t *Trans, m *Msg) {
 
 // joinRefused logs a refusal once per joiner and reason.
 func (d *quorumDriver) joinRefused(req qrmJoin, fp quorumKeyFP, res quorumJoinResult) {
-	if !d.joinLog.allow(fmt.Sprintf("no/%x/%d", req.From, res), time.Now()) {
+	if !d.joinLog.allow(fmt.Sprintf("no/%x/%d", req.From, res), d.clock.Now()) {
 		return
 	}
-	d.leaf.log.Warn("quorum: refused a master's join request", "master", fmt.Sprintf("%x", req.From),
+	d.log.Warn("quorum: refused a master's join request", "master", fmt.Sprintf("%x", req.From),
 		"fsid", req.Fsid, "pfs_clid", req.Clid, "key", fp, "reason", res.String())
 }
 
@@ -374,13 +335,13 @@ func (d *quorumDriver) joinRefused(req qrmJoin, fp quorumKeyFP, res quorumJoinRe
 // sponsor, whose raft traffic this master then steps.
 func (d *quorumDriver) requestJoins(ask map[uint64]bool) {
 	if d.node.Removed(d.self) {
-		if d.joinLog.allow("self-removed", time.Now()) {
-			d.leaf.log.Warn("quorum: this master was removed from the group; it does not ask to join again (an operator's quorum add brings it back)",
+		if d.joinLog.allow("self-removed", d.clock.Now()) {
+			d.log.Warn("quorum: this master was removed from the group; it does not ask to join again (an operator's quorum add brings it back)",
 				"master", fmt.Sprintf("%x", d.self))
 		}
 		return
 	}
-	if d.leaf.key == nil {
+	if d.key == nil {
 		return
 	}
 	ids := make([]uint64, 0, len(ask))
@@ -394,7 +355,7 @@ func (d *quorumDriver) requestJoins(ask map[uint64]bool) {
 		if t := d.joinOut[id]; t != nil && !t.RxDone() {
 			continue
 		}
-		req := newQrmJoin(d.leaf.key, d.leaf.info.Clid, d.leaf.info.Fsid, id, time.Now())
+		req := newQrmJoin(d.key, d.clid, d.fsid, id, d.clock.Now())
 		t, err := d.openUnder(id, &Msg{Header: Header{Cmd: CmdQrmJoin}, Ext: req.marshal(), Aux: req.aux()},
 			func(t *Trans, m *Msg) { d.joinAnswer(id, t, m) })
 		if err != nil {
@@ -416,7 +377,8 @@ func (d *quorumDriver) joinAnswer(id uint64, t *Trans, m *Msg) {
 	if done {
 		_ = t.Close(ErrOK)
 	}
-	d.do(d.leaf.ctx, func() {
+	// Dropped if the driver is overloaded: the next sweep asks again.
+	d.inbox.put(inboxRequest, func() {
 		if done && d.joinOut[id] == t {
 			delete(d.joinOut, id)
 		}
@@ -424,14 +386,14 @@ func (d *quorumDriver) joinAnswer(id uint64, t *Trans, m *Msg) {
 		case res.admitted():
 			d.node.Sponsor(id)
 		case res != joinNone:
-			if d.joinLog.allow(fmt.Sprintf("answer/%x/%d", id, res), time.Now()) {
-				d.leaf.log.Warn("quorum: a master refused this master's join request", "member", fmt.Sprintf("%x", id),
-					"reason", res.String(), "key", keyFP(d.leaf.key.Public().(ed25519.PublicKey)))
+			if d.joinLog.allow(fmt.Sprintf("answer/%x/%d", id, res), d.clock.Now()) {
+				d.log.Warn("quorum: a master refused this master's join request", "member", fmt.Sprintf("%x", id),
+					"reason", res.String(), "key", keyFP(d.key.Public().(ed25519.PublicKey)))
 			}
 		case done && m.Error != ErrOK:
-			if d.joinLog.allow(fmt.Sprintf("error/%x/%d", id, m.Error), time.Now()) {
-				d.leaf.log.Info("quorum: a master did not take this master's join request", "member", fmt.Sprintf("%x", id),
-					"error", fmt.Sprintf("%#x", m.Error))
+			if d.joinLog.allow(fmt.Sprintf("error/%x/%d", id, m.Error), d.clock.Now()) {
+				d.log.Info("quorum: a master did not take this master's join request", "member", fmt.Sprintf("%x", id),
+					"error", ErrString(m.Error))
 			}
 		}
 	})
@@ -439,9 +401,7 @@ func (d *quorumDriver) joinAnswer(id uint64, t *Trans, m *Msg) {
 
 // openUnder opens a transaction under the nearest span of master id.
 func (d *quorumDriver) openUnder(id uint64, m *Msg, h Handler) (*Trans, error) {
-	span := d.leaf.spans.find(func(s *LnkSpan) bool {
-		return s.PeerID == d.leaf.info.Clid && s.PfsType&0x0F == PFSMaster && masterID(s.PfsID) == id
-	})
+	span := d.host.masterSpan(id)
 	if span == nil {
 		return nil, fmt.Errorf("quorum: no span reaches master %x", id)
 	}
@@ -459,9 +419,9 @@ func (d *quorumDriver) stepRefused(from uint64, err error) {
 	if !d.node.Removed(from) && len(d.strangers) < quorumMaxSponsors {
 		d.strangers[from] = true
 	}
-	if !d.stepLog.allow(fmt.Sprintf("%x", from), time.Now()) {
+	if !d.stepLog.allow(fmt.Sprintf("%x", from), d.clock.Now()) {
 		return
 	}
-	d.leaf.log.Warn("quorum: not stepping raft messages from a master outside this master's configuration",
+	d.log.Warn("quorum: not stepping raft messages from a master outside this master's configuration",
 		"from", fmt.Sprintf("%x", from), "removed", d.node.Removed(from), "err", err)
 }

@@ -1,7 +1,8 @@
 package main
 
-// The quorum group on the wire: how a master's leaf runs its quorumNode
-// over dmsg, and how it serves the kernel's QRM_COMMIT.
+// The quorum group on the wire: the QRM payloads, the dispatch of the
+// transactions a master serves, raft messages over dmsg, and the kernel's
+// QRM_COMMIT.
 //
 // Masters reach each other the way anything reaches a PFS in the cluster:
 // a transaction opened under the PFS's LNK_SPAN, forwarded hop by hop by
@@ -12,32 +13,14 @@ package main
 // message reopens it over whatever path the spans offer then.
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
-	"sync/atomic"
-	"time"
 
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
-)
-
-// QRM commands (protocol 0x4). DragonFly reserved QRM_COMMIT (code 0x001)
-// without a payload; QRM_RAFT and QRM_JOIN (quorum_join.go) are ours. All
-// payloads are 64 bytes, two header units with the base header.
-var (
-	CmdQrmCommit = mkcmd(ProtoQRM, 0x001, 128)
-	CmdQrmRaft   = mkcmd(ProtoQRM, 0x002, 128)
-)
-
-// Quorum results in the header's error field (the 0x2X block holds
-// DragonFly's own; these follow them).
-const (
-	ErrQuorumTimeout = 0x25 // no majority in time; the request was never applied
-	ErrQuorumUnknown = 0x26 // in a log but not committed in time: outcome unknown
-	ErrNoQuorum      = 0x27 // this leaf serves no quorum group
 )
 
 // qrmCommit is the QRM_COMMIT payload. The kernel opens the transaction
@@ -104,186 +87,98 @@ func masterID(fsid UUID) uint64 {
 	return 1
 }
 
-// quorumDriver owns one quorumNode: a single goroutine does all its work,
-// since the node, like etcd's RawNode, is not safe for concurrent use.
-type quorumDriver struct {
-	leaf *Leaf
-	node *quorumNode
+// quorumServed are the transactions a master's driver serves, by the
+// command that opens them: the kernel opens QRM_COMMIT and CAC_LOCK on
+// its link (kernel), and other masters and non-master leaves open all
+// four under this leaf's LNK_SPAN. This is the one dispatch of the quorum
+// commands; a non-master leaf's is Leaf.serveQuorum.
+var quorumServed = map[uint32]struct {
+	kernel bool
+	serve  func(*quorumDriver, *Trans, *Msg)
+}{
+	CmdQrmRaft:   {false, (*quorumDriver).accept},
+	CmdQrmJoin:   {false, (*quorumDriver).join},  // a master asking to be admitted (quorum_join.go)
+	CmdQrmCommit: {true, (*quorumDriver).commit}, // the kernel's, or forwarded by a non-master's leaf
+	CmdCacLock:   {true, (*quorumDriver).lock},   // likewise (cac.go)
+}
+
+// serve takes a transaction t, opened by m, that the quorum code serves,
+// from the kernel (fromKernel) or under this leaf's span. It reports
+// false for any other command, which the link then refuses NOSUPP.
+func (d *quorumDriver) serve(t *Trans, m *Msg, fromKernel bool) bool {
+	s, ok := quorumServed[t.Cmd()]
+	if !ok || fromKernel && !s.kernel {
+		return false
+	}
+	s.serve(d, t, m)
+	return true
+}
+
+// quorumWire is the daemon's quorumTransport: one QRM_RAFT transaction to
+// each master it sends to, opened under that master's span. Owned by the
+// driver's goroutine.
+type quorumWire struct {
+	host quorumHost
 	self uint64
-	tick time.Duration
-	work chan func()
-
-	// owned by the run goroutine
-	out     map[uint64]*Trans        // our QRM_RAFT transaction to each master
-	waiters map[uint64]*quorumWaiter // by request id
-
-	reach  map[uint64]bool // masters whose span we saw at the last sweep
-	ticks  int
-	sweeps uint64
-
-	// joining (quorum_join.go), owned by the run goroutine
-	joins   *quorumJoins      // member: the verified joiners
-	joinOut map[uint64]*Trans // joiner: our QRM_JOIN to each master
-	// strangers sent raft traffic that was refused as from outside the
-	// configuration (and not removed): the next sweep asks them to admit
-	// this master, which makes them sponsors if they are members.
-	strangers map[uint64]bool
-	// joinLog and stepLog keep repeated refusals out of the log; they are
-	// safe for any goroutine.
-	joinLog *keyedLogLimiter
-	stepLog *keyedLogLimiter
-
-	// cache states (cac.go), owned by the run goroutine
-	grants        map[string]*cacGrant // by holder: the states this master granted
-	waits         []*cacWait
-	tries         map[string]int // conflicts each waiting request met so far
-	lease         time.Duration
-	commitTimeout time.Duration
-
-	status atomic.Pointer[quorumStatus]
+	clid UUID
+	log  *slog.Logger
+	out  map[uint64]*Trans // by master
 }
 
-func newQuorumDriver(l *Leaf, node *quorumNode, tick, lease, commitTimeout time.Duration) *quorumDriver {
-	d := &quorumDriver{leaf: l, node: node, self: node.id, tick: tick, work: make(chan func(), 256),
-		out: map[uint64]*Trans{}, waiters: map[uint64]*quorumWaiter{}, reach: map[uint64]bool{},
-		joins: newQuorumJoins(), joinOut: map[uint64]*Trans{}, strangers: map[uint64]bool{},
-		joinLog: &keyedLogLimiter{perMinute: quorumLogPerMinute}, stepLog: &keyedLogLimiter{every: time.Minute, perMinute: quorumLogPerMinute},
-		grants: map[string]*cacGrant{}, tries: map[string]int{}, lease: lease, commitTimeout: commitTimeout}
-	st := node.Status()
-	d.status.Store(&st)
-	return d
-}
-
-// do runs f on the driver's goroutine.
-func (d *quorumDriver) do(ctx context.Context, f func()) {
-	select {
-	case d.work <- f:
-	case <-ctx.Done():
-	}
-}
-
-func (d *quorumDriver) run(ctx context.Context) {
-	t := time.NewTicker(d.tick)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			for _, tr := range d.out {
-				_ = tr.Close(ErrOK)
-			}
-			for _, tr := range d.joinOut {
-				_ = tr.Close(ErrOK)
-			}
-			return
-		case now := <-t.C:
-			d.node.Tick()
-			d.cacTick(now)
-			if d.ticks++; d.ticks%quorumSweepTicks == 0 {
-				d.sweepMasters()
-			}
-		case f := <-d.work:
-			f()
-			// Take everything already waiting before one pump, so that
-			// concurrent requests share a raft Ready and its fsync.
-			for more := true; more; {
-				select {
-				case f := <-d.work:
-					f()
-				default:
-					more = false
-				}
-			}
-		}
-		d.pump()
-	}
-}
-
-// pump persists, sends and answers what the node produced.
-func (d *quorumDriver) pump() {
-	rd, err := d.node.Advance()
-	if err != nil {
-		d.leaf.log.Error("quorum store failed; the group needs a restart of this leaf", "err", err)
-		return
-	}
-	for _, m := range rd.Messages {
-		err := d.send(m)
-		if m.GetType() == pb.MsgSnap {
-			d.node.ReportSnapshot(m.GetTo(), err == nil)
-		}
-	}
-	for _, id := range rd.Durable {
-		if w := d.waiters[id]; w != nil && w.durable != nil {
-			w.durable(id)
-		}
-	}
-	for _, r := range rd.Applied {
-		if r.Origin != d.self {
-			continue
-		}
-		if w := d.waiters[r.ReqID]; w != nil {
-			delete(d.waiters, r.ReqID)
-			w.done(r, nil)
-		}
-	}
-	d.cacApplied(rd.Applied)
-	for _, f := range rd.Failed {
-		if w := d.waiters[f.ReqID]; w != nil {
-			delete(d.waiters, f.ReqID)
-			d.leaf.log.Warn("quorum request failed", "req", fmtReqID(f.ReqID), "err", f.Err)
-			w.done(quorumResult{ReqID: f.ReqID}, f.Err)
-		}
-	}
-	st := d.node.Status()
-	d.status.Store(&st)
+func newQuorumWire(host quorumHost, self uint64, clid UUID, log *slog.Logger) *quorumWire {
+	return &quorumWire{host: host, self: self, clid: clid, log: log, out: map[uint64]*Trans{}}
 }
 
 // send carries one raft message to its master, opening the transaction
-// under that master's span when there is none.
-func (d *quorumDriver) send(m *pb.Message) error {
-	t := d.out[m.GetTo()]
+// under that master's span when there is none (or it was closed).
+func (w *quorumWire) send(m *pb.Message) error {
+	to := m.GetTo()
+	t := w.out[to]
 	if t == nil || t.TxDone() || t.RxDone() {
+		delete(w.out, to)
+		span := w.host.masterSpan(to)
+		if span == nil {
+			return fmt.Errorf("quorum: no span reaches master %x", to)
+		}
+		hdr := qrmRaft{From: w.self, To: to, Clid: w.clid}
+		// The receiver never answers; its DELETE ends the transaction, and
+		// the link closes our side with it.
 		var err error
-		if t, err = d.open(m.GetTo()); err != nil {
-			d.node.rn.ReportUnreachable(m.GetTo())
+		if t, err = span.Open(&Msg{Header: Header{Cmd: CmdQrmRaft}, Ext: hdr.marshal()}, func(*Trans, *Msg) {}); err != nil {
 			return err
 		}
-		d.out[m.GetTo()] = t
+		w.out[to] = t
 	}
 	data, err := proto.Marshal(m)
 	if err != nil {
-		return fmt.Errorf("quorum: encode message to %d: %w", m.GetTo(), err)
+		return fmt.Errorf("quorum: encode message to %d: %w", to, err)
 	}
 	if err := t.Send(&Msg{Header: Header{Cmd: CmdQrmRaft}, Aux: data}); err != nil {
-		d.leaf.log.Warn("quorum: message not sent", "to", fmt.Sprintf("%x", m.GetTo()), "bytes", len(data), "err", err)
-		delete(d.out, m.GetTo())
+		w.log.Warn("quorum: message not sent", "to", fmt.Sprintf("%x", to), "bytes", len(data), "err", err)
+		delete(w.out, to)
 		_ = t.Close(ErrOK)
-		d.node.rn.ReportUnreachable(m.GetTo())
 		return err
 	}
 	return nil
 }
 
-// open finds the nearest span of master id and opens QRM_RAFT under it.
-func (d *quorumDriver) open(id uint64) (*Trans, error) {
-	hdr := qrmRaft{From: d.self, To: id, Clid: d.leaf.info.Clid}
-	return d.openUnder(id, &Msg{Header: Header{Cmd: CmdQrmRaft}, Ext: hdr.marshal()}, func(t *Trans, m *Msg) {
-		if m.Cmd&FlagDelete != 0 {
-			d.do(d.leaf.ctx, func() {
-				if d.out[id] == t {
-					delete(d.out, id)
-				}
-			})
-		}
-	})
+// close ends every QRM_RAFT transaction of ours.
+func (w *quorumWire) close() {
+	for _, t := range w.out {
+		_ = t.Close(ErrOK)
+	}
+	clear(w.out)
 }
 
 // accept takes a QRM_RAFT transaction another master opened under our
 // span, stepping every raft message that arrives on it. The node steps
 // only messages from masters of its configuration (quorumNode.admits);
-// the sender a message names must be the one the transaction names.
+// the sender a message names must be the one the transaction names. A
+// driver too far behind to take a message drops it: raft sends again
+// what matters.
 func (d *quorumDriver) accept(t *Trans, m *Msg) {
 	hdr, err := parseQrmRaft(m.Ext)
-	if err != nil || hdr.Clid != d.leaf.info.Clid || hdr.To != d.self {
+	if err != nil || hdr.Clid != d.clid || hdr.To != d.self {
 		_ = t.Close(ErrParam)
 		return
 	}
@@ -291,22 +186,20 @@ func (d *quorumDriver) accept(t *Trans, m *Msg) {
 		if len(m.Aux) > 0 {
 			msg := new(pb.Message)
 			if err := proto.Unmarshal(m.Aux, msg); err != nil {
-				d.leaf.log.Warn("bad raft message", "from", fmt.Sprintf("%x", hdr.From), "err", err)
+				d.log.Warn("bad raft message", "from", fmt.Sprintf("%x", hdr.From), "err", err)
 				_ = t.Close(ErrParam)
 				return
 			}
 			if msg.GetFrom() != hdr.From || msg.GetTo() != hdr.To {
-				d.leaf.log.Warn("bad raft message: sender or receiver differs from its QRM_RAFT's",
-					"link", t.Link(), "from", fmt.Sprintf("%x", hdr.From), "msg_from", fmt.Sprintf("%x", msg.GetFrom()),
+				d.log.Warn("bad raft message: sender or receiver differs from its QRM_RAFT's",
+					"link", t.Link().Name(), "from", fmt.Sprintf("%x", hdr.From), "msg_from", fmt.Sprintf("%x", msg.GetFrom()),
 					"to", fmt.Sprintf("%x", hdr.To), "msg_to", fmt.Sprintf("%x", msg.GetTo()))
 				_ = t.Close(ErrParam)
 				return
 			}
-			d.do(d.leaf.ctx, func() {
-				if err := d.node.Step(msg); err != nil {
-					d.stepRefused(hdr.From, err)
-				}
-			})
+			if !d.inbox.put(inboxRaft, func() { d.stepRaft(msg) }) {
+				d.busy("a raft message (raft sends it again)", "from", fmt.Sprintf("%x", hdr.From), "type", msg.GetType().String())
+			}
 		}
 		if m.Cmd&FlagDelete != 0 {
 			_ = t.Close(ErrOK)
@@ -316,29 +209,11 @@ func (d *quorumDriver) accept(t *Trans, m *Msg) {
 	step(t, m)
 }
 
-// quorumWaiter follows one request of this master. Both callbacks run on
-// the driver's goroutine.
-type quorumWaiter struct {
-	durable func(reqID uint64)              // phase 1, optional
-	done    func(r quorumResult, err error) // phase 2, or the failure
-}
-
-// submit proposes op from any goroutine but the driver's. done gets the
-// applied result, or the error that refused or failed the request.
-func (d *quorumDriver) submit(op quorumOp, durable func(uint64), done func(quorumResult, error)) {
-	d.do(d.leaf.ctx, func() { d.propose(op, durable, done) })
-}
-
-// propose is submit on the driver's own goroutine (a callback may not go
-// through the work queue: only the driver drains it).
-func (d *quorumDriver) propose(op quorumOp, durable func(uint64), done func(quorumResult, error)) {
-	op.At = time.Now().UnixNano() // this proposal's age decides whether a grant is still safe to hand out
-	id, err := d.node.Propose(op)
-	if err != nil {
-		done(quorumResult{}, err)
-		return
+// stepRaft feeds one received raft message to the node.
+func (d *quorumDriver) stepRaft(m *pb.Message) {
+	if err := d.node.Step(m); err != nil {
+		d.stepRefused(m.GetFrom(), err)
 	}
-	d.waiters[id] = &quorumWaiter{durable: durable, done: done}
 }
 
 // quorumErrCode is the dmsg error a failed request is answered with.
@@ -350,6 +225,8 @@ func quorumErrCode(err error) uint32 {
 		return ErrQuorumUnknown
 	case errors.Is(err, errCacConflict):
 		return ErrCacConflict
+	case errors.Is(err, errQuorumBusy):
+		return ErrQuorumBusy
 	}
 	return ErrParam
 }
@@ -357,15 +234,10 @@ func quorumErrCode(err error) uint32 {
 // commit serves the kernel's QRM_COMMIT: the operation is its aux data.
 func (d *quorumDriver) commit(t *Trans, m *Msg) {
 	op := quorumOp{Kind: quorumOpCommit, Payload: slices.Clone(m.Aux)}
-	t.SetHandler(func(t *Trans, m *Msg) {
-		// The kernel may give up (ABORT/DELETE); the result still applies.
-		if m.Cmd&FlagDelete != 0 && !t.TxDone() {
-			_ = t.Close(ErrOK)
-		}
-	})
-	d.submit(op, func(id uint64) {
+	durable := func(id uint64) {
 		_ = t.Send(&Msg{Header: Header{Cmd: CmdQrmCommit}, Ext: (&qrmCommit{Phase: 1, ReqID: id}).marshal()})
-	}, func(r quorumResult, err error) {
+	}
+	done := func(r quorumResult, err error) {
 		if err == nil && r.Err != "" {
 			err = errors.New(r.Err)
 		}
@@ -375,140 +247,14 @@ func (d *quorumDriver) commit(t *Trans, m *Msg) {
 		}
 		_ = t.Send(&Msg{Header: Header{Cmd: CmdQrmCommit | FlagDelete},
 			Ext: (&qrmCommit{Phase: 2, Txid: r.Txid, ReqID: r.ReqID}).marshal()})
-	})
-}
-
-// Holdings lists the cache states held through this leaf. It asks the
-// driver's goroutine, waiting at most a second.
-func (d *quorumDriver) Holdings() []cacHolding {
-	ch := make(chan []cacHolding, 1)
-	ctx, cancel := context.WithTimeout(d.leaf.ctx, time.Second)
-	defer cancel()
-	d.do(ctx, func() {
-		var mine []cacHolding
-		for _, h := range d.node.Holdings() {
-			if d.grants[h.Holder] != nil {
-				mine = append(mine, h)
-			}
-		}
-		ch <- mine
-	})
-	select {
-	case h := <-ch:
-		return h
-	case <-ctx.Done():
-		return nil
 	}
-}
-
-// Status is the group as this master sees it.
-func (d *quorumDriver) Status() quorumStatus { return *d.status.Load() }
-
-// quorumSweepTicks is how often the driver compares the group with the
-// MASTER spans the cluster advertises.
-const quorumSweepTicks = 5
-
-// sweepMasters follows the masters the spans show. A member whose span
-// went away is reported down to raft at once (a leader that vanished is
-// forgotten, so its successor is elected without waiting out its lease,
-// and requests forwarded to it are handed again). A span never adds a
-// member by itself: a master outside the group asks to join
-// (requestJoins), and on the leader the next membership change is taken
-// from the verified joiners and the caught-up learners, one at a time
-// (quorumJoins.next). Only an operator removes a member (quorum remove),
-// and the leader never adds back one that was removed.
-func (d *quorumDriver) sweepMasters() {
-	d.sweeps++
-	seen := map[uint64]bool{}
-	for _, e := range d.leaf.spans.list() {
-		if e.Span.PeerID == d.leaf.info.Clid && e.Span.PfsType&0x0F == PFSMaster {
-			seen[masterID(e.Span.PfsID)] = true
-		}
-	}
-	st := d.node.Status()
-	for _, id := range append(slices.Clone(st.Members), st.Learners...) {
-		if id == d.self {
-			continue
-		}
-		if d.reach[id] && !seen[id] {
-			d.leaf.log.Info("quorum: master's span withdrawn", "master", fmt.Sprintf("%x", id))
-			d.node.LinkDown(id)
-		}
-		d.reach[id] = seen[id]
-	}
-	// A master outside the group asks every master it sees to admit it;
-	// a member asks those whose traffic it refused (it may be behind).
-	ask := seen
-	if d.node.InGroup() {
-		ask = map[uint64]bool{}
-		for id := range d.strangers {
-			if seen[id] && !d.node.Removed(id) {
-				ask[id] = true
-			}
-		}
-		clear(d.strangers)
-	}
-	if len(ask) > 0 {
-		d.requestJoins(ask)
-	}
-	change, id, key := d.joins.next(d.node, d.sweeps)
-	if change == 0 {
+	if !d.hand(t, func() { d.propose(op, durable, done) }) {
 		return
 	}
-	args := []any{"master", fmt.Sprintf("%x", id), "change", change.String()}
-	if key != nil {
-		args = append(args, "key", key.String())
-	}
-	d.leaf.log.Info("quorum: changing the group's membership", args...)
-	d.member(change, id, key, func(r quorumResult, err error) {
-		if err == nil && r.Err != "" {
-			err = errors.New(r.Err)
-		}
-		if err != nil {
-			d.leaf.log.Warn("quorum: membership change failed", append(args, "err", err)...)
+	t.SetHandler(func(t *Trans, m *Msg) {
+		// The kernel may give up (ABORT/DELETE); the result still applies.
+		if m.Cmd&FlagDelete != 0 && !t.TxDone() {
+			_ = t.Close(ErrOK)
 		}
 	})
-}
-
-// member proposes a membership change on the driver's goroutine.
-func (d *quorumDriver) member(change quorumMemberChange, id uint64, key *quorumKeyFP, done func(quorumResult, error)) {
-	reqID, err := d.node.ProposeConfChange(change, id, key)
-	if err != nil {
-		done(quorumResult{}, err)
-		return
-	}
-	d.waiters[reqID] = &quorumWaiter{done: done}
-}
-
-// Member is the operator's add or remove from any goroutine: it waits for
-// the change to be applied (or to fail) and returns the voters and the
-// learners after it. An added master is a learner until the leader has
-// caught it up and promoted it.
-func (d *quorumDriver) Member(ctx context.Context, change quorumMemberChange, id uint64) (voters, learners []uint64, err error) {
-	ch := make(chan quorumResult, 1)
-	errc := make(chan error, 1)
-	d.do(ctx, func() {
-		if change == quorumAddLearner && id == d.self {
-			errc <- errors.New("this master is already a member")
-			return
-		}
-		d.member(change, id, nil, func(r quorumResult, err error) {
-			if err == nil && r.Err != "" {
-				err = errors.New(r.Err)
-			}
-			if err != nil {
-				errc <- err
-				return
-			}
-			ch <- r
-		})
-	})
-	select {
-	case r := <-ch:
-		return r.Members, r.Learners, nil
-	case err := <-errc:
-		return nil, nil, err
-	case <-ctx.Done():
-		return nil, nil, fmt.Errorf("quorum: membership change of %x: %w", id, ctx.Err())
-	}
 }

@@ -167,12 +167,10 @@ func recoverQuorum(store *quorumStore, self uint64, survivors []uint64) (quorumR
 	if err != nil {
 		return rep, err
 	}
-	fsm := n.fsm
+	fsm, before := n.takeState()
 	if fsm.applied < hs.GetCommit() {
 		return rep, fmt.Errorf("applied only txid %d of the %d committed", fsm.applied, hs.GetCommit())
 	}
-	before := append(slices.Clone(n.cs.GetVoters()), n.cs.GetLearners()...)
-	slices.Sort(before)
 	for _, id := range survivors {
 		if !slices.Contains(before, id) {
 			return rep, fmt.Errorf("master %x is not a member of the group (members: %s)", id, hexIDs(before))

@@ -186,12 +186,14 @@ func (h *quorumHarness) open(id uint64, peers []uint64) {
 	qn.store, qn.n = st, n
 }
 
-// qhLink is the in-memory quorumLink: a cut link or a crashed peer is a
+// qhLink is the in-memory quorumTransport: a cut link or a crashed peer is a
 // send error, as a lost DMSG circuit would be.
 type qhLink struct {
 	h    *quorumHarness
 	from uint64
 }
+
+func (qhLink) close() {}
 
 func (l qhLink) send(m *pb.Message) error {
 	if !l.h.connected(l.from, m.GetTo()) || l.h.live(m.GetTo()) == nil {
@@ -1528,5 +1530,57 @@ func TestKeyedLogLimiter(t *testing.T) {
 	}
 	if len(many.last) > keyedLogLimiterKeys {
 		t.Errorf("the limiter holds %d keys, bound %d", len(many.last), keyedLogLimiterKeys)
+	}
+}
+
+// TestQuorumInbox: new work is bounded by kind and refused past the
+// bound; a request's news is never refused, is queued once however often
+// it is posted, and comes after the work taken with it.
+func TestQuorumInbox(t *testing.T) {
+	q := newQuorumInbox(quorumInboxLimits{Raft: 2, Requests: 1})
+	var ran []string
+	put := func(kind inboxKind, name string) bool { return q.put(kind, func() { ran = append(ran, name) }) }
+	for _, tc := range []struct {
+		kind inboxKind
+		name string
+		want bool
+	}{
+		{inboxRaft, "raft1", true}, {inboxRequest, "req1", true}, {inboxRaft, "raft2", true},
+		{inboxRaft, "raft3", false}, {inboxRequest, "req2", false},
+	} {
+		if got := put(tc.kind, tc.name); got != tc.want {
+			t.Errorf("put %s = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	r1, r2 := &cacRequest{}, &cacRequest{}
+	q.post(r1, func(m *cacMail) { m.mode = cacShared })
+	q.post(r2, func(m *cacMail) { m.closed = true })
+	q.post(r1, func(m *cacMail) { m.mode = cacExclusive }) // replaces the first, queued once
+	q.post(r1, func(m *cacMail) { m.closed, m.lost = true, true })
+	select {
+	case <-q.wake:
+	default:
+		t.Fatal("nothing woke the driver")
+	}
+	work, news := q.take()
+	for _, f := range work {
+		f()
+	}
+	if want := []string{"raft1", "req1", "raft2"}; !slices.Equal(ran, want) {
+		t.Errorf("work ran %v, want %v (in the order put)", ran, want)
+	}
+	want := []cacNews{{r1, cacMail{mode: cacExclusive, closed: true, lost: true}}, {r2, cacMail{closed: true}}}
+	if !slices.Equal(news, want) {
+		t.Errorf("news = %+v, want %+v", news, want)
+	}
+	if r1.queued || r1.mail != (cacMail{}) {
+		t.Errorf("r1 still queued or holding mail after take: %v %+v", r1.queued, r1.mail)
+	}
+	// Taken, the bounds are free again.
+	if !put(inboxRequest, "req3") || !put(inboxRaft, "raft4") {
+		t.Error("the inbox refused work after it was emptied")
+	}
+	if work, news := q.take(); len(work) != 2 || len(news) != 0 {
+		t.Errorf("second take: %d work, %d news; want 2, 0", len(work), len(news))
 	}
 }

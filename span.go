@@ -278,20 +278,8 @@ func (c *clusterLink) circuit(parent, t *Trans, m *Msg) {
 		if !c.leaf.quorumShell(line, reply) {
 			c.leaf.shellCommands(t.Link()).do(line, reply)
 		}
-	case CmdQrmRaft, CmdQrmJoin, CmdQrmCommit, CmdCacLock:
-		q := c.leaf.quorum
-		switch {
-		case q == nil:
-			_ = t.Close(ErrNoQuorum)
-		case t.Cmd() == CmdQrmRaft:
-			q.accept(t, m)
-		case t.Cmd() == CmdQrmJoin:
-			q.join(t, m) // a master asking to be admitted (quorum_join.go)
-		case t.Cmd() == CmdQrmCommit:
-			q.commit(t, m) // forwarded by a non-master's leaf
-		default:
-			q.lock(t, m)
-		}
+	default:
+		c.leaf.serveQuorum(t, m, false) // another master's raft traffic and joins, a non-master's commits and locks
 	}
 }
 

@@ -94,6 +94,10 @@ func newTransTable(l *Link, maxRd int) *transTable {
 	return t
 }
 
+// rootTrans is the link's pseudo-transaction for one-way messages and
+// top-level opens.
+func (tt *transTable) rootTrans() *Trans { return &tt.root }
+
 // rxResult says what to do with a received message.
 type rxResult struct {
 	t       *Trans // the transaction, or the root for one-way messages

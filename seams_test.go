@@ -1,0 +1,268 @@
+package main
+
+import (
+	"go/ast"
+	"go/build"
+	"go/constant"
+	"go/parser"
+	"go/token"
+	"go/types"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// seamOwners are the types whose fields only their own file may touch:
+// everyone else goes through their methods. A selector of one of their
+// fields anywhere else is a seam broken.
+var seamOwners = map[string]string{
+	"spanRouter":  "span_router.go",
+	"spanNode":    "span_router.go",
+	"spanLink":    "span_router.go",
+	"spanRelay":   "span_router.go",
+	"spanCluster": "span_router.go",
+	"spanConn":    "span_router.go",
+	"quorumNode":  "quorum.go",
+	"transTable":  "trans.go",
+}
+
+// seamPackage is the package's non-test files for one GOOS, type-checked
+// with every import an empty package: the package's own types, which are
+// all the seams are about, still check, and nothing outside it has to be
+// built or even present.
+type seamPackage struct {
+	fset  *token.FileSet
+	files []*ast.File
+	pkg   *types.Package
+	info  *types.Info
+}
+
+func loadSeamPackage(t *testing.T, goos string) *seamPackage {
+	t.Helper()
+	ctx := build.Default
+	ctx.GOOS = goos
+	names, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp := &seamPackage{fset: token.NewFileSet(), info: &types.Info{
+		Selections: map[*ast.SelectorExpr]*types.Selection{},
+		Defs:       map[*ast.Ident]types.Object{},
+		Uses:       map[*ast.Ident]types.Object{},
+		Types:      map[ast.Expr]types.TypeAndValue{},
+	}}
+	for _, name := range names {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		if ok, err := ctx.MatchFile(".", name); err != nil || !ok {
+			continue
+		}
+		f, err := parser.ParseFile(sp.fset, name, nil, parser.SkipObjectResolution)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp.files = append(sp.files, f)
+	}
+	if len(sp.files) < 20 {
+		t.Fatalf("GOOS=%s: only %d files parsed; is the test running in the package directory?", goos, len(sp.files))
+	}
+	conf := types.Config{Importer: emptyImporter{}, Error: func(error) {}, GoVersion: "go1.26"}
+	sp.pkg, _ = conf.Check("hammer2-leaf", sp.fset, sp.files, sp.info)
+	return sp
+}
+
+// emptyImporter hands out an empty package for every import path, named
+// as its last element (less a version suffix and a "go-" prefix), which is
+// what the package is called in every import we have.
+type emptyImporter struct{}
+
+func (emptyImporter) Import(path string) (*types.Package, error) {
+	name := filepath.Base(path)
+	if len(name) >= 2 && name[0] == 'v' && strings.Trim(name[1:], "0123456789") == "" {
+		name = filepath.Base(filepath.Dir(path))
+	}
+	name = strings.ReplaceAll(strings.TrimPrefix(name, "go-"), "-", "")
+	p := types.NewPackage(path, name)
+	p.MarkComplete()
+	return p, nil
+}
+
+var _ types.Importer = emptyImporter{}
+
+func (sp *seamPackage) fileOf(n ast.Node) string {
+	return filepath.Base(sp.fset.Position(n.Pos()).Filename)
+}
+
+// fieldOwners maps each field of the seam types to its type's name.
+func (sp *seamPackage) fieldOwners(t *testing.T) map[*types.Var]string {
+	owners := map[*types.Var]string{}
+	for name := range seamOwners {
+		obj, ok := sp.pkg.Scope().Lookup(name).(*types.TypeName)
+		if !ok {
+			t.Fatalf("seam type %s is gone; update seamOwners", name)
+		}
+		st, ok := obj.Type().Underlying().(*types.Struct)
+		if !ok {
+			t.Fatalf("seam type %s is not a struct", name)
+		}
+		if got := sp.fileOf(identAt(sp, obj)); got != seamOwners[name] {
+			t.Fatalf("seam type %s is declared in %s, not %s; update seamOwners", name, got, seamOwners[name])
+		}
+		for i := range st.NumFields() {
+			owners[st.Field(i)] = name
+		}
+	}
+	return owners
+}
+
+func identAt(sp *seamPackage, obj types.Object) ast.Node {
+	for id, o := range sp.info.Defs {
+		if o == obj {
+			return id
+		}
+	}
+	return &ast.Ident{NamePos: obj.Pos()}
+}
+
+// seamViolations lists every selector of a seam type's field outside its
+// owner's file, as file:line: type.field.
+func (sp *seamPackage) seamViolations(t *testing.T) []string {
+	owners := sp.fieldOwners(t)
+	var bad []string
+	for _, f := range sp.files {
+		file := sp.fileOf(f)
+		ast.Inspect(f, func(n ast.Node) bool {
+			sel, ok := n.(*ast.SelectorExpr)
+			if !ok {
+				return true
+			}
+			s := sp.info.Selections[sel]
+			if s == nil || s.Kind() != types.FieldVal {
+				return true
+			}
+			owner, ok := owners[s.Obj().(*types.Var)]
+			if ok && seamOwners[owner] != file {
+				bad = append(bad, sp.fset.Position(sel.Sel.Pos()).String()+": "+owner+"."+sel.Sel.Name)
+			}
+			return true
+		})
+	}
+	return bad
+}
+
+// driverViolations lists every mention of the Leaf type in quorumDriver's
+// methods: the driver knows the leaf only as its quorumHost.
+func (sp *seamPackage) driverViolations(t *testing.T) []string {
+	leaf, ok := sp.pkg.Scope().Lookup("Leaf").(*types.TypeName)
+	if !ok {
+		t.Fatal("type Leaf is gone; update the test")
+	}
+	mentionsLeaf := func(typ types.Type) bool {
+		for typ != nil {
+			switch u := typ.(type) {
+			case *types.Pointer:
+				typ = u.Elem()
+				continue
+			case *types.Named:
+				return u.Obj() == leaf
+			}
+			return false
+		}
+		return false
+	}
+	var bad []string
+	for _, f := range sp.files {
+		for _, decl := range f.Decls {
+			fd, ok := decl.(*ast.FuncDecl)
+			if !ok || fd.Recv == nil || len(fd.Recv.List) != 1 {
+				continue
+			}
+			if recv := sp.info.Types[fd.Recv.List[0].Type].Type; recv == nil || !strings.HasSuffix(recv.String(), ".quorumDriver") {
+				continue
+			}
+			ast.Inspect(fd, func(n ast.Node) bool {
+				id, ok := n.(*ast.Ident)
+				if !ok {
+					return true
+				}
+				obj := sp.info.Uses[id]
+				if obj == nil {
+					obj = sp.info.Defs[id]
+				}
+				if obj != nil && (obj == leaf || mentionsLeaf(obj.Type())) {
+					bad = append(bad, sp.fset.Position(id.Pos()).String()+": quorumDriver."+fd.Name.Name+" uses "+id.Name+" ("+obj.Type().String()+")")
+				}
+				return true
+			})
+		}
+	}
+	if obj, ok := sp.pkg.Scope().Lookup("quorumDriver").(*types.TypeName); ok {
+		st := obj.Type().Underlying().(*types.Struct)
+		for i := range st.NumFields() {
+			if mentionsLeaf(st.Field(i).Type()) {
+				bad = append(bad, "quorumDriver."+st.Field(i).Name()+" is a "+st.Field(i).Type().String())
+			}
+		}
+	} else {
+		t.Fatal("type quorumDriver is gone; update the test")
+	}
+	return bad
+}
+
+// wireConstViolations lists Cmd* and Err* wire constants declared outside
+// cmds.go, or without a name in its tables.
+func (sp *seamPackage) wireConstViolations() []string {
+	var bad []string
+	scope := sp.pkg.Scope()
+	for _, name := range scope.Names() {
+		c, ok := scope.Lookup(name).(*types.Const)
+		if !ok || !(strings.HasPrefix(name, "Cmd") || strings.HasPrefix(name, "Err")) || len(name) < 4 || !isUpper(name[3]) {
+			continue
+		}
+		where := filepath.Base(sp.fset.Position(c.Pos()).Filename)
+		if where != "cmds.go" {
+			bad = append(bad, name+" is declared in "+where+", not cmds.go")
+			continue
+		}
+		v, exact := constant.Uint64Val(c.Val())
+		if !exact || v > 0xFFFFFFFF {
+			bad = append(bad, name+" is not a uint32 value")
+			continue
+		}
+		var named bool
+		if strings.HasPrefix(name, "Cmd") {
+			_, named = cmdNames[uint32(v)]
+		} else {
+			_, named = errNames[uint32(v)]
+		}
+		if !named {
+			bad = append(bad, name+" has no name in cmds.go's tables")
+		}
+	}
+	return bad
+}
+
+func isUpper(b byte) bool { return 'A' <= b && b <= 'Z' }
+
+// TestSeams keeps the seams of the flat package: the span router, the
+// quorum node and the transaction table are used through their methods
+// only; the quorum driver does not know the Leaf; every wire command and
+// error code is in cmds.go's table. It checks the files of every GOOS the
+// daemon builds for.
+func TestSeams(t *testing.T) {
+	for _, goos := range []string{"linux", "dragonfly", "freebsd"} {
+		t.Run(goos, func(t *testing.T) {
+			sp := loadSeamPackage(t, goos)
+			var bad []string
+			bad = append(bad, sp.seamViolations(t)...)
+			bad = append(bad, sp.driverViolations(t)...)
+			bad = append(bad, sp.wireConstViolations()...)
+			slices.Sort(bad)
+			for _, b := range slices.Compact(bad) {
+				t.Error(b)
+			}
+		})
+	}
+}
