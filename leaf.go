@@ -35,6 +35,9 @@ type Leaf struct {
 	started  time.Time
 	policy   privilegePolicy // who is privileged on the local sockets
 	refused  *logLimiter     // refusals on the local sockets
+	// changes is notified whenever Status would change (counters aside),
+	// for `hammer2 status --watch`.
+	changes notifier
 
 	ctx context.Context
 	wg  sync.WaitGroup
@@ -101,7 +104,9 @@ func NewLeaf(cfg Config, pfs PFS, key ed25519.PrivateKey, trust *TrustStore, log
 		return nil, err
 	}
 	l.node = node
+	l.spans.changes = &l.changes
 	if l.cstore, err = openCacheStore(l.stateDir()); err == nil {
+		l.cstore.changes = &l.changes
 		l.cac, err = newCacAgent(info.Fsid, l.cstore, l.log)
 	}
 	if err == nil {
@@ -378,6 +383,7 @@ func (l *Leaf) dropUntrusted() {
 // reconcile starts links to new targets and stops links to targets no
 // longer named, leaving the others alone.
 func (l *Leaf) reconcile() {
+	defer l.changes.Notify()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.ctx == nil || l.ctx.Err() != nil {
@@ -420,7 +426,8 @@ func (l *Leaf) reconcile() {
 func (l *Leaf) startTarget(t *target) {
 	ctx, cancel := context.WithCancel(l.ctx)
 	t.cancel = cancel
-	t.dialer = NewRedialer(l.node, t.addr, RedialConfig{MinBackoff: l.cfg.RedialMin.Duration, MaxBackoff: l.cfg.RedialMax.Duration})
+	t.dialer = NewRedialer(l.node, t.addr, RedialConfig{MinBackoff: l.cfg.RedialMin.Duration, MaxBackoff: l.cfg.RedialMax.Duration,
+		OnChange: l.changes.Notify})
 	l.targets[t.addr] = t
 	l.log.Info("keeping a link to remote", "remote", t.addr, "slots", t.slots)
 	l.spawn(func() {
@@ -429,6 +436,7 @@ func (l *Leaf) startTarget(t *target) {
 			l.mu.Lock()
 			t.link = c
 			l.mu.Unlock()
+			l.changes.Notify()
 			select {
 			case <-c.link.Done():
 			case <-ctx.Done():
@@ -439,6 +447,7 @@ func (l *Leaf) startTarget(t *target) {
 			l.mu.Lock()
 			t.link = nil
 			l.mu.Unlock()
+			l.changes.Notify()
 		})
 	})
 }
@@ -459,11 +468,13 @@ func (l *Leaf) acceptLoop(ctx context.Context) {
 		l.mu.Lock()
 		l.inbound[c] = struct{}{}
 		l.mu.Unlock()
+		l.changes.Notify()
 		l.spawn(func() {
 			<-c.link.Done()
 			l.mu.Lock()
 			delete(l.inbound, c)
 			l.mu.Unlock()
+			l.changes.Notify()
 		})
 	}
 }
@@ -491,11 +502,13 @@ func (l *Leaf) kernelLoop(ctx context.Context, stop context.CancelFunc) {
 		l.mu.Lock()
 		l.kernel, l.kernelUp = k, time.Now()
 		l.mu.Unlock()
+		l.changes.Notify()
 		l.log.Info("kernel link up")
 		<-k.Done()
 		l.mu.Lock()
 		l.kernel = nil
 		l.mu.Unlock()
+		l.changes.Notify()
 		if ctx.Err() != nil {
 			return
 		}

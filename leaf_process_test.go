@@ -177,27 +177,17 @@ func (o leafOpts) withDefaults() leafOpts {
 
 // leafNode is one leaf process with its directories, key and config.
 type leafNode struct {
-	t       *testing.T
-	name    string
-	bin     string
+	*daemonProc
 	dir     string // everything of this node lives under it
 	pfs     string // the PFS directory
 	cfgPath string
 	keyDir  string
-	logPath string
 	port    int
 	addr    string // 127.0.0.1:port
 	pub     string // "ed25519:..."
 	fp      string // SHA256:...
 	info    PFSInfo
 	opts    leafOpts
-
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	logFile *os.File
-	exited  chan struct{} // closed when the current process has exited
-	state   *os.ProcessState
-	starts  int
 }
 
 // newLeafNode prepares a leaf (PFS, key, config) without starting it.
@@ -205,9 +195,9 @@ func newLeafNode(t *testing.T, name string, o leafOpts) *leafNode {
 	t.Helper()
 	bin := h2Binary(t)
 	dir := shortTempDir(t)
-	n := &leafNode{t: t, name: name, bin: bin, dir: dir, pfs: filepath.Join(dir, "pfs"),
-		cfgPath: filepath.Join(dir, "leaf.toml"), keyDir: filepath.Join(dir, "keys"),
-		logPath: filepath.Join(dir, "leaf.log"), opts: o.withDefaults()}
+	n := &leafNode{daemonProc: newDaemon(t, "leaf", name, bin, filepath.Join(dir, "leaf.log")), dir: dir,
+		pfs: filepath.Join(dir, "pfs"), cfgPath: filepath.Join(dir, "leaf.toml"), keyDir: filepath.Join(dir, "keys"),
+		opts: o.withDefaults()}
 	n.port = freeUDPPort(t)
 	n.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(n.port))
 	n.info = PFSInfo{Label: "pfs-" + name, Clid: testClusterID, Fsid: NewUUID(), Type: PFSMaster}
@@ -225,17 +215,6 @@ func newLeafNode(t *testing.T, name string, o leafOpts) *leafNode {
 		t.Fatalf("%s: keygen printed %q: %v", name, out, err)
 	}
 	n.fp = Fingerprint(pub)
-	// Cleanups run last-in first-out: the process is killed first, then
-	// its log is shown if the test failed.
-	t.Cleanup(func() {
-		if strings.Contains(n.logText(), "WARNING: DATA RACE") {
-			t.Errorf("leaf %s: the race detector reported a data race", n.name)
-		}
-		if t.Failed() {
-			n.dumpLog()
-		}
-	})
-	t.Cleanup(n.killQuietly)
 	return n
 }
 
@@ -316,144 +295,20 @@ func runH2(t testing.TB, bin string, args ...string) (stdout, stderr string, cod
 // start runs the leaf in the foreground (-d) and waits until it is ready.
 func (n *leafNode) start() {
 	n.t.Helper()
-	n.mu.Lock()
-	if n.cmd != nil && !n.hasExitedLocked() {
-		n.mu.Unlock()
-		n.t.Fatalf("%s: already running", n.name)
-	}
-	lf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		n.mu.Unlock()
-		n.t.Fatal(err)
-	}
-	n.starts++
-	fmt.Fprintf(lf, "===== start %d of %s (%s) =====\n", n.starts, n.name, n.addr)
-	cmd := exec.Command(n.bin, "-c", n.cfgPath, "-d", "leaf", "--listen", n.addr, n.pfs)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		n.mu.Unlock()
-		n.t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	n.cmd, n.logFile, n.exited, n.state = cmd, lf, exited, nil
-	n.mu.Unlock()
-	go func() {
-		_ = cmd.Wait()
-		n.mu.Lock()
-		n.state = cmd.ProcessState
-		n.mu.Unlock()
-		lf.Close()
-		close(exited)
-	}()
-	n.waitReady(exited)
+	n.startArgs(n.addr, "-d", "leaf", "--listen", n.addr, n.pfs)
 }
 
-// waitReady waits for this start's "leaf ready" log line.
-func (n *leafNode) waitReady(exited chan struct{}) {
+// startArgs starts the leaf with hammer2 -c <config> args, banner saying
+// how in its log.
+func (n *leafNode) startArgs(banner string, args ...string) {
 	n.t.Helper()
-	waitStarted(n.t, n.name, n.logPath, "leaf ready", exited, func() any { return n.state })
+	n.daemonProc.start(append([]string{"-c", n.cfgPath}, args...), banner, "leaf ready", n.controlPath())
 }
 
-// waitStarted waits until the log of a daemon's latest start (after its
-// last "===== start" line) holds marker, failing if the process exits or
-// 15 s pass first.
-func waitStarted(t testing.TB, name, logPath, marker string, exited <-chan struct{}, state func() any) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		b, _ := os.ReadFile(logPath)
-		if i := bytes.LastIndex(b, []byte("===== start")); i >= 0 && bytes.Contains(b[i:], []byte(marker)) {
-			return
-		}
-		select {
-		case <-exited:
-			t.Fatalf("%s exited while starting (%v); log:\n%s", name, state(), b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: no %q after 15s; log:\n%s", name, marker, b)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (n *leafNode) hasExitedLocked() bool {
-	select {
-	case <-n.exited:
-		return true
-	default:
-		return false
-	}
-}
-
-func (n *leafNode) pid() int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.cmd.Process.Pid
-}
-
-func (n *leafNode) signal(sig syscall.Signal) {
-	n.t.Helper()
-	n.mu.Lock()
-	cmd := n.cmd
-	n.mu.Unlock()
-	if err := cmd.Process.Signal(sig); err != nil {
-		n.t.Fatalf("%s: signal %v: %v", n.name, sig, err)
-	}
-}
-
-// kill9 kills the leaf with SIGKILL and waits for it.
-func (n *leafNode) kill9() {
-	n.t.Helper()
-	n.signal(syscall.SIGKILL)
-	if _, ok := n.waitExit(10 * time.Second); !ok {
-		n.t.Fatalf("%s: still running 10s after SIGKILL", n.name)
-	}
-}
-
-// waitExit waits up to d for the process to exit and returns its exit
-// code (-1 for a signal).
-func (n *leafNode) waitExit(d time.Duration) (int, bool) {
-	n.mu.Lock()
-	exited := n.exited
-	n.mu.Unlock()
-	select {
-	case <-exited:
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		return n.state.ExitCode(), true
-	case <-time.After(d):
-		return 0, false
-	}
-}
-
-func (n *leafNode) killQuietly() {
-	n.mu.Lock()
-	cmd, exited := n.cmd, n.exited
-	n.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	select {
-	case <-exited:
-		return
-	default:
-	}
-	_ = cmd.Process.Kill()
-	select {
-	case <-exited:
-	case <-time.After(10 * time.Second):
-	}
-}
-
-func (n *leafNode) logText() string {
-	b, _ := os.ReadFile(n.logPath)
-	return string(b)
-}
-
-func (n *leafNode) dumpLog() {
-	n.t.Logf("----- log of leaf %s (%s, key %s) -----\n%s----- end of log of %s -----", n.name, n.addr, n.fp, n.logText(), n.name)
+// controlPath is where the leaf of the node's PFS (as it is now: a test
+// may replace the PFS before starting) listens for control requests.
+func (n *leafNode) controlPath() string {
+	return filepath.Join(n.pfs, "leaf-"+n.info.Fsid.String()+".sock")
 }
 
 // procStatus is `hammer2 status --json` for one PFS, as a script reads it.
@@ -538,7 +393,8 @@ func (s procStatus) inboundUp() int {
 	return c
 }
 
-// status runs `hammer2 status --json` on the node's PFS.
+// status runs `hammer2 status --json` on the node's PFS: what a script
+// sees, through the CLI.
 func (n *leafNode) status() procStatus {
 	n.t.Helper()
 	out, errOut, code := n.h2("status", "--json", n.pfs)
@@ -553,21 +409,64 @@ func (n *leafNode) status() procStatus {
 	return all[0]
 }
 
-// waitStatus polls status until cond holds, for at most d, and returns
-// the status that satisfied it.
+// procStatusOf is a watched status line as `hammer2 status --json`
+// prints it for the node's PFS (slots and all).
+func (n *leafNode) procStatusOf(r *controlResponse) procStatus {
+	n.t.Helper()
+	s := statusJSON{Path: n.pfs, Leaf: r.Status, Running: r.Status != nil}
+	if _, err := os.Stat(n.pfs); err == nil { // OpenPFS would make it anew
+		if pfs, err := OpenPFS(n.pfs); err == nil {
+			s.Slots, _ = pfs.RemoteScan()
+			pfs.Close()
+		}
+	}
+	raw, err := json.MarshalIndent([]statusJSON{s}, "", "  ")
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	var all []procStatus
+	if err := json.Unmarshal(raw, &all); err != nil || len(all) != 1 {
+		n.t.Fatalf("%s: status %s: %v", n.name, raw, err)
+	}
+	all[0].raw = string(raw)
+	return all[0]
+}
+
+// waitStatus waits until a status update of the leaf satisfies cond (the
+// current status first), for at most d, and returns that status.
 func (n *leafNode) waitStatus(d time.Duration, what string, cond func(procStatus) bool) procStatus {
 	n.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		st := n.status()
-		if cond(st) {
-			return st
+	st, _ := n.waitStatusSince(time.Now(), d, what, cond)
+	return st
+}
+
+// waitStatusSince is waitStatus looking from the status as it was at
+// since, and also says when the satisfying update came.
+func (n *leafNode) waitStatusSince(since time.Time, d time.Duration, what string, cond func(procStatus) bool) (procStatus, time.Time) {
+	n.t.Helper()
+	var st procStatus
+	u, ok := n.watch.waitSince(since, d, func(r *controlResponse) bool {
+		st = n.procStatusOf(r)
+		return cond(st)
+	})
+	if !ok {
+		last := "(none: the leaf is not running)"
+		if u.resp != nil {
+			last = n.procStatusOf(u.resp).raw
 		}
-		if time.Now().After(deadline) {
-			n.t.Fatalf("%s: %s: not within %v; last status:\n%s", n.name, what, d, st.raw)
-		}
-		time.Sleep(100 * time.Millisecond)
+		n.t.Fatalf("%s: %s: not within %v; last status:\n%s", n.name, what, d, last)
 	}
+	return st, u.at
+}
+
+// now is the leaf's current status, as its watch last showed it.
+func (n *leafNode) now() procStatus {
+	n.t.Helper()
+	r := n.latest()
+	if r == nil {
+		n.t.Fatalf("%s: no status: the leaf is not running", n.name)
+	}
+	return n.procStatusOf(r)
 }
 
 // startPair starts a and b trusting each other, a dialing b from its

@@ -46,6 +46,9 @@ type RedialConfig struct {
 	// failure; it keeps a flapping peer from being hammered. Default
 	// MaxBackoff.
 	StableAfter time.Duration
+	// OnChange, if set, is called after every state change (with the
+	// Redialer's lock held: it must not call back).
+	OnChange func()
 }
 
 func (c *RedialConfig) setDefaults() {
@@ -120,6 +123,9 @@ func (r *Redialer) set(f func(*DialState)) {
 	}
 	close(r.changed)
 	r.changed = make(chan struct{})
+	if r.cfg.OnChange != nil {
+		r.cfg.OnChange()
+	}
 }
 
 // Run dials, hands each link to run, which should return when the link

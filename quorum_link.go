@@ -235,6 +235,7 @@ func (d *quorumDriver) pump() {
 	}
 	st := d.node.Status()
 	d.status.Store(&st)
+	d.leaf.changes.Notify() // status watchers: the status may have changed
 }
 
 // send carries one raft message to its master, opening the transaction

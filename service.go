@@ -32,6 +32,9 @@ type Service struct {
 
 	ctx context.Context
 	wg  sync.WaitGroup
+	// changes is notified whenever Status would change (counters aside),
+	// for `hammer2 status --service --watch`.
+	changes notifier
 
 	mu      sync.Mutex // guards router and everything reached from links
 	router  *spanRouter
@@ -151,7 +154,8 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 	if s.node != nil {
 		s.spawn(func() { s.acceptQuic(ctx) })
 		for _, addr := range s.cfg.Autoconn {
-			d := NewRedialer(s.node, addr, RedialConfig{MinBackoff: s.cfg.RedialMin, MaxBackoff: s.cfg.RedialMax})
+			d := NewRedialer(s.node, addr, RedialConfig{MinBackoff: s.cfg.RedialMin, MaxBackoff: s.cfg.RedialMax,
+				OnChange: s.changes.Notify})
 			s.autoconn = append(s.autoconn, d)
 			s.spawn(func() {
 				_ = d.Run(ctx, func(q *QuicLink) {
@@ -166,7 +170,7 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 	}
 	if s.cfg.Control != "" {
 		cs := &controlServer{path: s.cfg.Control, policy: s.cfg.Policy, log: s.log, refused: s.refused, spawn: s.spawn,
-			handle: s.control}
+			handle: s.control, changes: &s.changes}
 		if err := cs.serve(ctx); err != nil {
 			cancel()
 			closeAll(lns)
@@ -298,6 +302,7 @@ func (s *Service) addLink(rw io.ReadWriteCloser, name string, q *QuicLink, peer 
 	// Published: its handlers find it in s.links from the first message.
 	sl.link.Start()
 	sl.link.log.Info("link up", "link", sl.name)
+	s.changes.Notify()
 	return sl
 }
 
@@ -412,6 +417,7 @@ func (s *Service) ignoreSpan(sl *svcLink, t *Trans, m *Msg) {
 	sl.ignored++
 	n := sl.ignored
 	s.mu.Unlock()
+	s.changes.Notify()
 	if n > s.cfg.Limits.SpansPerLink {
 		sl.link.Abort(&LimitError{Limit: "spans_per_link", Value: uint64(n), Max: uint64(s.cfg.Limits.SpansPerLink),
 			Reason: "the link advertised one span more than it may"})
@@ -425,6 +431,7 @@ func (s *Service) ignoreSpan(sl *svcLink, t *Trans, m *Msg) {
 			s.mu.Lock()
 			sl.ignored--
 			s.mu.Unlock()
+			s.changes.Notify()
 			_ = t.Close(ErrOK)
 		}
 	})
@@ -463,6 +470,7 @@ func (s *Service) linkGone(sl *svcLink) {
 		}
 	}
 	sl.link.log.Info("link down", "link", sl.name, "reason", sl.link.Err())
+	s.changes.Notify()
 }
 
 // forwardCircuit carries a transaction the peer opened under one of our
@@ -646,6 +654,7 @@ func (s *Service) shellOnRelay(sl *svcLink, rid relayID, relay *Trans, cmd strin
 
 // applyLocked sends what the router decided.
 func (s *Service) applyLocked() {
+	defer s.changes.Notify()
 	for _, a := range s.router.take() {
 		sl := s.links[a.Conn]
 		if sl == nil {
