@@ -252,7 +252,39 @@ func (d *daemonProc) waitLogSince(mark int, dur time.Duration, want ...string) s
 	return d.log.since(mark)
 }
 
-// latest is the daemon's current status, nil while it is not running.
+// waitLogLine waits until a line of the log (all starts) satisfies match.
+func (d *daemonProc) waitLogLine(dur time.Duration, what string, match func(line string) bool) string {
+	d.t.Helper()
+	var found string
+	waitEvent(d.t, dur, fmt.Sprintf("%s %s: the log has no %s", d.kind, d.name, what), func() (bool, string) {
+		for line := range strings.Lines(d.logText()) {
+			if match(line) {
+				found = line
+				return true, ""
+			}
+		}
+		return false, "log:\n" + d.logText()
+	}, &d.log)
+	return found
+}
+
+// query asks the daemon for its status now, over its control socket (a
+// one-shot read; waits use the watch): nil if it does not answer.
+func (d *daemonProc) query() *controlResponse {
+	d.mu.Lock()
+	path := d.control
+	d.mu.Unlock()
+	r, err := controlCall(path, controlRequest{Op: "status"})
+	if err != nil {
+		return nil
+	}
+	return r
+}
+
+// latest is the daemon's status as its watch last showed it, nil while
+// it is not running. It may be a coalescing delay behind a change that
+// just happened: conditions that waits evaluate read it, one-shot checks
+// query.
 func (d *daemonProc) latest() *controlResponse {
 	if u, ok := d.watch.current(); ok {
 		return u.resp

@@ -181,10 +181,10 @@ func (s *svcNode) tree() string {
 	return out
 }
 
-// status is the service's current status, as its watch last showed it.
+// status is the service's current status, asked over its control socket.
 func (s *svcNode) status() ServiceStatus {
 	s.t.Helper()
-	r := s.latest()
+	r := s.query()
 	if r == nil || r.Service == nil {
 		s.t.Fatalf("service %s: no status: it is not running", s.name)
 	}
@@ -296,10 +296,10 @@ type svcLeafView struct {
 	raw      string
 }
 
-// svcView is the leaf's current status, as its watch last showed it.
+// svcView is the leaf's current status, asked over its control socket.
 func svcView(n *leafNode) svcLeafView {
 	n.t.Helper()
-	r := n.latest()
+	r := n.query()
 	if r == nil {
 		n.t.Fatalf("%s: no status: the leaf is not running", n.name)
 	}
