@@ -8,11 +8,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +37,14 @@ func TestMain(m *testing.M) {
 	if role := os.Getenv("H2_TEST_ROLE"); role != "" {
 		os.Exit(runTestRole(role)) // testrole_test.go
 	}
+	flag.Parse()
+	if !flagSet("test.parallel") {
+		// Most tests here wait on daemons' timers (dead-peer bounds,
+		// commit timeouts, redials), not on the CPU: as many at once as
+		// cores (go test's default) leaves the cores idle most of the run.
+		// An explicit -parallel wins.
+		_ = flag.Set("test.parallel", strconv.Itoa(testParallelPerCPU*runtime.GOMAXPROCS(0)))
+	}
 	code := m.Run()
 	if h2BuildDir != "" {
 		os.RemoveAll(h2BuildDir)
@@ -51,6 +61,16 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// testParallelPerCPU is how many parallel tests run at once per core.
+const testParallelPerCPU = 4
+
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // h2Binary returns the path of the hammer2 binary (with a hammer2-leaf

@@ -733,14 +733,15 @@ func (m *svcMesh) converge(phase string, since time.Time, within time.Duration) 
 	return took
 }
 
-// TestServiceRing: five services in a ring, a leaf on each. Every leaf
+// TestLongServiceRing (a long test): five services in a ring, a leaf on each. Every leaf
 // sees the four other PFSs, each once, at its shortest-path dist (hops+1),
 // and the result is stable: no endless churn. Then the ring is disturbed:
 // a leaf is killed (its span, withdrawn, chases its tail around the loop
 // until the dist cap ends it), a service is killed (the ring becomes a
 // line), and that service comes back. Each time the spans converge again,
 // none is ever seen above the cap, and they then stay put.
-func TestServiceRing(t *testing.T) {
+func TestLongServiceRing(t *testing.T) {
+	longTest(t)
 	t.Parallel()
 	const n = 5
 	m := &svcMesh{t: t, maxDist: map[int]uint32{}}
@@ -962,49 +963,54 @@ func TestServiceShell(t *testing.T) {
 			return len(sp) == 1 && sp[0].Dist == 2
 		})
 
-	// The client must not crash when the service's LNK_CONN is read at
-	// once, before the client has recorded its link: a race-built client,
-	// being slower, opens that window wide.
-	t.Run("client LNK_CONN race", func(t *testing.T) {
-		bin := svcRaceBinary(t)
-		var mu sync.Mutex
-		var crashes []string
-		var wg sync.WaitGroup
-		const sessions, workers = 32, 4
-		for w := range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := w; i < sessions; i += workers {
-					cmd := exec.Command(bin, "shell", "unix:"+s1.sock)
-					cmd.Stdin = strings.NewReader("ping\n")
-					var o, e bytes.Buffer
-					cmd.Stdout, cmd.Stderr = &o, &e
-					timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
-					err := cmd.Run()
-					timer.Stop()
-					if err != nil || strings.Contains(e.String(), "DATA RACE") || !strings.Contains(o.String(), "ping reply") {
-						mu.Lock()
-						crashes = append(crashes, fmt.Sprintf("session %d: %v\nstdout:\n%s\nstderr:\n%s", i, err, o.String(), e.String()))
-						mu.Unlock()
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		if len(crashes) > 0 {
-			t.Errorf("%d of %d race-built `hammer2 shell` sessions failed (crashed, reported a data race, or got no "+
-				"ping reply): the shell's handler must not use its link before the link is complete (NewLink builds it, "+
-				"Start runs its reader). First failure:\n%s",
-				len(crashes), sessions, crashes[0])
-		}
-	})
-
 	// span to a node that is not there fails, and says so.
 	dead := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeUDPPort(t)))
 	out, _, _ = svcShell(t, s1.bin, "unix:"+s1.sock, "span "+dead)
 	if !strings.Contains(out, "Connection to "+dead+" failed") {
 		t.Errorf("shell span to a dead address: output lacks %q:\n%s", "Connection to "+dead+" failed", out)
+	}
+}
+
+// TestLongServiceShellClientRace: the shell client must not crash when
+// the service's LNK_CONN is read at once, before the client has recorded
+// its link: a race-built client, being slower, opens that window wide. A
+// stress test of 32 race-built sessions: a long test.
+func TestLongServiceShellClientRace(t *testing.T) {
+	longTest(t)
+	t.Parallel()
+	s := newSvcNode(t, "shr", svcOpts{})
+	s.start()
+	bin := svcRaceBinary(t)
+	var mu sync.Mutex
+	var crashes []string
+	var wg sync.WaitGroup
+	const sessions, workers = 32, 4
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < sessions; i += workers {
+				cmd := exec.Command(bin, "shell", "unix:"+s.sock)
+				cmd.Stdin = strings.NewReader("ping\n")
+				var o, e bytes.Buffer
+				cmd.Stdout, cmd.Stderr = &o, &e
+				timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
+				err := cmd.Run()
+				timer.Stop()
+				if err != nil || strings.Contains(e.String(), "DATA RACE") || !strings.Contains(o.String(), "ping reply") {
+					mu.Lock()
+					crashes = append(crashes, fmt.Sprintf("session %d: %v\nstdout:\n%s\nstderr:\n%s", i, err, o.String(), e.String()))
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(crashes) > 0 {
+		t.Errorf("%d of %d race-built `hammer2 shell` sessions failed (crashed, reported a data race, or got no "+
+			"ping reply): the shell's handler must not use its link before the link is complete (NewLink builds it, "+
+			"Start runs its reader). First failure:\n%s",
+			len(crashes), sessions, crashes[0])
 	}
 }
 
@@ -1151,7 +1157,7 @@ func TestServiceLeafListenNone(t *testing.T) {
 	}
 }
 
-// TestServiceConnectRace: a client whose LNK_CONN is already waiting when
+// TestLongServiceConnectRace (a long test): a client whose LNK_CONN is already waiting when
 // the service accepts it (a leaf sends it at once) must not crash the
 // service. The service runs race-built, which is slower and so opens the
 // window between NewLink starting the link's reader and the service
@@ -1159,7 +1165,8 @@ func TestServiceLeafListenNone(t *testing.T) {
 // each new connection at once. It is a stress test: against addLink as it
 // was at a0da3a7 (link published before NewLink returned) it failed in
 // every run on two cores; a correct service never fails it.
-func TestServiceConnectRace(t *testing.T) {
+func TestLongServiceConnectRace(t *testing.T) {
+	longTest(t)
 	// Not parallel: it loads the CPU on purpose, which must not skew the
 	// other tests' timings.
 	s := newSvcNode(t, "cr", svcOpts{})

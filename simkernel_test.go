@@ -138,26 +138,14 @@ func newSimKernel(t testing.TB, name string, c net.Conn, pfs PFS, pfses []simPFS
 	return k
 }
 
-// dialSimKernel dials the stub PFS's kernel.sock and starts a kernel on it
-// that holds pfses. The stub listens when the leaf's kernel loop first
-// asks it for a link, which the leaf starts just before its ready line:
-// a dial right after start can find no socket yet, and is tried again
-// (every 20 ms, for at most 5 s) until the loop has run.
+// dialSimKernel dials the stub PFS's kernel.sock (there once the leaf is
+// ready) and starts a kernel on it that holds pfses.
 func dialSimKernel(t testing.TB, name, pfsDir string, pfses []simPFS) *simKernel {
 	t.Helper()
 	sock := KernelSocketPath(pfsDir)
-	deadline := time.Now().Add(5 * time.Second)
-	var c net.Conn
-	for {
-		var err error
-		c, err = net.DialTimeout("unix", sock, time.Second)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sim kernel %s: dialing %s: %v", name, sock, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	c, err := net.DialTimeout("unix", sock, 5*time.Second)
+	if err != nil {
+		t.Fatalf("sim kernel %s: dialing %s: %v", name, sock, err)
 	}
 	pfs, err := OpenPFS(pfsDir)
 	if err != nil {
