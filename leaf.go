@@ -226,7 +226,9 @@ func (l *Leaf) Run(ctx context.Context, control string, ready func()) error {
 	// The stand-in PFS's kernel.sock is there once the leaf says it is
 	// ready (its kernel loop would make it a moment later): a simulated
 	// kernel may dial at once.
-	if st, ok := l.pfs.(interface{ listener() (*net.UnixListener, error) }); ok {
+	if st, ok := l.pfs.(interface {
+		listener() (*net.UnixListener, error)
+	}); ok {
 		if _, err := st.listener(); err != nil {
 			l.log.Warn("kernel socket", "err", err)
 		}

@@ -24,3 +24,12 @@ func longTest(t *testing.T) {
 		t.Skipf("a long test: set %s=1 to run it", longTestsEnv)
 	}
 }
+
+// notShort skips t under -short: a test of several daemons that takes a
+// few seconds and runs in every full run, but not in the quick one.
+func notShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("several daemons for seconds: skipped under -short")
+	}
+}

@@ -63,6 +63,7 @@ func (c *qpCluster) commitVia(k *simKernel, client int, d time.Duration, watched
 // in the group's order, a grant the slave's leaf records, and a revoke
 // when a master's kernel needs the keys.
 func TestQuorumForwarding(t *testing.T) {
+	notShort(t)
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 3*time.Second)
 	began := time.Now()
@@ -160,6 +161,7 @@ func TestQuorumForwarding(t *testing.T) {
 // record from cache.db; the kernel, reconnecting, revalidates both: the
 // untouched one is confirmed at its original txid, the taken one is not.
 func TestQuorumRevalidateAfterRestart(t *testing.T) {
+	notShort(t)
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 3*time.Second)
 	leader := c.waitLeader(20 * time.Second)

@@ -20,6 +20,7 @@ import (
 // out again, and the leader does not add it back although its span is
 // still there.
 func TestQuorumMembership(t *testing.T) {
+	notShort(t)
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 3*time.Second)
 	leader := c.waitLeader(20 * time.Second)

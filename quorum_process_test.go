@@ -1190,6 +1190,7 @@ func TestQuorumCommitBasic(t *testing.T) {
 // their bbolt files) commits succeed again with txids above every earlier
 // one.
 func TestQuorumMajorityLoss(t *testing.T) {
+	notShort(t)
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 2*time.Second)
 	began := time.Now()
@@ -1705,12 +1706,13 @@ func qpBatchPayload(t *testing.T) (size, perBatch int) {
 	return 0, 0
 }
 
-// TestQuorumCatchUpLargeBatch: a master that was down while large commits
+// TestLongQuorumCatchUpLargeBatch (a long test): a master that was down while large commits
 // went by must catch up when it comes back. The leader sends it the
 // missing entries in batches of up to raft's MaxSizePerMsg, one raft
 // message per QRM_RAFT dmsg message; with entries sized so that a batch
 // fills MaxSizePerMsg, the encoded message is over the aux limit.
-func TestQuorumCatchUpLargeBatch(t *testing.T) {
+func TestLongQuorumCatchUpLargeBatch(t *testing.T) {
+	longTest(t)
 	t.Parallel()
 	size, per := qpBatchPayload(t)
 	c := newQPCluster(t, 3, false, 2*time.Second)
@@ -1952,6 +1954,7 @@ func (c *qpCluster) locksOf(i int) string {
 // holds a state the group no longer records: giving up on a request whose
 // grant comes later, and holding two overlapping grants.
 func TestQuorumLocks(t *testing.T) {
+	notShort(t)
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 2*time.Second)
 	began := time.Now()

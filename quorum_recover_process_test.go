@@ -17,6 +17,7 @@ import (
 // quorum.masters makes it found a group of its own) is not stepped by
 // the survivor, which keeps committing.
 func TestQuorumRecover(t *testing.T) {
+	notShort(t)
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 2*time.Second)
 	leader := c.waitLeader(20 * time.Second)
