@@ -562,7 +562,7 @@ func (c *qpCluster) svcSignal(j int, sig syscall.Signal) {
 
 func (c *qpCluster) stopSvc(j int) {
 	c.t.Helper()
-	c.svcSignal(j, syscall.SIGSTOP)
+	c.svcs[j].freeze()
 	c.svcState[j] = "stopped"
 	c.track(time.Now().Add(qpSignalMargin))
 }
@@ -571,7 +571,7 @@ func (c *qpCluster) contSvc(j int) {
 	c.t.Helper()
 	c.svcState[j] = "up"
 	c.track(time.Now())
-	c.svcSignal(j, syscall.SIGCONT)
+	c.svcs[j].thaw()
 }
 
 func (c *qpCluster) killSvc(j int) {

@@ -509,8 +509,6 @@ func TestServiceLine(t *testing.T) {
 	}
 }
 
-var svcDistRE = regexp.MustCompile(`dist=(\d+)`)
-
 // svcHops is the hop count between services on an undirected graph of
 // the alive ones (-1: not connected).
 func svcHops(from, to int, edges [][2]int, alive []bool) int {
