@@ -2091,6 +2091,13 @@ func TestQuorumLocks(t *testing.T) {
 	granted("m1 EXCLUSIVE INUM 300", w)
 	rd := c.kernel(1).cacLockReq(sh(300, 300), wait)
 	granted("m2 SHARED INUM 300 over m1's EXCLUSIVE", rd)
+	// m1's SHARED grant comes on m1's kernel link, m2's on m2's: either
+	// may arrive first.
+	waitEventOK(5*time.Second, func() (bool, string) {
+		kd.mu.Lock()
+		defer kd.mu.Unlock()
+		return kd.lockMode[w.msgid] == cacShared, ""
+	}, kd)
 	kd.mu.Lock()
 	mode := kd.lockMode[w.msgid]
 	_, ended := kd.lockEnd[w.msgid]
