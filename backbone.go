@@ -17,6 +17,7 @@ import (
 type backbone struct {
 	network, addr string
 	cancel        context.CancelFunc
+	changes       *notifier // the leaf's
 
 	mu    sync.Mutex
 	link  *clusterLink
@@ -43,6 +44,7 @@ func (b *backbone) set(f func(*DialState)) {
 	if b.state.State != old {
 		b.state.Since = time.Now()
 	}
+	b.changes.Notify()
 }
 
 // startBackbone replaces the backbone link with one to spec.
@@ -54,7 +56,7 @@ func (l *Leaf) startBackbone(spec string) {
 	l.cfg.Backbone = spec
 	if network != "" {
 		ctx, cancel := context.WithCancel(l.ctx)
-		b := &backbone{network: network, addr: addr, cancel: cancel,
+		b := &backbone{network: network, addr: addr, cancel: cancel, changes: &l.changes,
 			state: DialState{Addr: spec, State: DialDialing, Since: time.Now()}}
 		l.backbone = b
 		l.spawn(func() { l.runBackbone(ctx, b) })
@@ -63,6 +65,7 @@ func (l *Leaf) startBackbone(spec string) {
 	if old != nil {
 		old.cancel()
 	}
+	l.changes.Notify()
 }
 
 func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {

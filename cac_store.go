@@ -40,6 +40,8 @@ type cacheStore struct {
 	path string
 	db   *bolt.DB
 	boot uint64
+
+	changes *notifier // told of every change, for status watchers (the leaf's; nil: none)
 }
 
 // openCacheStore opens <dir>/cache.db and takes this run's boot number.
@@ -91,6 +93,7 @@ func (s *cacheStore) update(fn func(*bolt.Bucket) error) error {
 	if err := s.db.Update(func(tx *bolt.Tx) error { return fn(tx.Bucket([]byte(cbHeld))) }); err != nil {
 		return fmt.Errorf("cache store %s: %w", s.path, err)
 	}
+	s.changes.Notify()
 	return nil
 }
 

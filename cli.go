@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // LeafCmd runs the daemon.
@@ -151,6 +152,7 @@ type StatusCmd struct {
 	JSON    bool     `name:"json" help:"Print JSON (the fields may grow)."`
 	Service bool     `name:"service" help:"Show the node's service daemon instead: its links, who is behind each, its autoconn targets."`
 	Unix    string   `name:"unix" help:"With --service: the service's Unix socket (default: the config's [service] unix)." placeholder:"PATH"`
+	Watch   bool     `name:"watch" help:"Show the status, then again each time it changes, until interrupted (one PFS; with --json, one JSON object a line)."`
 }
 
 type statusJSON struct {
@@ -172,6 +174,12 @@ func (c *StatusCmd) Run(env *Env) error {
 	}
 	if c.Service {
 		return c.service(env, cfg)
+	}
+	if c.Watch {
+		if len(paths) != 1 {
+			return fmt.Errorf("status --watch: one PFS at a time (%d given)", len(paths))
+		}
+		return c.watchLeaf(env, cfg, paths[0])
 	}
 	var all []statusJSON
 	for _, p := range paths {
@@ -223,6 +231,11 @@ func (c *StatusCmd) service(env *Env, cfg Config) error {
 	if c.Unix != "" {
 		sock = c.Unix
 	}
+	if c.Watch {
+		return c.watch(serviceControlPath(sock), func(resp *controlResponse) (any, func()) {
+			return resp.Service, func() { printServiceStatus(env.Stdout, resp.Service) }
+		}, env)
+	}
 	resp, err := controlCall(serviceControlPath(sock), controlRequest{Op: "status"})
 	if err != nil {
 		return fmt.Errorf("service: %w", err)
@@ -234,6 +247,51 @@ func (c *StatusCmd) service(env *Env, cfg Config) error {
 	}
 	printServiceStatus(env.Stdout, resp.Service)
 	return nil
+}
+
+// watchLeaf is `status --watch` of the leaf of the PFS at p: each line
+// as `status` would show it, its REMOTE slots read again each time.
+func (c *StatusCmd) watchLeaf(env *Env, cfg Config, p string) error {
+	pfs, err := OpenPFS(p)
+	if err != nil {
+		return err
+	}
+	defer pfs.Close()
+	info, err := pfs.Info()
+	if err != nil {
+		return err
+	}
+	rp := leafPaths(cfg, pfs, info)
+	return c.watch(rp.control, func(resp *controlResponse) (any, func()) {
+		slots, err := pfs.RemoteScan()
+		s := statusJSON{Path: p, Slots: slots, Leaf: resp.Status, Running: resp.Status != nil}
+		if err != nil {
+			s.Error = err.Error()
+		}
+		return s, func() { printStatus(env.Stdout, slots, resp.Status, err) }
+	}, env)
+}
+
+// watch prints each status line of the daemon at path until interrupted:
+// show gives what --json prints and what prints it for people.
+func (c *StatusCmd) watch(path string, show func(*controlResponse) (any, func()), env *Env) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	enc := json.NewEncoder(env.Stdout)
+	first := true
+	return controlWatch(ctx, path, func(resp *controlResponse) error {
+		v, human := show(resp)
+		if c.JSON {
+			return enc.Encode(v)
+		}
+		if !first {
+			fmt.Fprintln(env.Stdout)
+		}
+		first = false
+		fmt.Fprintf(env.Stdout, "----- %s -----\n", time.Now().Format("15:04:05.000"))
+		human()
+		return nil
+	})
 }
 
 // ConnectCmd is `hammer2 connect <target>`.

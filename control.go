@@ -3,9 +3,11 @@ package main
 // The control socket: how one-shot commands (status, connect, disconnect,
 // quorum) reach a running leaf, and status reaches a running service. A
 // Unix socket, mode 0600, one JSON request and one JSON answer per
-// connection.
+// connection, except "watch": its answer is a status line at once and
+// another each time the daemon's state changes, until the caller hangs up.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,7 +22,7 @@ import (
 )
 
 type controlRequest struct {
-	Op string `json:"op"` // "status", "rescan", "quorum-add" or "quorum-remove"
+	Op string `json:"op"` // "status", "watch", "rescan", "quorum-add" or "quorum-remove"
 	// Master is the quorum-add/-remove subject: a master id as status
 	// prints it (hex).
 	Master string `json:"master,omitempty"`
@@ -35,9 +37,10 @@ type controlResponse struct {
 }
 
 // controlServer is a daemon's control socket: one JSON request and one
-// JSON answer per connection. The socket is 0600 (0660 with
-// security.group) whatever the umask, and each caller's credentials are
-// checked as well: an unprivileged caller may ask for status only.
+// JSON answer per connection (a stream of them for "watch"). The socket is
+// 0600 (0660 with security.group) whatever the umask, and each caller's
+// credentials are checked as well: an unprivileged caller may only look
+// (status and watch).
 type controlServer struct {
 	path    string
 	policy  privilegePolicy
@@ -45,7 +48,27 @@ type controlServer struct {
 	refused *logLimiter
 	spawn   func(func()) // runs a goroutine its owner waits for
 	handle  func(controlRequest) controlResponse
+	// changes is notified by the daemon whenever its status changes;
+	// nil: no watch.
+	changes *notifier
+	// watchers holds a token per running watch: at most
+	// controlWatchersMax connections may be held open.
+	watchers chan struct{}
 }
+
+// Watch bounds. A watch holds a goroutine pair and a connection for as
+// long as the caller likes, so their number is bounded; a few people and
+// scripts at once is what the socket serves. Bursts of changes (a link
+// coming up brings its spans, a raft Ready several fields) are coalesced
+// into one line per controlWatchCoalesce, short enough that a watcher
+// still sees each step of a link's life. A watcher that does not read for
+// controlWatchWriteTimeout is dropped: its unread lines pile up in our
+// socket buffer, and nobody is watching any more.
+const (
+	controlWatchersMax       = 8
+	controlWatchCoalesce     = 10 * time.Millisecond
+	controlWatchWriteTimeout = 10 * time.Second
+)
 
 // serve listens until ctx ends.
 func (cs *controlServer) serve(ctx context.Context) error {
@@ -60,15 +83,16 @@ func (cs *controlServer) serve(ctx context.Context) error {
 		<-ctx.Done()
 		ln.Close()
 	})
+	cs.watchers = make(chan struct{}, controlWatchersMax)
 	cs.spawn(func() {
 		_ = acceptLoop(ctx, ln, cs.log, "control "+cs.path, func(c net.Conn) {
-			cs.spawn(func() { cs.conn(c) })
+			cs.spawn(func() { cs.conn(ctx, c) })
 		})
 	})
 	return nil
 }
 
-func (cs *controlServer) conn(c net.Conn) {
+func (cs *controlServer) conn(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	peer := cs.policy.identify(c)
@@ -77,18 +101,89 @@ func (cs *controlServer) conn(c net.Conn) {
 	switch err := json.NewDecoder(io.LimitReader(c, controlRequestMax)).Decode(&req); {
 	case err != nil:
 		resp.Error = "bad request: " + err.Error()
-	case req.Op != "status" && !peer.Class.Privileged():
+	case req.Op != "status" && req.Op != "watch" && !peer.Class.Privileged():
 		cs.refused.Warn(cs.log, "control socket: refused an unprivileged caller", append([]any{"op", req.Op}, peer.attrs()...)...)
 		resp.Error = cs.policy.needs(req.Op, peer)
+	case req.Op == "watch" && cs.changes == nil:
+		resp.Error = "this daemon has no watch"
+	case req.Op == "watch":
+		select {
+		case cs.watchers <- struct{}{}:
+			cs.watch(ctx, c)
+			<-cs.watchers
+			return
+		default:
+			resp.Error = fmt.Sprintf("too many watchers (at most %d at once)", controlWatchersMax)
+		}
 	default:
 		resp = cs.handle(req)
 	}
 	_ = json.NewEncoder(c).Encode(&resp)
 }
 
+// watch writes the status at once and again after each change (counters
+// aside: bytes and RTT alone do not make a line) until the caller hangs
+// up, stops reading, or the daemon stops.
+func (cs *controlServer) watch(ctx context.Context, c net.Conn) {
+	_ = c.SetDeadline(time.Time{})
+	// The caller has nothing more to say: anything it sends, or its
+	// hanging up, ends the watch. c.Close (deferred by conn) ends the read.
+	gone := make(chan struct{})
+	cs.spawn(func() {
+		var b [1]byte
+		_, _ = c.Read(b[:])
+		close(gone)
+	})
+	enc := json.NewEncoder(c)
+	var last []byte
+	coalesce := time.NewTimer(0)
+	defer coalesce.Stop()
+	for {
+		changed := cs.changes.Changed() // before the snapshot: no change is missed
+		resp := cs.handle(controlRequest{Op: "status"})
+		if key, _ := json.Marshal(resp.withoutCounters()); !bytes.Equal(key, last) {
+			last = key
+			_ = c.SetWriteDeadline(time.Now().Add(controlWatchWriteTimeout))
+			if err := enc.Encode(&resp); err != nil {
+				return
+			}
+		}
+		select {
+		case <-changed:
+		case <-gone:
+			return
+		case <-ctx.Done():
+			return
+		}
+		coalesce.Reset(controlWatchCoalesce)
+		select {
+		case <-coalesce.C:
+		case <-gone:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// withoutCounters is the response with the fields that change on every
+// message (bytes, RTT) cleared: what decides whether a watcher gets a line.
+func (r controlResponse) withoutCounters() controlResponse {
+	if r.Status != nil {
+		st := r.Status.withoutCounters()
+		r.Status = &st
+	}
+	if r.Service != nil {
+		st := r.Service.withoutCounters()
+		r.Service = &st
+	}
+	return r
+}
+
 // serveControl serves the leaf's control socket at path until ctx ends.
 func (l *Leaf) serveControl(ctx context.Context, path string) error {
-	cs := &controlServer{path: path, policy: l.policy, log: l.log, refused: l.refused, spawn: l.spawn, handle: l.control}
+	cs := &controlServer{path: path, policy: l.policy, log: l.log, refused: l.refused, spawn: l.spawn, handle: l.control,
+		changes: &l.changes}
 	return cs.serve(ctx)
 }
 
@@ -144,6 +239,48 @@ func controlCall(path string, req controlRequest) (*controlResponse, error) {
 		return &resp, fmt.Errorf("leaf: %s", resp.Error)
 	}
 	return &resp, nil
+}
+
+// controlWatch asks the daemon listening at path for a watch and calls fn
+// with each status line, until ctx ends (nil), the daemon goes away (an
+// error wrapping io.EOF), or fn returns an error (returned).
+func controlWatch(ctx context.Context, path string, fn func(*controlResponse) error) error {
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	c, err := d.DialContext(dctx, "unix", path)
+	cancel()
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w (no control socket at %s)", errNotRunning, path)
+		}
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if err := json.NewEncoder(c).Encode(&controlRequest{Op: "watch"}); err != nil {
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	dec := json.NewDecoder(c)
+	for {
+		var resp controlResponse
+		if err := dec.Decode(&resp); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				err = io.EOF
+			}
+			return fmt.Errorf("control socket %s: the watch ended: %w", path, err)
+		}
+		if resp.Error != "" {
+			return fmt.Errorf("control socket %s: %s", path, resp.Error)
+		}
+		if err := fn(&resp); err != nil {
+			return err
+		}
+	}
 }
 
 // changeMember serves quorum-add and quorum-remove, waiting at most the

@@ -35,6 +35,9 @@ type Leaf struct {
 	started  time.Time
 	policy   privilegePolicy // who is privileged on the local sockets
 	refused  *logLimiter     // refusals on the local sockets
+	// changes is notified whenever Status would change (counters aside),
+	// for `hammer2 status --watch`.
+	changes notifier
 
 	ctx context.Context
 	wg  sync.WaitGroup
@@ -101,7 +104,9 @@ func NewLeaf(cfg Config, pfs PFS, key ed25519.PrivateKey, trust *TrustStore, log
 		return nil, err
 	}
 	l.node = node
+	l.spans.changes = &l.changes
 	if l.cstore, err = openCacheStore(l.stateDir()); err == nil {
+		l.cstore.changes = &l.changes
 		l.cac, err = newCacAgent(info.Fsid, l.cstore, l.log)
 	}
 	if err == nil {
@@ -172,7 +177,7 @@ func (l *Leaf) openQuorum() error {
 	l.quorum = newQuorumDriver(l, node, quorumDriverConfig{Clid: l.info.Clid, Fsid: l.info.Fsid, Key: l.key,
 		Log: l.log, CAC: l.cac, Clock: wallClock{}, Transport: newQuorumWire(l, self, l.info.Clid, l.log),
 		Tick: qc.Tick.Duration, Lease: qc.Lease.Duration, CommitTimeout: qc.CommitTimeout.Duration,
-		Inbox: quorumInboxLimits{Raft: quorumInboxRaft, Requests: quorumInboxRequests}})
+		Inbox: quorumInboxLimits{Raft: quorumInboxRaft, Requests: quorumInboxRequests}, Changed: l.changes.Notify})
 	l.quorum.adoptRecovered(l.cac.Recovered())
 	return nil
 }
@@ -248,6 +253,16 @@ func (l *Leaf) Run(ctx context.Context, control string, ready func()) error {
 			l.cac.dropUnclaimed()
 		}
 	})
+	// The stand-in PFS's kernel.sock is there once the leaf says it is
+	// ready (its kernel loop would make it a moment later): a simulated
+	// kernel may dial at once.
+	if st, ok := l.pfs.(interface {
+		listener() (*net.UnixListener, error)
+	}); ok {
+		if _, err := st.listener(); err != nil {
+			l.log.Warn("kernel socket", "err", err)
+		}
+	}
 	if ready != nil {
 		ready()
 	}
@@ -408,6 +423,7 @@ func (l *Leaf) dropUntrusted() {
 // reconcile starts links to new targets and stops links to targets no
 // longer named, leaving the others alone.
 func (l *Leaf) reconcile() {
+	defer l.changes.Notify()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.ctx == nil || l.ctx.Err() != nil {
@@ -451,7 +467,7 @@ func (l *Leaf) startTarget(t *target) {
 	ctx, cancel := context.WithCancel(l.ctx)
 	t.cancel = cancel
 	t.dialer = NewRedialer(l.node, t.addr, RedialConfig{MinBackoff: l.cfg.RedialMin.Duration, MaxBackoff: l.cfg.RedialMax.Duration,
-		Logger: l.log})
+		Logger: l.log, OnChange: l.changes.Notify})
 	l.targets[t.addr] = t
 	l.log.Info("keeping a link to remote", "remote", t.addr, "slots", t.slots)
 	l.spawn(func() {
@@ -460,6 +476,7 @@ func (l *Leaf) startTarget(t *target) {
 			l.mu.Lock()
 			t.link = c
 			l.mu.Unlock()
+			l.changes.Notify()
 			select {
 			case <-c.link.Done():
 			case <-ctx.Done():
@@ -470,6 +487,7 @@ func (l *Leaf) startTarget(t *target) {
 			l.mu.Lock()
 			t.link = nil
 			l.mu.Unlock()
+			l.changes.Notify()
 		})
 	})
 }
@@ -490,11 +508,13 @@ func (l *Leaf) acceptLoop(ctx context.Context) {
 		l.mu.Lock()
 		l.inbound[c] = struct{}{}
 		l.mu.Unlock()
+		l.changes.Notify()
 		l.spawn(func() {
 			<-c.link.Done()
 			l.mu.Lock()
 			delete(l.inbound, c)
 			l.mu.Unlock()
+			l.changes.Notify()
 		})
 	}
 }
@@ -522,11 +542,13 @@ func (l *Leaf) kernelLoop(ctx context.Context, stop context.CancelFunc) {
 		l.mu.Lock()
 		l.kernel, l.kernelUp = k, time.Now()
 		l.mu.Unlock()
+		l.changes.Notify()
 		l.log.Info("kernel link up")
 		<-k.Done()
 		l.mu.Lock()
 		l.kernel = nil
 		l.mu.Unlock()
+		l.changes.Notify()
 		if ctx.Err() != nil {
 			return
 		}

@@ -50,6 +50,9 @@ type RedialConfig struct {
 	// Logger, if set, gets one line per failed attempt or lost link, with
 	// the wait before the next: once per backoff step.
 	Logger *slog.Logger
+	// OnChange, if set, is called after every state change (with the
+	// Redialer's lock held: it must not call back).
+	OnChange func()
 }
 
 func (c *RedialConfig) setDefaults() {
@@ -124,6 +127,9 @@ func (r *Redialer) set(f func(*DialState)) {
 	}
 	close(r.changed)
 	r.changed = make(chan struct{})
+	if r.cfg.OnChange != nil {
+		r.cfg.OnChange()
+	}
 }
 
 // Run dials, hands each link to run, which should return when the link

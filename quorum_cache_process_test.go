@@ -1,31 +1,60 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 )
 
-// kernelStatesOf is the kernel_states section of a leaf's status --json.
-func kernelStatesOf(t *testing.T, n *leafNode) []LockJSON {
+// kernelStatesOf is the kernel_states section of a leaf's status: asked
+// now (watched: as its watch last showed it).
+func kernelStatesOf(t *testing.T, n *leafNode, watched bool) []LockJSON {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, n.bin, "-c", n.cfgPath, "status", "--json", n.pfs).Output()
-	if err != nil {
-		t.Fatalf("%s: status: %v", n.name, err)
+	r := n.query()
+	if watched {
+		r = n.latest()
 	}
-	var all []struct {
-		Leaf *LeafStatus `json:"leaf"`
+	if r == nil || r.Status == nil {
+		t.Fatalf("%s: not running", n.name)
 	}
-	if err := json.Unmarshal(out, &all); err != nil || len(all) != 1 || all[0].Leaf == nil {
-		t.Fatalf("%s: status --json printed %q: %v", n.name, out, err)
+	return r.Status.KernelStates
+}
+
+// qpRetryPause is the most a retry of a failed request waits for a change
+// (a span, a leader) that may let it succeed; woken by the first change.
+const qpRetryPause = 200 * time.Millisecond
+
+// waitAnyChange waits for the next change of any of srcs, at most d.
+func waitAnyChange(d time.Duration, srcs ...changeSource) {
+	first := true
+	waitEventOK(d, func() (bool, string) {
+		if first {
+			first = false
+			return false, ""
+		}
+		return true, ""
+	}, srcs...)
+}
+
+// commitVia commits through kernel k (client, for the history) until
+// acknowledged, at most d, pausing after a failure until the group or
+// watched leaves change.
+func (c *qpCluster) commitVia(k *simKernel, client int, d time.Duration, watched ...*leafNode) *qpOp {
+	srcs := c.watches()
+	for _, n := range watched {
+		srcs = append(srcs, &n.watch)
 	}
-	return all[0].Leaf.KernelStates
+	deadline := time.Now().Add(d)
+	var op *qpOp
+	for range qpRetriesMax {
+		op = c.hist.commit(k, client, 0, c.timeout+3*time.Second)
+		if op.r.outcome == qpAcked || time.Now().After(deadline) {
+			break
+		}
+		waitAnyChange(qpRetryPause, srcs...)
+	}
+	return op
 }
 
 // TestQuorumForwarding: the leaf of a SLAVE PFS of the cluster has no
@@ -34,6 +63,7 @@ func kernelStatesOf(t *testing.T, n *leafNode) []LockJSON {
 // in the group's order, a grant the slave's leaf records, and a revoke
 // when a master's kernel needs the keys.
 func TestQuorumForwarding(t *testing.T) {
+	notShort(t)
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 3*time.Second)
 	began := time.Now()
@@ -51,13 +81,7 @@ func TestQuorumForwarding(t *testing.T) {
 	// master's span.
 	var last uint64
 	for i := range 3 {
-		var op *qpOp
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-			op = c.hist.commit(ks, 3, 0, wait)
-			if op.r.outcome == qpAcked || time.Now().After(deadline) {
-				break
-			}
-		}
+		op := c.commitVia(ks, 3, 10*time.Second, s1)
 		if op.r.outcome != qpAcked || !op.r.phase1 {
 			t.Fatalf("commit %d through the slave's leaf: %v\nkernel link:\n%s", i, op, ks.dump())
 		}
@@ -76,7 +100,7 @@ func TestQuorumForwarding(t *testing.T) {
 	if g.outcome != qpAcked || len(g.bad) > 0 {
 		t.Fatalf("CAC_LOCK through the slave's leaf: %+v", g)
 	}
-	states := kernelStatesOf(t, s1)
+	states := kernelStatesOf(t, s1, false)
 	if len(states) != 1 || states[0].Txid != g.grant.Txid || !strings.HasPrefix(states[0].Holder, s1.info.Fsid.String()+"/") {
 		t.Errorf("slave's status kernel_states %+v, want the grant at txid %d held by %s/...", states, g.grant.Txid, s1.info.Fsid)
 	}
@@ -95,8 +119,8 @@ func TestQuorumForwarding(t *testing.T) {
 	if at, ok := ks.lockEnded(g.msgid); !ok || at.After(gm.at) {
 		t.Errorf("the slave's state was not revoked before m2's grant (ended %v %v, granted %v)", at, ok, gm.at)
 	}
-	waitQP(t, 5*time.Second, "the slave's record dropped", func() (bool, string) {
-		st := kernelStatesOf(t, s1)
+	waitQP(t, 5*time.Second, "the slave's record dropped", []changeSource{&s1.watch}, func() (bool, string) {
+		st := kernelStatesOf(t, s1, true)
 		return len(st) == 0, fmt.Sprint(st)
 	})
 	c.kernel(1).cacRelease(gm.msgid)
@@ -119,18 +143,11 @@ func TestQuorumForwarding(t *testing.T) {
 		t.Fatalf("no master lists the slave's state INUM 896-911")
 	}
 	c.killMaster(via)
-	waitQP(t, 5*time.Second, "the slave's state ended with its master", func() (bool, string) {
+	waitQP(t, 5*time.Second, "the slave's state ended with its master", []changeSource{ks}, func() (bool, string) {
 		_, ok := ks.lockEnded(g2.msgid)
 		return ok, ks.dump()
 	})
-	var op *qpOp
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		op = c.hist.commit(ks, 3, 0, wait)
-		if op.r.outcome == qpAcked || time.Now().After(deadline) {
-			break
-		}
-	}
-	if op.r.outcome != qpAcked {
+	if op := c.commitVia(ks, 3, 15*time.Second, s1); op.r.outcome != qpAcked {
 		t.Errorf("commit through the slave's leaf after m%d died: %v", via+1, op)
 	}
 	c.restartMaster(via) // the history is checked against every master's log
@@ -144,6 +161,7 @@ func TestQuorumForwarding(t *testing.T) {
 // record from cache.db; the kernel, reconnecting, revalidates both: the
 // untouched one is confirmed at its original txid, the taken one is not.
 func TestQuorumRevalidateAfterRestart(t *testing.T) {
+	notShort(t)
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 3*time.Second)
 	leader := c.waitLeader(20 * time.Second)
@@ -173,11 +191,13 @@ func TestQuorumRevalidateAfterRestart(t *testing.T) {
 	rk, rl := gk.grant, gl.grant
 	rk.Flags, rl.Flags = cacFlagRevalidate, cacFlagRevalidate
 	var ok qpLockReply
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	deadline := time.Now().Add(15 * time.Second)
+	for range qpRetriesMax {
 		ok = k2.cacLockReq(rk, wait)
 		if ok.outcome == qpAcked || time.Now().After(deadline) || ok.code == 0 && ok.outcome == qpRefused {
 			break
 		}
+		waitAnyChange(qpRetryPause, c.watches()...)
 	}
 	if ok.outcome != qpAcked || ok.grant.Txid != gk.grant.Txid || ok.grant.Lo != gk.grant.Lo || ok.grant.Hi != gk.grant.Hi {
 		t.Errorf("revalidating the untouched state (granted %d-%d at txid %d): %+v", gk.grant.Lo, gk.grant.Hi, gk.grant.Txid, ok)

@@ -53,6 +53,9 @@ type quorumDriverConfig struct {
 	Tick, Lease, CommitTimeout time.Duration
 	// Inbox bounds the work waiting for the driver (quorumInboxLimits).
 	Inbox quorumInboxLimits
+	// Changed, if set, is called after each pump: the group's status may
+	// have changed (the leaf's status watchers).
+	Changed func()
 }
 
 // quorumDriver owns one quorumNode: a single goroutine does all its work,
@@ -70,6 +73,7 @@ type quorumDriver struct {
 	clock      clock
 	net        quorumTransport
 	tick       time.Duration
+	changed    func() // after each pump, or nil
 
 	inbox   *quorumInbox  // safe for any goroutine
 	busyLog *logLimiter   // safe for any goroutine
@@ -103,7 +107,7 @@ type quorumDriver struct {
 
 func newQuorumDriver(host quorumHost, node *quorumNode, cfg quorumDriverConfig) *quorumDriver {
 	d := &quorumDriver{host: host, node: node, self: node.ID(), clid: cfg.Clid, fsid: cfg.Fsid, key: cfg.Key,
-		log: cfg.Log, cac: cfg.CAC, clock: cfg.Clock, net: cfg.Transport, tick: cfg.Tick,
+		log: cfg.Log, cac: cfg.CAC, clock: cfg.Clock, net: cfg.Transport, tick: cfg.Tick, changed: cfg.Changed,
 		inbox: newQuorumInbox(cfg.Inbox), busyLog: newLogLimiter(1), done: make(chan struct{}),
 		waiters: map[uint64]*quorumWaiter{}, reach: map[uint64]bool{},
 		joins: newQuorumJoins(), joinOut: map[uint64]*Trans{}, strangers: map[uint64]bool{},
@@ -191,6 +195,9 @@ func (d *quorumDriver) pump() {
 	}
 	st := d.node.Status()
 	d.status.Store(&st)
+	if d.changed != nil {
+		d.changed() // status watchers: the status may have changed
+	}
 }
 
 // ---- the inbox ----

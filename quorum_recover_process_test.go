@@ -17,6 +17,7 @@ import (
 // quorum.masters makes it found a group of its own) is not stepped by
 // the survivor, which keeps committing.
 func TestQuorumRecover(t *testing.T) {
+	notShort(t)
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 2*time.Second)
 	leader := c.waitLeader(20 * time.Second)
@@ -74,7 +75,7 @@ func TestQuorumRecover(t *testing.T) {
 	// own and campaigns, and the survivor ignores it.
 	z := lost[1]
 	c.restartMaster(z)
-	waitQP(t, 15*time.Second, "the survivor refusing the returning master's raft traffic", func() (bool, string) {
+	waitQP(t, 15*time.Second, "the survivor refusing the returning master's raft traffic", []changeSource{&sm.log}, func() (bool, string) {
 		lt := sm.logText()
 		return strings.Contains(lt, "not stepping raft messages from a master outside") && strings.Contains(lt, "from="+c.ids[z]), ""
 	})

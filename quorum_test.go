@@ -938,6 +938,7 @@ func (h *quorumHarness) closeAll() {
 // raft's own election jitter is not (it uses crypto/rand), so a failure
 // is reproduced by seed in distribution, not step for step.
 func TestQuorumRandomized(t *testing.T) {
+	t.Parallel() // CPU only: it overlaps the process tests' waiting
 	steps, seeds := 2000, uint64(6)
 	if testing.Short() {
 		steps, seeds = 400, 2

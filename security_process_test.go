@@ -87,26 +87,6 @@ func shellAs(t testing.TB, uid int, bin, target string, lines ...string) string 
 	return o.String()
 }
 
-// waitLogLine waits until a daemon's log holds every one of want.
-func waitLogLine(t testing.TB, name, logPath string, d time.Duration, want ...string) string {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		b, _ := os.ReadFile(logPath)
-		ok := true
-		for _, w := range want {
-			ok = ok && bytes.Contains(b, []byte(w))
-		}
-		if ok {
-			return string(b)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: log has not all of %q after %v:\n%s", name, want, d, b)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 var spanIDRe = regexp.MustCompile(`SLink span (\d+) dist=0`)
 
 // TestSecurityUnprivilegedUser plays a local user without privilege
@@ -140,7 +120,7 @@ func TestSecurityUnprivilegedUser(t *testing.T) {
 		if op == nil {
 			t.Fatalf("the group lost its quorum: %s", qpFmtStatuses(c.statuses()))
 		}
-		for i, q := range c.statuses() {
+		for i, q := range c.statusesNow() {
 			if q == nil || len(q.Members) != 3 {
 				t.Errorf("m%d: members %v, want the 3 founders", i+1, q)
 			}
@@ -182,7 +162,7 @@ func TestSecurityUnprivilegedUser(t *testing.T) {
 		if out := shellAs(t, -1, svc.bin, svc.tcp, at+" commit fine"); !strings.Contains(out, "committed at txid") {
 			t.Errorf("root's @span commit did not commit:\n%s", out)
 		}
-		for i, q := range c.statuses() {
+		for i, q := range c.statusesNow() {
 			if q == nil || len(q.Members) != 3 {
 				t.Errorf("m%d: members %v after the refused quorum remove", i+1, q)
 			}
@@ -228,9 +208,9 @@ func TestSecurityListenerSurvivesFDExhaustion(t *testing.T) {
 	if got := flood.line(20 * time.Second); !strings.HasPrefix(got, "held 150 ") {
 		t.Fatalf("flood: %s", got)
 	}
-	waitLogLine(t, "service", s.logPath, 15*time.Second, "accept failing; retrying with backoff", "too many open files")
+	s.waitLog(15*time.Second, "accept failing; retrying with backoff", "too many open files")
 	flood.stop()
-	waitLogLine(t, "service", s.logPath, 15*time.Second, `msg="accepting again"`)
+	s.waitLog(15*time.Second, `msg="accepting again"`)
 	if out := shellAs(t, -1, s.bin, s.tcp, "help"); !strings.Contains(out, "tree ") {
 		t.Fatalf("the service does not answer a shell after the flood:\n%s", out)
 	}
@@ -272,7 +252,7 @@ func TestSecuritySpanFlood(t *testing.T) {
 	if got != "links 50 closed 42 answered 7200 noperm 7200" {
 		t.Fatalf("unprivileged flood: %s; want 8 links let in, every span refused", got)
 	}
-	waitLogLine(t, "service", s.logPath, 5*time.Second, `limit=unprivileged_links value=9 max=8`)
+	s.waitLog(5*time.Second, `limit=unprivileged_links value=9 max=8`)
 	st := s.serviceStatus()
 	if st.Spans != 0 || st.Relays != 0 {
 		t.Errorf("the service relays the unprivileged flood: %d spans, %d relays", st.Spans, st.Relays)
@@ -290,7 +270,7 @@ func TestSecuritySpanFlood(t *testing.T) {
 	if got := root.line(30 * time.Second); !strings.HasPrefix(got, "links 1 closed 1 ") {
 		t.Fatalf("privileged flood over spans_per_link: %s", got)
 	}
-	waitLogLine(t, "service", s.logPath, 5*time.Second, `limit=spans_per_link value=1001 max=1000`)
+	s.waitLog(5*time.Second, `limit=spans_per_link value=1001 max=1000`)
 }
 
 // TestSecuritySocketModes starts a service and a leaf under umask 000:

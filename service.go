@@ -32,6 +32,9 @@ type Service struct {
 
 	ctx context.Context
 	wg  sync.WaitGroup
+	// changes is notified whenever Status would change (counters aside),
+	// for `hammer2 status --service --watch`.
+	changes notifier
 
 	mu      sync.Mutex // guards router and everything reached from links
 	router  *spanRouter
@@ -152,7 +155,7 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 		s.spawn(func() { s.acceptQuic(ctx) })
 		for _, addr := range s.cfg.Autoconn {
 			d := NewRedialer(s.node, addr, RedialConfig{MinBackoff: s.cfg.RedialMin, MaxBackoff: s.cfg.RedialMax,
-				Logger: s.log.With("autoconn", addr)})
+				Logger: s.log.With("autoconn", addr), OnChange: s.changes.Notify})
 			s.autoconn = append(s.autoconn, d)
 			s.spawn(func() {
 				_ = d.Run(ctx, func(q *QuicLink) {
@@ -167,7 +170,7 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 	}
 	if s.cfg.Control != "" {
 		cs := &controlServer{path: s.cfg.Control, policy: s.cfg.Policy, log: s.log, refused: s.refused, spawn: s.spawn,
-			handle: s.control}
+			handle: s.control, changes: &s.changes}
 		if err := cs.serve(ctx); err != nil {
 			cancel()
 			closeAll(lns)
@@ -303,6 +306,7 @@ func (s *Service) addLink(rw io.ReadWriteCloser, name string, q *QuicLink, peer 
 	// Published: its handlers find it in s.links from the first message.
 	sl.link.Start()
 	sl.link.log.Info("link up", "link", sl.name)
+	s.changes.Notify()
 	return sl
 }
 
@@ -418,6 +422,7 @@ func (s *Service) ignoreSpan(sl *svcLink, t *Trans, m *Msg) {
 	sl.ignored++
 	n := sl.ignored
 	s.mu.Unlock()
+	s.changes.Notify()
 	if n > s.cfg.Limits.SpansPerLink {
 		sl.link.Abort(&LimitError{Limit: "spans_per_link", Value: uint64(n), Max: uint64(s.cfg.Limits.SpansPerLink),
 			Reason: "the link advertised one span more than it may"})
@@ -431,6 +436,7 @@ func (s *Service) ignoreSpan(sl *svcLink, t *Trans, m *Msg) {
 			s.mu.Lock()
 			sl.ignored--
 			s.mu.Unlock()
+			s.changes.Notify()
 			_ = t.Close(ErrOK)
 		}
 	})
@@ -469,6 +475,7 @@ func (s *Service) linkGone(sl *svcLink) {
 		}
 	}
 	sl.link.log.Info("link down", "link", sl.name, "reason", sl.link.Err())
+	s.changes.Notify()
 }
 
 // forwardCircuit carries a transaction the peer opened under one of our
@@ -652,6 +659,7 @@ func (s *Service) shellOnRelay(sl *svcLink, rid relayID, relay *Trans, cmd strin
 
 // applyLocked sends what the router decided.
 func (s *Service) applyLocked() {
+	defer s.changes.Notify()
 	for _, a := range s.router.take() {
 		sl := s.links[a.Conn]
 		if sl == nil {

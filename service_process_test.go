@@ -49,26 +49,16 @@ func (o svcOpts) withDefaults() svcOpts {
 
 // svcNode is one service process with its directory, key and config.
 type svcNode struct {
-	t        *testing.T
-	name     string
-	bin      string
+	*daemonProc
 	dir      string
 	cfgPath  string
 	keyDir   string
 	sock     string // the Unix socket leaves use
-	logPath  string // the foreground process's stdout and stderr
 	tcp      string // 127.0.0.1:port, plaintext dmsg (the shell)
 	udp      string // 127.0.0.1:port, QUIC from other services
 	autoconn []string
 	pub, fp  string
 	opts     svcOpts
-	env      []string // extra environment of the service process
-
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{}
-	state  *os.ProcessState
-	starts int
 }
 
 // svcFreeTCPPort picks a free TCP port on 127.0.0.1, never the same one
@@ -80,9 +70,9 @@ func newSvcNode(t *testing.T, name string, o svcOpts) *svcNode {
 	t.Helper()
 	bin := h2Binary(t)
 	dir := shortTempDir(t)
-	s := &svcNode{t: t, name: name, bin: bin, dir: dir, cfgPath: filepath.Join(dir, "svc.toml"),
-		keyDir: filepath.Join(dir, "keys"), sock: filepath.Join(dir, "s.sock"),
-		logPath: filepath.Join(dir, "fg.log"), opts: o.withDefaults()}
+	s := &svcNode{daemonProc: newDaemon(t, "service", name, bin, filepath.Join(dir, "fg.log")), dir: dir,
+		cfgPath: filepath.Join(dir, "svc.toml"), keyDir: filepath.Join(dir, "keys"), sock: filepath.Join(dir, "s.sock"),
+		opts: o.withDefaults()}
 	s.tcp = net.JoinHostPort("127.0.0.1", strconv.Itoa(svcFreeTCPPort(t)))
 	s.udp = net.JoinHostPort("127.0.0.1", strconv.Itoa(freeUDPPort(t)))
 	o = s.opts
@@ -107,16 +97,6 @@ redial_max = %q
 		t.Fatalf("service %s: keygen printed %q: %v", name, out, err)
 	}
 	s.fp = Fingerprint(pub)
-	t.Cleanup(func() {
-		if strings.Contains(s.logText(), "WARNING: DATA RACE") {
-			t.Errorf("service %s: the race detector reported a data race", s.name)
-		}
-		if t.Failed() {
-			t.Logf("----- log of service %s (udp %s, tcp %s, key %s) -----\n%s----- end of log of %s -----",
-				s.name, s.udp, s.tcp, s.fp, s.logText(), s.name)
-		}
-	})
-	t.Cleanup(s.killQuietly)
 	return s
 }
 
@@ -161,105 +141,12 @@ func (s *svcNode) args(quiet, foreground bool) []string {
 // start runs the service in the foreground (-d) and waits until it serves.
 func (s *svcNode) start() {
 	s.t.Helper()
-	s.mu.Lock()
-	if s.cmd != nil && !s.hasExitedLocked() {
-		s.mu.Unlock()
-		s.t.Fatalf("service %s: already running", s.name)
-	}
-	lf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		s.mu.Unlock()
-		s.t.Fatal(err)
-	}
-	s.starts++
-	fmt.Fprintf(lf, "===== start %d of service %s (udp %s) =====\n", s.starts, s.name, s.udp)
-	cmd := exec.Command(s.bin, s.args(false, true)...)
-	if len(s.env) > 0 {
-		cmd.Env = append(os.Environ(), s.env...)
-	}
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		s.mu.Unlock()
-		s.t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	s.cmd, s.exited, s.state = cmd, exited, nil
-	s.mu.Unlock()
-	go func() {
-		_ = cmd.Wait()
-		s.mu.Lock()
-		s.state = cmd.ProcessState
-		s.mu.Unlock()
-		lf.Close()
-		close(exited)
-	}()
-	waitStarted(s.t, "service "+s.name, s.logPath, "service running", exited, func() any { return s.state })
+	s.daemonProc.start(s.args(false, true), fmt.Sprintf("udp %s, tcp %s, key %s", s.udp, s.tcp, s.fp),
+		"service running", serviceControlPath(s.sock))
 }
 
-func (s *svcNode) hasExitedLocked() bool {
-	select {
-	case <-s.exited:
-		return true
-	default:
-		return false
-	}
-}
-
-func (s *svcNode) pid() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cmd.Process.Pid
-}
-
-func (s *svcNode) running() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cmd != nil && !s.hasExitedLocked()
-}
-
-// kill9 kills the service with SIGKILL and waits for it.
-func (s *svcNode) kill9() {
-	s.t.Helper()
-	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
-	s.mu.Unlock()
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		s.t.Fatalf("service %s: SIGKILL: %v", s.name, err)
-	}
-	select {
-	case <-exited:
-	case <-time.After(10 * time.Second):
-		s.t.Fatalf("service %s: still running 10s after SIGKILL", s.name)
-	}
-}
-
-func (s *svcNode) killQuietly() {
-	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
-	s.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	select {
-	case <-exited:
-		return
-	default:
-	}
-	_ = cmd.Process.Kill()
-	select {
-	case <-exited:
-	case <-time.After(10 * time.Second):
-	}
-}
-
-func (s *svcNode) logText() string {
-	b, _ := os.ReadFile(s.logPath)
-	return string(b)
-}
-
-// svcShellOnce runs `hammer2 shell target` with lines on its stdin.
-func svcShellOnce(t testing.TB, bin, target string, lines ...string) (stdout, stderr string, code int) {
+// svcShell runs `hammer2 shell target` with lines on its stdin.
+func svcShell(t testing.TB, bin, target string, lines ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	cmd := exec.Command(bin, "shell", target)
 	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
@@ -280,29 +167,6 @@ func svcShellOnce(t testing.TB, bin, target string, lines ...string) (stdout, st
 	return o.String(), e.String(), cmd.ProcessState.ExitCode()
 }
 
-// svcShellCrashed recognises the shell client's known crash: runShell's
-// handler, run on the link's reader goroutine, uses the *Link variable
-// before NewLink has returned and it is assigned (shell.go), so a
-// LNK_CONN read at once dereferences nil. TestServiceShell fails on it;
-// the other tests only need the shell to read state, and retry.
-func svcShellCrashed(stderr string) bool {
-	return (strings.Contains(stderr, "panic:") || strings.Contains(stderr, "WARNING: DATA RACE")) &&
-		strings.Contains(stderr, "main.runShell")
-}
-
-// svcShell is svcShellOnce, retried (at most twice) when the client hits
-// its known crash.
-func svcShell(t testing.TB, bin, target string, lines ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	for try := 0; ; try++ {
-		stdout, stderr, code = svcShellOnce(t, bin, target, lines...)
-		if try == 2 || code == 0 || !svcShellCrashed(stderr) {
-			return stdout, stderr, code
-		}
-		t.Logf("hammer2 shell %s crashed (the runShell nil *Link bug TestServiceShell reports); retrying", target)
-	}
-}
-
 // tree is the service's `tree`, over its Unix socket, without the
 // shell's banner and prompts (the prompt asked for on the service's
 // LNK_CONN may come before or after the tree).
@@ -315,6 +179,38 @@ func (s *svcNode) tree() string {
 	out = strings.ReplaceAll(out, shellPrompt, "")
 	out = strings.Replace(out, "Debug Shell received LNK_CONN\n", "", 1)
 	return out
+}
+
+// status is the service's current status, asked over its control socket.
+func (s *svcNode) status() ServiceStatus {
+	s.t.Helper()
+	r := s.query()
+	if r == nil || r.Service == nil {
+		s.t.Fatalf("service %s: no status: it is not running", s.name)
+	}
+	return *r.Service
+}
+
+// waitStatus waits until a status update of the service satisfies cond
+// (the current status first), for at most d, and returns that status.
+func (s *svcNode) waitStatus(d time.Duration, what string, cond func(ServiceStatus) bool) ServiceStatus {
+	s.t.Helper()
+	u, ok := s.watch.waitSince(time.Now(), d, func(r *controlResponse) bool { return r.Service != nil && cond(*r.Service) })
+	if !ok {
+		raw, _ := json.MarshalIndent(u.resp, "", "  ")
+		s.t.Fatalf("service %s: %s: not within %v; last status:\n%s", s.name, what, d, raw)
+	}
+	return *u.resp.Service
+}
+
+// node is the service's router entry for the PFS fsid, nil if it has none.
+func (st ServiceStatus) node(fsid UUID) *ServiceNodeStatus {
+	for i := range st.Nodes {
+		if st.Nodes[i].PfsID == fsid {
+			return &st.Nodes[i]
+		}
+	}
+	return nil
 }
 
 // svcNodeLinksDown counts the QUIC links to other services that went down.
@@ -375,37 +271,7 @@ func newSvcLeaf(t *testing.T, name string, info PFSInfo) *leafNode {
 // unix:SOCK PFS`, and waits for "leaf ready".
 func startLeafOn(n *leafNode, s *svcNode) {
 	n.t.Helper()
-	n.mu.Lock()
-	if n.cmd != nil && !n.hasExitedLocked() {
-		n.mu.Unlock()
-		n.t.Fatalf("%s: already running", n.name)
-	}
-	lf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		n.mu.Unlock()
-		n.t.Fatal(err)
-	}
-	n.starts++
-	fmt.Fprintf(lf, "===== start %d of %s (backbone service %s) =====\n", n.starts, n.name, s.name)
-	cmd := exec.Command(n.bin, "-c", n.cfgPath, "-d", "leaf", "--listen", "none", "--backbone", "unix:"+s.sock, n.pfs)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		n.mu.Unlock()
-		n.t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	n.cmd, n.logFile, n.exited, n.state = cmd, lf, exited, nil
-	n.mu.Unlock()
-	go func() {
-		_ = cmd.Wait()
-		n.mu.Lock()
-		n.state = cmd.ProcessState
-		n.mu.Unlock()
-		lf.Close()
-		close(exited)
-	}()
-	n.waitReady(exited)
+	n.startArgs("backbone service "+s.name, "-d", "leaf", "--listen", "none", "--backbone", "unix:"+s.sock, n.pfs)
 }
 
 // svcSpan is one span of `hammer2 status --json`, every field.
@@ -430,19 +296,31 @@ type svcLeafView struct {
 	raw      string
 }
 
+// svcView is the leaf's current status, asked over its control socket.
 func svcView(n *leafNode) svcLeafView {
 	n.t.Helper()
-	st := n.status()
-	var all []struct {
-		Leaf *struct {
-			Backbone *procLinkStat `json:"backbone"`
-			Spans    []svcSpan     `json:"spans"`
-		} `json:"leaf"`
+	r := n.query()
+	if r == nil {
+		n.t.Fatalf("%s: no status: the leaf is not running", n.name)
 	}
-	if err := json.Unmarshal([]byte(st.raw), &all); err != nil || len(all) != 1 || all[0].Leaf == nil {
-		n.t.Fatalf("%s: status --json printed %q: %v", n.name, st.raw, err)
+	return svcViewOf(n.t, r)
+}
+
+// svcViewOf reads a watched status line the way a script reads
+// `hammer2 status --json`.
+func svcViewOf(t testing.TB, r *controlResponse) svcLeafView {
+	raw, err := json.Marshal(r.Status)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return svcLeafView{Backbone: all[0].Leaf.Backbone, Spans: all[0].Leaf.Spans, raw: st.raw}
+	var st struct {
+		Backbone *procLinkStat `json:"backbone"`
+		Spans    []svcSpan     `json:"spans"`
+	}
+	if r.Status == nil || json.Unmarshal(raw, &st) != nil {
+		t.Fatalf("status line %s: no leaf status", raw)
+	}
+	return svcLeafView{Backbone: st.Backbone, Spans: st.Spans, raw: string(raw)}
 }
 
 // of returns the spans advertising peer's PFS.
@@ -458,44 +336,30 @@ func (v svcLeafView) of(peer *leafNode) []svcSpan {
 
 func (v svcLeafView) backboneUp() bool { return v.Backbone != nil && v.Backbone.State == DialUp }
 
-// svcWaitEach polls every leaf until cond holds for it, all within d, and
-// returns how long each took from start (a leaf is not polled again once
-// its condition held).
+// svcWaitEach waits until a status update of every leaf satisfies cond,
+// looking from each leaf's status as it was at start, all within d of
+// start, and returns when each leaf's satisfying update came, from start.
 func svcWaitEach(t *testing.T, start time.Time, d time.Duration, what string, leaves []*leafNode,
 	cond func(i int, v svcLeafView) bool) []time.Duration {
 	t.Helper()
 	took := make([]time.Duration, len(leaves))
-	done := make([]bool, len(leaves))
-	last := make([]svcLeafView, len(leaves))
-	deadline := start.Add(d)
-	for {
-		all := true
-		for i, n := range leaves {
-			if done[i] {
-				continue
-			}
-			v := svcView(n)
-			last[i] = v
-			if cond(i, v) {
-				done[i], took[i] = true, time.Since(start)
-			} else {
-				all = false
-			}
+	var bad strings.Builder
+	for i, n := range leaves {
+		var last svcLeafView
+		u, ok := n.watch.waitSince(start, max(time.Until(start.Add(d)), 0), func(r *controlResponse) bool {
+			last = svcViewOf(t, r)
+			return cond(i, last)
+		})
+		if !ok {
+			fmt.Fprintf(&bad, "\n%s's last spans: %v (backbone %+v)", n.name, last.Spans, last.Backbone)
+			continue
 		}
-		if all {
-			return took
-		}
-		if time.Now().After(deadline) {
-			var b strings.Builder
-			for i, n := range leaves {
-				if !done[i] {
-					fmt.Fprintf(&b, "\n%s's last spans: %v (backbone %+v)", n.name, last[i].Spans, last[i].Backbone)
-				}
-			}
-			t.Fatalf("%s: not within %v%s", what, d, b.String())
-		}
-		time.Sleep(30 * time.Millisecond)
+		took[i] = u.at.Sub(start)
 	}
+	if bad.Len() > 0 {
+		t.Fatalf("%s: not within %v%s", what, d, bad.String())
+	}
+	return took
 }
 
 // svcSpanSet is a leaf's spans as comparable text, in status order.
@@ -581,21 +445,16 @@ func TestServiceLine(t *testing.T) {
 		}
 	}
 	// The middle service's own view: both PFSs.
-	tree := s2.tree()
+	st := s2.status()
 	for _, n := range leaves {
-		if !strings.Contains(tree, n.info.Fsid.String()) {
-			t.Errorf("s2's tree after the restart lacks %s's PFS %s:\n%s", n.name, n.info.Fsid, tree)
+		if st.node(n.info.Fsid) == nil {
+			t.Errorf("s2's table after the restart lacks %s's PFS %s:\n%s", n.name, n.info.Fsid, nodesKey(&st))
 		}
 	}
 
 	// SIGTERM the middle: a clean stop sends its DELETEs and closes its
 	// QUIC links, so the ends forget at once, not after the idle bound.
-	s2.mu.Lock()
-	s2cmd, s2exited := s2.cmd, s2.exited
-	s2.mu.Unlock()
-	if err := s2cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
+	s2.signal(syscall.SIGTERM)
 	termed := time.Now()
 	took = svcWaitEach(t, termed, 8*time.Second, "spans withdrawn after SIGTERM of the middle service", leaves, withdrawn)
 	t.Logf("after SIGTERM of s2: a lost b's span after %v, b lost a's after %v",
@@ -606,12 +465,9 @@ func TestServiceLine(t *testing.T) {
 				n.name, peers[i].name, took[i].Round(time.Millisecond))
 		}
 	}
-	select {
-	case <-s2exited:
-	case <-time.After(8 * time.Second):
+	if code, ok := s2.waitExit(8 * time.Second); !ok {
 		t.Fatal("s2 still running 8s after SIGTERM")
-	}
-	if code := s2.state.ExitCode(); code != 0 {
+	} else if code != 0 {
 		t.Errorf("s2 exited %d after SIGTERM, want 0", code)
 	}
 	for _, f := range []string{s2.sock, strings.TrimSuffix(s2.sock, ".sock") + ".pid"} {
@@ -652,8 +508,6 @@ func TestServiceLine(t *testing.T) {
 		}
 	}
 }
-
-var svcDistRE = regexp.MustCompile(`dist=(\d+)`)
 
 // svcHops is the hop count between services on an undirected graph of
 // the alive ones (-1: not connected).
@@ -753,78 +607,115 @@ func (m *svcMesh) want(i int, v svcLeafView) (bool, string) {
 	return true, ""
 }
 
+// svcSteadyWindow is how long a converged mesh is watched for churn. A
+// span that keeps being reopened (a withdrawn one chasing its tail round a
+// loop, two paths replacing each other) does so every relay round trip,
+// milliseconds on loopback: a second without a single change in any
+// leaf's spans or any service's table is hundreds of those. It is not a
+// bound on anything the daemons do, so it need not grow under load.
+const svcSteadyWindow = time.Second
+
+// nodesKey is a service's router table as comparable text: the span and
+// relay numbers change on every reopen, so any churn shows.
+func nodesKey(st *ServiceStatus) string {
+	b, _ := json.Marshal(st.Nodes)
+	return string(b)
+}
+
 // converge waits until every live leaf's view is the converged one, then
-// checks that it stays so: the leaves' spans and the services' trees
-// (whose span and relay numbers change on every reopen) are the same 1s
-// later. It returns how long convergence took from since.
+// checks that it stays so: no status update of any leaf or service in the
+// svcSteadyWindow after it changes a leaf's spans or a service's router
+// table (whose span and relay numbers change on every reopen). Every leaf
+// update from since on is checked for spans above the dist cap. It returns
+// how long convergence took from since.
 func (m *svcMesh) converge(phase string, since time.Time, within time.Duration) time.Duration {
 	t := m.t
 	t.Helper()
-	deadline := since.Add(within)
-	views := make([]svcLeafView, len(m.leaves))
-	for {
+	live := func(i int) bool { return m.leafUp[i] && m.svcUp[i] }
+	var srcs []changeSource
+	for i, l := range m.leaves {
+		if live(i) {
+			srcs = append(srcs, &l.watch)
+		}
+	}
+	waitEvent(t, max(time.Until(since.Add(within)), 0), phase+": not converged to shortest-path spans", func() (bool, string) {
 		bad := map[string]string{}
 		for i, l := range m.leaves {
-			if !m.leafUp[i] || !m.svcUp[i] {
+			if !live(i) {
 				continue
 			}
-			v := svcView(l)
-			views[i] = v
-			m.observe(i, v)
-			if ok, why := m.want(i, v); !ok {
+			r := l.latest()
+			if r == nil {
+				bad[l.name] = "not running"
+				continue
+			}
+			if ok, why := m.want(i, svcViewOf(t, r)); !ok {
 				bad[l.name] = why
 			}
 		}
-		if len(bad) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not converged to shortest-path spans within %v: %v", phase, within, bad)
-		}
-		time.Sleep(30 * time.Millisecond)
-	}
+		return len(bad) == 0, fmt.Sprint(bad)
+	}, srcs...)
 	took := time.Since(since)
-	trees := make([]string, len(m.svcs))
-	for i, s := range m.svcs {
-		if m.svcUp[i] {
-			trees[i] = s.tree()
+	steadyFrom := time.Now()
+	views := make([]string, len(m.leaves))
+	for i, l := range m.leaves {
+		if live(i) {
+			views[i] = svcSpanSet(svcView(l))
 		}
 	}
+	tables := make([]string, len(m.svcs))
 	downs := make([]int, len(m.svcs))
 	for i, s := range m.svcs {
 		downs[i] = s.svcNodeLinksDown()
+		if m.svcUp[i] {
+			st := s.status()
+			tables[i] = nodesKey(&st)
+		}
 	}
-	time.Sleep(time.Second)
+	time.Sleep(svcSteadyWindow) // see svcSteadyWindow: a window of silence, not a wait for an event
 	for i, l := range m.leaves {
-		if !m.leafUp[i] || !m.svcUp[i] {
+		if !live(i) {
 			continue
 		}
-		v := svcView(l)
-		m.observe(i, v)
-		if a, b := svcSpanSet(views[i]), svcSpanSet(v); a != b {
-			t.Errorf("%s: %s's spans changed within 1s of convergence (churn):\nbefore:\n%s\nafter:\n%s", phase, l.name, a, b)
+		for _, u := range l.watch.history(since) {
+			v := svcViewOf(t, u.resp)
+			m.observe(i, v)
+			if u.at.After(steadyFrom) {
+				if got := svcSpanSet(v); got != views[i] {
+					t.Errorf("%s: %s's spans changed %v after convergence (churn):\nbefore:\n%s\nafter:\n%s", phase, l.name,
+						u.at.Sub(steadyFrom).Round(time.Millisecond), views[i], got)
+					break
+				}
+			}
 		}
 	}
 	for i, s := range m.svcs {
 		if !m.svcUp[i] {
 			continue
 		}
-		tree := s.tree()
+		for _, u := range s.watch.history(steadyFrom) {
+			if u.resp.Service == nil || !u.at.After(steadyFrom) {
+				continue
+			}
+			if got := nodesKey(u.resp.Service); got != tables[i] {
+				t.Errorf("%s: service %s's table changed %v after convergence (churn):\nbefore:\n%s\nafter:\n%s", phase, s.name,
+					u.at.Sub(steadyFrom).Round(time.Millisecond), tables[i], got)
+				break
+			}
+		}
+		st := s.status()
 		// No ghosts: a withdrawn PFS must not live on in the services'
 		// tables, relayed or not, once the spans have converged.
 		for j, l := range m.leaves {
-			want := m.leafUp[j] && m.svcUp[j] && svcHops(i, j, m.edges, m.svcUp) >= 0
-			if has := strings.Contains(tree, l.info.Fsid.String()); has != want {
-				t.Errorf("%s: service %s's tree holds %s's PFS: %v, want %v:\n%s", phase, s.name, l.name, has, want, tree)
+			want := live(j) && svcHops(i, j, m.edges, m.svcUp) >= 0
+			if has := st.node(l.info.Fsid) != nil; has != want {
+				t.Errorf("%s: service %s's table holds %s's PFS: %v, want %v:\n%s", phase, s.name, l.name, has, want, nodesKey(&st))
 			}
 		}
-		if tree != trees[i] {
-			t.Errorf("%s: service %s's tree changed within 1s of convergence (churn):\nbefore:\n%s\nafter:\n%s", phase, s.name, trees[i], tree)
-		}
-		for line := range strings.Lines(tree) {
-			if mm := svcDistRE.FindStringSubmatch(line); mm != nil {
-				if d, _ := strconv.Atoi(mm[1]); d > SpanMaxDist+1 {
-					t.Errorf("%s: service %s holds a link above the cap: %s", phase, s.name, line)
+		for _, n := range st.Nodes {
+			for _, lk := range n.Links {
+				if lk.Dist > SpanMaxDist+1 {
+					t.Errorf("%s: service %s holds a link above the cap: %s %+v", phase, s.name, n.PfsID, lk)
 				}
 			}
 		}
@@ -836,18 +727,19 @@ func (m *svcMesh) converge(phase string, since time.Time, within time.Duration) 
 		t.Errorf("%s: spans above the relayed dist cap %d seen: %v", phase, SpanMaxDist+1, m.overCap)
 		m.overCap = nil
 	}
-	t.Logf("%s: converged after %v, stable for 1s", phase, took.Round(time.Millisecond))
+	t.Logf("%s: converged after %v, steady for %v", phase, took.Round(time.Millisecond), svcSteadyWindow)
 	return took
 }
 
-// TestServiceRing: five services in a ring, a leaf on each. Every leaf
+// TestLongServiceRing (a long test): five services in a ring, a leaf on each. Every leaf
 // sees the four other PFSs, each once, at its shortest-path dist (hops+1),
 // and the result is stable: no endless churn. Then the ring is disturbed:
 // a leaf is killed (its span, withdrawn, chases its tail around the loop
 // until the dist cap ends it), a service is killed (the ring becomes a
 // line), and that service comes back. Each time the spans converge again,
 // none is ever seen above the cap, and they then stay put.
-func TestServiceRing(t *testing.T) {
+func TestLongServiceRing(t *testing.T) {
+	longTest(t)
 	t.Parallel()
 	const n = 5
 	m := &svcMesh{t: t, maxDist: map[int]uint32{}}
@@ -1055,19 +947,10 @@ func TestServiceShell(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "Connected to "+s2.udp) {
 		t.Fatalf("shell span %s: exit %d, output:\n%s%s", s2.udp, code, out, errOut)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	var tree string
-	for {
-		tree = s1.tree()
-		if strings.Contains(tree, l2.info.Fsid.String()) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("s1's tree lacks %s's PFS %s 10s after span:\n%s", l2.name, l2.info.Fsid, tree)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !strings.Contains(tree, "dist=1 via node "+s2.udp) {
+	s1.waitStatus(10*time.Second, l2.name+"'s PFS in s1's table after span", func(st ServiceStatus) bool {
+		return st.node(l2.info.Fsid) != nil
+	})
+	if tree := s1.tree(); !strings.Contains(tree, "dist=1 via node "+s2.udp) {
 		t.Errorf("s1's tree should hold %s's PFS at dist 1 via the spanned link to %s:\n%s", l2.name, s2.udp, tree)
 	}
 	// And the leaves see each other through the new link.
@@ -1078,52 +961,54 @@ func TestServiceShell(t *testing.T) {
 			return len(sp) == 1 && sp[0].Dist == 2
 		})
 
-	// The client must not crash when the service's LNK_CONN is read
-	// before NewLink has returned: a race-built client, being slower,
-	// hits that window in about one session in four.
-	t.Run("client LNK_CONN race", func(t *testing.T) {
-		bin := svcRaceBinary(t)
-		var mu sync.Mutex
-		var crashes []string
-		var wg sync.WaitGroup
-		const sessions, workers = 32, 4
-		for w := range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := w; i < sessions; i += workers {
-					cmd := exec.Command(bin, "shell", "unix:"+s1.sock)
-					cmd.Stdin = strings.NewReader("ping\n")
-					var o, e bytes.Buffer
-					cmd.Stdout, cmd.Stderr = &o, &e
-					timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
-					err := cmd.Run()
-					timer.Stop()
-					if err != nil || strings.Contains(e.String(), "DATA RACE") || !strings.Contains(o.String(), "ping reply") {
-						mu.Lock()
-						crashes = append(crashes, fmt.Sprintf("session %d: %v\nstdout:\n%s\nstderr:\n%s", i, err, o.String(), e.String()))
-						mu.Unlock()
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		if len(crashes) > 0 {
-			t.Errorf("BUG (shell.go runShell): %d of %d `hammer2 shell` sessions failed. The Handler closure "+
-				"passed to NewLink calls ask(l, \"\") on the service's LNK_CONN, but l is assigned only when NewLink "+
-				"returns, after it has started the reader goroutine (iocom.go NewLink), so a LNK_CONN read at once "+
-				"dereferences a nil *Link (l.Root(), shell.go:99: panic, exit 2), and the race detector reports the "+
-				"unsynchronised write (shell.go:102) and read (shell.go:118) of l. Fix: use t.Link() in the handler, "+
-				"not l. First failure:\n%s",
-				len(crashes), sessions, crashes[0])
-		}
-	})
-
 	// span to a node that is not there fails, and says so.
 	dead := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeUDPPort(t)))
 	out, _, _ = svcShell(t, s1.bin, "unix:"+s1.sock, "span "+dead)
 	if !strings.Contains(out, "Connection to "+dead+" failed") {
 		t.Errorf("shell span to a dead address: output lacks %q:\n%s", "Connection to "+dead+" failed", out)
+	}
+}
+
+// TestLongServiceShellClientRace: the shell client must not crash when
+// the service's LNK_CONN is read at once, before the client has recorded
+// its link: a race-built client, being slower, opens that window wide. A
+// stress test of 32 race-built sessions: a long test.
+func TestLongServiceShellClientRace(t *testing.T) {
+	longTest(t)
+	t.Parallel()
+	s := newSvcNode(t, "shr", svcOpts{})
+	s.start()
+	bin := svcRaceBinary(t)
+	var mu sync.Mutex
+	var crashes []string
+	var wg sync.WaitGroup
+	const sessions, workers = 32, 4
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < sessions; i += workers {
+				cmd := exec.Command(bin, "shell", "unix:"+s.sock)
+				cmd.Stdin = strings.NewReader("ping\n")
+				var o, e bytes.Buffer
+				cmd.Stdout, cmd.Stderr = &o, &e
+				timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
+				err := cmd.Run()
+				timer.Stop()
+				if err != nil || strings.Contains(e.String(), "DATA RACE") || !strings.Contains(o.String(), "ping reply") {
+					mu.Lock()
+					crashes = append(crashes, fmt.Sprintf("session %d: %v\nstdout:\n%s\nstderr:\n%s", i, err, o.String(), e.String()))
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(crashes) > 0 {
+		t.Errorf("%d of %d race-built `hammer2 shell` sessions failed (crashed, reported a data race, or got no "+
+			"ping reply): the shell's handler must not use its link before the link is complete (NewLink builds it, "+
+			"Start runs its reader). First failure:\n%s",
+			len(crashes), sessions, crashes[0])
 	}
 }
 
@@ -1244,26 +1129,33 @@ func TestServiceLeafListenNone(t *testing.T) {
 	target := "127.0.0.1:" + port
 	d.writeConfig(fmt.Sprintf("\n[[remote]]\naddress = %q\nname = %q\n", target, l.name))
 	d.start()
-	deadline := time.Now().Add(2500 * time.Millisecond)
-	for time.Now().Before(deadline) {
-		st := d.status()
-		if r := st.remote(target); r != nil && r.State == DialUp {
-			t.Fatalf("BUG (leaf.go NewLeaf, quic.go NewQuicNode): a leaf started with --listen none accepted a QUIC link on "+
-				"its dial socket %s (bound on all interfaces): the dialer's link is %q with %d spans, and it flaps every "+
-				"dead_after as nothing answers on it. NewLeaf binds \":0\" for \"none\" and NewQuicNode always calls "+
-				"Transport.Listen, while the leaf's acceptLoop returns at once for \"none\", so QuicNode.admit completes "+
-				"the handshake and preamble and parks the link. Fix: give QuicConfig a dial-only mode that does not "+
-				"call Transport.Listen (and bind 127.0.0.1:0 or the wildcard only as needed) when listen is \"none\".\n%s",
-				target, r.State, len(st.Leaf.Spans), st.raw)
+	// Every status line of d from its start: the link to target must
+	// never be up, through two failed attempts (each a handshake that
+	// nothing answers, then a backoff).
+	began := time.Now()
+	failures, prev := 0, ""
+	d.waitStatusSince(began, 15*time.Second, "two failed dials of the --listen none leaf's socket", func(st procStatus) bool {
+		r := st.remote(target)
+		if r != nil && r.State == DialUp {
+			t.Fatalf("a leaf started with --listen none accepted a QUIC link on its dial socket %s: the dialer's link "+
+				"is up with %d spans (a dial-only QUIC node must not listen)\n%s", target, len(st.Leaf.Spans), st.raw)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		state := ""
+		if r != nil {
+			state = r.State
+		}
+		if state == DialBackoff && prev != DialBackoff {
+			failures++
+		}
+		prev = state
+		return failures == 2
+	})
 	if v := svcView(l); len(v.Spans) != 0 {
 		t.Errorf("the --listen none leaf shows spans from a node it should not have accepted: %v", v.Spans)
 	}
 }
 
-// TestServiceConnectRace: a client whose LNK_CONN is already waiting when
+// TestLongServiceConnectRace (a long test): a client whose LNK_CONN is already waiting when
 // the service accepts it (a leaf sends it at once) must not crash the
 // service. The service runs race-built, which is slower and so opens the
 // window between NewLink starting the link's reader and the service
@@ -1271,7 +1163,8 @@ func TestServiceLeafListenNone(t *testing.T) {
 // each new connection at once. It is a stress test: against addLink as it
 // was at a0da3a7 (link published before NewLink returned) it failed in
 // every run on two cores; a correct service never fails it.
-func TestServiceConnectRace(t *testing.T) {
+func TestLongServiceConnectRace(t *testing.T) {
+	longTest(t)
 	// Not parallel: it loads the CPU on purpose, which must not skew the
 	// other tests' timings.
 	s := newSvcNode(t, "cr", svcOpts{})
@@ -1331,13 +1224,9 @@ func TestServiceConnectRace(t *testing.T) {
 	log := s.logText()
 	crashed := !s.running()
 	if crashed || strings.Contains(log, "WARNING: DATA RACE") || strings.Contains(log, "panic:") {
-		t.Errorf("BUG (service.go Service.addLink): the service %s with %d clients sending LNK_CONN at once "+
-			"(failed sessions: %d). addLink puts the svcLink in s.links and releases s.mu before it assigns "+
-			"sl.link = startLink(...); NewLink has already started the reader, whose handler takes the client's "+
-			"LNK_CONN, connUp relays the leaf's span to the new link, and applyLocked calls sl.link.Root() on the "+
-			"still-nil sl.link (nil dereference, the whole service dies; the race detector reports the "+
-			"unsynchronised write and read of sl.link). Fix: assign sl.link while still holding s.mu (handlers "+
-			"take s.mu, so they wait), or publish sl only after NewLink returns. See the service's log below.",
+		t.Errorf("the service %s with %d clients sending LNK_CONN at once (failed sessions: %d): a link's "+
+			"handlers ran before the service had recorded the link (the svcLink must be complete before "+
+			"its reader starts); see the service's log below",
 			map[bool]string{true: "crashed", false: "reported a data race or panic"}[crashed], sessions, len(failures))
 	} else if len(failures) > 0 {
 		t.Errorf("%d of %d client sessions failed: %v", len(failures), sessions, failures)

@@ -25,6 +25,37 @@ type ServiceStatus struct {
 	Autoconn []LinkStatus        `json:"autoconn"`
 	Spans    int                 `json:"spans"`  // received and relayed
 	Relays   int                 `json:"relays"` // spans we opened on links
+	// Nodes are the router's view: each PFS it knows, with the spans it
+	// received of it and the relays it opened for it, as the shell's
+	// `tree` shows them.
+	Nodes []ServiceNodeStatus `json:"nodes"`
+}
+
+// ServiceNodeStatus is one node (PFS) the service's router knows.
+type ServiceNodeStatus struct {
+	PeerType  uint8  `json:"peer_type"` // its cluster: peer_type, peer_id (pfs_clid), peer_label
+	PeerID    UUID   `json:"peer_id"`
+	PeerLabel string `json:"peer_label"`
+	PfsType   string `json:"pfs_type"`
+	PfsID     UUID   `json:"pfs_id"`
+	PfsLabel  string `json:"pfs_label"`
+	// Active: withdrawn everywhere, waiting for the answers.
+	Active bool               `json:"active,omitempty"`
+	Links  []ServiceNodeLink  `json:"links"`  // received spans, best first
+	Relays []ServiceNodeRelay `json:"relays"` // spans opened for it
+}
+
+// ServiceNodeLink is a span the service received of a node.
+type ServiceNodeLink struct {
+	Span uint64 `json:"span"`
+	Dist uint32 `json:"dist"`
+	Via  string `json:"via"` // the link's name, as in links
+}
+
+// ServiceNodeRelay is a span the service opened for a node on a link.
+type ServiceNodeRelay struct {
+	Relay uint64 `json:"relay"`
+	Via   string `json:"via"`
 }
 
 // ServiceLinkStatus is one of the service's links.
@@ -71,10 +102,44 @@ func (s *Service) Status() ServiceStatus {
 		st.Relays += len(sl.relays)
 	}
 	st.Spans = len(s.spanTx)
+	st.Nodes = s.nodesLocked()
 	s.mu.Unlock()
 	slices.SortFunc(st.Links, func(a, b ServiceLinkStatus) int { return a.Since.Compare(b.Since) })
 	for _, d := range s.autoconn {
 		st.Autoconn = append(st.Autoconn, dialStatus(d.State()))
+	}
+	return st
+}
+
+// nodesLocked is the router's view for status; s.mu is held.
+func (s *Service) nodesLocked() []ServiceNodeStatus {
+	nodes := []ServiceNodeStatus{}
+	name := func(c connID) string {
+		if sl := s.links[c]; sl != nil {
+			return sl.name
+		}
+		return fmt.Sprintf("#%d (gone)", c)
+	}
+	s.router.Walk(func(n NodeView) {
+		ns := ServiceNodeStatus{PeerType: n.PeerType, PeerID: n.PeerID, PeerLabel: n.PeerLabel, PfsType: pfsTypeName(n.PfsType),
+			PfsID: n.PfsID, PfsLabel: n.PfsLabel, Active: n.Active, Links: []ServiceNodeLink{}, Relays: []ServiceNodeRelay{}}
+		for _, l := range n.Links {
+			ns.Links = append(ns.Links, ServiceNodeLink{Span: uint64(l.Span), Dist: l.Dist, Via: name(l.Conn)})
+		}
+		for _, r := range n.Relays {
+			ns.Relays = append(ns.Relays, ServiceNodeRelay{Relay: uint64(r.Relay), Via: name(r.Conn)})
+		}
+		nodes = append(nodes, ns)
+	})
+	return nodes
+}
+
+// withoutCounters is st with the byte counters cleared, for telling
+// whether anything else changed.
+func (st ServiceStatus) withoutCounters() ServiceStatus {
+	st.Links = slices.Clone(st.Links)
+	for i := range st.Links {
+		st.Links[i].BytesIn, st.Links[i].BytesOut = 0, 0
 	}
 	return st
 }
@@ -103,6 +168,19 @@ func printServiceStatus(w io.Writer, st *ServiceStatus) {
 	}
 	for _, a := range st.Autoconn {
 		fmt.Fprintf(w, "  autoconn  %s %s\n", a.Target, linkSummary(a))
+	}
+	if len(st.Nodes) > 0 {
+		fmt.Fprintln(w, "nodes:")
+	}
+	for _, n := range st.Nodes {
+		fmt.Fprintf(w, "  node %-20s %-11s pfs_id %s cluster %s pfs_clid %s\n", n.PfsLabel, n.PfsType, n.PfsID,
+			peerTypeName(n.PeerType), n.PeerID)
+		for _, l := range n.Links {
+			fmt.Fprintf(w, "    span %d dist %d via %s\n", l.Span, l.Dist, l.Via)
+		}
+		for _, r := range n.Relays {
+			fmt.Fprintf(w, "    relay %d via %s\n", r.Relay, r.Via)
+		}
 	}
 }
 

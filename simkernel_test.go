@@ -138,23 +138,14 @@ func newSimKernel(t testing.TB, name string, c net.Conn, pfs PFS, pfses []simPFS
 	return k
 }
 
-// dialSimKernel dials the stub PFS's kernel.sock (waiting up to 5 s for
-// the leaf to listen) and starts a kernel on it that holds pfses.
+// dialSimKernel dials the stub PFS's kernel.sock (there once the leaf is
+// ready) and starts a kernel on it that holds pfses.
 func dialSimKernel(t testing.TB, name, pfsDir string, pfses []simPFS) *simKernel {
 	t.Helper()
 	sock := KernelSocketPath(pfsDir)
-	deadline := time.Now().Add(5 * time.Second)
-	var c net.Conn
-	for {
-		var err error
-		c, err = net.DialTimeout("unix", sock, time.Second)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sim kernel %s: dialing %s: %v", name, sock, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	c, err := net.DialTimeout("unix", sock, 5*time.Second)
+	if err != nil {
+		t.Fatalf("sim kernel %s: dialing %s: %v", name, sock, err)
 	}
 	pfs, err := OpenPFS(pfsDir)
 	if err != nil {
@@ -163,6 +154,14 @@ func dialSimKernel(t testing.TB, name, pfsDir string, pfses []simPFS) *simKernel
 	}
 	t.Cleanup(func() { pfs.Close() })
 	return newSimKernel(t, name, c, pfs, pfses)
+}
+
+// Changed returns a channel closed when the kernel next receives a
+// message or its link ends.
+func (k *simKernel) Changed() <-chan struct{} {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.changed
 }
 
 func (k *simKernel) allocID() uint64 {
@@ -635,28 +634,25 @@ func (n *leafNode) kernelStatusLine() string {
 	return "(no kernel line in:\n" + out + ")"
 }
 
-func (n *leafNode) waitKernelLine(d time.Duration, prefix string) {
+// waitKernel waits until the leaf's status shows its kernel link in
+// state ("up" or "waiting"), then checks that `hammer2 status` says so.
+func (n *leafNode) waitKernel(d time.Duration, state string) {
 	n.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		line := n.kernelStatusLine()
-		if strings.HasPrefix(line, prefix) {
-			return
-		}
-		if time.Now().After(deadline) {
-			n.t.Fatalf("%s: status kernel line %q, want %q within %v", n.name, line, prefix, d)
-		}
-		time.Sleep(50 * time.Millisecond)
+	n.waitStatus(d, "kernel link "+state, func(s procStatus) bool { return s.Leaf != nil && s.Leaf.Kernel.State == state })
+	if line, want := n.kernelStatusLine(), "  kernel    "+state; !strings.HasPrefix(line, want) {
+		n.t.Errorf("%s: status kernel line %q, want %q", n.name, line, want)
 	}
 }
 
 func TestSimKernelHandshake(t *testing.T) {
 	t.Parallel()
-	a := newLeafNode(t, "a", leafOpts{})
+	// dead_after 1s: the silence below outlasts it, so a leaf that timed
+	// out a silent kernel link would drop this one.
+	a := newLeafNode(t, "a", leafOpts{DeadAfter: "1s"})
 	a.start()
 	k := dialSimKernel(t, "k", a.pfs, devicePFSes(a))
 	k.waitHandshake(5 * time.Second)
-	a.waitKernelLine(5*time.Second, "  kernel    up")
+	a.waitKernel(5*time.Second, DialUp)
 
 	// The leaf's own LNK_CONN opens a transaction of its own.
 	lc := k.waitFor(time.Second, "the leaf's LNK_CONN", func(m Msg) bool { return m.Cmd == kLnkConnCreate })
@@ -678,8 +674,10 @@ func TestSimKernelHandshake(t *testing.T) {
 		}
 	}
 	// The kernel never PINGs and answers none: the link must stay up on
-	// silence, and the leaf must not expect PING answers from it.
-	time.Sleep(2500 * time.Millisecond)
+	// silence, and the leaf must not expect PING answers from it. Nothing
+	// happening is the point, so this is a window, not a wait for an
+	// event: dead_after (1s) and six ping intervals (250ms) pass in it.
+	time.Sleep(1500 * time.Millisecond)
 	if err, gone := k.waitEOF(0); gone {
 		t.Fatalf("the leaf dropped a silent kernel link: %v\n%s", err, k.dump())
 	}
@@ -688,7 +686,7 @@ func TestSimKernelHandshake(t *testing.T) {
 			t.Errorf("the leaf sent %s to the kernel, which never answers PINGs", CmdString(m.Cmd))
 		}
 	}
-	a.waitKernelLine(time.Second, "  kernel    up")
+	a.waitKernel(time.Second, DialUp)
 	if !strings.Contains(a.logText(), "/hammer2-mount") {
 		t.Error("the leaf's log does not name the kernel's peer label")
 	}
@@ -805,7 +803,7 @@ func TestSimKernelReplacedBySecond(t *testing.T) {
 	a.start()
 	k1 := dialSimKernel(t, "k1", a.pfs, devicePFSes(a))
 	k1.waitHandshake(5 * time.Second)
-	a.waitKernelLine(5*time.Second, "  kernel    up")
+	a.waitKernel(5*time.Second, DialUp)
 
 	k2 := dialSimKernel(t, "k2", a.pfs, devicePFSes(a))
 	err, gone := k1.waitEOF(5 * time.Second)
@@ -817,7 +815,7 @@ func TestSimKernelReplacedBySecond(t *testing.T) {
 		t.Errorf("the first kernel link ended with %v, want EOF", err)
 	}
 	k2.waitHandshake(5 * time.Second)
-	a.waitKernelLine(5*time.Second, "  kernel    up")
+	a.waitKernel(5*time.Second, DialUp)
 	k1.checkClean()
 	k2.checkClean()
 }
@@ -828,15 +826,17 @@ func TestSimKernelReconnect(t *testing.T) {
 	a.start()
 	k1 := dialSimKernel(t, "k1", a.pfs, devicePFSes(a))
 	k1.waitHandshake(5 * time.Second)
-	a.waitKernelLine(5*time.Second, "  kernel    up")
+	a.waitKernel(5*time.Second, DialUp)
 	k1.close()
-	a.waitKernelLine(5*time.Second, "  kernel    waiting")
-	if code, ok := a.waitExit(500 * time.Millisecond); ok {
-		t.Fatalf("the leaf exited (%d) when the kernel link dropped with its PFS still there", code)
-	}
+	a.waitKernel(5*time.Second, "waiting")
 	k2 := dialSimKernel(t, "k2", a.pfs, devicePFSes(a))
 	k2.waitHandshake(5 * time.Second)
-	a.waitKernelLine(5*time.Second, "  kernel    up")
+	a.waitKernel(5*time.Second, DialUp)
+	// The same process took the new link: it did not exit when the first
+	// one dropped with its PFS still there.
+	if code, ok := a.waitExit(0); ok || a.now().Leaf.Pid != a.pid() {
+		t.Fatalf("the leaf exited (%v, code %d) when the kernel link dropped with its PFS still there", ok, code)
+	}
 	k1.checkClean()
 	k2.checkClean()
 }

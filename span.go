@@ -28,6 +28,8 @@ type spanEntry struct {
 type spanTable struct {
 	perLink, total int
 
+	changes *notifier // the leaf's: told of every span added or removed
+
 	mu      sync.Mutex
 	entries map[*Trans]*spanEntry
 	byLink  map[*Link]int
@@ -51,6 +53,7 @@ func (s *spanTable) add(t *Trans, link string, sp LnkSpan) error {
 	}
 	s.entries[t] = &spanEntry{Link: link, Span: sp, Since: time.Now()}
 	s.byLink[t.Link()]++
+	s.changes.Notify()
 	return nil
 }
 
@@ -64,6 +67,7 @@ func (s *spanTable) remove(t *Trans) {
 	if s.byLink[t.Link()]--; s.byLink[t.Link()] <= 0 {
 		delete(s.byLink, t.Link())
 	}
+	s.changes.Notify()
 }
 
 // find returns the transaction of the nearest span (lowest dist, then

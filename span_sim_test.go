@@ -367,8 +367,13 @@ var simModes = []struct {
 }{{"batch", true}, {"each", false}}
 
 func TestSpanSimConverges(t *testing.T) {
+	t.Parallel() // CPU only: it overlaps the process tests' waiting
+	sizes := []struct{ n, seed int }{{2, 1}, {10, 2}, {50, 3}, {120, 4}}
+	if testing.Short() {
+		sizes = sizes[:3]
+	}
 	for _, mode := range simModes {
-		for _, tc := range []struct{ n, seed int }{{2, 1}, {10, 2}, {50, 3}, {120, 4}} {
+		for _, tc := range sizes {
 			t.Run(fmt.Sprintf("%s/%d", mode.name, tc.n), func(t *testing.T) {
 				rng := rand.New(rand.NewPCG(uint64(tc.seed), 0))
 				s := newSpanSim(tc.n, rng, mode.batch)
@@ -398,8 +403,13 @@ func TestSpanSimConverges(t *testing.T) {
 
 // Random graphs under random joins, deaths and new links, in both modes.
 func TestSpanSimRandom(t *testing.T) {
+	t.Parallel() // CPU only: it overlaps the process tests' waiting
+	seeds := 30
+	if testing.Short() {
+		seeds = 6
+	}
 	for _, mode := range simModes {
-		for seed := range 30 {
+		for seed := range seeds {
 			rng := rand.New(rand.NewPCG(uint64(seed), 7))
 			s := newSpanSim(3+rng.IntN(40), rng, mode.batch)
 			s.randomGraph(rng, 0)

@@ -160,6 +160,28 @@ func (l *Leaf) Status() LeafStatus {
 	return st
 }
 
+// withoutCounters is st with the fields that change on every message
+// (bytes, RTT) cleared, for telling whether anything else changed.
+func (st LeafStatus) withoutCounters() LeafStatus {
+	clear := func(ls *LinkStatus) {
+		ls.BytesIn, ls.BytesOut, ls.RTT = 0, 0, ""
+	}
+	clear(&st.Kernel)
+	if st.Backbone != nil {
+		b := *st.Backbone
+		clear(&b)
+		st.Backbone = &b
+	}
+	st.Remotes, st.Inbound = slices.Clone(st.Remotes), slices.Clone(st.Inbound)
+	for i := range st.Remotes {
+		clear(&st.Remotes[i])
+	}
+	for i := range st.Inbound {
+		clear(&st.Inbound[i])
+	}
+	return st
+}
+
 func dialStatus(ds DialState) LinkStatus {
 	ls := LinkStatus{Target: ds.Addr, State: ds.State, Since: ds.Since, LastErr: ds.LastErr, PeerName: ds.Peer}
 	if !ds.NextTry.IsZero() {
