@@ -736,6 +736,7 @@ func (h *cacHarness) takeOut() string {
 }
 
 func TestCacScripts(t *testing.T) {
+	t.Parallel()
 	datadriven.Walk(t, "testdata/cac", func(t *testing.T, path string) {
 		h := newCacHarness(t)
 		defer h.closeAll()

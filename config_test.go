@@ -14,6 +14,7 @@ import (
 // of Config must appear in it (set, or commented out where the default
 // depends on the platform).
 func TestConfigExampleIsTheDefaults(t *testing.T) {
+	t.Parallel()
 	c, err := LoadConfig("config.toml.example")
 	if err != nil {
 		t.Fatal(err)
@@ -83,6 +84,7 @@ func tomlKeys(t reflect.Type, prefix string) []string {
 }
 
 func TestConfigErrors(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name, body string
 		want       []string
@@ -115,6 +117,7 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestConfigDefaultsWithoutFile(t *testing.T) {
+	t.Parallel()
 	c, err := LoadConfig("")
 	if err != nil && !strings.Contains(err.Error(), DefaultConfigPath) {
 		t.Fatal(err)

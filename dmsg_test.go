@@ -11,6 +11,7 @@ import (
 )
 
 func TestCRCVectors(t *testing.T) {
+	t.Parallel()
 	if got := crc32.Checksum([]byte("123456789"), crcTable); got != 0xE3069283 {
 		t.Errorf("crc32c(123456789) = %#x, want 0xe3069283", got)
 	}
@@ -32,6 +33,7 @@ func mkcmd(proto, code uint32, structBytes int) uint32 {
 // size, and by the literal value the reference README lists (checked
 // against a build of the C headers) or PROTOCOL §6 gives ours.
 func TestCommandValues(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name        string
 		got         uint32
@@ -65,6 +67,7 @@ func TestCommandValues(t *testing.T) {
 }
 
 func TestCmdString(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		cmd  uint32
 		want string
@@ -91,6 +94,7 @@ func TestCmdString(t *testing.T) {
 // The error codes are pinned: DragonFly's from the reference README,
 // ours from PROTOCOL §6 (and SECURITY.md for NOPERM).
 func TestErrorCodes(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		code uint32
 		want uint32
@@ -132,6 +136,7 @@ func mustHex(t *testing.T, s string) []byte {
 }
 
 func TestGoldenMessages(t *testing.T) {
+	t.Parallel()
 	ping := mustHex(t, "3248000000000000000000000000000000000000000000000000000000000000"+
 		"0101000000000000000000000000000000000000000000000000000041a426f4")
 	for _, tc := range []struct {
@@ -171,6 +176,7 @@ func TestGoldenMessages(t *testing.T) {
 // A peer of the other byte order: only the 64-byte base header is swapped,
 // and its CRC is over the bytes as sent.
 func TestDecodeSwapped(t *testing.T) {
+	t.Parallel()
 	hdr := make([]byte, 128) // a 2-unit header with a payload that must stay as sent
 	be := binary.BigEndian
 	be.PutUint16(hdr[offMagic:], MagicLE)
@@ -191,6 +197,7 @@ func TestDecodeSwapped(t *testing.T) {
 }
 
 func TestDecodeErrors(t *testing.T) {
+	t.Parallel()
 	good := (&Msg{Header: Header{Cmd: CmdDbgShell}, Aux: []byte("hi\x00")}).AppendWire(nil, 0)
 	mutate := func(f func(b []byte)) []byte {
 		b := bytes.Clone(good)
@@ -226,6 +233,7 @@ func TestDecodeErrors(t *testing.T) {
 
 // LNK_SPAN offsets pinned by the reference README.
 func TestLnkSpanLayout(t *testing.T) {
+	t.Parallel()
 	var s LnkSpan
 	s.PeerID = UUID{1: 0xAA}
 	s.PfsID = UUID{2: 0xBB}
@@ -276,6 +284,7 @@ func TestLnkSpanLayout(t *testing.T) {
 }
 
 func TestLnkConnLayout(t *testing.T) {
+	t.Parallel()
 	c := LnkConn{PeerMask: 1 << PeerHammer2, PeerType: PeerHammer2, ProtoVersion: 1,
 		RNSS: 7, PeerLabel: "host/hammer2-mount", PeerID: UUID{0: 1}, MediaID: UUID{15: 2}}
 	ext := c.Marshal()
@@ -295,6 +304,7 @@ func TestLnkConnLayout(t *testing.T) {
 }
 
 func TestVolconfLayout(t *testing.T) {
+	t.Parallel()
 	v := LnkVolconf{Index: 3, MediaID: UUID{0: 9}, Copy: Volconf{CopyID: 3, Flags: VolfEnabled,
 		Priority: 0x0F, PfsClid: UUID{4: 4}, Label: "lab", Path: "span:10.0.0.1"}}
 	ext := v.Marshal()
@@ -316,6 +326,7 @@ func TestVolconfLayout(t *testing.T) {
 }
 
 func TestUUIDLayout(t *testing.T) {
+	t.Parallel()
 	u, err := ParseUUID("00112233-4455-6677-8899-aabbccddeeff")
 	if err != nil {
 		t.Fatal(err)
@@ -337,6 +348,7 @@ func TestUUIDLayout(t *testing.T) {
 }
 
 func TestLabelsNULForced(t *testing.T) {
+	t.Parallel()
 	long := strings.Repeat("x", 200)
 	var s LnkSpan
 	s.SetLabels(long, long)

@@ -32,6 +32,7 @@ import (
 // means the C side decrypted ours. It runs with the C service's keys made
 // by its rsainit and by ours, and with 4096-bit keys (one RSA block).
 func TestDmsgCryptoCPeer(t *testing.T) {
+	t.Parallel()
 	bin := os.Getenv("H2_CPEER")
 	if bin == "" {
 		t.Skip("set H2_CPEER to DragonFly's C hammer2 (see /work/shared/interop-peer) to run")
@@ -122,6 +123,7 @@ func TestDmsgCryptoCPeer(t *testing.T) {
 // With a wrong key for us on the C side, both ends refuse the link:
 // KEYXCHGFAIL here, "auth failure" in the C log.
 func TestDmsgCryptoCPeerWrongKey(t *testing.T) {
+	t.Parallel()
 	bin := os.Getenv("H2_CPEER")
 	if bin == "" {
 		t.Skip("set H2_CPEER to DragonFly's C hammer2 (see /work/shared/interop-peer) to run")

@@ -152,6 +152,7 @@ func (r *recordConn) written() []byte {
 // in both directions. TestDmsgHandshakeGoldenDecodes checks the same files
 // against the format with math/big alone.
 func TestDmsgHandshakeGolden(t *testing.T) {
+	t.Parallel()
 	ca, cb := tcpPair(t)
 	ra, rb := &recordConn{Conn: ca}, &recordConn{Conn: cb}
 	a, b := mustHandshake(t, ra, rb)
@@ -208,6 +209,7 @@ func TestDmsgHandshakeGolden(t *testing.T) {
 // the chunks are AES-256-GCM under sess[0:32], nonce sess[32:36] ||
 // big-endian chunk number, 64+16 bytes each.
 func TestDmsgHandshakeGoldenDecodes(t *testing.T) {
+	t.Parallel()
 	plain := goldenPlain()
 	for _, tc := range []struct {
 		name     string
@@ -317,6 +319,7 @@ func testMessages() [][]byte {
 }
 
 func TestDmsgCryptoRoundTrip(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		pair func(testing.TB) (net.Conn, net.Conn)
@@ -375,6 +378,7 @@ func TestDmsgCryptoRoundTrip(t *testing.T) {
 // Every size DragonFly's rule allows: 1024 (four blocks a side), 2048 and
 // 4096 bits (one block), each key talking to itself.
 func TestDmsgCryptoKeySizes(t *testing.T) {
+	t.Parallel()
 	for _, name := range []string{"d", "a", "c"} {
 		k := testRSAKey(t, name)
 		t.Run(name, func(t *testing.T) {
@@ -389,6 +393,7 @@ func TestDmsgCryptoKeySizes(t *testing.T) {
 }
 
 func TestDmsgHandshakeRefused(t *testing.T) {
+	t.Parallel()
 	a, b, c := testRSAKey(t, "a"), testRSAKey(t, "b"), testRSAKey(t, "c")
 	for _, tc := range []struct {
 		name         string
@@ -438,6 +443,7 @@ func sendRawHandshake(t *testing.T, c net.Conn, buf *handshakeBuf, from *rsa.Pri
 }
 
 func TestDmsgHandshakeBufferChecks(t *testing.T) {
+	t.Parallel()
 	a, b := testRSAKey(t, "a"), testRSAKey(t, "b")
 	le := binary.LittleEndian
 	for _, tc := range []struct {
@@ -490,6 +496,7 @@ func TestDmsgHandshakeBufferChecks(t *testing.T) {
 }
 
 func TestDmsgHandshakeGreetingSanitized(t *testing.T) {
+	t.Parallel()
 	var b handshakeBuf
 	copy(b[hsOffQuickmsg:], "ok\x1b[31m\xff")
 	if got := b.quickmsg(); got != "ok?[31m?" {
@@ -506,6 +513,7 @@ func TestDmsgHandshakeGreetingSanitized(t *testing.T) {
 // A peer that stalls, or a context cancelled, ends the handshake with
 // KEYXCHGFAIL and the cause, and the writer goroutine is gone by then.
 func TestDmsgHandshakeDeadline(t *testing.T) {
+	t.Parallel()
 	a, b := testRSAKey(t, "a"), testRSAKey(t, "b")
 	t.Run("deadline", func(t *testing.T) {
 		ca, cb := tcpPair(t)
@@ -569,6 +577,7 @@ func (f *flipConn) Write(p []byte) (int, error) {
 // A ciphertext byte changed in flight fails the chunk's tag: MACFAIL on
 // that link, which closes; the chunks before it were delivered.
 func TestDmsgCryptoMACFail(t *testing.T) {
+	t.Parallel()
 	for _, at := range []int64{2*chunkWire + 5, 2*chunkWire + chunkPlain + 3} { // in the ciphertext, in the tag
 		ca, cb := tcpPair(t)
 		a, b := mustHandshake(t, &flipConn{Conn: ca, at: hsSize + at}, cb)
@@ -596,6 +605,7 @@ func TestDmsgCryptoMACFail(t *testing.T) {
 
 // IVWRAP through the unexported seam: the counters start near the end.
 func TestDmsgCryptoIVWrap(t *testing.T) {
+	t.Parallel()
 	t.Run("sender", func(t *testing.T) {
 		ca, cb := tcpPair(t)
 		a, b := mustHandshake(t, ca, cb)
@@ -633,6 +643,7 @@ func TestDmsgCryptoIVWrap(t *testing.T) {
 }
 
 func TestDmsgCryptoTruncatedChunk(t *testing.T) {
+	t.Parallel()
 	ca, cb := tcpPair(t)
 	a, b := mustHandshake(t, ca, cb)
 	if _, err := a.Write(make([]byte, chunkPlain)); err != nil {
@@ -662,6 +673,7 @@ func writeFile(tb testing.TB, path, data string) {
 }
 
 func TestTcpPeerPolicy(t *testing.T) {
+	t.Parallel()
 	remote := t.TempDir()
 	writeFile(t, filepath.Join(remote, "127.0.0.2.pub"), string(mustRead(t, "testdata/crypto/b.pub")))
 	writeFile(t, filepath.Join(remote, "127.0.0.3.none"), "")
@@ -728,6 +740,7 @@ func loadKeysOrNil(t *testing.T, dir string) *dmsgCryptoKeys {
 // dmsgSecureTCP on both ends of a real TCP connection, each with its own
 // key directory, as the service's accept and dial paths will run it.
 func TestDmsgSecureTCP(t *testing.T) {
+	t.Parallel()
 	apub, bpub := string(mustRead(t, "testdata/crypto/a.pub")), string(mustRead(t, "testdata/crypto/b.pub"))
 	for _, tc := range []struct {
 		name       string

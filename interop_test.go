@@ -13,6 +13,7 @@ import (
 // state machine takes it, picking the transaction by REVTRANS alone; the
 // link must not drop the peer for it.
 func TestLinkStreamingRevTransWithoutReply(t *testing.T) {
+	t.Parallel()
 	ca, cb := socketPair(t)
 	got := newRecorder()
 	a := startLink(ca, quietConfig("a", nil))

@@ -103,6 +103,7 @@ func waitDone(tb testing.TB, l *Link) {
 }
 
 func TestLinkTransactionLifecycle(t *testing.T) {
+	t.Parallel()
 	ca, cb := socketPair(t)
 	server := newRecorder()
 	var srvTrans *Trans
@@ -168,6 +169,7 @@ func eventually(tb testing.TB, cond func() bool, what string) {
 }
 
 func TestLinkUnknownCreateGetsNoSupp(t *testing.T) {
+	t.Parallel()
 	ca, cb := socketPair(t)
 	b := startLink(cb, quietConfig("b", nil))
 	a := startLink(ca, quietConfig("a", nil))
@@ -185,6 +187,7 @@ func TestLinkUnknownCreateGetsNoSupp(t *testing.T) {
 }
 
 func TestLinkPingAndRTT(t *testing.T) {
+	t.Parallel()
 	ca, cb := socketPair(t)
 	cfg := quietConfig("a", nil)
 	cfg.PingInterval = 20 * time.Millisecond
@@ -234,6 +237,7 @@ func (p *rawPeer) read() (Msg, error) {
 }
 
 func TestLinkBadInput(t *testing.T) {
+	t.Parallel()
 	le := binary.LittleEndian
 	ping := Msg{Header: Header{Cmd: CmdLnkPing}}
 	for _, tc := range []struct {
@@ -350,6 +354,7 @@ func TestLinkBadInput(t *testing.T) {
 }
 
 func TestLinkAcceptsByteSwappedPeer(t *testing.T) {
+	t.Parallel()
 	ca, cb := socketPair(t)
 	l := startLink(ca, quietConfig("swapped", nil))
 	defer l.Close()
@@ -374,6 +379,7 @@ func TestLinkAcceptsByteSwappedPeer(t *testing.T) {
 // A one-way LNK_ERROR is never answered (that way lies ping-pong), and a
 // one-way message without a handler is dropped quietly.
 func TestLinkOneWayErrorNotAnswered(t *testing.T) {
+	t.Parallel()
 	ca, cb := socketPair(t)
 	l := startLink(ca, quietConfig("a", nil))
 	defer l.Close()
@@ -391,6 +397,7 @@ func TestLinkOneWayErrorNotAnswered(t *testing.T) {
 }
 
 func TestLinkLostLinkChildrenFirst(t *testing.T) {
+	t.Parallel()
 	ca, cb := socketPair(t)
 	var mu sync.Mutex
 	var order []string
@@ -445,6 +452,7 @@ func TestLinkLostLinkChildrenFirst(t *testing.T) {
 // Circuits: a sub-transaction under a transaction the peer opened carries
 // REVCIRC, and its replies come back with REVTRANS.
 func TestLinkCircuitFlags(t *testing.T) {
+	t.Parallel()
 	ca, cb := socketPair(t)
 	var sub *Trans
 	subRec := newRecorder()
@@ -483,6 +491,7 @@ func TestLinkCircuitFlags(t *testing.T) {
 }
 
 func TestLinkDeadPeer(t *testing.T) {
+	t.Parallel()
 	ca, cb := socketPair(t)
 	cfg := quietConfig("a", nil)
 	cfg.PingInterval = 10 * time.Millisecond
@@ -501,6 +510,7 @@ func TestLinkDeadPeer(t *testing.T) {
 }
 
 func TestLinkShutdownSendsDeletes(t *testing.T) {
+	t.Parallel()
 	ca, cb := socketPair(t)
 	a := startLink(ca, quietConfig("a", func(tr *Trans, m *Msg) {
 		if m.Cmd&FlagCreate != 0 {
@@ -536,6 +546,7 @@ func TestLinkShutdownSendsDeletes(t *testing.T) {
 }
 
 func TestLinkBackPressure(t *testing.T) {
+	t.Parallel()
 	ca, _ := socketPair(t) // nobody reads the other end
 	cfg := quietConfig("a", nil)
 	cfg.SendQueueBytes = 256 << 10

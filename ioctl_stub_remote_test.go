@@ -28,6 +28,7 @@ func remoteFullTable(from, to int) *remoteTable {
 }
 
 func TestRemoteTableRules(t *testing.T) {
+	t.Parallel()
 	path63 := "span:" + strings.Repeat("x", VolconfPathMax-5)
 	cases := []struct {
 		name     string
@@ -177,6 +178,7 @@ func remoteSeq(from, to int) []int {
 }
 
 func TestRemoteTableDelKeepsEntry(t *testing.T) {
+	t.Parallel()
 	var tab remoteTable
 	v := Volconf{Path: "span:keep", Label: "lab", Flags: VolfEnabled, PfsClid: NewUUID()}
 	if _, err := tab.add(-1, v); err != nil {
@@ -198,6 +200,7 @@ func TestRemoteTableDelKeepsEntry(t *testing.T) {
 }
 
 func TestRemoteTableScan(t *testing.T) {
+	t.Parallel()
 	var tab remoteTable
 	for _, s := range []int{2, 5, 255} {
 		if _, err := tab.add(s, Volconf{Path: "span:s"}); err != nil {
@@ -218,6 +221,7 @@ func TestRemoteTableScan(t *testing.T) {
 }
 
 func TestRemoteErrorsNameSlotAndPath(t *testing.T) {
+	t.Parallel()
 	var tab remoteTable
 	if _, err := tab.add(300, Volconf{}); err == nil || !strings.Contains(err.Error(), "300") {
 		t.Errorf("add(300): %v does not name the slot", err)

@@ -37,6 +37,7 @@ func stubOpenT(t *testing.T, dir string) PFS {
 // Opening a path without a PFS fails, names the path and how to make one,
 // and leaves nothing behind (it used to make a MASTER there).
 func TestStubOpenNeverCreates(t *testing.T) {
+	t.Parallel()
 	parent := t.TempDir()
 	dir := filepath.Join(parent, "typo")
 	if err := os.Mkdir(dir, 0o755); err != nil {
@@ -59,6 +60,7 @@ func TestStubOpenNeverCreates(t *testing.T) {
 }
 
 func TestStubPFSRegistrationDefaults(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "mypfs")
 	p := stubOpenT(t, dir)
 	if p.Path() != dir {
@@ -84,6 +86,7 @@ func TestStubPFSRegistrationDefaults(t *testing.T) {
 }
 
 func TestStubPFSCreate(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "slave")
 	want := PFSInfo{Label: "cluster-a", Clid: NewUUID(), Type: PFSSlave}
 	if err := CreatePFS(dir, want); err != nil {
@@ -106,6 +109,7 @@ func TestStubPFSCreate(t *testing.T) {
 }
 
 func TestStubBadRegistration(t *testing.T) {
+	t.Parallel()
 	good := `{"label":"x","clid":"` + NewUUID().String() + `","fsid":"` + NewUUID().String() + `","type":6}`
 	cases := []struct{ name, content, field string }{
 		{"garbage", "not json at all", ""},
@@ -143,6 +147,7 @@ func TestStubBadRegistration(t *testing.T) {
 }
 
 func TestStubRemotePersists(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p := stubOpenT(t, dir)
 	clid := NewUUID()
@@ -183,6 +188,7 @@ func TestStubRemotePersists(t *testing.T) {
 }
 
 func TestStubRemoteErrors(t *testing.T) {
+	t.Parallel()
 	p := stubOpenT(t, t.TempDir())
 	long := strings.Repeat("x", VolconfPathMax+1)
 	if _, err := p.RemoteAdd(-1, Volconf{Path: long}); !errors.Is(err, syscall.EINVAL) || !strings.Contains(err.Error(), "path too long") {
@@ -208,6 +214,7 @@ func TestStubRemoteErrors(t *testing.T) {
 }
 
 func TestStubTwoHandlesShareRemote(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	a, b := stubOpenT(t, dir), stubOpenT(t, dir)
 	if _, err := a.RemoteAdd(-1, Volconf{Path: "span:from-a"}); err != nil {
@@ -245,6 +252,7 @@ func TestStubTwoHandlesShareRemote(t *testing.T) {
 }
 
 func TestStubMounted(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "pfs")
 	p := stubOpenT(t, dir)
 	if !p.Mounted() {
@@ -315,6 +323,7 @@ func stubExchange(t *testing.T, leaf, kernel net.Conn, msg string) {
 }
 
 func TestStubRecluster(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	dir := t.TempDir()
@@ -363,6 +372,7 @@ func TestStubRecluster(t *testing.T) {
 }
 
 func TestStubReclusterCancel(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p := stubOpenT(t, dir)
 	ctx, cancel := context.WithCancel(context.Background())

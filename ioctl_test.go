@@ -6,6 +6,7 @@ import (
 )
 
 func TestIoctlRequestNumbers(t *testing.T) {
+	t.Parallel()
 	// Every row of the HAMMER2 ioctl table, computed from (nr, size).
 	table := []struct {
 		name string
@@ -68,6 +69,7 @@ func TestIoctlRequestNumbers(t *testing.T) {
 }
 
 func TestIoctlIntRoundTrip(t *testing.T) {
+	t.Parallel()
 	for _, v := range []int32{0, 1, 2, -1, 7, 1 << 30} {
 		b := MarshalIocInt(v)
 		if got := int32(binary.LittleEndian.Uint32(b[0:])); got != v {
@@ -95,6 +97,7 @@ func ioctlTestVolconf(copyid uint8, path string) Volconf {
 }
 
 func TestIoctlRemoteRoundTrip(t *testing.T) {
+	t.Parallel()
 	r := IocRemote{
 		CopyID: -1, NextID: 0x11223344, FD: 9,
 		Copy1: ioctlTestVolconf(5, "span:alpha"),
@@ -131,6 +134,7 @@ func TestIoctlRemoteRoundTrip(t *testing.T) {
 }
 
 func TestIoctlPFSRoundTrip(t *testing.T) {
+	t.Parallel()
 	long := make([]byte, 300)
 	for i := range long {
 		long[i] = 'a' + byte(i%26)

@@ -13,6 +13,7 @@ import (
 )
 
 func TestKeyGenerateLoad(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	pub, err := GenerateKey(dir, false)
 	if err != nil {
@@ -64,6 +65,7 @@ func TestKeyGenerateLoad(t *testing.T) {
 }
 
 func TestKeyFilePermissions(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	if _, err := GenerateKey(dir, false); err != nil {
 		t.Fatal(err)
@@ -87,6 +89,7 @@ func TestKeyFilePermissions(t *testing.T) {
 }
 
 func TestKeyLoadErrors(t *testing.T) {
+	t.Parallel()
 	write := func(t *testing.T, data string) string {
 		dir := t.TempDir()
 		if err := os.WriteFile(filepath.Join(dir, nodeKeyFile), []byte(data), 0o600); err != nil {
@@ -120,6 +123,7 @@ func TestKeyLoadErrors(t *testing.T) {
 }
 
 func TestPublicKeyText(t *testing.T) {
+	t.Parallel()
 	pub, _, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -155,6 +159,7 @@ func TestPublicKeyText(t *testing.T) {
 }
 
 func TestKeyFingerprint(t *testing.T) {
+	t.Parallel()
 	pub := ed25519.PublicKey(make([]byte, ed25519.PublicKeySize))
 	sum := sha256.Sum256(pub)
 	want := "SHA256:" + base64.RawStdEncoding.EncodeToString(sum[:])
@@ -188,6 +193,7 @@ func newPub(t *testing.T) ed25519.PublicKey {
 }
 
 func TestTrustStore(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	a, b, c, cfgKey := newPub(t), newPub(t), newPub(t), newPub(t)
 	writePub(t, dir, "10.0.0.1", a)
@@ -252,6 +258,7 @@ func TestTrustStore(t *testing.T) {
 }
 
 func TestTrustStoreNoDir(t *testing.T) {
+	t.Parallel()
 	ts, err := LoadTrustStore(t.TempDir()) // no remote/ inside
 	if err != nil {
 		t.Fatal(err)
@@ -266,6 +273,7 @@ func TestTrustStoreNoDir(t *testing.T) {
 }
 
 func TestTrustStoreTwoKeysInFile(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	rdir := filepath.Join(dir, remoteDirName)
 	os.MkdirAll(rdir, 0o755)
@@ -280,6 +288,7 @@ func TestTrustStoreTwoKeysInFile(t *testing.T) {
 // DragonFly's RSA keys share remote/ with our Ed25519 lines: they are
 // left to the TCP links, without a warning.
 func TestTrustStoreSkipsRSAKeys(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	writePub(t, dir, "node2", newPub(t))
 	pem, err := os.ReadFile("testdata/crypto/a.pub")

@@ -124,6 +124,7 @@ func laneLinks(t *testing.T, rec *laneRecorder) (tx, rx *Link) {
 // overtake it (the transaction stays on the bulk stream). One-way messages
 // keep their order too. Meanwhile PINGs keep the control stream busy.
 func TestQuicLanesTransactionOrder(t *testing.T) {
+	t.Parallel()
 	rec := newLaneRecorder(t)
 	tx, rx := laneLinks(t, rec)
 	ctx := testCtx(t, 20*time.Second)
@@ -210,6 +211,7 @@ func TestQuicLanesTransactionOrder(t *testing.T) {
 // find the circuit unknown, take the child for an orphan and refuse it
 // with CANTCIRC.
 func TestQuicLanesCircuitOrder(t *testing.T) {
+	t.Parallel()
 	rec := newLaneRecorder(t)
 	tx, _ := laneLinks(t, rec)
 
@@ -258,6 +260,7 @@ func TestQuicLanesCircuitOrder(t *testing.T) {
 // TestQuicLanesShutdown: Shutdown waits for both writers, one of them held
 // by a bulk-stream DELETE, and returns.
 func TestQuicLanesShutdown(t *testing.T) {
+	t.Parallel()
 	rec := newLaneRecorder(t)
 	tx, rx := laneLinks(t, rec)
 	p, err := tx.Root().Open(&Msg{Header: Header{Cmd: CmdDbgShell}, Aux: laneAux(false, 0)}, func(*Trans, *Msg) {})
@@ -283,6 +286,7 @@ func TestQuicLanesShutdown(t *testing.T) {
 // volume; a control message engages the pacer at once; PINGs, several
 // outstanding, are each answered and matched.
 func TestQuicLanesPacerEngages(t *testing.T) {
+	t.Parallel()
 	rec := newLaneRecorder(t)
 	tx, _ := laneLinks(t, rec)
 	ctx := testCtx(t, 20*time.Second)

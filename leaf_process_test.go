@@ -75,7 +75,7 @@ func (r testRun) Run() int {
 }
 
 // testParallelPerCPU is how many parallel tests run at once per core.
-const testParallelPerCPU = 4
+const testParallelPerCPU = 6
 
 // flagSet reports whether the flag name was given on the command line.
 func flagSet(name string) bool {

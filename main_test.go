@@ -9,6 +9,7 @@ import (
 // Run as hammer2-leaf (as `go run .` names the binary), a command word
 // anywhere after the global flags selects the full CLI.
 func TestMultiCallDispatch(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		args []string
 		want string

@@ -17,6 +17,7 @@ func near(a, b float64) bool { return math.Abs(a-b) <= 0.01*math.Abs(b) }
 // TestPacerAdapts drives the pacer through a quiet bulk spell, a busy
 // control spell and back, on an injected clock.
 func TestPacerAdapts(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{t: time.Unix(1000, 0)}
 	p := newPacer(clk.now)
 
@@ -129,6 +130,7 @@ func TestPacerAdapts(t *testing.T) {
 // current and the previous pacerMinWindow, so a path that got slower is
 // followed within two windows instead of being cut for ever.
 func TestPacerMinimumFollowsPath(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{t: time.Unix(1000, 0)}
 	p := newPacer(clk.now)
 	p.Sample(20 * time.Microsecond)

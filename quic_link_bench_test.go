@@ -509,6 +509,7 @@ func qlbDelayProxy(tb testing.TB, to net.Addr, delay time.Duration) string {
 // window, long paths may grow it to twice their bandwidth-delay product,
 // never past quic-go's cap.
 func TestQuicWindowLimit(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		rtt  time.Duration
 		want uint64
@@ -528,6 +529,7 @@ func TestQuicWindowLimit(t *testing.T) {
 // On a real path with 5 ms of delay each way, a bulk transfer grows the
 // window past 1 MiB; status reports it.
 func TestQuicWindowGrowsOnLongPath(t *testing.T) {
+	t.Parallel()
 	ka, kc := newTestKey(t), newTestKey(t)
 	a := startNode(t, ka, QuicConfig{}, peer{"c", kc.Public().(ed25519.PublicKey)})
 	c := startNode(t, kc, QuicConfig{}, peer{"a", ka.Public().(ed25519.PublicKey)})

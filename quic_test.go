@@ -137,6 +137,7 @@ func testCtx(t testing.TB, d time.Duration) context.Context {
 }
 
 func TestQuicLinkExchange(t *testing.T) {
+	t.Parallel()
 	ctx := testCtx(t, 15*time.Second)
 	ka, kb := newTestKey(t), newTestKey(t)
 	a := startNode(t, ka, QuicConfig{}, peer{"b", kb.Public().(ed25519.PublicKey)})
@@ -219,6 +220,7 @@ func TestQuicLinkExchange(t *testing.T) {
 }
 
 func TestQuicUntrustedRefused(t *testing.T) {
+	t.Parallel()
 	ctx := testCtx(t, 15*time.Second)
 	ka, kb := newTestKey(t), newTestKey(t)
 	a := startNode(t, ka, QuicConfig{}, peer{"b", kb.Public().(ed25519.PublicKey)})
@@ -265,6 +267,7 @@ func TestQuicUntrustedRefused(t *testing.T) {
 }
 
 func TestQuicBadPreamble(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name    string
 		streams []string // what the dialer writes on each stream it opens
@@ -320,6 +323,7 @@ func TestQuicBadPreamble(t *testing.T) {
 }
 
 func TestQuicDeadPeer(t *testing.T) {
+	t.Parallel()
 	ctx := testCtx(t, 10*time.Second)
 	const deadAfter = time.Second
 	ka, kb := newTestKey(t), newTestKey(t)
@@ -346,6 +350,7 @@ func TestQuicDeadPeer(t *testing.T) {
 }
 
 func TestQuicStatelessReset(t *testing.T) {
+	t.Parallel()
 	ctx := testCtx(t, 15*time.Second)
 	// Idle timeout far beyond the assertion: only a reset can be this fast.
 	cfg := QuicConfig{DeadAfter: 20 * time.Second, KeepAlive: 500 * time.Millisecond}
@@ -376,6 +381,7 @@ func TestQuicStatelessReset(t *testing.T) {
 }
 
 func TestQuicSplitAddr(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in   string
 		host string
@@ -444,6 +450,7 @@ func runRedialer(t *testing.T, r *Redialer) <-chan *QuicLink {
 }
 
 func TestRedialerBackoffThenConnect(t *testing.T) {
+	t.Parallel()
 	ctx := testCtx(t, 15*time.Second)
 	ka, kb := newTestKey(t), newTestKey(t)
 	// DeadAfter bounds each attempt at the silent port.
@@ -485,6 +492,7 @@ func TestRedialerBackoffThenConnect(t *testing.T) {
 }
 
 func TestRedialerRefusedThenKick(t *testing.T) {
+	t.Parallel()
 	ctx := testCtx(t, 15*time.Second)
 	ka, kb := newTestKey(t), newTestKey(t)
 	a := startNode(t, ka, QuicConfig{}, peer{"b", kb.Public().(ed25519.PublicKey)})
@@ -510,6 +518,7 @@ func TestRedialerRefusedThenKick(t *testing.T) {
 }
 
 func TestRedialerBackoffGrowth(t *testing.T) {
+	t.Parallel()
 	r := NewRedialer(nil, "x", RedialConfig{MinBackoff: time.Second, MaxBackoff: 30 * time.Second})
 	if d := r.backoff(0); d != 0 {
 		t.Errorf("backoff(0) = %v", d)
@@ -526,6 +535,7 @@ func TestRedialerBackoffGrowth(t *testing.T) {
 }
 
 func TestQuicNodeClose(t *testing.T) {
+	t.Parallel()
 	ctx := testCtx(t, 10*time.Second)
 	before := runtime.NumGoroutine()
 	ka, kb := newTestKey(t), newTestKey(t)
@@ -575,6 +585,7 @@ func TestQuicNodeClose(t *testing.T) {
 // log line (they used to be refused in silence), and a flood of them is
 // held to limits.refused_logs_per_second.
 func TestQuicRefusalsLogged(t *testing.T) {
+	t.Parallel()
 	ka, kb := newTestKey(t), newTestKey(t)
 	b := startNode(t, kb, QuicConfig{RefusedLogsPerSecond: 1}, peer{"a", ka.Public().(ed25519.PublicKey)})
 	a := startNode(t, ka, QuicConfig{}, peer{"b", kb.Public().(ed25519.PublicKey)})

@@ -38,7 +38,7 @@ package main
 //
 // TestLongQuorumChaos runs ~15 s with 3 masters in CI's long run. A longer run:
 //
-//	H2_LONG_TESTS=1 H2_QUORUM_CHAOS_SECONDS=120 H2_QUORUM_MASTERS=5 go test -count=1 -run 'QuorumChaos' -v -timeout 20m .
+//	H2_QUORUM_CHAOS_SECONDS=120 H2_QUORUM_MASTERS=5 go test -count=1 -run 'QuorumChaos' -v -timeout 20m .
 //
 // (H2_QUORUM_SEED reproduces a run's fault schedule.) Results of such runs
 // are in the comment above TestLongQuorumChaos.

@@ -910,6 +910,7 @@ func (h *quorumHarness) checkConverged() error {
 }
 
 func TestQuorumScripts(t *testing.T) {
+	t.Parallel()
 	datadriven.Walk(t, "testdata/quorum", func(t *testing.T, path string) {
 		h := newQuorumHarness(t)
 		defer h.closeAll()
@@ -940,8 +941,11 @@ func (h *quorumHarness) closeAll() {
 func TestQuorumRandomized(t *testing.T) {
 	t.Parallel() // CPU only: it overlaps the process tests' waiting
 	steps, seeds := 2000, uint64(6)
-	if testing.Short() {
+	switch {
+	case testing.Short():
 		steps, seeds = 400, 2
+	case raceEnabled: // one goroutine: nothing to race, ten times slower
+		seeds = 2
 	}
 	for _, size := range []int{3, 5} {
 		for seed := uint64(1); seed <= seeds; seed++ {
@@ -1105,6 +1109,7 @@ func qEntry(index, term uint64, data string) *pb.Entry {
 // and that all of it survives closing and reopening the file (with the
 // daemon's options: fsync on).
 func TestQuorumStoreContract(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s, err := openQuorumStore(dir, quorumStoreOptions{})
 	if err != nil {
@@ -1222,6 +1227,7 @@ func TestQuorumStoreContract(t *testing.T) {
 // A second leaf on the same PFS must not share the file: bbolt's flock
 // refuses it, and the error says which file and why.
 func TestQuorumStoreLocked(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s, err := openQuorumStore(dir, quorumStoreOptions{noSync: true})
 	if err != nil {
@@ -1237,6 +1243,7 @@ func TestQuorumStoreLocked(t *testing.T) {
 // An entry no master can decode is rejected identically everywhere and
 // the applied index still moves past it.
 func TestQuorumUndecodableEntry(t *testing.T) {
+	t.Parallel()
 	st, err := openQuorumStore(t.TempDir(), quorumStoreOptions{noSync: true})
 	if err != nil {
 		t.Fatal(err)
@@ -1262,6 +1269,7 @@ func TestQuorumUndecodableEntry(t *testing.T) {
 // Two masters at the same index must produce identical snapshot bytes,
 // whatever order their maps happen to iterate in.
 func TestQuorumFSMImageDeterministic(t *testing.T) {
+	t.Parallel()
 	build := func(order []int) []byte {
 		f := newQuorumFSM()
 		hs := []cacHolding{
@@ -1299,6 +1307,7 @@ func TestQuorumFSMImageDeterministic(t *testing.T) {
 // from the store and travels in snapshots, and forgets identically
 // everywhere once requests fall out of it.
 func TestQuorumDedupWindowPersists(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s, err := openQuorumStore(dir, quorumStoreOptions{noSync: true})
 	if err != nil {
@@ -1378,6 +1387,7 @@ func qConfEntry(t *testing.T, index uint64, typ pb.ConfChangeType, node uint64, 
 // would demote a voter) are refused identically on every master, and the
 // key bindings survive a restart and travel in snapshots.
 func TestQuorumConfRefused(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	st, err := openQuorumStore(dir, quorumStoreOptions{noSync: true})
 	if err != nil {
@@ -1465,6 +1475,7 @@ func TestQuorumConfRefused(t *testing.T) {
 // The QRM_JOIN codec: what newQrmJoin builds parses back and verifies; a
 // request's aux data must be exactly key and signature.
 func TestQrmJoinCodec(t *testing.T) {
+	t.Parallel()
 	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32))
 	clid, fsid := NewUUID(), NewUUID()
 	now := time.Unix(1700000000, 0)
@@ -1509,6 +1520,7 @@ func TestQrmJoinCodec(t *testing.T) {
 // The join and step-filter logs: once per key (or per interval), and a
 // cap a minute in all, so invented ids cannot flood the log.
 func TestKeyedLogLimiter(t *testing.T) {
+	t.Parallel()
 	t0 := time.Unix(1700000000, 0)
 	once := &keyedLogLimiter{perMinute: 3}
 	var got []bool
@@ -1538,6 +1550,7 @@ func TestKeyedLogLimiter(t *testing.T) {
 // bound; a request's news is never refused, is queued once however often
 // it is posted, and comes after the work taken with it.
 func TestQuorumInbox(t *testing.T) {
+	t.Parallel()
 	q := newQuorumInbox(quorumInboxLimits{Raft: 2, Requests: 1})
 	var ran []string
 	put := func(kind inboxKind, name string) bool { return q.put(kind, func() { ran = append(ran, name) }) }

@@ -20,6 +20,7 @@ func runRsainit(t *testing.T, args ...string) (int, string, string) {
 }
 
 func TestRsainitCreatesPair(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "etc", "hammer2")
 	code, out, errs := runRsainit(t, "rsainit", dir)
 	if code != 0 {
@@ -78,6 +79,7 @@ func TestRsainitCreatesPair(t *testing.T) {
 // missing rsa.pub is derived from it byte for byte as `openssl rsa -pubout`
 // wrote testdata/crypto/b.pub.
 func TestRsainitDerivesPublicKey(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	installRSAKeys(t, dir, "b", 0o400)
 	os.Remove(filepath.Join(dir, rsaPubFile))
@@ -97,6 +99,7 @@ func TestRsainitDerivesPublicKey(t *testing.T) {
 }
 
 func TestRsainitRefuses(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		setup func(t *testing.T, dir string)
@@ -136,6 +139,7 @@ func TestRsainitRefuses(t *testing.T) {
 // Without a directory argument rsainit uses the config's key_dir, like
 // keygen.
 func TestRsainitConfigKeyDir(t *testing.T) {
+	t.Parallel()
 	tmp := t.TempDir()
 	dir := filepath.Join(tmp, "keys")
 	cfg := filepath.Join(tmp, "leaf.toml")
@@ -150,8 +154,9 @@ func TestRsainitConfigKeyDir(t *testing.T) {
 }
 
 func TestRsainit4096(t *testing.T) {
-	if testing.Short() {
-		t.Skip("4096-bit key generation takes seconds")
+	t.Parallel()
+	if testing.Short() || raceEnabled {
+		t.Skip("4096-bit key generation takes seconds (and under -race, many more, with nothing to race)")
 	}
 	dir := t.TempDir()
 	code, _, errs := runRsainit(t, "rsainit", "--bits", "4096", dir)

@@ -63,6 +63,7 @@ func installRSAKeys(tb testing.TB, dir, name string, prvMode os.FileMode) {
 }
 
 func TestParseRSAPrivateKeyPEM(t *testing.T) {
+	t.Parallel()
 	_, edPriv, err := ed25519.GenerateKey(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -123,6 +124,7 @@ func mustRead(tb testing.TB, path string) []byte {
 }
 
 func TestLoadDmsgCryptoKeys(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name    string
 		setup   func(t *testing.T, dir string)
@@ -179,6 +181,7 @@ func TestLoadDmsgCryptoKeys(t *testing.T) {
 //
 //	openssl pkey -pubin -in testdata/crypto/a.pub -outform DER | openssl dgst -sha256 -binary | base64
 func TestRSAFingerprint(t *testing.T) {
+	t.Parallel()
 	got := rsaFingerprint(testRSAPub(t, "a"))
 	want := "SHA256:" + strings.TrimRight(string(bytes.TrimSpace(mustRead(t, "testdata/crypto/a.pub.sha256"))), "=")
 	if got != want {
@@ -190,6 +193,7 @@ func TestRSAFingerprint(t *testing.T) {
 }
 
 func TestDmsgRSABlockSize(t *testing.T) {
+	t.Parallel()
 	for bits, ok := range map[int]bool{1024: true, 2048: true, 4096: true, 512: false, 3072: false, 8192: false} {
 		_, err := dmsgRSABlockSize(bits / 8)
 		if (err == nil) != ok {

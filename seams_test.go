@@ -252,6 +252,7 @@ func isUpper(b byte) bool { return 'A' <= b && b <= 'Z' }
 // error code is in cmds.go's table. It checks the files of every GOOS the
 // daemon builds for.
 func TestSeams(t *testing.T) {
+	t.Parallel()
 	for _, goos := range []string{"linux", "dragonfly", "freebsd"} {
 		t.Run(goos, func(t *testing.T) {
 			sp := loadSeamPackage(t, goos)

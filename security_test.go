@@ -92,6 +92,7 @@ func waitClosed(t *testing.T, l *Link, d time.Duration) {
 }
 
 func TestServiceSpanLimits(t *testing.T) {
+	t.Parallel()
 	svc, sock, logs := startTestService(t, testLimits())
 	over := dialSpans(t, sock, 6)
 	waitClosed(t, over, 5*time.Second)
@@ -114,6 +115,7 @@ func TestServiceSpanLimits(t *testing.T) {
 }
 
 func TestServiceLinkLimitAndHello(t *testing.T) {
+	t.Parallel()
 	_, sock, logs := startTestService(t, testLimits())
 	// A peer that says nothing but LNK_PAD is closed at the hello deadline.
 	c, err := net.Dial("unix", sock)
@@ -164,6 +166,7 @@ func readUntilClosed(c net.Conn) ([]byte, error) {
 }
 
 func TestLinkTransactionLimit(t *testing.T) {
+	t.Parallel()
 	a, b := socketPair(t)
 	logs := &logBuf{}
 	cfg := quietConfig("limited", func(t *Trans, m *Msg) { t.SetHandler(func(*Trans, *Msg) {}) })
@@ -191,6 +194,7 @@ func TestLinkTransactionLimit(t *testing.T) {
 // world-writable key directory or config file is refused; each names its
 // path.
 func TestFilesWritableByOthers(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	if _, err := GenerateKey(dir, false); err != nil {
 		t.Fatal(err)

@@ -818,7 +818,6 @@ func svcLinkedPair(t *testing.T, la, lb *leafNode) (a, b *svcNode) {
 // tree shows one Cluster line per name, all with the same clid; the
 // subtest "labels differ" checks only what holds either way and logs it.
 func TestServiceSameClid(t *testing.T) {
-	t.Parallel()
 	for _, tc := range []struct {
 		name           string
 		labelA, labelB string
@@ -1164,6 +1163,7 @@ func TestServiceLeafListenNone(t *testing.T) {
 // was at a0da3a7 (link published before NewLink returned) it failed in
 // every run on two cores; a correct service never fails it.
 func TestLongServiceConnectRace(t *testing.T) {
+	t.Parallel()
 	longTest(t)
 	// Not parallel: it loads the CPU on purpose, which must not skew the
 	// other tests' timings.

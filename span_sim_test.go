@@ -369,7 +369,7 @@ var simModes = []struct {
 func TestSpanSimConverges(t *testing.T) {
 	t.Parallel() // CPU only: it overlaps the process tests' waiting
 	sizes := []struct{ n, seed int }{{2, 1}, {10, 2}, {50, 3}, {120, 4}}
-	if testing.Short() {
+	if testing.Short() || raceEnabled { // raceEnabled: one goroutine, nothing to race
 		sizes = sizes[:3]
 	}
 	for _, mode := range simModes {
@@ -405,8 +405,11 @@ func TestSpanSimConverges(t *testing.T) {
 func TestSpanSimRandom(t *testing.T) {
 	t.Parallel() // CPU only: it overlaps the process tests' waiting
 	seeds := 30
-	if testing.Short() {
+	switch {
+	case testing.Short():
 		seeds = 6
+	case raceEnabled: // one goroutine: nothing to race, ten times slower
+		seeds = 8
 	}
 	for _, mode := range simModes {
 		for seed := range seeds {
@@ -448,6 +451,7 @@ func TestSpanSimRandom(t *testing.T) {
 
 // A ring of services: no span above the dist cap, and it goes quiet.
 func TestSpanSimRing(t *testing.T) {
+	t.Parallel()
 	for _, mode := range simModes {
 		t.Run(mode.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(9, 9))

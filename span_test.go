@@ -155,6 +155,7 @@ func (s *spanScript) tree() string {
 }
 
 func TestSpanRouterScripts(t *testing.T) {
+	t.Parallel()
 	datadriven.Walk(t, "testdata/span", func(t *testing.T, path string) {
 		s := &spanScript{r: newSpanRouter(100), names: map[UUID]string{}}
 		datadriven.RunTest(t, path, s.run)
