@@ -91,6 +91,10 @@ type QuorumSection struct {
 	// asked, and how long the state of a holder whose link is lost
 	// survives (its kernel may revalidate it meanwhile).
 	Lease Duration `toml:"lease"`
+	// UnsafeNoFsync skips fsync in quorum.db, as etcd's
+	// --unsafe-no-fsync: a crash of the machine may lose commits the
+	// group acknowledged. For tests and benchmarks only.
+	UnsafeNoFsync bool `toml:"unsafe_no_fsync"`
 }
 
 // ServiceSection is the [service] table.

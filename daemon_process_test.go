@@ -33,6 +33,10 @@ type daemonProc struct {
 	bin     string
 	logPath string // a copy of everything the process wrote, all starts
 	env     []string
+	// umask, if not nil, is the file mode mask the process starts with
+	// (a shell sets it and execs the daemon): the test's own is the
+	// process's, shared with every test running beside it.
+	umask *int
 
 	log   procLog
 	watch statusWatch
@@ -80,6 +84,9 @@ func (d *daemonProc) start(args []string, banner, ready, control string) {
 	d.starts++
 	mark := d.log.begin(fmt.Sprintf("===== start %d of %s %s (%s) =====\n", d.starts, d.kind, d.name, banner))
 	cmd := exec.Command(d.bin, args...)
+	if d.umask != nil {
+		cmd = exec.Command("/bin/sh", append([]string{"-c", fmt.Sprintf(`umask %03o && exec "$0" "$@"`, *d.umask), d.bin}, args...)...)
+	}
 	if len(d.env) > 0 {
 		cmd.Env = append(os.Environ(), d.env...)
 	}

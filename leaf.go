@@ -161,7 +161,7 @@ func (l *Leaf) openQuorum() error {
 			"master", fmt.Sprintf("%x", self), "key", l.node.Fingerprint())
 		founders = nil
 	}
-	store, err := openQuorumStore(dir, quorumStoreOptions{})
+	store, err := openQuorumStore(dir, quorumStoreOptions{noSync: qc.UnsafeNoFsync})
 	if err != nil {
 		return err
 	}

@@ -53,10 +53,12 @@ const (
 	qkConfState = "confstate"
 )
 
-// quorumStoreOptions are for tests; the zero value is what the daemon uses.
+// quorumStoreOptions: the zero value is what the daemon uses by default.
 type quorumStoreOptions struct {
-	// noSync skips fsync. Only for tests whose "crash" closes the file
-	// cleanly anyway; a real crash would lose the last commits.
+	// noSync skips fsync ([quorum] unsafe_no_fsync): a crash of the
+	// machine may then lose what raft was told is durable. For tests and
+	// benchmarks whose "crash" only closes the file, as etcd's
+	// --unsafe-no-fsync.
 	noSync bool
 	// lockTimeout bounds the wait for another process's flock on the file.
 	lockTimeout time.Duration

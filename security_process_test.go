@@ -279,12 +279,12 @@ func TestSecuritySpanFlood(t *testing.T) {
 func TestSecuritySocketModes(t *testing.T) {
 	requireRoot(t)
 	t.Parallel()
-	old := syscall.Umask(0) // inherited by the daemons started below
 	s := newSvcNode(t, "modes", svcOpts{})
+	s.umask = new(0)
 	s.start()
 	n := newLeafNode(t, "modes", leafOpts{})
+	n.umask = new(0)
 	n.start()
-	syscall.Umask(old)
 	for _, p := range []string{s.sock, serviceControlPath(s.sock), KernelSocketPath(n.pfs), filepath.Join(n.pfs, "leaf-"+n.info.Fsid.String()+".sock")} {
 		fi, err := os.Stat(p)
 		if err != nil {
