@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// TestQuorumMembership: a fourth MASTER of the cluster, not among the
+// TestLongQuorumMembership: a fourth MASTER of the cluster, not among the
 // founders in quorum.masters, whose node key the members trust, asks to
 // join; the leader adds it as a learner, catches it up and promotes it,
 // and it commits through its own kernel. A fifth, whose key nobody
@@ -19,8 +19,8 @@ import (
 // the fourth's. An operator's `hammer2 quorum remove` takes the fourth
 // out again, and the leader does not add it back although its span is
 // still there.
-func TestQuorumMembership(t *testing.T) {
-	notShort(t)
+func TestLongQuorumMembership(t *testing.T) {
+	longTest(t)
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 3*time.Second)
 	leader := c.waitLeader(20 * time.Second)

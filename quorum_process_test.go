@@ -1183,14 +1183,14 @@ func TestQuorumCommitBasic(t *testing.T) {
 	}
 }
 
-// TestQuorumMajorityLoss: three masters, commit_timeout 2s. With the
+// TestLongQuorumMajorityLoss: three masters, commit_timeout 2s. With the
 // leader killed the other two still commit; with a second killed the last
 // one's commits fail (0x25 or 0x26) within commit_timeout and never
 // succeed; with both back (same PFS directories: the group's state is in
 // their bbolt files) commits succeed again with txids above every earlier
 // one.
-func TestQuorumMajorityLoss(t *testing.T) {
-	notShort(t)
+func TestLongQuorumMajorityLoss(t *testing.T) {
+	longTest(t)
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 2*time.Second)
 	began := time.Now()

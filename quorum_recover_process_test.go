@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// TestQuorumRecover: three masters, two lost for good (kill -9, their
+// TestLongQuorumRecover: three masters, two lost for good (kill -9, their
 // quorum.db deleted). The survivor alone commits nothing; `hammer2 quorum
 // recover` refuses while its leaf runs, and with the leaf stopped makes
 // the survivor the whole group. Restarted, it commits alone, and every
@@ -16,8 +16,8 @@ import (
 // acknowledged with. A lost master that comes back empty (its
 // quorum.masters makes it found a group of its own) is not stepped by
 // the survivor, which keeps committing.
-func TestQuorumRecover(t *testing.T) {
-	notShort(t)
+func TestLongQuorumRecover(t *testing.T) {
+	longTest(t)
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 2*time.Second)
 	leader := c.waitLeader(20 * time.Second)
