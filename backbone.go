@@ -3,19 +3,25 @@ package main
 // The local backbone: the node's service daemon. "tcp:127.0.0.1:987" is
 // DragonFly's own C `hammer2 service`, which takes plaintext dmsg from
 // localhost when its remote/127.0.0.1.none file exists; "unix:path" is this
-// binary's service. Reconnects like a remote link.
+// binary's service; "auto", the default, is ours when its socket is there
+// and DragonFly's otherwise, chosen again at every attempt, and waits
+// quietly while neither runs. Reconnects like a remote link.
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
 type backbone struct {
-	network, addr string
+	network, addr string // network "auto": chosen at each attempt (target)
+	unixSock      string // auto: our service's socket
 	cancel        context.CancelFunc
 	changes       *notifier // the leaf's
 
@@ -56,7 +62,7 @@ func (l *Leaf) startBackbone(spec string) {
 	l.cfg.Backbone = spec
 	if network != "" {
 		ctx, cancel := context.WithCancel(l.ctx)
-		b := &backbone{network: network, addr: addr, cancel: cancel, changes: &l.changes,
+		b := &backbone{network: network, addr: addr, unixSock: l.cfg.Service.Unix, cancel: cancel, changes: &l.changes,
 			state: DialState{Addr: spec, State: DialDialing, Since: time.Now()}}
 		l.backbone = b
 		l.spawn(func() { l.runBackbone(ctx, b) })
@@ -75,8 +81,10 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 	delay := minB
 	var d net.Dialer
 	for ctx.Err() == nil {
-		b.set(func(s *DialState) { s.State, s.NextTry = DialDialing, time.Time{} })
-		conn, err := d.DialContext(ctx, b.network, b.addr)
+		network, addr := b.target()
+		where := network + ":" + addr
+		b.set(func(s *DialState) { s.State, s.NextTry, s.Addr = DialDialing, time.Time{}, b.describe(where) })
+		conn, err := d.DialContext(ctx, network, addr)
 		var peer PeerIdentity
 		if err == nil {
 			// Only a privileged service may be the backbone: the spans it
@@ -84,20 +92,27 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 			// listen on a socket path or a port that is free.
 			if peer = l.policy.identify(conn); !peer.Class.Privileged() {
 				conn.Close()
-				err = fmt.Errorf("backbone %s: the service there is not privileged (%s); not linking", b.addr, peer)
-				l.refused.Warn(l.log, "backbone refused", append([]any{"backbone", b.network + ":" + b.addr}, peer.attrs()...)...)
+				err = fmt.Errorf("backbone %s: the service there is not privileged (%s); not linking", addr, peer)
+				l.refused.Warn(l.log, "backbone refused", append([]any{"backbone", where}, peer.attrs()...)...)
 			}
 		}
 		if err == nil {
 			if tc, ok := conn.(*net.TCPConn); ok {
 				_ = tc.SetNoDelay(true)
 			}
-			c := l.runClusterLink(conn, "backbone "+b.network+":"+b.addr, nil, peer)
+			c := l.runClusterLink(conn, "backbone "+where, nil, peer)
 			up := time.Now()
 			b.mu.Lock()
 			b.link = c
 			b.mu.Unlock()
-			b.set(func(s *DialState) { s.State, s.LastErr, s.Failures = DialUp, "", 0 })
+			// Up once the service has said something: a socket that
+			// accepts and then says nothing is no service.
+			select {
+			case <-c.link.Heard():
+				b.set(func(s *DialState) { s.State, s.LastErr, s.Failures = DialUp, "", 0 })
+			case <-c.link.Done():
+			case <-ctx.Done():
+			}
 			select {
 			case <-c.link.Done():
 				err = c.link.Err()
@@ -126,7 +141,12 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 				s.LastErr = err.Error()
 			}
 		})
-		l.log.Info("backbone link down; redialing", "backbone", b.network+":"+b.addr, "in", wait.Round(time.Millisecond), "err", err)
+		// auto waits quietly while no service runs: nothing is wrong.
+		logf := l.log.Info
+		if b.network == "auto" && errors.Is(err, syscall.ECONNREFUSED) {
+			logf = l.log.Debug
+		}
+		logf("backbone link down; redialing", "backbone", where, "in", wait.Round(time.Millisecond), "err", err)
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
@@ -134,4 +154,24 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 		delay = min(delay*2, maxB)
 	}
 	b.set(func(s *DialState) { s.State, s.NextTry = DialStopped, time.Time{} })
+}
+
+// target is where to dial now: for auto, our service's socket when it
+// is there, else DragonFly's service on localhost.
+func (b *backbone) target() (network, addr string) {
+	if b.network != "auto" {
+		return b.network, b.addr
+	}
+	if fi, err := os.Stat(b.unixSock); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		return "unix", b.unixSock
+	}
+	return "tcp", dragonflyServiceAddr
+}
+
+// describe is what status shows as the backbone's target.
+func (b *backbone) describe(where string) string {
+	if b.network == "auto" {
+		return "auto (" + where + ")"
+	}
+	return where
 }

@@ -32,10 +32,15 @@ type Config struct {
 	RunDir string `toml:"run_dir"`
 	// Control overrides the control socket path.
 	Control string `toml:"control"`
-	// Listen is the UDP address remote nodes dial; "none" disables it.
+	// Listen is the UDP address remote nodes dial; "none" (the default:
+	// the node's service listens on :987, and remote nodes reach the
+	// leaf through it) accepts none, while the leaf still dials its
+	// REMOTE slots.
 	Listen string `toml:"listen"`
-	// Backbone is the local service daemon: "tcp:host:port" (DragonFly's
-	// C service, plaintext dmsg on loopback), "unix:path", or "none".
+	// Backbone is the local service daemon: "auto" (our service's Unix
+	// socket, [service] unix, when it is there, else DragonFly's C service
+	// on tcp:127.0.0.1:987; DragonFly's leaf always has its localhost
+	// link), "tcp:host:port", "unix:path", or "none".
 	Backbone string `toml:"backbone"`
 	// PingInterval and DeadAfter apply to the backbone link.
 	PingInterval Duration `toml:"ping_interval"`
@@ -139,8 +144,8 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 func DefaultConfig() Config {
 	c := Config{
 		KeyDir:          "/etc/hammer2",
-		Listen:          fmt.Sprintf(":%d", ListenPort),
-		Backbone:        "none",
+		Listen:          "none",
+		Backbone:        "auto",
 		PingInterval:    Duration{time.Second},
 		DeadAfter:       Duration{10 * time.Second},
 		RemoteDeadAfter: Duration{3 * time.Second},
@@ -376,14 +381,21 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// parseBackbone splits "tcp:addr", "unix:path" or "none".
+// parseBackbone splits "tcp:addr", "unix:path", "auto" or "none".
 func parseBackbone(s string) (network, addr string, err error) {
-	if s == "none" || s == "" {
+	switch s {
+	case "none", "":
 		return "", "", nil
+	case "auto":
+		return "auto", "", nil
 	}
 	network, addr, ok := strings.Cut(s, ":")
 	if !ok || addr == "" || network != "tcp" && network != "unix" {
-		return "", "", fmt.Errorf("%q is not tcp:<host:port>, unix:<path> or none", s)
+		return "", "", fmt.Errorf("%q is not auto, tcp:<host:port>, unix:<path> or none", s)
 	}
 	return network, addr, nil
 }
+
+// dragonflyServiceAddr is where DragonFly's C `hammer2 service` takes
+// local links (and where an auto backbone looks when ours is not there).
+var dragonflyServiceAddr = fmt.Sprintf("127.0.0.1:%d", ListenPort)

@@ -125,7 +125,7 @@ func TestConfigDefaultsWithoutFile(t *testing.T) {
 	if _, err := os.Stat(DefaultConfigPath); err == nil {
 		t.Skip("this machine has a real " + DefaultConfigPath)
 	}
-	if c.Listen != ":987" || c.RemoteDeadAfter.Duration != 3*time.Second {
+	if c.Listen != "none" || c.Backbone != "auto" || c.RemoteDeadAfter.Duration != 3*time.Second {
 		t.Errorf("defaults: %+v", c)
 	}
 	if _, err := LoadConfig(filepath.Join(t.TempDir(), "missing.toml")); err == nil {

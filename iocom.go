@@ -167,11 +167,13 @@ type Link struct {
 
 	done chan struct{} // closed when every goroutine of the link is gone
 
-	lastRx  atomic.Int64 // unix nanos of the last message read
-	lastTx  atomic.Int64 // unix nanos of the last write
-	rtt     atomic.Int64 // nanos, last PING round trip
-	started int64        // unix nanos of Start
-	hello   atomic.Bool  // the peer said who it is (Hello)
+	lastRx  atomic.Int64  // unix nanos of the last message read
+	lastTx  atomic.Int64  // unix nanos of the last write
+	rtt     atomic.Int64  // nanos, last PING round trip
+	started int64         // unix nanos of Start
+	hello   atomic.Bool   // the peer said who it is (Hello)
+	heard   chan struct{} // closed when the first valid message is read
+	heardOn sync.Once
 
 	BytesIn, BytesOut atomic.Uint64
 	MsgsIn, MsgsOut   atomic.Uint64
@@ -237,6 +239,7 @@ func NewLink(conn io.ReadWriteCloser, cfg LinkConfig) *Link {
 		wake:  make(chan struct{}, 1),
 		dying: make(chan struct{}),
 		done:  make(chan struct{}),
+		heard: make(chan struct{}),
 	}
 	l.space.L = &l.mu
 	l.readCond.L = &l.dmu
@@ -280,6 +283,10 @@ func (l *Link) Hello() { l.hello.Store(true) }
 
 // Peer is who the peer is.
 func (l *Link) Peer() PeerIdentity { return l.cfg.Peer }
+
+// Heard is closed once the first valid message has arrived: the link is
+// up then, not when the connection opened.
+func (l *Link) Heard() <-chan struct{} { return l.heard }
 
 // Name is the peer's name as configured.
 func (l *Link) Name() string { return l.cfg.Name }
@@ -992,6 +999,7 @@ func (l *Link) readLoop(r io.Reader, bulk bool) error {
 			return wireErr("salt", uint64(m.Salt), "sequence byte %#x, want %#x", m.Salt&0xFF, seq&0xFF)
 		}
 		seq++
+		l.heardOn.Do(func() { close(l.heard) })
 		l.lastRx.Store(time.Now().UnixNano())
 		l.BytesIn.Add(uint64(hs + ap))
 		l.MsgsIn.Add(1)

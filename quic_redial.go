@@ -22,9 +22,12 @@ const (
 	DialIdle    = "idle"    // Run not started
 	DialDialing = "dialing" // attempt in progress
 	DialUp      = "up"      // link established, callback running
-	DialBackoff = "backoff" // waiting for NextTry after a failure or lost link
-	DialRefused = "refused" // like backoff, but a key was refused (ours or theirs)
-	DialStopped = "stopped" // Run returned
+	// DialConnecting is shown for a link dialed whose peer has not yet
+	// sent its first message (the Redialer itself says up).
+	DialConnecting = "connecting"
+	DialBackoff    = "backoff" // waiting for NextTry after a failure or lost link
+	DialRefused    = "refused" // like backoff, but a key was refused (ours or theirs)
+	DialStopped    = "stopped" // Run returned
 )
 
 // DialState is a Redialer's status snapshot.

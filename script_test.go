@@ -5,10 +5,15 @@ package main
 // tests), with hammer2 and hammer2-leaf being this package's main.
 
 import (
+	"bufio"
+	"context"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,13 +26,73 @@ import (
 func scriptCommands() map[string]func() int {
 	main := func() int { return run(os.Args, os.Stdout, os.Stderr) }
 	return map[string]func() int{"hammer2": main, "hammer2-leaf": main,
-		"stoppid": stopPid}
+		"stoppid": stopPid, "watchfor": watchFor}
 }
 
-// stopPid sends SIGTERM to the daemon whose pid file is argv[1] and waits
-// (10 s at most) until it is gone.
+// killPidFiles kills the daemons whose pid files are under dir.
+func killPidFiles(dir string) {
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".pid") {
+			return nil
+		}
+		if b, err := os.ReadFile(p); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		return nil
+	})
+}
+
+// watchFor runs the command after its first argument (a regexp), e.g.
+// `watchfor '"state": "up"' hammer2 status --watch --json pfs`, and exits
+// 0 at the first line of its output that matches, 1 if it ends or 20 s
+// pass first: a wait on the daemon's own status events.
+func watchFor() int {
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: watchfor <regexp> <command> [args...]")
+		return 2
+	}
+	re, err := regexp.Compile(os.Args[1])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[2], os.Args[3:]...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { cancel(); _ = cmd.Wait() }()
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if re.MatchString(sc.Text()) {
+			fmt.Println(sc.Text())
+			return 0
+		}
+	}
+	fmt.Fprintf(os.Stderr, "watchfor: no line matched %q (%v)\n", os.Args[1], ctx.Err())
+	return 1
+}
+
+// stopPid sends SIGTERM to the daemon whose pid file is argv[1] (a glob
+// naming one file) and waits (10 s at most) until it is gone.
 func stopPid() int {
-	b, err := os.ReadFile(os.Args[1])
+	files, err := filepath.Glob(os.Args[1])
+	if err != nil || len(files) != 1 {
+		fmt.Fprintf(os.Stderr, "stoppid: %s names %d files (%v)\n", os.Args[1], len(files), err)
+		return 1
+	}
+	b, err := os.ReadFile(files[0])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -63,6 +128,9 @@ func TestScripts(t *testing.T) {
 			e.Setenv("PATH", filepath.Dir(bin)+string(filepath.ListSeparator)+e.Getenv("PATH"))
 			// No config of the machine's: every script says what it uses.
 			e.Setenv("HOME", e.WorkDir)
+			// Daemons a script backgrounded outlive it unless stopped: kill
+			// whatever a pid file in the script's directory names.
+			e.Defer(func() { killPidFiles(e.WorkDir) })
 			e.Setenv("TCPPORT", strconv.Itoa(freePort(t, "tcp")))
 			// A port another program holds for the whole script: it
 			// listens and says nothing.

@@ -147,7 +147,16 @@ func (l *Leaf) runClusterLink(rw io.ReadWriteCloser, name string, q *QuicLink, p
 	c.mu.Lock()
 	c.conn = t
 	c.mu.Unlock()
-	c.link.log.Info("cluster link up", "link", name)
+	// Up once the peer has said something valid, not when the socket
+	// or QUIC handshake is done.
+	l.spawn(func() {
+		select {
+		case <-c.link.Heard():
+			c.link.log.Info("cluster link up", "link", name)
+			l.changes.Notify()
+		case <-c.link.Done():
+		}
+	})
 	return c
 }
 

@@ -123,6 +123,12 @@ func (l *Leaf) Status() LeafStatus {
 		ls.Slots, ls.FromConfig = t.slots, t.fromConfig
 		if t.link != nil {
 			fillLink(&ls, t.link.link, t.link.quic)
+			select {
+			case <-t.link.link.Heard():
+			default:
+				// Dialed, but the peer has said nothing yet: not up.
+				ls.State = DialConnecting
+			}
 		}
 		st.Remotes = append(st.Remotes, ls)
 	}
