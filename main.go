@@ -76,6 +76,7 @@ type Globals struct {
 type CLI struct {
 	Globals
 	Leaf       LeafCmd       `cmd:"" help:"Run the cluster leaf daemon for a mounted PFS."`
+	Dev        DevCmd        `cmd:"" help:"Run a development cluster on this machine: a service and MASTER (and SLAVE) PFSs of one cluster, until Ctrl-C."`
 	Status     StatusCmd     `cmd:"" help:"Show the PFS's REMOTE linkages and, if a leaf runs, each link's live state."`
 	Connect    ConnectCmd    `cmd:"" help:"Add a REMOTE linkage (span:<host>[:port]) and have the leaf dial it."`
 	Disconnect DisconnectCmd `cmd:"" help:"Remove a REMOTE linkage and have the leaf drop it."`

@@ -45,9 +45,11 @@ func killPidFiles(dir string) {
 }
 
 // watchFor runs the command after its first argument (a regexp), e.g.
-// `watchfor '"state": "up"' hammer2 status --watch --json pfs`, and exits
-// 0 at the first line of its output that matches, 1 if it ends or 20 s
-// pass first: a wait on the daemon's own status events.
+// `watchfor '"state":"up"' hammer2 status --watch --json pfs`, and exits 0
+// at the first line of its output that matches: a wait on the daemon's
+// own status events. A command that ends first (the daemon is still
+// starting: no config or socket yet) is run again, every 50 ms; after 20 s
+// watchFor gives up with 1.
 func watchFor() int {
 	if len(os.Args) < 3 {
 		fmt.Fprintln(os.Stderr, "usage: watchfor <regexp> <command> [args...]")
@@ -60,28 +62,45 @@ func watchFor() int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[2], os.Args[3:]...)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	var last []byte
+	for ctx.Err() == nil {
+		if line, stderr := watchOnce(ctx, re); line != "" {
+			fmt.Println(line)
+			return 0
+		} else if stderr != nil {
+			last = stderr
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	if err := cmd.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	fmt.Fprintf(os.Stderr, "watchfor: no line matched %q in 20s; the command said: %s\n", os.Args[1], last)
+	return 1
+}
+
+// watchOnce runs the command once: the matching line, or its stderr.
+func watchOnce(ctx context.Context, re *regexp.Regexp) (string, []byte) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[2], os.Args[3:]...)
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	out, err := cmd.StdoutPipe()
+	if err != nil || cmd.Start() != nil {
+		return "", []byte(fmt.Sprint(err))
 	}
 	defer func() { cancel(); _ = cmd.Wait() }()
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		if re.MatchString(sc.Text()) {
-			fmt.Println(sc.Text())
-			return 0
+			return sc.Text(), nil
 		}
 	}
-	fmt.Fprintf(os.Stderr, "watchfor: no line matched %q (%v)\n", os.Args[1], ctx.Err())
-	return 1
+	cancel()
+	_ = cmd.Wait()
+	return "", []byte(errb.String())
 }
 
 // stopPid sends SIGTERM to the daemon whose pid file is argv[1] (a glob
