@@ -131,9 +131,7 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 		if ctx.Err() != nil {
 			break
 		}
-		// Jitter above the delay (never below redial_min) keeps a
-		// restarted service from being hit by every leaf at once.
-		wait := delay + rand.N(delay/2+1)
+		wait := backboneWait(delay)
 		next := time.Now().Add(wait)
 		b.set(func(s *DialState) {
 			s.State, s.NextTry, s.Failures = DialBackoff, next, s.Failures+1
@@ -175,3 +173,8 @@ func (b *backbone) describe(where string) string {
 	}
 	return where
 }
+
+// backboneWait is the wait before the next attempt at delay: jitter above
+// the delay, never below it (so never below redial_min), keeps a
+// restarted service from being hit by every leaf at once.
+func backboneWait(delay time.Duration) time.Duration { return delay + rand.N(delay/2+1) }

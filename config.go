@@ -189,11 +189,14 @@ func defaultServiceSocket() string {
 
 // LoadConfig reads path over the defaults. An empty path reads
 // DefaultConfigPath if it exists.
-func LoadConfig(path string) (Config, error) {
+func LoadConfig(path string) (Config, error) { return loadConfigAt(path, DefaultConfigPath) }
+
+// loadConfigAt is LoadConfig with the machine's file at def.
+func loadConfigAt(path, def string) (Config, error) {
 	c := DefaultConfig()
 	explicit := path != ""
 	if !explicit {
-		path = DefaultConfigPath
+		path = def
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {

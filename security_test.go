@@ -260,3 +260,44 @@ func TestFilesWritableByOthers(t *testing.T) {
 		t.Errorf("world-writable config: %v", err)
 	}
 }
+
+// A user who may not read the machine's config (root made /etc/hammer2
+// 0700) still runs every command on their own paths: the defaults, a note
+// saying why, and keys in their own config directory.
+func TestConfigUnreadableDefaultIsNoFile(t *testing.T) {
+	requireRoot(t)
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "etc-hammer2")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "leaf.toml")
+	if err := os.WriteFile(path, []byte("listen = \":1\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	home := shortTempDir(t)
+	if err := os.Chown(home, nobodyUID, nobodyUID); err != nil {
+		t.Fatal(err)
+	}
+	r := startRole(t, "config-default", nobodyUID, "H2_PATH="+path, "HOME="+home, "XDG_CONFIG_HOME=")
+	if got := r.line(10 * time.Second); got != "err <nil>" {
+		t.Errorf("loading an unreadable default config: %s", got)
+	}
+	if got := r.line(10 * time.Second); !strings.Contains(got, path) || !strings.Contains(got, "using the defaults") {
+		t.Errorf("note: %s", got)
+	}
+	if got := r.line(10 * time.Second); got != "key_dir "+filepath.Join(home, ".config", "hammer2") {
+		t.Errorf("a user's keys: %s, want their own config directory", got)
+	}
+}
+
+// The backbone redials no sooner than redial_min (it used to after half
+// of it), and at most half as late again.
+func TestBackboneWaitNeverBelowDelay(t *testing.T) {
+	t.Parallel()
+	for range 1000 {
+		if w := backboneWait(time.Second); w < time.Second || w > 1500*time.Millisecond {
+			t.Fatalf("wait %v at a delay of 1s", w)
+		}
+	}
+}

@@ -170,6 +170,10 @@ func runTestRole(role string) int {
 		err = roleListenUnix()
 	case "dmsg-shell":
 		err = roleShellPaths()
+	case "config-default":
+		// The machine's config at H2_PATH, as a user who may not read it.
+		c, lerr := loadConfigAt("", os.Getenv("H2_PATH"))
+		fmt.Printf("err %v\nnote %s\nkey_dir %s\n", lerr, c.LoadNote(), c.KeyDir)
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}
