@@ -40,7 +40,11 @@ func TestMain(m *testing.M) {
 	}
 	// testscript runs this binary as the hammer2 commands of the CLI
 	// scripts (script_test.go), and the tests otherwise; it exits itself.
-	testscript.RunMain(testRun{m}, scriptCommands())
+	cmds := map[string]func(){}
+	for name, f := range scriptCommands() {
+		cmds[name] = func() { os.Exit(f()) }
+	}
+	testscript.Main(testRun{m}, cmds)
 }
 
 // testRun is the tests' run, as testscript.RunMain calls it once it knows
