@@ -92,6 +92,9 @@ func (d *daemonProc) start(args []string, banner, ready, control string) {
 	}
 	// One writer for both: exec copies them through one pipe, in order.
 	cmd.Stdout, cmd.Stderr = &d.log, &d.log
+	// A test binary that dies (a timeout's panic, kill -9) takes its
+	// daemons with it, instead of leaving them running on the machine.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	// A daemon's child holding the pipe must not keep Wait from returning.
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
