@@ -63,10 +63,11 @@ func (c *LeafCmd) Run(env *Env) (err error) {
 	if err := os.MkdirAll(paths.dir, 0o755); err != nil {
 		return fmt.Errorf("run directory: %w", err)
 	}
-	if env.Debug == 0 && !isDaemonChild() {
+	if env.Debug == 0 && !isDaemonChild() && !underSystemd() {
 		return daemonize(env, paths)
 	}
 	log := env.logger(env.Stderr, cfg.LogFormat)
+	sd := newSDNotifier(log)
 	pid, err := lockPidFile(paths.pid)
 	if err != nil {
 		return fmt.Errorf("PFS %s: a leaf is %w", info.Label, err)
@@ -114,9 +115,13 @@ func (c *LeafCmd) Run(env *Env) (err error) {
 		}
 	}()
 	defer func() { <-reloads }()
+	defer sd.Wait()
 	defer stop() // ends the reload loop when Run returns by itself (PFS gone)
+	defer sd.Stopping()
+	context.AfterFunc(ctx, sd.Stopping) // a signal: shutting down starts now
 	return leaf.Run(ctx, paths.control, func() {
 		daemonReady(nil)
+		sd.Ready(ctx, "serving PFS "+info.Label, leaf.leafProbe(paths.control))
 		log.Info("leaf ready", "control", paths.control, "pid_file", paths.pid)
 	})
 }

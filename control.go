@@ -219,7 +219,13 @@ const controlRequestMax = 64 << 10
 
 // controlCall sends one request to the leaf listening at path.
 func controlCall(path string, req controlRequest) (*controlResponse, error) {
-	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	return controlCallDeadline(path, req, time.Now().Add(10*time.Second))
+}
+
+// controlCallDeadline is controlCall answered by deadline (the dial
+// within 2 s of it at most).
+func controlCallDeadline(path string, req controlRequest, deadline time.Time) (*controlResponse, error) {
+	c, err := net.DialTimeout("unix", path, max(time.Millisecond, min(2*time.Second, time.Until(deadline))))
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("%w (no control socket at %s)", errNotRunning, path)
@@ -227,7 +233,7 @@ func controlCall(path string, req controlRequest) (*controlResponse, error) {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = c.SetDeadline(deadline)
 	if err := json.NewEncoder(c).Encode(&req); err != nil {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
