@@ -84,7 +84,7 @@ type CLI struct {
 	Rsainit    RsainitCmd    `cmd:"" help:"Make the RSA key pair (rsa.prv, rsa.pub) of DragonFly's encrypted TCP links."`
 	Service    ServiceCmd    `cmd:"" help:"Run the node's service daemon: the backbone that relays spans between links."`
 	Shell      ShellCmd      `cmd:"" help:"DragonFly's debug shell, on a service (host[:port] or unix:<path>)."`
-	Quorum     QuorumCmd     `cmd:"" help:"Change the quorum group's membership through this PFS's running leaf."`
+	Quorum     QuorumCmd     `cmd:"" help:"The PFS's quorum group: membership (through its running leaf), recovery, backup and restore."`
 	PfsCreate  PfsCreateCmd  `cmd:"" name:"pfs-create" help:"Create a PFS on the -s device (off DragonFly: a PFS directory under the -s directory)."`
 	PfsList    PfsListCmd    `cmd:"" name:"pfs-list" help:"List the PFSs of a device."`
 	PfsClid    PfsClidCmd    `cmd:"" name:"pfs-clid" help:"Print a PFS's cluster id (pfs_clid)."`
