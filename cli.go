@@ -63,10 +63,11 @@ func (c *LeafCmd) Run(env *Env) (err error) {
 	if err := os.MkdirAll(paths.dir, 0o755); err != nil {
 		return fmt.Errorf("run directory: %w", err)
 	}
-	if env.Debug == 0 && !isDaemonChild() {
+	if env.Debug == 0 && !isDaemonChild() && !underSystemd() {
 		return daemonize(env, paths)
 	}
 	log := env.logger(env.Stderr, cfg.LogFormat)
+	sd := newSDNotifier(log)
 	pid, err := lockPidFile(paths.pid)
 	if err != nil {
 		return fmt.Errorf("PFS %s: a leaf is %w", info.Label, err)
@@ -114,9 +115,13 @@ func (c *LeafCmd) Run(env *Env) (err error) {
 		}
 	}()
 	defer func() { <-reloads }()
+	defer sd.Wait()
 	defer stop() // ends the reload loop when Run returns by itself (PFS gone)
+	defer sd.Stopping()
+	context.AfterFunc(ctx, sd.Stopping) // a signal: shutting down starts now
 	return leaf.Run(ctx, paths.control, func() {
 		daemonReady(nil)
+		sd.Ready(ctx, "serving PFS "+info.Label, leaf.leafProbe(paths.control))
 		log.Info("leaf ready", "control", paths.control, "pid_file", paths.pid)
 	})
 }
@@ -424,7 +429,7 @@ func (c *KeygenCmd) Run(env *Env) error {
 	return nil
 }
 
-// QuorumCmd is `hammer2 quorum add|remove|recover`: the operator's hand
+// QuorumCmd is `hammer2 quorum add|remove|recover|snapshot`: the operator's hand
 // on membership. A master that is not a member joins by itself only if
 // the members trust its node key; a master that is gone for good keeps
 // its vote until it is removed here; a group that lost its majority for
@@ -433,6 +438,8 @@ type QuorumCmd struct {
 	Add     QuorumAddCmd     `cmd:"" help:"Add a master (its id as status shows it) to the group: a learner first, a voter once caught up."`
 	Remove  QuorumRemoveCmd  `cmd:"" help:"Remove a master from the group; the leader will not add it back by itself."`
 	Recover QuorumRecoverCmd `cmd:"" help:"With the leaf stopped: make the survivors of a lost majority the whole group (entries only the lost masters held are lost)."`
+	// Snapshot: quorum_snapshot.go.
+	Snapshot QuorumSnapshotCmd `cmd:"" help:"Back up this master's replicated state to a file, or seed a new group from one."`
 }
 
 type QuorumAddCmd struct {

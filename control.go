@@ -22,10 +22,12 @@ import (
 )
 
 type controlRequest struct {
-	Op string `json:"op"` // "status", "watch", "rescan", "quorum-add" or "quorum-remove"
+	Op string `json:"op"` // "status", "watch", "rescan", "quorum-add", "quorum-remove" or "quorum-snapshot"
 	// Master is the quorum-add/-remove subject: a master id as status
 	// prints it (hex).
 	Master string `json:"master,omitempty"`
+	// Local: quorum-snapshot without the read barrier.
+	Local bool `json:"local,omitempty"`
 }
 
 type controlResponse struct {
@@ -34,6 +36,8 @@ type controlResponse struct {
 	Service  *ServiceStatus `json:"service,omitempty"`  // a service's status
 	Members  []string       `json:"members,omitempty"`  // voters after a quorum change
 	Learners []string       `json:"learners,omitempty"` // learners after a quorum change
+	// Snapshot heads the copy that follows this line (quorum-snapshot).
+	Snapshot *controlSnapshot `json:"snapshot,omitempty"`
 }
 
 // controlServer is a daemon's control socket: one JSON request and one
@@ -48,6 +52,9 @@ type controlServer struct {
 	refused *logLimiter
 	spawn   func(func()) // runs a goroutine its owner waits for
 	handle  func(controlRequest) controlResponse
+	// snapshot, if set, serves "quorum-snapshot": it writes its own
+	// answer and the copy after it (quorum_snapshot.go).
+	snapshot func(context.Context, controlRequest, net.Conn)
 	// changes is notified by the daemon whenever its status changes;
 	// nil: no watch.
 	changes *notifier
@@ -104,6 +111,9 @@ func (cs *controlServer) conn(ctx context.Context, c net.Conn) {
 	case req.Op != "status" && req.Op != "watch" && !peer.Class.Privileged():
 		cs.refused.Warn(cs.log, "control socket: refused an unprivileged caller", append([]any{"op", req.Op}, peer.attrs()...)...)
 		resp.Error = cs.policy.needs(req.Op, peer)
+	case req.Op == "quorum-snapshot" && cs.snapshot != nil:
+		cs.snapshot(ctx, req, c)
+		return
 	case req.Op == "watch" && cs.changes == nil:
 		resp.Error = "this daemon has no watch"
 	case req.Op == "watch":
@@ -183,7 +193,7 @@ func (r controlResponse) withoutCounters() controlResponse {
 // serveControl serves the leaf's control socket at path until ctx ends.
 func (l *Leaf) serveControl(ctx context.Context, path string) error {
 	cs := &controlServer{path: path, policy: l.policy, log: l.log, refused: l.refused, spawn: l.spawn, handle: l.control,
-		changes: &l.changes}
+		snapshot: l.serveSnapshot, changes: &l.changes}
 	return cs.serve(ctx)
 }
 
@@ -219,7 +229,13 @@ const controlRequestMax = 64 << 10
 
 // controlCall sends one request to the leaf listening at path.
 func controlCall(path string, req controlRequest) (*controlResponse, error) {
-	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	return controlCallDeadline(path, req, time.Now().Add(10*time.Second))
+}
+
+// controlCallDeadline is controlCall answered by deadline (the dial
+// within 2 s of it at most).
+func controlCallDeadline(path string, req controlRequest, deadline time.Time) (*controlResponse, error) {
+	c, err := net.DialTimeout("unix", path, max(time.Millisecond, min(2*time.Second, time.Until(deadline))))
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("%w (no control socket at %s)", errNotRunning, path)
@@ -227,7 +243,7 @@ func controlCall(path string, req controlRequest) (*controlResponse, error) {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = c.SetDeadline(deadline)
 	if err := json.NewEncoder(c).Encode(&req); err != nil {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}

@@ -65,9 +65,9 @@ func cmpOr(a, b string) string {
 type Globals struct {
 	Debug   int              `short:"d" type:"counter" help:"Run in the foreground and log more; repeat for debug logs."`
 	Quiet   bool             `short:"q" help:"Log and print only warnings and errors."`
-	Path    string           `short:"s" placeholder:"PATH" help:"The mounted PFS (or, off DragonFly, the PFS directory) to act on; default \".\"."`
-	Config  string           `short:"c" placeholder:"FILE" help:"Config file (default ${defaultConfig} if it exists)."`
-	Type    string           `short:"t" placeholder:"TYPE" help:"pfs-create: the PFS type (CACHE, DUMMY, SLAVE, SOFT_SLAVE, SOFT_MASTER, MASTER)."`
+	Path    string           `short:"s" placeholder:"PATH" predictor:"file" help:"The mounted PFS (or, off DragonFly, the PFS directory) to act on; default \".\"."`
+	Config  string           `short:"c" placeholder:"FILE" predictor:"file" help:"Config file (default ${defaultConfig} if it exists)."`
+	Type    string           `short:"t" placeholder:"TYPE" predictor:"pfstype" help:"pfs-create: the PFS type (CACHE, DUMMY, SLAVE, SOFT_SLAVE, SOFT_MASTER, MASTER)."`
 	UUID    string           `short:"u" placeholder:"UUID" help:"pfs-create: the cluster (pfs_clid) to join; the PFS is then a SLAVE unless -t says otherwise."`
 	Version kong.VersionFlag `help:"Print the version and exit."`
 }
@@ -84,12 +84,13 @@ type CLI struct {
 	Rsainit    RsainitCmd    `cmd:"" help:"Make the RSA key pair (rsa.prv, rsa.pub) of DragonFly's encrypted TCP links."`
 	Service    ServiceCmd    `cmd:"" help:"Run the node's service daemon: the backbone that relays spans between links."`
 	Shell      ShellCmd      `cmd:"" help:"DragonFly's debug shell, on a service (host[:port] or unix:<path>)."`
-	Quorum     QuorumCmd     `cmd:"" help:"Change the quorum group's membership through this PFS's running leaf."`
+	Quorum     QuorumCmd     `cmd:"" help:"The PFS's quorum group: membership (through its running leaf), recovery, backup and restore."`
 	PfsCreate  PfsCreateCmd  `cmd:"" name:"pfs-create" help:"Create a PFS on the -s device (off DragonFly: a PFS directory under the -s directory)."`
 	PfsList    PfsListCmd    `cmd:"" name:"pfs-list" help:"List the PFSs of a device."`
 	PfsClid    PfsClidCmd    `cmd:"" name:"pfs-clid" help:"Print a PFS's cluster id (pfs_clid)."`
 	PfsFsid    PfsFsidCmd    `cmd:"" name:"pfs-fsid" help:"Print a PFS's own id (pfs_fsid)."`
 	PfsDelete  PfsDeleteCmd  `cmd:"" name:"pfs-delete" help:"Destroy PFSs of the -s device, with everything they hold."`
+	Completion CompletionCmd `cmd:"" help:"Print the shell completion script for bash, zsh or fish."`
 }
 
 // LeafCLI is the grammar when the binary runs as hammer2-leaf.
@@ -127,6 +128,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	)
 	opts := []kong.Option{kong.Vars(kongVars()), kong.Writers(stdout, stderr), kong.UsageOnError(),
 		kong.Exit(func(code int) { panic(exitCode(code)) })}
+	if completionRequest(args) {
+		return completeLine(opts)
+	}
 	if filepath.Base(args[0]) == "hammer2-leaf" && !isCommand(firstWord(args[1:]), opts) {
 		var c LeafCLI
 		g = &c.Globals

@@ -118,6 +118,9 @@ type quorumReady struct {
 	Applied  []quorumResult
 	Failed   []quorumFailure
 	Snapshot uint64
+	// ReadStates answer ReadIndex requests (quorum_snapshot.go): the
+	// group's commit index as the leader confirmed it.
+	ReadStates []raft.ReadState
 }
 
 type quorumMemberChange uint8
@@ -738,6 +741,7 @@ func (n *quorumNode) Advance() (quorumReady, error) {
 			out.Snapshot = fsm.applied
 		}
 		out.Messages = append(out.Messages, rd.Messages...)
+		out.ReadStates = append(out.ReadStates, rd.ReadStates...)
 		if err := n.apply(rd.CommittedEntries, &out); err != nil {
 			n.err = err
 			return out, n.broken()
@@ -982,6 +986,20 @@ func (n *quorumNode) takeState() (*quorumFSM, []uint64) {
 	slices.Sort(members)
 	return n.fsm, members
 }
+
+// ReadIndex asks raft to confirm the group's commit index (a read
+// barrier, quorum_snapshot.go); the answer comes as a ReadState carrying
+// rctx in a later Advance.
+func (n *quorumNode) ReadIndex(rctx []byte) error {
+	if err := n.broken(); err != nil {
+		return err
+	}
+	n.rn.ReadIndex(rctx)
+	return nil
+}
+
+// Applied is the last txid applied to the state machine.
+func (n *quorumNode) Applied() uint64 { return n.fsm.applied }
 
 // PendingConfChange reports a membership change of ours not yet applied:
 // raft takes one at a time.

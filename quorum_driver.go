@@ -103,6 +103,9 @@ type quorumDriver struct {
 	commitTimeout time.Duration
 
 	status atomic.Pointer[quorumStatus] // safe for any goroutine
+
+	reads   map[uint64]*quorumRead // read barriers by id (quorum_snapshot.go)
+	readSeq uint64
 }
 
 func newQuorumDriver(host quorumHost, node *quorumNode, cfg quorumDriverConfig) *quorumDriver {
@@ -112,7 +115,8 @@ func newQuorumDriver(host quorumHost, node *quorumNode, cfg quorumDriverConfig) 
 		waiters: map[uint64]*quorumWaiter{}, reach: map[uint64]bool{},
 		joins: newQuorumJoins(), joinOut: map[uint64]*Trans{}, strangers: map[uint64]bool{},
 		joinLog: &keyedLogLimiter{perMinute: quorumLogPerMinute}, stepLog: &keyedLogLimiter{every: time.Minute, perMinute: quorumLogPerMinute},
-		grants: map[string]*cacGrant{}, lease: cfg.Lease, commitTimeout: cfg.CommitTimeout}
+		grants: map[string]*cacGrant{}, lease: cfg.Lease, commitTimeout: cfg.CommitTimeout,
+		reads: map[uint64]*quorumRead{}}
 	st := node.Status()
 	d.status.Store(&st)
 	return d
@@ -186,6 +190,7 @@ func (d *quorumDriver) pump() {
 		}
 	}
 	d.cacApplied(rd.Applied)
+	d.serveReads(rd.ReadStates)
 	for _, f := range rd.Failed {
 		if w := d.waiters[f.ReqID]; w != nil {
 			delete(d.waiters, f.ReqID)

@@ -200,35 +200,13 @@ func recoverQuorum(store *quorumStore, self uint64, survivors []uint64) (quorumR
 	seen, floor := fsm.takeSeen()
 	err = store.update("recover", func(tx *bolt.Tx, m *quorumMarks) error {
 		lb := tx.Bucket([]byte(qbLog))
-		var emptied []*pb.Entry
-		c := lb.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			idx := binary.BigEndian.Uint64(k)
-			if idx > at {
-				rep.Tail++
-			}
-			e := &pb.Entry{}
-			if len(v) < 8 {
-				return fmt.Errorf("log/%d: short record", idx)
-			}
-			if err := proto.Unmarshal(v[8:], e); err != nil {
-				return fmt.Errorf("log/%d: %w", idx, err)
-			}
-			if t := e.GetType(); t == pb.EntryConfChange || t == pb.EntryConfChangeV2 {
-				emptied = append(emptied, &pb.Entry{Index: new(e.GetIndex()), Term: new(e.GetTerm()), Type: pb.EntryNormal.Enum()})
-			}
+		if m.last > at {
+			rep.Tail = int(m.last - at)
 		}
-		for _, e := range emptied {
-			v, err := proto.Marshal(e)
-			if err != nil {
-				return err
-			}
-			rec := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(v)), e.GetTerm())
-			if err := lb.Put(u64key(e.GetIndex()), append(rec, v...)); err != nil {
-				return err
-			}
+		var err error
+		if rep.Emptied, err = emptyConfChangesTx(lb); err != nil {
+			return err
 		}
-		rep.Emptied = len(emptied)
 		rb := tx.Bucket([]byte(qbRaft))
 		if err := putProto(rb, qkSnapshot, snap); err != nil {
 			return err
@@ -248,4 +226,37 @@ func recoverQuorum(store *quorumStore, self uint64, survivors []uint64) (quorumR
 	}
 	rep.Applied, rep.Term, rep.Last, rep.Voters = at, term, store.marks().last, survivors
 	return rep, nil
+}
+
+// emptyConfChangesTx makes every membership change in the log an empty
+// entry at the same index and term: replayed on a master that is behind,
+// an old change would undo a membership written by recover or restore.
+// It returns how many it emptied.
+func emptyConfChangesTx(lb *bolt.Bucket) (int, error) {
+	var emptied []*pb.Entry
+	c := lb.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		idx := binary.BigEndian.Uint64(k)
+		e := &pb.Entry{}
+		if len(v) < 8 {
+			return 0, fmt.Errorf("log/%d: short record", idx)
+		}
+		if err := proto.Unmarshal(v[8:], e); err != nil {
+			return 0, fmt.Errorf("log/%d: %w", idx, err)
+		}
+		if t := e.GetType(); t == pb.EntryConfChange || t == pb.EntryConfChangeV2 {
+			emptied = append(emptied, &pb.Entry{Index: new(e.GetIndex()), Term: new(e.GetTerm()), Type: pb.EntryNormal.Enum()})
+		}
+	}
+	for _, e := range emptied {
+		v, err := proto.Marshal(e)
+		if err != nil {
+			return 0, err
+		}
+		rec := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(v)), e.GetTerm())
+		if err := lb.Put(u64key(e.GetIndex()), append(rec, v...)); err != nil {
+			return 0, err
+		}
+	}
+	return len(emptied), nil
 }

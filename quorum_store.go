@@ -83,7 +83,12 @@ type quorumStore struct {
 
 // openQuorumStore opens or creates <dir>/quorum.db.
 func openQuorumStore(dir string, opt quorumStoreOptions) (*quorumStore, error) {
-	path := filepath.Join(dir, quorumStoreFile)
+	return openQuorumStoreFile(filepath.Join(dir, quorumStoreFile), opt)
+}
+
+// openQuorumStoreFile is openQuorumStore of a file of another name (a
+// restore builds one before renaming it into place).
+func openQuorumStoreFile(path string, opt quorumStoreOptions) (*quorumStore, error) {
 	if opt.lockTimeout == 0 {
 		opt.lockTimeout = 2 * time.Second
 	}

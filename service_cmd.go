@@ -55,7 +55,7 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 	// directory.
 	base := serviceBase(sc.Unix)
 	paths := runPaths{dir: filepath.Dir(base), pid: base + ".pid", log: base + ".log", control: base + ".control"}
-	if env.Debug == 0 && !isDaemonChild() {
+	if env.Debug == 0 && !isDaemonChild() && !underSystemd() {
 		err := daemonize(env, paths)
 		if err != nil && strings.HasPrefix(err.Error(), errAlreadyRunning.Error()) {
 			return c.alreadyRunning(env, err.Error())
@@ -63,6 +63,7 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 		return err
 	}
 	log := env.logger(env.Stderr, cfg.LogFormat)
+	sd := newSDNotifier(log)
 	pid, err := lockPidFile(paths.pid)
 	var held *pidHeldError
 	if errors.As(err, &held) {
@@ -106,8 +107,14 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 		RedialMin: cfg.RedialMin.Duration, RedialMax: cfg.RedialMax.Duration,
 		Policy: policy, Limits: cfg.Limits, Control: paths.control}, node, log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer sd.Wait()
 	defer stop()
-	err = svc.Run(ctx, func() { daemonReady(nil) })
+	defer sd.Stopping()
+	context.AfterFunc(ctx, sd.Stopping) // a signal: shutting down starts now
+	err = svc.Run(ctx, func() {
+		daemonReady(nil)
+		sd.Ready(ctx, "relaying", controlProbe(paths.control))
+	})
 	var inUse *portInUseError
 	switch {
 	case errors.Is(err, errAlreadyRunning):
