@@ -187,7 +187,8 @@ func TestLinkUnknownCreateGetsNoSupp(t *testing.T) {
 }
 
 func TestLinkPingAndRTT(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it times the link against its own bounds, which a
+	// machine busy with the parallel tests would blur.
 	ca, cb := socketPair(t)
 	cfg := quietConfig("a", nil)
 	cfg.PingInterval = 20 * time.Millisecond
@@ -491,7 +492,8 @@ func TestLinkCircuitFlags(t *testing.T) {
 }
 
 func TestLinkDeadPeer(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it times the link against its own bounds, which a
+	// machine busy with the parallel tests would blur.
 	ca, cb := socketPair(t)
 	cfg := quietConfig("a", nil)
 	cfg.PingInterval = 10 * time.Millisecond
@@ -546,7 +548,8 @@ func TestLinkShutdownSendsDeletes(t *testing.T) {
 }
 
 func TestLinkBackPressure(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it times the link against its own bounds, which a
+	// machine busy with the parallel tests would blur.
 	ca, _ := socketPair(t) // nobody reads the other end
 	cfg := quietConfig("a", nil)
 	cfg.SendQueueBytes = 256 << 10

@@ -323,7 +323,8 @@ func TestQuicBadPreamble(t *testing.T) {
 }
 
 func TestQuicDeadPeer(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it times the link against its own bounds, which a
+	// machine busy with the parallel tests would blur.
 	ctx := testCtx(t, 10*time.Second)
 	const deadAfter = time.Second
 	ka, kb := newTestKey(t), newTestKey(t)
@@ -350,7 +351,8 @@ func TestQuicDeadPeer(t *testing.T) {
 }
 
 func TestQuicStatelessReset(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it times the link against its own bounds, which a
+	// machine busy with the parallel tests would blur.
 	ctx := testCtx(t, 15*time.Second)
 	// Idle timeout far beyond the assertion: only a reset can be this fast.
 	cfg := QuicConfig{DeadAfter: 20 * time.Second, KeepAlive: 500 * time.Millisecond}
@@ -450,7 +452,8 @@ func runRedialer(t *testing.T, r *Redialer) <-chan *QuicLink {
 }
 
 func TestRedialerBackoffThenConnect(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it times the link against its own bounds, which a
+	// machine busy with the parallel tests would blur.
 	ctx := testCtx(t, 15*time.Second)
 	ka, kb := newTestKey(t), newTestKey(t)
 	// DeadAfter bounds each attempt at the silent port.
@@ -492,7 +495,8 @@ func TestRedialerBackoffThenConnect(t *testing.T) {
 }
 
 func TestRedialerRefusedThenKick(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it times the link against its own bounds, which a
+	// machine busy with the parallel tests would blur.
 	ctx := testCtx(t, 15*time.Second)
 	ka, kb := newTestKey(t), newTestKey(t)
 	a := startNode(t, ka, QuicConfig{}, peer{"b", kb.Public().(ed25519.PublicKey)})
@@ -518,7 +522,8 @@ func TestRedialerRefusedThenKick(t *testing.T) {
 }
 
 func TestRedialerBackoffGrowth(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it times the link against its own bounds, which a
+	// machine busy with the parallel tests would blur.
 	r := NewRedialer(nil, "x", RedialConfig{MinBackoff: time.Second, MaxBackoff: 30 * time.Second})
 	if d := r.backoff(0); d != 0 {
 		t.Errorf("backoff(0) = %v", d)
@@ -535,7 +540,8 @@ func TestRedialerBackoffGrowth(t *testing.T) {
 }
 
 func TestQuicNodeClose(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it times the link against its own bounds, which a
+	// machine busy with the parallel tests would blur.
 	ctx := testCtx(t, 10*time.Second)
 	before := runtime.NumGoroutine()
 	ka, kb := newTestKey(t), newTestKey(t)
@@ -585,7 +591,8 @@ func TestQuicNodeClose(t *testing.T) {
 // log line (they used to be refused in silence), and a flood of them is
 // held to limits.refused_logs_per_second.
 func TestQuicRefusalsLogged(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it times the link against its own bounds, which a
+	// machine busy with the parallel tests would blur.
 	ka, kb := newTestKey(t), newTestKey(t)
 	b := startNode(t, kb, QuicConfig{RefusedLogsPerSecond: 1}, peer{"a", ka.Public().(ed25519.PublicKey)})
 	a := startNode(t, ka, QuicConfig{}, peer{"b", kb.Public().(ed25519.PublicKey)})
