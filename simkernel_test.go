@@ -748,7 +748,7 @@ func TestSimKernelVoldataDump(t *testing.T) {
 	if _, err := pfs.RemoteAdd(7, Volconf{Path: "span:" + b.addr}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pfs.RemoteAdd(8, Volconf{Path: "tcp:not-a-span"}); err != nil {
+	if _, err := pfs.RemoteAdd(8, Volconf{Path: "nfs:not-a-span"}); err != nil {
 		t.Fatal(err)
 	}
 	k := dialSimKernel(t, "k", a.pfs, devicePFSes(a))
