@@ -172,6 +172,17 @@ func (c *tcpConn) PeerName() string {
 
 func (c *tcpConn) Since() time.Time { return c.since }
 
+// WriteBuffers writes a batch in one go: encrypted into one syscall by
+// the crypto conn, or with writev on a plaintext TCP conn (the link's
+// writer calls it; net.Buffers.WriteTo would fall back to one Write per
+// buffer on a wrapper like this one).
+func (c *tcpConn) WriteBuffers(b net.Buffers) (int64, error) {
+	if bw, ok := c.Conn.(buffersWriter); ok {
+		return bw.WriteBuffers(b)
+	}
+	return b.WriteTo(c.Conn)
+}
+
 func (c *tcpConn) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
