@@ -197,12 +197,25 @@ func (c *tcpConn) setErr(err error) {
 }
 
 // check applies the rule to a peer at ip: its policy, and for an
-// encrypted one its public key. A refusal's error names both files.
+// encrypted one its public key. A refusal's error names both files. As
+// for the trust store, a remote_dir another user could write (or a .pub
+// in it) trusts nobody: whoever writes there could make us take their
+// key for any address, which DragonFly does not check.
 func (s *tcpSecurity) check(ip netip.Addr) (dmsgPeerPolicy, *rsa.PublicKey, error) {
 	if s.remoteDir == "" {
 		return dmsgPeerRefused, nil, fmt.Errorf("dmsg crypto: %w: peer %s: no remote_dir configured", errIOQNoRemoteKey, ip)
 	}
-	return tcpPeerPolicy(s.remoteDir, ip)
+	if err := checkNotWritableByOthers(s.remoteDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return dmsgPeerRefused, nil, fmt.Errorf("dmsg crypto: %w: peer %s: every file in remote_dir ignored: %w", errIOQNoRemoteKey, ip, err)
+	}
+	pol, pub, err := tcpPeerPolicy(s.remoteDir, ip)
+	if err == nil && pol == dmsgPeerEncrypted {
+		name, _ := dmsgPeerName(ip) // tcpPeerPolicy took it
+		if werr := checkNotWritableByOthers(filepath.Join(s.remoteDir, name+".pub")); werr != nil {
+			return dmsgPeerRefused, nil, fmt.Errorf("dmsg crypto: %w: peer %s: %w", errIOQKeyFormat, ip, werr)
+		}
+	}
+	return pol, pub, err
 }
 
 // names reports whether remote_dir has either file for ip: the machine's

@@ -277,6 +277,23 @@ func TestTCPSecurityRefusals(t *testing.T) {
 		t.Errorf("acceptor: %v, want KEYXCHGFAIL naming the peer", r)
 	}
 
+	// A .pub another user could change is refused, and so is every peer
+	// of a remote_dir they could write.
+	loose := tcpSecFor(t, "a", map[string]string{"127.0.0.1.pub": string(mustRead(t, "testdata/crypto/b.pub")),
+		"127.0.0.2.none": ""})
+	if err := os.Chmod(filepath.Join(loose.remoteDir, "127.0.0.1.pub"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loose.check(netip.MustParseAddr("127.0.0.1")); !errors.Is(err, errWritableByOthers) {
+		t.Errorf("a world-writable .pub: %v, want refused", err)
+	}
+	if err := os.Chmod(loose.remoteDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loose.check(netip.MustParseAddr("127.0.0.2")); !errors.Is(err, errWritableByOthers) || !errors.Is(err, errIOQNoRemoteKey) {
+		t.Errorf("a world-writable remote_dir: %v, want every peer refused", err)
+	}
+
 	// A .pub peer but no rsa.prv here: NOLKEY, before any handshake.
 	keyless := tcpSecFor(t, "", map[string]string{"127.0.0.1.pub": string(mustRead(t, "testdata/crypto/a.pub"))})
 	acc = acceptOne(ln, srv)

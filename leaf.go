@@ -400,7 +400,8 @@ func (l *Leaf) applyConfigRemotes(cfg Config) {
 }
 
 // dropUntrusted closes live links whose peer key is no longer trusted: a
-// key removed on reload is revoked, not merely refused next time.
+// key removed on reload is revoked, not merely refused next time. For an
+// encrypted TCP link that is its remote/<ip>.pub gone or changed.
 func (l *Leaf) dropUntrusted() {
 	l.mu.Lock()
 	var links []*clusterLink
@@ -412,14 +413,24 @@ func (l *Leaf) dropUntrusted() {
 	for c := range l.inbound {
 		links = append(links, c)
 	}
+	if l.backbone != nil && l.backbone.current() != nil {
+		links = append(links, l.backbone.current())
+	}
 	l.mu.Unlock()
 	for _, c := range links {
-		if c.quic == nil {
-			continue
-		}
-		if _, ok := l.trust.Lookup(c.quic.PeerKey()); !ok {
-			l.log.Warn("closing link: its peer key is no longer trusted", "link", c.name, "fingerprint", c.quic.PeerFingerprint())
-			c.link.Close()
+		switch {
+		case c.quic != nil:
+			if _, ok := l.trust.Lookup(c.quic.PeerKey()); !ok {
+				l.log.Warn("closing link: its peer key is no longer trusted", "link", c.name, "fingerprint", c.quic.PeerFingerprint())
+				c.link.Close()
+			}
+		case c.tcp != nil && c.tcp.policy == dmsgPeerEncrypted:
+			pol, pub, err := l.sec.check(tcpRemoteIP(c.tcp.raw))
+			if err != nil || pol != dmsgPeerEncrypted || rsaFingerprint(pub) != c.tcp.peer.Fingerprint {
+				l.log.Warn("closing link: its peer's remote/<ip>.pub is gone or changed", "link", c.name,
+					"fingerprint", c.tcp.peer.Fingerprint, "err", err)
+				c.link.Close()
+			}
 		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -142,12 +141,13 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 func speaksDmsg(addr string, sec *tcpSecurity) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	// A wildcard listener (":987", DragonFly's) is asked on loopback.
+	if host, port, err := splitHostPortDefault(addr, ListenPort); err == nil && (host == "" || host == "0.0.0.0" || host == "::") {
+		addr = net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
+	}
 	ap, err := resolveTCP(ctx, addr)
 	if err != nil {
 		return false
-	}
-	if ap.Addr().IsUnspecified() {
-		ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), ap.Port())
 	}
 	var c net.Conn
 	if _, _, err := sec.check(ap.Addr()); err != nil {

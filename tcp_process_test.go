@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -260,6 +261,15 @@ func TestTCPLeafBackbones(t *testing.T) {
 	if n := strings.Count(s.logText(), `msg="dmsg link closed: MACFAIL"`); n != 1 {
 		t.Errorf("%d MACFAIL closes, want one:\n%s", n, s.logText())
 	}
+
+	// A key changed on reload is revoked at once, and refused after.
+	trustRSA(t, good.remoteDir(), "127.0.0.2", "e")
+	good.signal(syscall.SIGHUP)
+	good.waitLog(10*time.Second, "closing link: its peer's remote/<ip>.pub is gone or changed", "fingerprint="+fpB)
+	good.waitStatus(10*time.Second, "the service refused under its old key", func(st procStatus) bool {
+		bb := st.Leaf.Backbone
+		return bb != nil && bb.State != DialUp && strings.Contains(bb.LastErr, "KEYXCHGFAIL")
+	})
 }
 
 // The kernel's mount-time link over TCP, as DragonFly's mount_hammer2
