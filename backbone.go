@@ -89,10 +89,11 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 		var conn net.Conn
 		var peer PeerIdentity
 		var err error
+		transport := "" // status names it for TCP only
 		if network == "tcp" {
 			var tc *tcpConn
 			if tc, err = l.sec.dial(ctx, addr); err == nil {
-				conn, peer = tc, tc.peer
+				conn, peer, transport = tc, tc.peer, tc.Transport()
 			}
 		} else if conn, err = d.DialContext(ctx, network, addr); err == nil {
 			peer = l.policy.identify(conn)
@@ -118,7 +119,7 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 			// accepts and then says nothing is no service.
 			select {
 			case <-c.link.Heard():
-				b.set(func(s *DialState) { s.State, s.LastErr, s.Failures = DialUp, "", 0 })
+				b.set(func(s *DialState) { s.State, s.LastErr, s.Failures, s.Transport = DialUp, "", 0, transport })
 			case <-c.link.Done():
 			case <-ctx.Done():
 			}
@@ -143,7 +144,7 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 		wait := backboneWait(delay)
 		next := time.Now().Add(wait)
 		b.set(func(s *DialState) {
-			s.State, s.NextTry, s.Failures = DialBackoff, next, s.Failures+1
+			s.State, s.NextTry, s.Failures, s.Transport = DialBackoff, next, s.Failures+1, ""
 			if err != nil {
 				s.LastErr = err.Error()
 			}

@@ -230,9 +230,23 @@ func TestTCPLeafBackbones(t *testing.T) {
 			return v.backboneUp() && len(sp) == 1 && sp[0].Dist == 1
 		})
 	fpB := rsaFP(t, "b")
-	if v := svcView(good); !strings.Contains(v.raw, `"class":"authenticated-node"`) || v.Backbone.PeerKey != fpB {
-		t.Errorf("good's backbone: %s; want an authenticated node with key %s", v.raw, fpB)
+	if v := svcView(good); !strings.Contains(v.raw, `"class":"authenticated-node"`) || v.Backbone.PeerKey != fpB ||
+		v.Backbone.Transport != "tcp+rsa" {
+		t.Errorf("good's backbone: %s; want tcp+rsa, an authenticated node with key %s", v.raw, fpB)
 	}
+	// A REMOTE slot in DragonFly's own form, span:<host>: TCP, since the
+	// leaf's remote_dir names the host's address.
+	slot := newSvcLeaf(t, "lr", PFSInfo{})
+	installRSAKeys(t, slot.keyDir, "a", 0o400)
+	trustRSA(t, slot.remoteDir(), "127.0.0.2", "b")
+	if _, errOut, code := slot.h2("-s", slot.pfs, "connect", "span:"+s.tcp); code != 0 {
+		t.Fatalf("connect: %s", errOut)
+	}
+	slot.startArgs("remote span:"+s.tcp, "-d", "leaf", "--listen", "none", "--backbone", "none", slot.pfs)
+	slot.waitStatus(10*time.Second, "the REMOTE slot linked over encrypted TCP", func(st procStatus) bool {
+		r := st.remote(s.tcp)
+		return r != nil && r.State == DialUp && r.Transport == "tcp+rsa" && r.PeerKey == fpB && st.spansOf(good) == 1
+	})
 	bad.waitStatus(10*time.Second, "the wrong key refused", func(st procStatus) bool {
 		bb := st.Leaf.Backbone
 		return bb != nil && bb.State != DialUp && strings.Contains(bb.LastErr, "KEYXCHGFAIL")
