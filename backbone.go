@@ -1,10 +1,12 @@
 package main
 
 // The local backbone: the node's service daemon. "tcp:127.0.0.1:987" is
-// DragonFly's own C `hammer2 service`, which takes plaintext dmsg from
-// localhost when its remote/127.0.0.1.none file exists; "unix:path" is this
-// binary's service; "auto", the default, is ours when its socket is there
-// and DragonFly's otherwise, chosen again at every attempt, and waits
+// DragonFly's own C `hammer2 service` (or ours on its TCP port), by
+// DragonFly's rule on both ends: plaintext when remote/127.0.0.1.none
+// exists, encrypted with remote/127.0.0.1.pub (dmsgtcp.go); "tcp:" may name
+// another machine's service too, which then needs a .pub. "unix:path" is
+// this binary's service; "auto", the default, is ours when its socket is
+// there and DragonFly's otherwise, chosen again at every attempt, and waits
 // quietly while neither runs. Reconnects like a remote link.
 
 import (
@@ -84,22 +86,30 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 		network, addr := b.target()
 		where := network + ":" + addr
 		b.set(func(s *DialState) { s.State, s.NextTry, s.Addr = DialDialing, time.Time{}, b.describe(where) })
-		conn, err := d.DialContext(ctx, network, addr)
+		var conn net.Conn
 		var peer PeerIdentity
+		var err error
+		transport := "" // status names it for TCP only
+		if network == "tcp" {
+			var tc *tcpConn
+			if tc, err = l.sec.dial(ctx, addr); err == nil {
+				conn, peer, transport = tc, tc.peer, tc.Transport()
+			}
+		} else if conn, err = d.DialContext(ctx, network, addr); err == nil {
+			peer = l.policy.identify(conn)
+		}
 		if err == nil {
 			// Only a privileged service may be the backbone: the spans it
 			// relays decide where quorum traffic goes, and anyone could
-			// listen on a socket path or a port that is free.
-			if peer = l.policy.identify(conn); !peer.Class.Privileged() {
+			// listen on a socket path or a port that is free. Over TCP an
+			// RSA-authenticated service is an authenticated node.
+			if !peer.Class.Privileged() {
 				conn.Close()
 				err = fmt.Errorf("backbone %s: the service there is not privileged (%s); not linking", addr, peer)
 				l.refused.Warn(l.log, "backbone refused", append([]any{"backbone", where}, peer.attrs()...)...)
 			}
 		}
 		if err == nil {
-			if tc, ok := conn.(*net.TCPConn); ok {
-				_ = tc.SetNoDelay(true)
-			}
 			c := l.runClusterLink(conn, "backbone "+where, nil, peer)
 			up := time.Now()
 			b.mu.Lock()
@@ -109,7 +119,7 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 			// accepts and then says nothing is no service.
 			select {
 			case <-c.link.Heard():
-				b.set(func(s *DialState) { s.State, s.LastErr, s.Failures = DialUp, "", 0 })
+				b.set(func(s *DialState) { s.State, s.LastErr, s.Failures, s.Transport = DialUp, "", 0, transport })
 			case <-c.link.Done():
 			case <-ctx.Done():
 			}
@@ -134,14 +144,15 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 		wait := backboneWait(delay)
 		next := time.Now().Add(wait)
 		b.set(func(s *DialState) {
-			s.State, s.NextTry, s.Failures = DialBackoff, next, s.Failures+1
+			s.State, s.NextTry, s.Failures, s.Transport = DialBackoff, next, s.Failures+1, ""
 			if err != nil {
 				s.LastErr = err.Error()
 			}
 		})
-		// auto waits quietly while no service runs: nothing is wrong.
+		// auto waits quietly while no service runs, or while this machine
+		// has no rule for DragonFly's on 127.0.0.1: nothing is wrong.
 		logf := l.log.Info
-		if b.network == "auto" && errors.Is(err, syscall.ECONNREFUSED) {
+		if b.network == "auto" && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, errIOQNoRemoteKey)) {
 			logf = l.log.Debug
 		}
 		logf("backbone link down; redialing", "backbone", where, "in", wait.Round(time.Millisecond), "err", err)

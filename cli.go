@@ -301,7 +301,7 @@ func (c *StatusCmd) watch(path string, show func(*controlResponse) (any, func())
 
 // ConnectCmd is `hammer2 connect <target>`.
 type ConnectCmd struct {
-	Target string `arg:"" help:"span:<host>[:port]"`
+	Target string `arg:"" help:"span:<host>[:port] (TCP when remote_dir names the host, else QUIC), tcp:<host>[:port] or quic:<host>[:port]"`
 }
 
 func (c *ConnectCmd) Run(env *Env) error {
@@ -324,23 +324,25 @@ func (c *ConnectCmd) Run(env *Env) error {
 }
 
 // checkSpanTarget refuses what no daemon would dial: the target must be
-// span:<host>[:port], the only form DragonFly's daemon acts on, with a
-// host and a port in 1..65535.
+// span:<host>[:port], the form DragonFly's daemon acts on (TCP when
+// remote_dir names the host's address, QUIC otherwise), or
+// tcp:<host>[:port] / quic:<host>[:port] for one transport, with a host
+// and a port in 1..65535.
 func checkSpanTarget(target string) error {
-	addr, ok := strings.CutPrefix(target, "span:")
+	if _, ok := spanTarget(target); ok {
+		return nil
+	}
+	spec, ok := strings.CutPrefix(target, "span:")
 	if !ok {
-		return errors.New(`not span:<host>[:port] (the only form a daemon dials)`)
+		if !strings.HasPrefix(target, transportTCP+":") && !strings.HasPrefix(target, transportQUIC+":") {
+			return errors.New(`not span:<host>[:port] or tcp:<host>[:port] (the forms a daemon dials)`)
+		}
+		spec = target
 	}
-	host, port, err := splitHostPortDefault(addr, ListenPort)
-	switch {
-	case err != nil:
+	if _, err := parseNodeTarget(spec); err != nil {
 		return fmt.Errorf("not span:<host>[:port]: %w", err)
-	case host == "":
-		return errors.New("span: needs a host")
-	case port == 0:
-		return fmt.Errorf("port 0 of %q: ports are 1 to 65535", addr)
 	}
-	return nil
+	return errors.New("not span:<host>[:port]")
 }
 
 // DisconnectCmd is `hammer2 disconnect <target>`.

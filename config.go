@@ -26,6 +26,14 @@ const DefaultConfigPath = "/etc/hammer2/leaf.toml"
 type Config struct {
 	// KeyDir holds node.key, node.pub and remote/*.pub.
 	KeyDir string `toml:"key_dir"`
+	// RemoteDir holds DragonFly's per-peer files for TCP links:
+	// <ip>.pub (the peer's RSA public key: an encrypted link) and
+	// <ip>.none (a plaintext link). A TCP peer with neither is refused.
+	// Empty: <key_dir>/remote, where DragonFly keeps them.
+	RemoteDir string `toml:"remote_dir"`
+	// RSAKeyDir holds this node's rsa.prv and rsa.pub for encrypted TCP
+	// links (`hammer2 rsainit` makes them). Empty: key_dir.
+	RSAKeyDir string `toml:"rsa_key_dir"`
 	// RunDir holds the pid file, control socket and background log of
 	// each leaf. Empty: /var/run/hammer2 on DragonFly; elsewhere the PFS
 	// directory itself.
@@ -71,6 +79,23 @@ type Config struct {
 // LoadNote is LoadConfig's note about the file it did not read, or "".
 func (c *Config) LoadNote() string { return c.loadNote }
 
+// TCPRemoteDir is where DragonFly's rule looks for a TCP peer's
+// <ip>.pub and <ip>.none.
+func (c *Config) TCPRemoteDir() string {
+	if c.RemoteDir != "" {
+		return c.RemoteDir
+	}
+	return filepath.Join(c.KeyDir, remoteDirName)
+}
+
+// TCPKeyDir is where this node's rsa.prv and rsa.pub are.
+func (c *Config) TCPKeyDir() string {
+	if c.RSAKeyDir != "" {
+		return c.RSAKeyDir
+	}
+	return c.KeyDir
+}
+
 // SecuritySection is the [security] table.
 type SecuritySection struct {
 	// Group, if set, is a group (name or gid) whose members' local links
@@ -106,20 +131,25 @@ type QuorumSection struct {
 type ServiceSection struct {
 	// Unix is the socket leaves connect to.
 	Unix string `toml:"unix"`
-	// TCP is where DragonFly's own tools and kernel connect (plaintext
-	// dmsg); keep it on loopback. "none" disables it.
+	// TCP is DragonFly's dmsg over TCP: its kernel (through
+	// mount_hammer2), its tools and its services connect here, each
+	// by DragonFly's rule (remote_dir). "none" disables it.
 	TCP string `toml:"tcp"`
 	// Listen is the UDP address other nodes dial; "none" disables it. A
 	// leaf on the same node must then listen elsewhere (or "none").
 	Listen string `toml:"listen"`
-	// Autoconn lists nodes (host or host:port) to keep links to, as
-	// DragonFly's /etc/hammer2/autoconn does.
+	// Autoconn lists nodes to keep links to, as DragonFly's
+	// /etc/hammer2/autoconn does: tcp:<host>[:port] (DragonFly's TCP
+	// link), quic:<host>[:port], or <host>[:port], which is TCP when
+	// remote_dir has a file for its address and QUIC otherwise.
 	Autoconn []string `toml:"autoconn"`
 }
 
 // RemoteConfig is one [[remote]] table.
 type RemoteConfig struct {
-	// Address is host or host:port (port 987 if absent).
+	// Address is host or host:port (port 987 if absent), QUIC unless
+	// remote_dir names its address; tcp:<host>[:port] for DragonFly's
+	// TCP link, quic:<host>[:port] for QUIC whatever remote_dir says.
 	Address string `toml:"address"`
 	// Key, if set, trusts this public key ("ed25519:..."), named Name.
 	Key  string `toml:"key"`
@@ -157,7 +187,7 @@ func DefaultConfig() Config {
 			Lease: Duration{5 * time.Second}},
 		Service: ServiceSection{
 			Unix:   defaultServiceSocket(),
-			TCP:    fmt.Sprintf("127.0.0.1:%d", ListenPort),
+			TCP:    fmt.Sprintf(":%d", ListenPort),
 			Listen: fmt.Sprintf(":%d", ListenPort),
 		},
 	}
@@ -371,9 +401,17 @@ func (c *Config) validate() error {
 	if _, err := newPrivilegePolicy(c.Security.Group); err != nil {
 		return err
 	}
+	for i, a := range c.Service.Autoconn {
+		if _, err := parseNodeTarget(a); err != nil {
+			return fmt.Errorf("key service.autoconn: entry %d: %w", i, err)
+		}
+	}
 	for i, r := range c.Remotes {
 		if r.Address == "" {
 			return fmt.Errorf("remote[%d]: key address is required", i)
+		}
+		if _, err := parseNodeTarget(r.Address); err != nil {
+			return fmt.Errorf("remote[%d]: key address: %w", i, err)
 		}
 		if r.Key != "" {
 			if _, err := ParsePublicKey(r.Key); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/rsa"
 	"errors"
 	"fmt"
 	"io"
@@ -235,4 +236,139 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// cService is DragonFly's C `hammer2 service` run by a test: its config
+// dir, address and log.
+type cService struct {
+	dir, addr string
+	log       *syncBuffer
+}
+
+// startCService runs the C service (H2_CPEER) on ip with the keys its own
+// rsainit makes, until the test ends.
+func startCService(t *testing.T, bin, ip string) *cService {
+	t.Helper()
+	s := &cService{dir: filepath.Join(shortTempDir(t), "c"), log: &syncBuffer{}}
+	if out, err := exec.Command(bin, "rsainit", s.dir).CombinedOutput(); err != nil {
+		t.Fatalf("C rsainit: %v\n%s", err, out)
+	}
+	port := freePort(t, "tcp")
+	s.addr = net.JoinHostPort(ip, fmt.Sprint(port))
+	cmd := exec.Command(bin, "-d", "-d", "service")
+	cmd.Env = append(os.Environ(), "H2_DIR="+s.dir, "H2_BIND="+ip, fmt.Sprintf("H2_PORT=%d", port))
+	cmd.Stdout, cmd.Stderr = s.log, s.log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Logf("C service log:\n%s", s.log.String())
+	})
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("tcp", s.addr, time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if i == 100 {
+			t.Fatalf("C service never listened on %s: %v", s.addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// That probe had no key: wait for its refusal, so that a test can
+	// look for failures in what the log says after.
+	for i := 0; !strings.Contains(s.log.String(), "auth failure: unknown host"); i++ {
+		if i == 100 {
+			t.Fatal("the C service did not log refusing the probe")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return s
+}
+
+// trust makes the C service's remote/<ip>.pub our key file pub.
+func (s *cService) trust(t *testing.T, ip, pub string) {
+	writeFile(t, filepath.Join(s.dir, remoteDirName, ip+".pub"), string(mustRead(t, pub)))
+}
+
+// TestServiceCPeerEncrypted links our `hammer2 service` and DragonFly's
+// C service over encrypted TCP at the Link level, both ways, and checks
+// that each relays the other's spans: our service on 127.0.0.1 with a
+// leaf on its Unix socket, the C service on 127.0.0.2 with one of our
+// leaves on it over encrypted TCP (from 127.0.0.1, so it holds our
+// machine's key). Hand-run, as TestDmsgCryptoCPeer:
+//
+//	H2_CPEER=/tmp/c-peer/bin/hammer2 go test -run TestServiceCPeerEncrypted -v .
+func TestServiceCPeerEncrypted(t *testing.T) {
+	t.Parallel()
+	bin := os.Getenv("H2_CPEER")
+	if bin == "" {
+		t.Skip("set H2_CPEER to DragonFly's C hammer2 (see /work/shared/interop-peer) to run")
+	}
+	for _, dir := range []string{"Go dials C", "C dials Go"} {
+		t.Run(dir, func(t *testing.T) {
+			c := startCService(t, bin, "127.0.0.2")
+			probed := len(c.log.String()) // startCService's own probe, refused ("unknown host")
+			cPub := filepath.Join(c.dir, rsaPubFile)
+			s := newSvcNode(t, "go", svcOpts{})
+			installRSAKeys(t, s.keyDir, "a", 0o400)
+			writeFile(t, filepath.Join(s.remoteDir(), "127.0.0.2.pub"), string(mustRead(t, cPub)))
+			c.trust(t, "127.0.0.1", "testdata/crypto/a.pub") // our machine, service and leaf alike
+			if dir == "Go dials C" {
+				s.autoconn = []string{"tcp:" + c.addr}
+			} else {
+				// The C service dials from 127.0.0.1: our remote/127.0.0.1
+				// must then be its key (no plaintext shell here).
+				writeFile(t, filepath.Join(s.remoteDir(), "127.0.0.1.pub"), string(mustRead(t, cPub)))
+				if err := os.Remove(filepath.Join(s.remoteDir(), "127.0.0.1.none")); err != nil {
+					t.Fatal(err)
+				}
+				writeFile(t, filepath.Join(c.dir, "autoconn"), s.tcp+"\n")
+			}
+			s.start()
+			ours, theirs := newSvcLeaf(t, "on-go", PFSInfo{}), newSvcLeaf(t, "on-c", PFSInfo{})
+			installRSAKeys(t, theirs.keyDir, "a", 0o400)
+			writeFile(t, filepath.Join(theirs.remoteDir(), "127.0.0.2.pub"), string(mustRead(t, cPub)))
+			startLeafOn(ours, s)
+			startLeafTCP(theirs, c.addr)
+			// The C service reads its autoconn file every 5 s and acts on
+			// an entry once it has seen it twice.
+			svcWaitEach(t, time.Now(), 40*time.Second, "each leaf sees the other's PFS through both services",
+				[]*leafNode{ours, theirs}, func(i int, v svcLeafView) bool {
+					sp := v.of([]*leafNode{theirs, ours}[i])
+					return v.backboneUp() && len(sp) == 1 && sp[0].Dist == 2
+				})
+			cFP := rsaFingerprint(testRSAPubFile(t, cPub))
+			st := s.status()
+			l := st.linkWhere(func(l ServiceLinkStatus) bool { return l.Transport == "tcp+rsa" })
+			if l == nil || l.PeerKey != cFP || l.Class != ClassAuthenticatedNode.String() {
+				t.Errorf("our service's link to the C one: %+v; want tcp+rsa, an authenticated node with key %s", l, cFP)
+			}
+			if v := svcView(theirs); v.Backbone.PeerKey != cFP {
+				t.Errorf("the leaf on the C service: backbone %+v, want key %s", v.Backbone, cFP)
+			}
+			clog := c.log.String()[probed:]
+			if n := strings.Count(clog, "auth success: Testing 1 2 3"); n < 2 {
+				t.Errorf("the C log has %d \"auth success\" lines, want 2 (our leaf, our service)", n)
+			}
+			for _, bad := range []string{"auth failure", "MACFAIL", "decrypt_chunk", "encrypt_chunk"} {
+				if strings.Contains(clog, bad) {
+					t.Errorf("the C log mentions %q", bad)
+				}
+			}
+			t.Logf("%s: spans relayed both ways; our service's link: %s %s key %s", dir, l.Name, l.Transport, l.PeerKey)
+		})
+	}
+}
+
+// testRSAPubFile reads a PEM public key file.
+func testRSAPubFile(t testing.TB, path string) *rsa.PublicKey {
+	t.Helper()
+	pub, err := readRSAPublicKeyFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
 }

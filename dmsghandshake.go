@@ -109,23 +109,30 @@ func dmsgPeerName(ip netip.Addr) (string, error) {
 // tcpPeerPolicy applies DragonFly's rule for a peer at ip: remoteDir/<ip>.pub
 // first (an encrypted link with that key), then remoteDir/<ip>.none (a
 // plaintext link). Neither is NORKEY, with both paths in the error. A .pub
-// that exists but cannot be read or parsed is an error too, never a
-// fallback to .none: that would turn a broken key into a plaintext link.
+// that exists but cannot be read (NORKEY) or parsed (KEYFMT) is an error
+// too, never a fallback to .none: that would turn a broken key into a
+// plaintext link. Only an existing .pub is opened; a peer without one
+// costs two stats and no file descriptor, so that a service out of
+// descriptors still fails at accept, where it backs off, and not here.
 func tcpPeerPolicy(remoteDir string, ip netip.Addr) (dmsgPeerPolicy, *rsa.PublicKey, error) {
 	name, err := dmsgPeerName(ip)
 	if err != nil {
 		return dmsgPeerRefused, nil, fmt.Errorf("dmsg crypto: %w", err)
 	}
 	pubPath := filepath.Join(remoteDir, name+".pub")
-	pub, err := readRSAPublicKeyFile(pubPath)
-	switch {
-	case err == nil:
-		return dmsgPeerEncrypted, pub, nil
-	case !errors.Is(err, fs.ErrNotExist):
+	_, err = os.Stat(pubPath)
+	if err == nil {
+		var pub *rsa.PublicKey
+		pub, err = readRSAPublicKeyFile(pubPath)
+		if err == nil {
+			return dmsgPeerEncrypted, pub, nil
+		}
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
 		if errors.Is(err, errIOQKeyFormat) {
 			return dmsgPeerRefused, nil, err
 		}
-		return dmsgPeerRefused, nil, fmt.Errorf("dmsg crypto: %w: %w", errIOQKeyFormat, err)
+		return dmsgPeerRefused, nil, fmt.Errorf("dmsg crypto: %w: peer %s: %w", errIOQNoRemoteKey, name, err)
 	}
 	nonePath := filepath.Join(remoteDir, name+".none")
 	if _, err := os.Stat(nonePath); err == nil {

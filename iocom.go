@@ -172,6 +172,7 @@ type Link struct {
 	rtt     atomic.Int64  // nanos, last PING round trip
 	started int64         // unix nanos of Start
 	hello   atomic.Bool   // the peer said who it is (Hello)
+	quiet   atomic.Bool   // SetQuietPeer: no keepalive, no sequence check
 	heard   chan struct{} // closed when the first valid message is read
 	heardOn sync.Once
 
@@ -280,6 +281,14 @@ func (l *Link) Start() {
 
 // Hello records that the peer said who it is, which ends HelloTimeout.
 func (l *Link) Hello() { l.hello.Store(true) }
+
+// SetQuietPeer says, once the link is running, that its peer is one that
+// answers no PINGs and sends none: DragonFly's kernel, which a service
+// learns from its LNK_CONN. From then on the link sends no PINGs and
+// never declares the peer dead for silence (only the stream ending does),
+// and the salt sequence check is off, as on the leaf's own kernel link
+// (NoSeqCheck). It is safe from any goroutine, a handler included.
+func (l *Link) SetQuietPeer() { l.quiet.Store(true) }
 
 // Peer is who the peer is.
 func (l *Link) Peer() PeerIdentity { return l.cfg.Peer }
@@ -673,6 +682,13 @@ func (l *Link) doneLocked(batch []*outMsg, wake chan struct{}) {
 	}
 }
 
+// buffersWriter is a stream that writes a whole batch of buffers itself,
+// better than net.Buffers.WriteTo's fallback of one Write per buffer:
+// dmsgCryptoConn encrypts the batch into one syscall.
+type buffersWriter interface {
+	WriteBuffers(net.Buffers) (int64, error)
+}
+
 // laneWriter writes batches of messages to one stream, with the stream's
 // own salt sequence.
 type laneWriter struct {
@@ -726,7 +742,11 @@ func (lw *laneWriter) write(l *Link, batch []*outMsg, p *pacer) error {
 		// WriteTo consumes the slice it is given; writing from a copy
 		// of the header keeps bufs' backing array for the next batch.
 		wb := lw.bufs
-		_, err = wb.WriteTo(lw.w)
+		if bw, ok := lw.w.(buffersWriter); ok {
+			_, err = bw.WriteBuffers(wb)
+		} else {
+			_, err = wb.WriteTo(lw.w)
+		}
 	} else {
 		err = l.pacedWrite(lw.w, lw.bufs, p)
 	}
@@ -792,6 +812,9 @@ func (l *Link) keepalive(now time.Time) {
 	if h := l.cfg.HelloTimeout; h > 0 && !l.hello.Load() && n-l.started > int64(h) {
 		l.fail(&LimitError{Limit: "hello_timeout", Value: uint64(time.Duration(n - l.started).Milliseconds()),
 			Max: uint64(h.Milliseconds()), Unit: "ms", Reason: "no LNK_CONN (or shell line) since the link started"})
+		return
+	}
+	if l.quiet.Load() {
 		return
 	}
 	if d := l.cfg.DeadAfter; d > 0 && n-l.lastRx.Load() > int64(d) {
@@ -932,7 +955,12 @@ func (l *Link) reader() {
 func (l *Link) logDown(err error) {
 	var we *WireError
 	var le *LimitError
+	var ie *ioqError
 	switch {
+	case errors.As(err, &ie):
+		// DragonFly's link errors (a bad GCM tag, an exhausted counter):
+		// named as libdmsg names them.
+		l.log.Warn("dmsg link closed: "+ie.name, "error", ie.name, "err", err)
 	case errors.As(err, &we):
 		l.log.Warn("dmsg link closed: bad message from peer", "field", we.Field, "value", fmt.Sprintf("%#x", we.Value), "reason", we.Reason)
 	case errors.As(err, &le):
@@ -995,7 +1023,7 @@ func (l *Link) readLoop(r io.Reader, bulk bool) error {
 		if err := DecodeAux(aux[:ap], &m); err != nil {
 			return err
 		}
-		if !l.cfg.NoSeqCheck && m.Salt&0xFF != seq&0xFF {
+		if !l.cfg.NoSeqCheck && !l.quiet.Load() && m.Salt&0xFF != seq&0xFF {
 			return wireErr("salt", uint64(m.Salt), "sequence byte %#x, want %#x", m.Salt&0xFF, seq&0xFF)
 		}
 		seq++

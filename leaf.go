@@ -8,6 +8,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/ed25519"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,7 +17,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 )
@@ -35,6 +35,7 @@ type Leaf struct {
 	started  time.Time
 	policy   privilegePolicy // who is privileged on the local sockets
 	refused  *logLimiter     // refusals on the local sockets
+	sec      *tcpSecurity    // DragonFly's rule for TCP links (remote_dir, RSA keys)
 	// changes is notified whenever Status would change (counters aside),
 	// for `hammer2 status --watch`.
 	changes notifier
@@ -59,8 +60,8 @@ type Leaf struct {
 
 // target is one remote node we keep a link to.
 type target struct {
-	addr       string
-	slots      []int // REMOTE slots naming it
+	addr       string // a nodeTarget's String: [tcp:|quic:]<host>[:port]
+	slots      []int  // REMOTE slots naming it
 	fromConfig bool
 	dialer     *Redialer
 	cancel     context.CancelFunc
@@ -87,6 +88,7 @@ func NewLeaf(cfg Config, pfs PFS, key ed25519.PrivateKey, trust *TrustStore, log
 		inbound: map[*clusterLink]struct{}{},
 		spans:   newSpanTable(cfg.Limits),
 	}
+	l.sec = newTCPSecurity(cfg.TCPRemoteDir(), cfg.TCPKeyDir(), policy, crand.Reader, l.log)
 	// The stand-in PFS's kernel.sock takes the same mode and checks as
 	// the other local sockets.
 	if sa, ok := pfs.(interface {
@@ -362,14 +364,16 @@ func (l *Leaf) setSlot(v LnkVolconf) {
 	l.reconcile()
 }
 
-// spanTarget reads a REMOTE path: only "span:<host>[:port]" names a node,
-// as in DragonFly's service daemon.
+// spanTarget reads a REMOTE path: "span:<host>[:port]" names a node, as
+// in DragonFly's service daemon (over TCP when remote_dir names its
+// address, else QUIC), and "tcp:<host>[:port]" or "quic:<host>[:port]" a
+// node over that transport. It returns the target's String.
 func spanTarget(path string) (string, bool) {
-	host, ok := strings.CutPrefix(path, "span:")
-	if !ok || host == "" {
+	t, ok := volconfTarget(Volconf{CopyID: 1, Path: path})
+	if !ok {
 		return "", false
 	}
-	return host, true
+	return t.String(), true
 }
 
 // applyConfigRemotes trusts exactly the config's keys and marks its
@@ -396,7 +400,8 @@ func (l *Leaf) applyConfigRemotes(cfg Config) {
 }
 
 // dropUntrusted closes live links whose peer key is no longer trusted: a
-// key removed on reload is revoked, not merely refused next time.
+// key removed on reload is revoked, not merely refused next time. For an
+// encrypted TCP link that is its remote/<ip>.pub gone or changed.
 func (l *Leaf) dropUntrusted() {
 	l.mu.Lock()
 	var links []*clusterLink
@@ -408,14 +413,24 @@ func (l *Leaf) dropUntrusted() {
 	for c := range l.inbound {
 		links = append(links, c)
 	}
+	if l.backbone != nil && l.backbone.current() != nil {
+		links = append(links, l.backbone.current())
+	}
 	l.mu.Unlock()
 	for _, c := range links {
-		if c.quic == nil {
-			continue
-		}
-		if _, ok := l.trust.Lookup(c.quic.PeerKey()); !ok {
-			l.log.Warn("closing link: its peer key is no longer trusted", "link", c.name, "fingerprint", c.quic.PeerFingerprint())
-			c.link.Close()
+		switch {
+		case c.quic != nil:
+			if _, ok := l.trust.Lookup(c.quic.PeerKey()); !ok {
+				l.log.Warn("closing link: its peer key is no longer trusted", "link", c.name, "fingerprint", c.quic.PeerFingerprint())
+				c.link.Close()
+			}
+		case c.tcp != nil && c.tcp.policy == dmsgPeerEncrypted:
+			pol, pub, err := l.sec.check(tcpRemoteIP(c.tcp.raw))
+			if err != nil || pol != dmsgPeerEncrypted || rsaFingerprint(pub) != c.tcp.peer.Fingerprint {
+				l.log.Warn("closing link: its peer's remote/<ip>.pub is gone or changed", "link", c.name,
+					"fingerprint", c.tcp.peer.Fingerprint, "err", err)
+				c.link.Close()
+			}
 		}
 	}
 }
@@ -466,19 +481,25 @@ func (l *Leaf) reconcile() {
 func (l *Leaf) startTarget(t *target) {
 	ctx, cancel := context.WithCancel(l.ctx)
 	t.cancel = cancel
-	t.dialer = NewRedialer(l.node, t.addr, RedialConfig{MinBackoff: l.cfg.RedialMin.Duration, MaxBackoff: l.cfg.RedialMax.Duration,
-		Logger: l.log, OnChange: l.changes.Notify})
+	nt, err := parseNodeTarget(t.addr)
+	if err != nil {
+		l.log.Warn("remote target not dialed", "remote", t.addr, "err", err) // validated with the config
+	}
+	t.dialer = newRedialerDial(t.addr, l.sec.dialer(nt, l.node), RedialConfig{MinBackoff: l.cfg.RedialMin.Duration,
+		MaxBackoff: l.cfg.RedialMax.Duration, Logger: l.log, OnChange: l.changes.Notify})
 	l.targets[t.addr] = t
 	l.log.Info("keeping a link to remote", "remote", t.addr, "slots", t.slots)
 	l.spawn(func() {
-		_ = t.dialer.Run(ctx, func(q *QuicLink) {
-			c := l.runClusterLink(q.Stream(), "remote "+t.addr, q, nodePeer(q.PeerFingerprint(), "quic"))
+		_ = t.dialer.Run(ctx, func(dc redialConn) {
+			rw, q, peer := linkOver(dc)
+			c := l.runClusterLink(rw, "remote "+t.addr, q, peer)
 			l.mu.Lock()
 			t.link = c
 			l.mu.Unlock()
 			l.changes.Notify()
 			select {
 			case <-c.link.Done():
+				linkEnded(dc, c.link.Err())
 			case <-ctx.Done():
 				sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 				_ = c.link.Shutdown(sctx)

@@ -377,6 +377,9 @@ type procLinkStat struct {
 	Since   string `json:"since"`
 	LastErr string `json:"last_error"`
 	PeerKey string `json:"peer_key"`
+	// Transport is "quic", "tcp" or "tcp+rsa" while up ("" for a Unix
+	// backbone).
+	Transport string `json:"transport"`
 }
 
 type procSpanStat struct {

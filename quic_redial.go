@@ -1,8 +1,9 @@
 package main
 
-// Keeping an outgoing link up: QUIC has no reconnect of its own, so each
-// configured peer gets a Redialer that dials, runs the link until it ends,
-// and dials again with exponential backoff and jitter.
+// Keeping an outgoing link up: neither QUIC nor TCP reconnects by itself,
+// so each configured peer gets a Redialer that dials (a QUIC link, or a
+// DragonFly TCP link by remote_dir's rule, dmsgtcp.go), runs the link until
+// it ends, and dials again with exponential backoff and jitter.
 //
 //	idle ─► dialing ─► up ─► (link ends) ─► backoff ─► dialing ...
 //	           │                               ▲
@@ -38,8 +39,24 @@ type DialState struct {
 	NextTry  time.Time // in backoff and refused
 	LastErr  string    // why the last attempt or link failed
 	Failures int       // consecutive failed attempts or short-lived links
-	Peer     string    // the peer's trust-store name while up
+	Peer     string    // the peer's trust-store name (QUIC) or key (TCP) while up
+	// Transport is what the link runs on while up: "quic", "tcp"
+	// (plaintext, remote/<ip>.none) or "tcp+rsa".
+	Transport string
 }
+
+// redialConn is one established transport a Redialer hands to its run
+// callback: a *QuicLink or a *tcpConn.
+type redialConn interface {
+	PeerName() string
+	Transport() string
+	Since() time.Time
+	Err() error // why it ended, once it has
+	Close() error
+}
+
+// Transport names QUIC for status.
+func (l *QuicLink) Transport() string { return "quic" }
 
 // RedialConfig tunes a Redialer. Zero values take the defaults noted.
 type RedialConfig struct {
@@ -73,7 +90,7 @@ func (c *RedialConfig) setDefaults() {
 
 // Redialer keeps one outgoing link to addr up while Run runs.
 type Redialer struct {
-	node *QuicNode
+	dial func(context.Context) (redialConn, error)
 	addr string
 	cfg  RedialConfig
 	kick chan struct{}
@@ -83,11 +100,24 @@ type Redialer struct {
 	changed chan struct{} // closed and replaced on every state change
 }
 
-// NewRedialer prepares a Redialer; nothing happens until Run.
+// NewRedialer prepares a Redialer of QUIC links to addr; nothing happens
+// until Run.
 func NewRedialer(node *QuicNode, addr string, cfg RedialConfig) *Redialer {
+	return newRedialerDial(addr, func(ctx context.Context) (redialConn, error) {
+		q, err := node.Dial(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		return q, nil
+	}, cfg)
+}
+
+// newRedialerDial prepares a Redialer that calls dial for each attempt;
+// addr names the target in its state and logs.
+func newRedialerDial(addr string, dial func(context.Context) (redialConn, error), cfg RedialConfig) *Redialer {
 	cfg.setDefaults()
 	return &Redialer{
-		node:    node,
+		dial:    dial,
 		addr:    addr,
 		cfg:     cfg,
 		kick:    make(chan struct{}, 1),
@@ -138,14 +168,16 @@ func (r *Redialer) set(f func(*DialState)) {
 // Run dials, hands each link to run, which should return when the link
 // ends, and redials until ctx is done. Cancelling ctx closes the current
 // link so run returns. Run returns ctx's error.
-func (r *Redialer) Run(ctx context.Context, run func(*QuicLink)) error {
-	defer r.set(func(s *DialState) { s.State, s.NextTry, s.Peer = DialStopped, time.Time{}, "" })
+func (r *Redialer) Run(ctx context.Context, run func(redialConn)) error {
+	defer r.set(func(s *DialState) {
+		s.State, s.NextTry, s.Peer, s.Transport = DialStopped, time.Time{}, "", ""
+	})
 	failures := 0
 	for {
 		r.set(func(s *DialState) { s.State, s.NextTry = DialDialing, time.Time{} })
-		l, err := r.node.Dial(ctx, r.addr)
+		l, err := r.dial(ctx)
 		if ctx.Err() != nil {
-			if l != nil {
+			if err == nil {
 				l.Close()
 			}
 			return ctx.Err()
@@ -155,13 +187,11 @@ func (r *Redialer) Run(ctx context.Context, run func(*QuicLink)) error {
 		if err != nil {
 			failures++
 			lastErr = err.Error()
-			var untrusted *UntrustedKeyError
-			var refused *PeerRefusedError
-			if errors.As(err, &untrusted) || errors.As(err, &refused) {
+			if isKeyRefusal(err) {
 				state = DialRefused
 			}
 		} else {
-			r.set(func(s *DialState) { s.State, s.Peer, s.LastErr = DialUp, l.PeerName(), "" })
+			r.set(func(s *DialState) { s.State, s.Peer, s.Transport, s.LastErr = DialUp, l.PeerName(), l.Transport(), "" })
 			stop := context.AfterFunc(ctx, func() { l.Close() })
 			run(l)
 			stop()
@@ -185,12 +215,22 @@ func (r *Redialer) Run(ctx context.Context, run func(*QuicLink)) error {
 				"failures", failures, "next_try_in", delay.Round(time.Millisecond))
 		}
 		r.set(func(s *DialState) {
-			s.State, s.NextTry, s.LastErr, s.Failures, s.Peer = state, time.Now().Add(delay), lastErr, failures, ""
+			s.State, s.NextTry, s.LastErr, s.Failures, s.Peer, s.Transport = state, time.Now().Add(delay), lastErr, failures, "", ""
 		})
 		if err := r.wait(ctx, delay); err != nil {
 			return err
 		}
 	}
+}
+
+// isKeyRefusal tells a failure that no retry mends until keys change
+// (DialRefused): QUIC's key refusals either way, and DragonFly's NORKEY,
+// NOLKEY, KEYFMT and KEYXCHGFAIL on a TCP link.
+func isKeyRefusal(err error) bool {
+	var untrusted *UntrustedKeyError
+	var refused *PeerRefusedError
+	return errors.As(err, &untrusted) || errors.As(err, &refused) || errors.Is(err, errIOQNoRemoteKey) ||
+		errors.Is(err, errIOQNoLocalKey) || errors.Is(err, errIOQKeyFormat) || errors.Is(err, errIOQKeyExchange)
 }
 
 func (r *Redialer) wait(ctx context.Context, d time.Duration) error {

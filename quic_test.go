@@ -434,7 +434,8 @@ func runRedialer(t *testing.T, r *Redialer) <-chan *QuicLink {
 	links := make(chan *QuicLink, 4)
 	done := make(chan error, 1)
 	go func() {
-		done <- r.Run(ctx, func(l *QuicLink) {
+		done <- r.Run(ctx, func(c redialConn) {
+			l := c.(*QuicLink)
 			links <- l
 			<-l.Done()
 		})

@@ -14,7 +14,7 @@ import (
 
 // RsainitCmd is `hammer2 rsainit [<dir>]`.
 type RsainitCmd struct {
-	Dir  string `arg:"" optional:"" help:"Key directory (default: the config's key_dir, /etc/hammer2)." placeholder:"DIR"`
+	Dir  string `arg:"" optional:"" help:"Key directory (default: the config's rsa_key_dir, else key_dir: /etc/hammer2)." placeholder:"DIR"`
 	Bits int    `default:"2048" help:"Size of a new key: 2048 or 4096 bits (both ends of a link need the same size)."`
 }
 
@@ -25,7 +25,7 @@ func (c *RsainitCmd) Run(env *Env) error {
 		if err != nil {
 			return err
 		}
-		dir = cfg.KeyDir
+		dir = cfg.TCPKeyDir()
 	}
 	return rsaInit(dir, c.Bits, env.Stdout)
 }

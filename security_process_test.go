@@ -58,10 +58,21 @@ func (st ServiceStatus) linkOf(uid int) *ServiceLinkStatus {
 	return nil
 }
 
-// shellAs runs `hammer2 shell target` as uid with the given input lines.
+// shellAs runs `hammer2 shell target` as uid with the given input lines,
+// with a config any user can read whose remote_dir lets it reach 127.0.0.1
+// in plaintext (DragonFly's rule, which the shell applies as a TCP peer).
 func shellAs(t testing.TB, uid int, bin, target string, lines ...string) string {
 	t.Helper()
-	cmd := exec.Command(bin, "shell", target)
+	dir := shortTempDir(t)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeRemoteNone(t, filepath.Join(dir, remoteDirName), "127.0.0.1")
+	cfg := filepath.Join(dir, "shell.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("key_dir = %q\n", dir)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-c", cfg, "shell", target)
 	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
 	cmd.Dir = "/"
 	if uid >= 0 {

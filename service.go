@@ -1,14 +1,17 @@
 package main
 
 // The service daemon (`hammer2 service`): the node's backbone in full
-// relay mode. It accepts leaves on a Unix socket, DragonFly-compatible
-// plaintext dmsg on TCP (what DragonFly's mount_hammer2, kernel and C tools
-// use on 127.0.0.1:987) and QUIC links from other nodes, keeps links to the
-// nodes its config lists, and runs the span router over all of them.
+// relay mode. It accepts leaves on a Unix socket, DragonFly's dmsg over TCP
+// by DragonFly's rule (dmsgtcp.go: what DragonFly's mount_hammer2, kernel,
+// C tools and other machines' services use, port 987) and QUIC links from
+// other nodes, keeps links to the nodes its config lists and to those the
+// kernel's REMOTE slots name (service_volconf.go), and runs the span router
+// over all of them.
 
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +25,12 @@ import (
 	"syscall"
 	"time"
 )
+
+// tcpHandshakesMax bounds the RSA handshakes a service runs at once. Each
+// costs 15-35 ms of CPU and may wait up to dmsgHandshakeTimeout for its
+// peer; only peers whose address has a remote/<ip>.pub get one, and past
+// the bound a connection is refused at accept.
+const tcpHandshakesMax = 32
 
 // Service is a running service daemon.
 type Service struct {
@@ -52,13 +61,19 @@ type Service struct {
 	// autoconn are the redialers of the configured nodes, set by Run
 	// before anything reads it.
 	autoconn []*Redialer
+	// sec is DragonFly's rule for TCP links, dialing from the TCP
+	// listener's address; set by Run before anything reads it.
+	sec *tcpSecurity
+	// handshakes holds a token per RSA handshake running on an accepted
+	// connection.
+	handshakes chan struct{}
 }
 
 // ServiceConfig says where the service listens and whom it dials.
 type ServiceConfig struct {
 	Unix      string        // leaves connect here; "" for none
-	TCP       string        // plaintext dmsg, e.g. "127.0.0.1:987"; "" for none
-	Autoconn  []string      // nodes to keep QUIC links to
+	TCP       string        // DragonFly's dmsg over TCP, e.g. ":987"; "" for none
+	Autoconn  []string      // nodes to keep links to: [tcp:|quic:]<host>[:port]
 	DeadAfter time.Duration // dmsg silence bound on each link
 	Ping      time.Duration
 	RedialMin time.Duration
@@ -71,17 +86,17 @@ type ServiceConfig struct {
 	// Control is the control socket `hammer2 status --service` asks;
 	// "" for none.
 	Control string
+	// TCPSec is DragonFly's rule for TCP links (remote_dir, RSA keys);
+	// nil refuses every TCP peer.
+	TCPSec *tcpSecurity
 }
 
 // svcLink is one connection of the service. Its fields are guarded by the
-// service's mu, except peer, lsn and link, which never change.
+// service's mu, except those of svcLinkInfo and link, which never change.
 type svcLink struct {
+	svcLinkInfo
 	id     connID
-	name   string
 	link   *Link
-	peer   PeerIdentity
-	lsn    *svcListener // the listener it came in on, nil if dialed
-	quic   *QuicLink
 	since  time.Time
 	conn   *Trans // the peer's LNK_CONN, while open
 	spans  map[*Trans]spanID
@@ -94,6 +109,25 @@ type svcLink struct {
 	// unanswered are withdrawn spans whose DELETE we have not returned:
 	// the router holds the answer while it withdraws the node elsewhere.
 	unanswered map[spanID]*Trans
+	// label is the peer's LNK_CONN label; kernel says it is DragonFly's
+	// kernel (svcKernelConn), whose link is never timed out for silence.
+	label  string
+	kernel bool
+	// volconf are the links the kernel's REMOTE slots asked for, by
+	// (media, slot) (service_volconf.go).
+	volconf map[volconfKey]*volconfWorker
+}
+
+// svcLinkInfo is what the service knows of a link when it starts it.
+type svcLinkInfo struct {
+	name      string
+	peer      PeerIdentity
+	lsn       *svcListener // the listener it came in on, nil if dialed
+	quic      *QuicLink
+	transport string // "unix", "tcp", "tcp+rsa" or "quic"
+	// local: accepted on the Unix socket or from a loopback address, so
+	// the peer's death closes the socket (the kernel rule needs it).
+	local bool
 }
 
 // NewService prepares a service; node may be nil (no QUIC links).
@@ -105,9 +139,13 @@ func NewService(cfg ServiceConfig, node *QuicNode, log *slog.Logger) *Service {
 	if cfg.Policy == (privilegePolicy{}) {
 		cfg.Policy = privilegePolicy{self: os.Geteuid(), group: -1}
 	}
+	if cfg.TCPSec == nil {
+		cfg.TCPSec = &tcpSecurity{policy: cfg.Policy, rand: crand.Reader, keysErr: errors.New("no RSA keys configured")}
+	}
 	return &Service{cfg: cfg, log: log, node: node, hostname: host, started: time.Now(),
 		router: newSpanRouter(rand.Uint32() | 1), links: map[connID]*svcLink{}, spanTx: map[spanID]*Trans{},
-		kicked: make(chan struct{}, 1), refused: newLogLimiter(cfg.Limits.RefusedLogsPerSecond)}
+		kicked: make(chan struct{}, 1), refused: newLogLimiter(cfg.Limits.RefusedLogsPerSecond),
+		sec: cfg.TCPSec, handshakes: make(chan struct{}, tcpHandshakesMax)}
 }
 
 // svcListener is one of the service's stream listeners and the links it
@@ -135,6 +173,7 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 			return s.listenErr(err)
 		}
 		lns = append(lns, &svcListener{ln: ln, name: "tcp " + ln.Addr().String()})
+		s.sec = s.cfg.TCPSec.withSource(ln.Addr().String())
 	}
 	if s.cfg.Unix != "" {
 		ln, err := s.cfg.Policy.listenUnix(s.cfg.Unix)
@@ -153,20 +192,17 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 	}
 	if s.node != nil {
 		s.spawn(func() { s.acceptQuic(ctx) })
-		for _, addr := range s.cfg.Autoconn {
-			d := NewRedialer(s.node, addr, RedialConfig{MinBackoff: s.cfg.RedialMin, MaxBackoff: s.cfg.RedialMax,
-				Logger: s.log.With("autoconn", addr), OnChange: s.changes.Notify})
-			s.autoconn = append(s.autoconn, d)
-			s.spawn(func() {
-				_ = d.Run(ctx, func(q *QuicLink) {
-					sl := s.addLink(q.Stream(), "node "+addr, q, nodePeer(q.PeerFingerprint(), "quic"), nil)
-					select {
-					case <-sl.link.Done():
-					case <-ctx.Done():
-					}
-				})
-			})
+	}
+	for _, addr := range s.cfg.Autoconn {
+		t, err := parseNodeTarget(addr)
+		if err != nil {
+			s.log.Warn("autoconn entry skipped", "autoconn", addr, "err", err) // validated with the config
+			continue
 		}
+		d := newRedialerDial(addr, s.sec.dialer(t, s.node), RedialConfig{MinBackoff: s.cfg.RedialMin,
+			MaxBackoff: s.cfg.RedialMax, Logger: s.log.With("autoconn", addr), OnChange: s.changes.Notify})
+		s.autoconn = append(s.autoconn, d)
+		s.spawn(func() { _ = d.Run(ctx, func(c redialConn) { s.runDialed(ctx, c, "node "+addr) }) })
 	}
 	if s.cfg.Control != "" {
 		cs := &controlServer{path: s.cfg.Control, policy: s.cfg.Policy, log: s.log, refused: s.refused, spawn: s.spawn,
@@ -179,7 +215,7 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 		}
 	}
 	s.log.Info("service running", "tcp", s.cfg.TCP, "unix", s.cfg.Unix, "quic", s.quicAddr(), "autoconn", s.cfg.Autoconn,
-		"control", s.cfg.Control)
+		"control", s.cfg.Control, "remote_dir", s.sec.remoteDir, "rsa_key", s.sec.Fingerprint())
 	if ready != nil {
 		ready()
 	}
@@ -225,23 +261,70 @@ func (s *Service) spawn(f func()) {
 // identified before anything is read from it, and refused at once when it
 // would go over the listener's link limit (or, unprivileged, over the
 // limit of unprivileged links), so that a flood holds no more than that.
+// A TCP peer first passes DragonFly's rule (acceptTCP).
 func (s *Service) acceptStream(ctx context.Context, lsn *svcListener) {
 	_ = acceptLoop(ctx, lsn.ln, s.log, lsn.name, func(c net.Conn) {
 		if tc, ok := c.(*net.TCPConn); ok {
 			_ = tc.SetNoDelay(true)
-		}
-		peer := s.cfg.Policy.identify(c)
-		if limit, n, max := s.admit(lsn, peer); limit != "" {
-			s.refused.Warn(s.log, "connection refused: over a limit", append([]any{"listen", lsn.name,
-				"remote", c.RemoteAddr().String(), "limit", limit, "value", n, "max", max}, peer.attrs()...)...)
-			c.Close()
+			s.acceptTCP(ctx, lsn, tc)
 			return
 		}
-		name := "client " + c.RemoteAddr().String()
-		if c.RemoteAddr().Network() == "unix" {
-			name = "local"
+		s.admitLink(c, svcLinkInfo{name: "local", peer: s.cfg.Policy.identify(c), lsn: lsn, transport: "unix", local: true})
+	})
+}
+
+// admitLink counts an accepted connection against its listener's limits
+// (admit) and starts its link, or refuses it with one log line.
+func (s *Service) admitLink(c net.Conn, info svcLinkInfo) {
+	if limit, n, max := s.admit(info.lsn, info.peer); limit != "" {
+		s.refused.Warn(s.log, "connection refused: over a limit", append([]any{"listen", info.lsn.name,
+			"remote", c.RemoteAddr().String(), "limit", limit, "value", n, "max", max}, info.peer.attrs()...)...)
+		c.Close()
+		return
+	}
+	s.addLink(c, info)
+}
+
+// acceptTCP applies DragonFly's rule to an accepted TCP connection: a
+// peer with neither remote/<ip>.pub nor remote/<ip>.none is refused at
+// once, a .none peer's link starts at once, and a .pub peer's handshake
+// runs on a goroutine of its own (never in the accept loop: it costs
+// milliseconds of CPU and may wait for the peer), at most
+// tcpHandshakesMax at a time.
+func (s *Service) acceptTCP(ctx context.Context, lsn *svcListener, c *net.TCPConn) {
+	remote := c.RemoteAddr().String()
+	ip := tcpRemoteIP(c)
+	pol, pub, err := s.sec.check(ip)
+	if err != nil {
+		s.refused.Warn(s.log, "connection refused: DragonFly's rule", "listen", lsn.name, "remote", remote, "err", err)
+		c.Close()
+		return
+	}
+	info := svcLinkInfo{name: "client " + remote, lsn: lsn, local: ip.IsLoopback()}
+	if pol == dmsgPeerPlaintext {
+		tc, _ := s.sec.secure(ctx, c, pol, nil) // no I/O for a plaintext peer
+		info.peer, info.transport = tc.peer, tc.Transport()
+		s.admitLink(tc, info)
+		return
+	}
+	select {
+	case s.handshakes <- struct{}{}:
+	default:
+		s.refused.Warn(s.log, "connection refused: over a limit", "listen", lsn.name, "remote", remote,
+			"limit", "tcp_handshakes", "value", tcpHandshakesMax+1, "max", tcpHandshakesMax)
+		c.Close()
+		return
+	}
+	s.spawn(func() {
+		defer func() { <-s.handshakes }()
+		tc, err := s.sec.secure(ctx, c, pol, pub)
+		if err != nil {
+			s.refused.Warn(s.log, "TCP handshake failed", "listen", lsn.name, "remote", remote, "err", err)
+			return
 		}
-		s.addLink(c, name, nil, peer, lsn)
+		info.peer, info.transport = tc.peer, tc.Transport()
+		s.log.Info("TCP peer authenticated", append([]any{"remote", remote, "greeting", tc.greeting}, tc.peer.attrs()...)...)
+		s.admitLink(tc, info)
 	})
 }
 
@@ -270,19 +353,34 @@ func (s *Service) acceptQuic(ctx context.Context) {
 		if err != nil {
 			return
 		}
-		s.addLink(q.Stream(), "node "+q.RemoteAddr().String(), q, nodePeer(q.PeerFingerprint(), "quic"), nil)
+		s.addLink(q.Stream(), svcLinkInfo{name: "node " + q.RemoteAddr().String(), quic: q,
+			peer: nodePeer(q.PeerFingerprint(), "quic"), transport: "quic"})
+	}
+}
+
+// runDialed runs a link over c, which a Redialer dialed, until it ends or
+// ctx does.
+func (s *Service) runDialed(ctx context.Context, c redialConn, name string) {
+	rw, q, peer := linkOver(c)
+	sl := s.addLink(rw, svcLinkInfo{name: name, quic: q, peer: peer, transport: c.Transport()})
+	select {
+	case <-sl.link.Done():
+		linkEnded(c, sl.link.Err())
+	case <-ctx.Done():
 	}
 }
 
 // addLink starts a link and sends our LNK_CONN on it, as DragonFly's
 // service does on every connection: peer_type CLUSTER, every peer type.
-// lsn is the listener that accepted it (already counted by admit), nil
-// for links we dialed.
-func (s *Service) addLink(rw io.ReadWriteCloser, name string, q *QuicLink, peer PeerIdentity, lsn *svcListener) *svcLink {
+// info.lsn is the listener that accepted it (already counted by admit),
+// nil for links we dialed.
+func (s *Service) addLink(rw io.ReadWriteCloser, info svcLinkInfo) *svcLink {
 	s.mu.Lock()
 	s.nextID++
-	sl := &svcLink{id: s.nextID, name: fmt.Sprintf("%s #%d", name, s.nextID), quic: q, since: time.Now(),
-		peer: peer, lsn: lsn, spans: map[*Trans]spanID{}, relays: map[relayID]*Trans{}, unanswered: map[spanID]*Trans{}}
+	info.name = fmt.Sprintf("%s #%d", info.name, s.nextID)
+	sl := &svcLink{svcLinkInfo: info, id: s.nextID, since: time.Now(), spans: map[*Trans]spanID{},
+		relays: map[relayID]*Trans{}, unanswered: map[spanID]*Trans{}, volconf: map[volconfKey]*volconfWorker{}}
+	peer, lsn, q := info.peer, info.lsn, info.quic
 	lim := s.cfg.Limits
 	cfg := LinkConfig{Name: sl.name, PingInterval: s.cfg.Ping, DeadAfter: s.cfg.DeadAfter, Logger: s.log,
 		Peer: peer, MaxPeerTrans: lim.TransPerLink, HardQueueBytes: lim.QueueBytes,
@@ -305,7 +403,7 @@ func (s *Service) addLink(rw io.ReadWriteCloser, name string, q *QuicLink, peer 
 	s.mu.Unlock()
 	// Published: its handlers find it in s.links from the first message.
 	sl.link.Start()
-	sl.link.log.Info("link up", "link", sl.name)
+	sl.link.log.Info("link up", "link", sl.name, "transport", sl.transport)
 	s.changes.Notify()
 	return sl
 }
@@ -344,24 +442,38 @@ func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 			return
 		}
 		sl.link.Hello()
+		kernel := svcKernelConn(filter, sl.local)
+		if kernel {
+			// DragonFly's kernel answers no PINGs and sends none: only
+			// its socket closing means it is gone.
+			sl.link.SetQuietPeer()
+			sl.link.log.Info("kernel link: no silence check on it", "link", sl.name, "label", filter.PeerLabel)
+		}
 		t.SetHandler(func(t *Trans, m *Msg) {
-			if m.Cmd&FlagDelete != 0 {
+			switch {
+			case m.Cmd&FlagDelete != 0:
 				s.mu.Lock()
 				sl.conn = nil
 				s.router.begin()
 				s.router.connDown(sl.id)
 				s.kick()
+				s.stopVolconfLocked(sl)
 				s.mu.Unlock()
+				s.changes.Notify()
 				_ = t.Close(ErrOK)
+			case m.Cmd&maskBaseCmd == CmdLnkVolconf:
+				s.volconf(sl, m)
 			}
 		})
 		_ = t.Reply(ErrOK)
 		s.mu.Lock()
 		sl.conn = t
+		sl.label, sl.kernel = filter.PeerLabel, kernel
 		s.router.begin()
 		s.router.connUp(sl.id, filter)
 		s.kick()
 		s.mu.Unlock()
+		s.changes.Notify()
 	case CmdLnkSpan:
 		body := new(LnkSpan)
 		if err := body.Unmarshal(m.Ext); err != nil {
@@ -467,6 +579,7 @@ func (s *Service) linkGone(sl *svcLink) {
 	defer s.mu.Unlock()
 	s.router.linkDown(sl.id)
 	s.applyLocked()
+	s.stopVolconfLocked(sl)
 	delete(s.links, sl.id)
 	if sl.lsn != nil {
 		sl.lsn.links--
@@ -728,19 +841,24 @@ func (s *Service) shutdown() {
 	}
 }
 
-// shellSpan links to another node at once, as DragonFly's `span <host>`.
+// shellSpan links to another node at once, as DragonFly's `span <host>`:
+// over TCP (port 987 by default) when remote_dir names the host's
+// address, as DragonFly's does, else over QUIC; `span tcp:<host>` and
+// `span quic:<host>` say which.
 func (s *Service) shellSpan(host string) string {
-	if s.node == nil {
-		return fmt.Sprintf("Connection to %s failed: this service has no QUIC node\n", host)
-	}
-	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
-	defer cancel()
-	q, err := s.node.Dial(ctx, host)
+	t, err := parseNodeTarget(host)
 	if err != nil {
 		return fmt.Sprintf("Connection to %s failed: %v\n", host, err)
 	}
-	s.addLink(q.Stream(), "node "+host, q, nodePeer(q.PeerFingerprint(), "quic"), nil)
-	return fmt.Sprintf("Connected to %s\n", host)
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	c, err := s.sec.dialer(t, s.node)(ctx)
+	if err != nil {
+		return fmt.Sprintf("Connection to %s failed: %v\n", host, err)
+	}
+	rw, q, peer := linkOver(c)
+	s.addLink(rw, svcLinkInfo{name: "node " + host, quic: q, peer: peer, transport: c.Transport()})
+	return fmt.Sprintf("Connected to %s (%s)\n", host, c.Transport())
 }
 
 // tree dumps the router's state as DragonFly's shell does.

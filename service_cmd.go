@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -18,9 +19,9 @@ import (
 // ServiceCmd is `hammer2 service`.
 type ServiceCmd struct {
 	Unix     string   `help:"Unix socket for leaves (overrides [service] unix)."`
-	TCP      string   `name:"tcp" help:"Plaintext dmsg address for DragonFly's tools, or none (overrides [service] tcp)."`
+	TCP      string   `name:"tcp" help:"DragonFly's dmsg over TCP (its kernel, tools and services, by remote_dir's rule), or none (overrides [service] tcp)."`
 	Listen   string   `help:"UDP address for other nodes, or none (overrides [service] listen)."`
-	Autoconn []string `help:"Nodes to keep links to (adds to [service] autoconn)."`
+	Autoconn []string `help:"Nodes to keep links to, [tcp:|quic:]<host>[:port] (adds to [service] autoconn)."`
 }
 
 func (c *ServiceCmd) Run(env *Env) (err error) {
@@ -37,6 +38,11 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 	for _, o := range []struct{ flag, dst *string }{{&c.Unix, &sc.Unix}, {&c.TCP, &sc.TCP}, {&c.Listen, &sc.Listen}} {
 		if *o.flag != "" {
 			*o.dst = *o.flag
+		}
+	}
+	for _, a := range c.Autoconn {
+		if _, err := parseNodeTarget(a); err != nil {
+			return fmt.Errorf("--autoconn %s: %w", a, err)
 		}
 	}
 	sc.Autoconn = append(sc.Autoconn, c.Autoconn...)
@@ -102,10 +108,11 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 	if err != nil {
 		return err
 	}
+	sec := newTCPSecurity(cfg.TCPRemoteDir(), cfg.TCPKeyDir(), policy, rand.Reader, log)
 	svc := NewService(ServiceConfig{Unix: sc.Unix, TCP: sc.TCP, Autoconn: sc.Autoconn,
 		DeadAfter: cfg.DeadAfter.Duration, Ping: cfg.PingInterval.Duration,
 		RedialMin: cfg.RedialMin.Duration, RedialMax: cfg.RedialMax.Duration,
-		Policy: policy, Limits: cfg.Limits, Control: paths.control}, node, log)
+		Policy: policy, Limits: cfg.Limits, Control: paths.control, TCPSec: sec}, node, log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer sd.Wait()
 	defer stop()
@@ -119,7 +126,7 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 	switch {
 	case errors.Is(err, errAlreadyRunning):
 		err = c.alreadyRunning(env, fmt.Sprintf("%v (a service answers on %s)", errAlreadyRunning, sc.Unix))
-	case errors.As(err, &inUse) && speaksDmsg(inUse.addr):
+	case errors.As(err, &inUse) && speaksDmsg(inUse.addr, sec):
 		// DragonFly's own service, or ours with another socket: a service
 		// runs, which is what `hammer2 -q service` asks for.
 		err = c.alreadyRunning(env, fmt.Sprintf("%v (a dmsg service answers on TCP %s)", errAlreadyRunning, inUse.addr))
@@ -133,12 +140,38 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 }
 
 // speaksDmsg reports whether a dmsg service answers at addr: DragonFly's
-// and ours send their LNK_CONN as soon as a connection opens.
-func speaksDmsg(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+// and ours send their LNK_CONN as soon as a connection opens, after the
+// handshake when our remote_dir has a .pub for the address. Without any
+// file for it the service there refuses us by the same rule, closing at
+// once without a byte, which no other program that holds a port and
+// accepts does.
+func speaksDmsg(addr string, sec *tcpSecurity) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	// A wildcard listener (":987", DragonFly's) is asked on loopback.
+	if host, port, err := splitHostPortDefault(addr, ListenPort); err == nil && (host == "" || host == "0.0.0.0" || host == "::") {
+		addr = net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
+	}
+	ap, err := resolveTCP(ctx, addr)
 	if err != nil {
 		return false
 	}
+	var c net.Conn
+	if _, _, err := sec.check(ap.Addr()); err != nil {
+		raw, err := net.DialTimeout("tcp", ap.String(), time.Second)
+		if err != nil {
+			return false
+		}
+		defer raw.Close()
+		_ = raw.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := raw.Read(make([]byte, 1))
+		return n == 0 && errors.Is(err, io.EOF)
+	}
+	tc, err := sec.dial(ctx, ap.String())
+	if err != nil {
+		return false
+	}
+	c = tc
 	defer c.Close()
 	// A service sends its LNK_CONN at once; a second is plenty on a
 	// loaded machine, and only a refusal to start waits it out.

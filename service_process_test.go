@@ -91,6 +91,9 @@ redial_max = %q
 	if code != 0 {
 		t.Fatalf("service %s: keygen exit %d: %s", name, code, errOut)
 	}
+	// DragonFly's rule holds on loopback too: the shell, the test roles
+	// and leaves reach the TCP port in plaintext only by this file.
+	writeRemoteNone(t, filepath.Join(s.keyDir, remoteDirName), "127.0.0.1")
 	s.pub = strings.TrimSpace(out)
 	pub, err := ParsePublicKey(s.pub)
 	if err != nil {
@@ -119,7 +122,9 @@ func (s *svcNode) trustSvcs(peers ...*svcNode) {
 func svcLinkBoth(a, b *svcNode) {
 	a.trustSvcs(b)
 	b.trustSvcs(a)
-	a.autoconn = append(a.autoconn, b.udp)
+	// quic: since the services' remote_dir names 127.0.0.1 (for their
+	// shells), which makes a bare 127.0.0.1 target DragonFly's TCP.
+	a.autoconn = append(a.autoconn, "quic:"+b.udp)
 }
 
 // args is the command line of the foreground service, before globals.
@@ -145,10 +150,29 @@ func (s *svcNode) start() {
 		"service running", serviceControlPath(s.sock))
 }
 
-// svcShell runs `hammer2 shell target` with lines on its stdin.
-func svcShell(t testing.TB, bin, target string, lines ...string) (stdout, stderr string, code int) {
+// writeRemoteNone writes dir/<ip>.none for each ip: DragonFly's rule's
+// plaintext link.
+func writeRemoteNone(t testing.TB, dir string, ips ...string) {
 	t.Helper()
-	cmd := exec.Command(bin, "shell", target)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, ip := range ips {
+		if err := os.WriteFile(filepath.Join(dir, ip+".none"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// svcShell runs `hammer2 -c cfg shell target` with lines on its stdin; cfg
+// ("" for none) gives a TCP target's remote_dir.
+func svcShell(t testing.TB, bin, cfg, target string, lines ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var args []string
+	if cfg != "" {
+		args = append(args, "-c", cfg)
+	}
+	cmd := exec.Command(bin, append(args, "shell", target)...)
 	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
@@ -172,7 +196,7 @@ func svcShell(t testing.TB, bin, target string, lines ...string) (stdout, stderr
 // LNK_CONN may come before or after the tree).
 func (s *svcNode) tree() string {
 	s.t.Helper()
-	out, errOut, code := svcShell(s.t, s.bin, "unix:"+s.sock, "tree")
+	out, errOut, code := svcShell(s.t, s.bin, "", "unix:"+s.sock, "tree")
 	if code != 0 {
 		s.t.Fatalf("service %s: shell tree: exit %d: %s%s", s.name, code, out, errOut)
 	}
@@ -924,7 +948,7 @@ func TestServiceShell(t *testing.T) {
 	startLeafOn(l2, s2)
 
 	for _, target := range []string{s1.tcp, "unix:" + s1.sock} {
-		out, errOut, code := svcShell(t, s1.bin, target, "help", "ping", "bogus")
+		out, errOut, code := svcShell(t, s1.bin, s1.cfgPath, target, "help", "ping", "bogus")
 		if code != 0 {
 			t.Errorf("shell %s: exit %d: %s", target, code, errOut)
 		}
@@ -942,14 +966,16 @@ func TestServiceShell(t *testing.T) {
 	if tree := s1.tree(); strings.Contains(tree, l2.info.Fsid.String()) || !strings.Contains(tree, l1.info.Fsid.String()) {
 		t.Errorf("s1's tree before span should hold only %s's PFS:\n%s", l1.name, tree)
 	}
-	out, errOut, code := svcShell(t, s1.bin, s1.tcp, "span "+s2.udp)
-	if code != 0 || !strings.Contains(out, "Connected to "+s2.udp) {
+	// s1's remote_dir names 127.0.0.1 (for its shell), so a bare
+	// 127.0.0.1 target would be DragonFly's TCP: quic: says QUIC.
+	out, errOut, code := svcShell(t, s1.bin, s1.cfgPath, s1.tcp, "span quic:"+s2.udp)
+	if code != 0 || !strings.Contains(out, "Connected to quic:"+s2.udp+" (quic)") {
 		t.Fatalf("shell span %s: exit %d, output:\n%s%s", s2.udp, code, out, errOut)
 	}
 	s1.waitStatus(10*time.Second, l2.name+"'s PFS in s1's table after span", func(st ServiceStatus) bool {
 		return st.node(l2.info.Fsid) != nil
 	})
-	if tree := s1.tree(); !strings.Contains(tree, "dist=1 via node "+s2.udp) {
+	if tree := s1.tree(); !strings.Contains(tree, "dist=1 via node quic:"+s2.udp) {
 		t.Errorf("s1's tree should hold %s's PFS at dist 1 via the spanned link to %s:\n%s", l2.name, s2.udp, tree)
 	}
 	// And the leaves see each other through the new link.
@@ -962,7 +988,7 @@ func TestServiceShell(t *testing.T) {
 
 	// span to a node that is not there fails, and says so.
 	dead := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeUDPPort(t)))
-	out, _, _ = svcShell(t, s1.bin, "unix:"+s1.sock, "span "+dead)
+	out, _, _ = svcShell(t, s1.bin, "", "unix:"+s1.sock, "span "+dead)
 	if !strings.Contains(out, "Connection to "+dead+" failed") {
 		t.Errorf("shell span to a dead address: output lacks %q:\n%s", "Connection to "+dead+" failed", out)
 	}
@@ -1060,7 +1086,7 @@ func TestServiceAlreadyRunning(t *testing.T) {
 	}
 	// The first still answers on both sockets.
 	for _, target := range []string{s.tcp, "unix:" + s.sock} {
-		if out, _, code := svcShell(t, s.bin, target, "ping"); code != 0 || !strings.Contains(out, "ping reply") {
+		if out, _, code := svcShell(t, s.bin, s.cfgPath, target, "ping"); code != 0 || !strings.Contains(out, "ping reply") {
 			t.Errorf("the first service no longer answers on %s: exit %d:\n%s", target, code, out)
 		}
 	}

@@ -1,10 +1,12 @@
 package main
 
 // What `hammer2 status --service` shows of a running service: its links,
-// with who is behind each (class, uid and pid, or key), the nodes it keeps
-// links to, and how many spans it holds.
+// with who is behind each (class, uid and pid, or key) and what each runs
+// on, the kernel's links and the links its REMOTE slots asked for, the
+// nodes it keeps links to, and how many spans it holds.
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"os"
@@ -23,12 +25,30 @@ type ServiceStatus struct {
 	Listen   string              `json:"listen"`
 	Links    []ServiceLinkStatus `json:"links"`
 	Autoconn []LinkStatus        `json:"autoconn"`
-	Spans    int                 `json:"spans"`  // received and relayed
-	Relays   int                 `json:"relays"` // spans we opened on links
+	// Volconf are the links the kernels' REMOTE slots asked for.
+	Volconf []ServiceVolconfStatus `json:"volconf"`
+	// RemoteDir and RSAKey are DragonFly's rule for TCP links: where the
+	// peers' <ip>.pub and <ip>.none are, and this node's RSA key ("" for
+	// none).
+	RemoteDir string `json:"remote_dir,omitempty"`
+	RSAKey    string `json:"rsa_key,omitempty"`
+	Spans     int    `json:"spans"`  // received and relayed
+	Relays    int    `json:"relays"` // spans we opened on links
 	// Nodes are the router's view: each PFS it knows, with the spans it
 	// received of it and the relays it opened for it, as the shell's
 	// `tree` shows them.
 	Nodes []ServiceNodeStatus `json:"nodes"`
+}
+
+// ServiceVolconfStatus is one REMOTE slot a kernel link sent: the entry,
+// and the state of the link the service keeps for it.
+type ServiceVolconfStatus struct {
+	Kernel  string     `json:"kernel"` // the kernel link's name, as in links
+	MediaID UUID       `json:"media_id"`
+	Slot    int        `json:"slot"`
+	Path    string     `json:"path"`
+	Label   string     `json:"label,omitempty"`
+	Link    LinkStatus `json:"link"`
 }
 
 // ServiceNodeStatus is one node (PFS) the service's router knows.
@@ -60,18 +80,25 @@ type ServiceNodeRelay struct {
 
 // ServiceLinkStatus is one of the service's links.
 type ServiceLinkStatus struct {
-	Name     string    `json:"name"`
-	Since    time.Time `json:"since"`
-	Class    string    `json:"class"`
-	PeerUID  *int      `json:"peer_uid,omitempty"`
-	PeerPID  *int      `json:"peer_pid,omitempty"`
-	PeerKey  string    `json:"peer_key,omitempty"`
-	Spans    int       `json:"spans"`         // relayed from this link
-	Ignored  int       `json:"ignored_spans"` // an unprivileged link's, never relayed
-	Relays   int       `json:"relays"`        // sent on it
-	Circuits int       `json:"circuits"`
-	BytesIn  uint64    `json:"bytes_in"`
-	BytesOut uint64    `json:"bytes_out"`
+	Name    string    `json:"name"`
+	Since   time.Time `json:"since"`
+	Class   string    `json:"class"`
+	PeerUID *int      `json:"peer_uid,omitempty"`
+	PeerPID *int      `json:"peer_pid,omitempty"`
+	PeerKey string    `json:"peer_key,omitempty"`
+	// Transport is "unix", "tcp" (plaintext, remote/<ip>.none),
+	// "tcp+rsa" (DragonFly's RSA handshake and AES-256-GCM) or "quic".
+	Transport string `json:"transport"`
+	// Label is the peer's LNK_CONN label; Kernel says the peer is
+	// DragonFly's kernel (no silence check on its link).
+	Label    string `json:"label,omitempty"`
+	Kernel   bool   `json:"kernel,omitempty"`
+	Spans    int    `json:"spans"`         // relayed from this link
+	Ignored  int    `json:"ignored_spans"` // an unprivileged link's, never relayed
+	Relays   int    `json:"relays"`        // sent on it
+	Circuits int    `json:"circuits"`
+	BytesIn  uint64 `json:"bytes_in"`
+	BytesOut uint64 `json:"bytes_out"`
 }
 
 // control answers one request to the service.
@@ -86,12 +113,22 @@ func (s *Service) control(req controlRequest) controlResponse {
 // Status snapshots the service.
 func (s *Service) Status() ServiceStatus {
 	st := ServiceStatus{Pid: os.Getpid(), Started: s.started, TCP: s.cfg.TCP, Unix: s.cfg.Unix, Listen: s.quicAddr(),
-		Links: []ServiceLinkStatus{}, Autoconn: []LinkStatus{}}
+		Links: []ServiceLinkStatus{}, Autoconn: []LinkStatus{}, Volconf: []ServiceVolconfStatus{},
+		RemoteDir: s.sec.remoteDir, RSAKey: s.sec.Fingerprint()}
+	type volconfRef struct {
+		kernel string
+		w      *volconfWorker
+	}
+	var vcs []volconfRef
 	s.mu.Lock()
 	for _, sl := range s.links {
 		ls := ServiceLinkStatus{Name: sl.name, Since: sl.since, Class: sl.peer.Class.String(), PeerKey: sl.peer.Fingerprint,
+			Transport: sl.transport, Label: sl.label, Kernel: sl.kernel,
 			Spans: len(sl.spans), Ignored: sl.ignored, Relays: len(sl.relays), Circuits: sl.circuits,
 			BytesIn: sl.link.BytesIn.Load(), BytesOut: sl.link.BytesOut.Load()}
+		for _, w := range sl.volconf {
+			vcs = append(vcs, volconfRef{sl.name, w})
+		}
 		if sl.peer.UID >= 0 {
 			ls.PeerUID = new(sl.peer.UID)
 		}
@@ -108,6 +145,13 @@ func (s *Service) Status() ServiceStatus {
 	for _, d := range s.autoconn {
 		st.Autoconn = append(st.Autoconn, dialStatus(d.State()))
 	}
+	for _, v := range vcs {
+		st.Volconf = append(st.Volconf, ServiceVolconfStatus{Kernel: v.kernel, MediaID: v.w.key.media, Slot: int(v.w.key.index),
+			Path: v.w.entry.Path, Label: v.w.entry.Label, Link: dialStatus(v.w.dialer.State())})
+	}
+	slices.SortFunc(st.Volconf, func(a, b ServiceVolconfStatus) int {
+		return cmp.Or(strings.Compare(a.Kernel, b.Kernel), cmp.Compare(a.Slot, b.Slot))
+	})
 	return st
 }
 
@@ -141,6 +185,10 @@ func (st ServiceStatus) withoutCounters() ServiceStatus {
 	for i := range st.Links {
 		st.Links[i].BytesIn, st.Links[i].BytesOut = 0, 0
 	}
+	st.Volconf = slices.Clone(st.Volconf)
+	for i := range st.Volconf {
+		st.Volconf[i].Link.BytesIn, st.Volconf[i].Link.BytesOut = 0, 0
+	}
 	return st
 }
 
@@ -148,8 +196,14 @@ func (st ServiceStatus) withoutCounters() ServiceStatus {
 func printServiceStatus(w io.Writer, st *ServiceStatus) {
 	fmt.Fprintf(w, "service: pid %d, up %s, tcp %s, unix %s, quic %s; %d spans, %d relays\n",
 		st.Pid, time.Since(st.Started).Round(time.Second), svcOrNone(st.TCP), svcOrNone(st.Unix), st.Listen, st.Spans, st.Relays)
+	if st.TCP != "" {
+		fmt.Fprintf(w, "tcp rule: remote_dir %s, rsa key %s\n", st.RemoteDir, svcOrNone(st.RSAKey))
+	}
 	for _, l := range st.Links {
-		who := l.Class
+		who := l.Transport + " " + l.Class
+		if l.Kernel {
+			who = "kernel (" + l.Label + ") " + who
+		}
 		switch {
 		case l.PeerKey != "":
 			who += " key " + l.PeerKey
@@ -168,6 +222,9 @@ func printServiceStatus(w io.Writer, st *ServiceStatus) {
 	}
 	for _, a := range st.Autoconn {
 		fmt.Fprintf(w, "  autoconn  %s %s\n", a.Target, linkSummary(a))
+	}
+	for _, v := range st.Volconf {
+		fmt.Fprintf(w, "  volconf   slot %d %s (from %s) %s\n", v.Slot, v.Path, v.Kernel, linkSummary(v.Link))
 	}
 	if len(st.Nodes) > 0 {
 		fmt.Fprintln(w, "nodes:")

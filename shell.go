@@ -8,10 +8,12 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -93,7 +95,7 @@ func (sc shellCommands) run(line string) string {
 			"tree            Dump the spanning tree\n" +
 			"ping            Ping this daemon\n"
 		if sc.span != nil {
-			s += "span <host>     Link to another node\n"
+			s += "span <host>     Link to another node (tcp:<host> or quic:<host> to choose)\n"
 		}
 		return s + sc.extra
 	case "ping":
@@ -114,23 +116,61 @@ func (sc shellCommands) run(line string) string {
 
 // ShellCmd is `hammer2 shell [host]`.
 type ShellCmd struct {
-	Target string `arg:"" optional:"" help:"host[:port] (plaintext dmsg over TCP, default 127.0.0.1:987) or unix:<path> (a service's socket)."`
+	Target string `arg:"" optional:"" help:"host[:port] (dmsg over TCP by remote_dir's rule, as DragonFly's shell: default 127.0.0.1:987) or unix:<path> (a service's socket)."`
 }
 
 func (c *ShellCmd) Run(env *Env) error {
-	network, addr := "tcp", c.Target
-	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
-		network, addr = "unix", p
-	} else if addr == "" {
-		addr = fmt.Sprintf("127.0.0.1:%d", ListenPort)
-	} else if _, _, err := net.SplitHostPort(addr); err != nil {
-		addr = net.JoinHostPort(addr, fmt.Sprint(ListenPort))
+	if p, ok := strings.CutPrefix(c.Target, "unix:"); ok {
+		conn, err := net.DialTimeout("unix", p, 5*time.Second)
+		if err != nil {
+			return fmt.Errorf("shell: %w", err)
+		}
+		return runShell(conn, envStdin(env), env.Stdout, env.logger(env.Stderr, "text"))
 	}
-	conn, err := net.DialTimeout(network, addr, 5*time.Second)
+	addr := c.Target
+	if addr == "" {
+		addr = fmt.Sprintf("127.0.0.1:%d", ListenPort)
+	}
+	cfg, err := env.loadConfig()
 	if err != nil {
+		return err
+	}
+	log := env.logger(env.Stderr, "text")
+	policy, err := newPrivilegePolicy(cfg.Security.Group)
+	if err != nil {
+		return err
+	}
+	// As DragonFly's shell: the link to the service is a TCP peer like
+	// any other, so remote_dir must name the service's address.
+	sec := newTCPSecurity(cfg.TCPRemoteDir(), cfg.TCPKeyDir(), policy, rand.Reader, log)
+	ctx, cancel := context.WithTimeout(context.Background(), dmsgHandshakeTimeout)
+	defer cancel()
+	conn, err := sec.dial(ctx, addr)
+	if err != nil {
+		return shellDialError(addr, sec.remoteDir, err)
+	}
+	return runShell(conn, envStdin(env), env.Stdout, log)
+}
+
+// shellDialError says why the shell could not link to addr; a refusal by
+// DragonFly's rule says which files would have let it.
+func shellDialError(addr, remoteDir string, err error) error {
+	if !errors.Is(err, errIOQNoRemoteKey) {
 		return fmt.Errorf("shell: %w", err)
 	}
-	return runShell(conn, envStdin(env), env.Stdout, env.logger(env.Stderr, "text"))
+	name := addr
+	if ap, rerr := resolveTCP(context.Background(), addr); rerr == nil {
+		if n, nerr := dmsgPeerName(ap.Addr()); nerr == nil {
+			name = n
+		}
+	}
+	files, dir := name+".pub or .none", remoteDir
+	if filepath.Base(remoteDir) == remoteDirName {
+		files, dir = remoteDirName+"/"+files, filepath.Dir(remoteDir)
+	}
+	return fmt.Errorf("shell: no %s in %s: DragonFly's rule refuses a TCP peer without one "+
+		"(an empty %s makes a plaintext link, as a service on this machine needs)", files, dir,
+		filepath.Join(remoteDir, name+".none"))
 }
 
 // runShell drives one session: lines from in, answers to out. Each line

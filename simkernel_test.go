@@ -4,7 +4,9 @@ package main
 // kernel-interface.md §7-8 ("Fake-kernel checklist") and independent of the
 // link engine: it frames and parses dmsg by hand and uses the spec's literal
 // command values. It dials the stub PFS's kernel.sock, which is what
-// RECLUSTER handing the kernel a socket looks like off DragonFly.
+// RECLUSTER handing the kernel a socket looks like off DragonFly, or a
+// service's TCP port, as mount_hammer2 hands the kernel its link at mount
+// (dialSimKernelTCP).
 
 import (
 	"encoding/binary"
@@ -154,6 +156,31 @@ func dialSimKernel(t testing.TB, name, pfsDir string, pfses []simPFS) *simKernel
 	}
 	t.Cleanup(func() { pfs.Close() })
 	return newSimKernel(t, name, c, pfs, pfses)
+}
+
+// dialSimKernelTCP connects to a service's TCP port as mount_hammer2
+// does on DragonFly (it then hands the socket to the kernel, which speaks
+// on it from its first byte: no handshake, so the service needs
+// remote/127.0.0.1.none) and starts a kernel on it holding pfses, with
+// the REMOTE slots given.
+func dialSimKernelTCP(t testing.TB, name, addr string, pfses []simPFS, slots ...Volconf) *simKernel {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("sim kernel %s: dialing %s: %v", name, addr, err)
+	}
+	return newSimKernel(t, name, c, nil, pfses, slots...)
+}
+
+// closeConn ends the kernel's LNK_CONN from its side: no VOLCONF is
+// sent after it, and its spans stay open.
+func (k *simKernel) closeConn() {
+	k.mu.Lock()
+	id := k.connID
+	k.connState = false
+	delete(k.ours, id)
+	k.mu.Unlock()
+	k.send(Msg{Header: Header{Cmd: kOwnDelete, MsgID: id}})
 }
 
 // Changed returns a channel closed when the kernel next receives a
@@ -748,7 +775,7 @@ func TestSimKernelVoldataDump(t *testing.T) {
 	if _, err := pfs.RemoteAdd(7, Volconf{Path: "span:" + b.addr}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pfs.RemoteAdd(8, Volconf{Path: "tcp:not-a-span"}); err != nil {
+	if _, err := pfs.RemoteAdd(8, Volconf{Path: "nfs:not-a-span"}); err != nil {
 		t.Fatal(err)
 	}
 	k := dialSimKernel(t, "k", a.pfs, devicePFSes(a))

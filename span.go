@@ -114,7 +114,8 @@ type clusterLink struct {
 	leaf *Leaf
 	link *Link
 	name string
-	quic *QuicLink // nil for the backbone
+	quic *QuicLink // nil for the backbone and TCP links
+	tcp  *tcpConn  // a DragonFly TCP link's conn, nil otherwise
 
 	mu       sync.Mutex
 	conn     *Trans // our LNK_CONN
@@ -127,6 +128,7 @@ type clusterLink struct {
 // service (the backbone, checked before).
 func (l *Leaf) runClusterLink(rw io.ReadWriteCloser, name string, q *QuicLink, peer PeerIdentity) *clusterLink {
 	c := &clusterLink{leaf: l, name: name, quic: q}
+	c.tcp, _ = rw.(*tcpConn)
 	l.mu.Lock()
 	cfg := LinkConfig{Name: name, PingInterval: l.cfg.PingInterval.Duration, DeadAfter: l.cfg.DeadAfter.Duration,
 		Handler: c.handle, Logger: l.log, Peer: peer, MaxPeerTrans: l.cfg.Limits.TransPerLink,

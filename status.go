@@ -76,8 +76,11 @@ type LinkStatus struct {
 	RTT        string     `json:"rtt,omitempty"`
 	PeerName   string     `json:"peer_name,omitempty"`
 	PeerKey    string     `json:"peer_key,omitempty"`
-	BytesIn    uint64     `json:"bytes_in"`
-	BytesOut   uint64     `json:"bytes_out"`
+	// Transport is what the link runs on while up: "quic", "tcp"
+	// (plaintext, remote/<ip>.none) or "tcp+rsa".
+	Transport string `json:"transport,omitempty"`
+	BytesIn   uint64 `json:"bytes_in"`
+	BytesOut  uint64 `json:"bytes_out"`
 }
 
 // SpanStatus is one span advertised to the leaf.
@@ -189,7 +192,8 @@ func (st LeafStatus) withoutCounters() LeafStatus {
 }
 
 func dialStatus(ds DialState) LinkStatus {
-	ls := LinkStatus{Target: ds.Addr, State: ds.State, Since: ds.Since, LastErr: ds.LastErr, PeerName: ds.Peer}
+	ls := LinkStatus{Target: ds.Addr, State: ds.State, Since: ds.Since, LastErr: ds.LastErr, PeerName: ds.Peer,
+		Transport: ds.Transport}
 	if !ds.NextTry.IsZero() {
 		nt := ds.NextTry
 		ls.NextTry = &nt
@@ -209,6 +213,9 @@ func fillLink(ls *LinkStatus, k *Link, q *QuicLink) {
 	}
 	if rtt := k.RTT(); rtt > 0 {
 		ls.RTT = rtt.Round(time.Microsecond).String()
+	}
+	if p.Fingerprint != "" {
+		ls.PeerKey = p.Fingerprint // a TCP peer's RSA key (QUIC's is set below)
 	}
 	if q != nil {
 		ls.PeerName, ls.PeerKey = q.PeerName(), q.PeerFingerprint()
@@ -330,6 +337,9 @@ func linkSummary(ls LinkStatus) string {
 	b.WriteString(ls.State)
 	switch ls.State {
 	case DialUp:
+		if ls.Transport != "" {
+			fmt.Fprintf(&b, " %s", ls.Transport)
+		}
 		if ls.Class != "" {
 			fmt.Fprintf(&b, " %s", ls.Class)
 			if ls.PeerUID != nil {
