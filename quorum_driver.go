@@ -99,6 +99,7 @@ type quorumDriver struct {
 	// cache states (cac.go)
 	grants        map[string]*cacGrant // by holder: the states this master granted
 	waits         []*cacWait
+	leases        *cacLeases // how long those states may be held (cac_lease.go)
 	lease         time.Duration
 	commitTimeout time.Duration
 
@@ -115,7 +116,7 @@ func newQuorumDriver(host quorumHost, node *quorumNode, cfg quorumDriverConfig) 
 		waiters: map[uint64]*quorumWaiter{}, reach: map[uint64]bool{},
 		joins: newQuorumJoins(), joinOut: map[uint64]*Trans{}, strangers: map[uint64]bool{},
 		joinLog: &keyedLogLimiter{perMinute: quorumLogPerMinute}, stepLog: &keyedLogLimiter{every: time.Minute, perMinute: quorumLogPerMinute},
-		grants: map[string]*cacGrant{}, lease: cfg.Lease, commitTimeout: cfg.CommitTimeout,
+		grants: map[string]*cacGrant{}, leases: newCacLeases(), lease: cfg.Lease, commitTimeout: cfg.CommitTimeout,
 		reads: map[uint64]*quorumRead{}}
 	st := node.Status()
 	d.status.Store(&st)
@@ -175,6 +176,7 @@ func (d *quorumDriver) pump() {
 		d.log.Error("quorum store failed; the group needs a restart of this leaf", "err", err)
 		return
 	}
+	d.leaseReads(rd.ReadStates)
 	for _, id := range rd.Durable {
 		if w := d.waiters[id]; w != nil && w.durable != nil {
 			w.durable(id)
@@ -186,10 +188,15 @@ func (d *quorumDriver) pump() {
 		}
 		if w := d.waiters[r.ReqID]; w != nil {
 			delete(d.waiters, r.ReqID)
+			if !w.proposed.IsZero() && r.Txid > 0 {
+				// Everything committed before we proposed it lies below it.
+				d.leases.add(cacRenewal{at: w.proposed, upTo: r.Txid - 1})
+			}
 			w.done(r, nil)
 		}
 	}
 	d.cacApplied(rd.Applied)
+	d.leases.prune(d.node.Applied())
 	d.serveReads(rd.ReadStates)
 	for _, f := range rd.Failed {
 		if w := d.waiters[f.ReqID]; w != nil {
@@ -349,8 +356,9 @@ func (d *quorumDriver) hand(t *Trans, f func()) bool {
 // quorumWaiter follows one request of this master. Both callbacks run on
 // the driver's goroutine.
 type quorumWaiter struct {
-	durable func(reqID uint64)              // phase 1, optional
-	done    func(r quorumResult, err error) // phase 2, or the failure
+	durable  func(reqID uint64)              // phase 1, optional
+	done     func(r quorumResult, err error) // phase 2, or the failure
+	proposed time.Time                       // clock.Now when proposed: a lease renewal once applied (cac_lease.go)
 }
 
 // submit proposes op from any goroutine but the driver's. done gets the
@@ -366,13 +374,14 @@ func (d *quorumDriver) submit(op quorumOp, durable func(uint64), done func(quoru
 
 // propose is submit on the driver's own goroutine.
 func (d *quorumDriver) propose(op quorumOp, durable func(uint64), done func(quorumResult, error)) {
-	op.At = d.clock.Now().UnixNano() // this proposal's age decides whether a grant is still safe to hand out
+	op.At = d.clock.Wall().UnixNano() // for operators reading the table; never compared with a clock
+	now := d.clock.Now()
 	id, err := d.node.Propose(op)
 	if err != nil {
 		done(quorumResult{}, err)
 		return
 	}
-	d.waiters[id] = &quorumWaiter{durable: durable, done: done}
+	d.waiters[id] = &quorumWaiter{durable: durable, done: done, proposed: now}
 }
 
 // Holdings lists the cache states held through this leaf. It asks the

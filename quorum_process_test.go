@@ -1344,7 +1344,7 @@ func qpEnvInt(t *testing.T, name string, def int) int {
 // refusals are timeouts and states expired under faults, not conflicts.
 // Seeds 1795610035775748172 and 1795610169452400613. An earlier run of
 // this kind found a leaf that handed its kernel a grant it applied seconds
-// late; see quorumDriver.tooOld.)
+// late; see cac_lease.go.)
 // Before revocation (CAC_CONFLICT answered at once):
 //
 //	5       120  93     5       2008    1897  13   98 (11)           yes  23, none acked 5.7s (2.4s)   385 / 213
