@@ -80,6 +80,12 @@ func (c *cacMasterClock) Wall() time.Time {
 	return c.mono.Add(c.wall)
 }
 
+func (c *cacMasterClock) rateNow() float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rate
+}
+
 func (c *cacMasterClock) advance(d time.Duration) {
 	c.mu.Lock()
 	c.mono = c.mono.Add(time.Duration(float64(d) * c.rate))
@@ -136,6 +142,7 @@ type cacHarness struct {
 	inbox                quorumInboxLimits
 
 	trans   map[string]*cacTrans // the kernels' transactions, by script name
+	holdsMu sync.Mutex           // the kernels' readers record holds too
 	holds   []*cacHold           // what the kernels held, by their account
 	kernels []*cacKernel         // every kernel link, in the order connected
 	out     strings.Builder
@@ -449,7 +456,7 @@ func (k *cacKernel) record(name string, m *Msg) {
 	k.mu.Lock()
 	k.events = append(k.events, cacEvent{now.Sub(k.h.start), fmt.Sprintf("k%d/%s: %s", k.id, name, text)})
 	k.mu.Unlock()
-	k.h.account(name, m, now, k.h.masters[k.id].clock.rate)
+	k.h.account(name, m, now, k.h.masters[k.id].clock.rateNow())
 }
 
 // cacHold is one state a kernel held, by its own account: from the grant's
@@ -463,6 +470,8 @@ type cacHold struct {
 
 // account follows what the kernels hold, from what reaches them.
 func (h *cacHarness) account(name string, m *Msg, now time.Time, rate float64) {
+	h.holdsMu.Lock()
+	defer h.holdsMu.Unlock()
 	end := func(at time.Time) {
 		for _, x := range h.holds {
 			if x.name == name && (x.to.IsZero() || at.Before(x.to)) {
@@ -487,6 +496,8 @@ func (h *cacHarness) account(name string, m *Msg, now time.Time, rate float64) {
 // conflicts lists every two holders that held conflicting states at one
 // instant, by their own account.
 func (h *cacHarness) conflicts() []string {
+	h.holdsMu.Lock()
+	defer h.holdsMu.Unlock()
 	var out []string
 	for i, a := range h.holds {
 		for _, b := range h.holds[i+1:] {
