@@ -142,7 +142,9 @@ func (f *faultNet) rules(drops []faultDrop, loss int) {
 	// one transaction.
 	b.WriteString("table inet h2faults\ndelete table inet h2faults\ntable inet h2faults {\n chain forwarded {\n  type filter hook forward priority 0; policy accept;\n")
 	for _, d := range drops {
-		fmt.Fprintf(&b, "  iifname \"n%d\" ip6 daddr fd00:13:0:%d::/64 drop\n", d.from+1, d.to+1)
+		// By address, so that datagrams the forwarder holds are dropped
+		// too as they come out of it: a cut is a cut at once.
+		fmt.Fprintf(&b, "  ip6 saddr fd00:13:0:%d::/64 ip6 daddr fd00:13:0:%d::/64 drop\n", d.from+1, d.to+1)
 	}
 	if loss > 0 {
 		// Only as packets enter from a node: they pass the hook again on

@@ -181,9 +181,9 @@ func qpStep(r *qpReply, m Msg) bool {
 	}
 	r.code = m.Error
 	switch m.Error {
-	case ErrQuorumTimeout:
+	case ErrQuorumTimeout, ErrNoQuorum: // a non-master leaf reached no master: nothing was forwarded
 		r.outcome = qpNoEffect
-	case ErrQuorumUnknown:
+	case ErrQuorumUnknown, ErrLostLink: // a forward's circuit was lost: it may have been applied
 		r.outcome = qpUnknown
 	default:
 		r.outcome = qpRefused
