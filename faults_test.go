@@ -243,6 +243,9 @@ func TestLongFaults(t *testing.T) {
 				if sk == nil {
 					continue
 				}
+				if k%2 == 1 {
+					sk.setFlushAll()
+				}
 				block := uint64(time.Since(lockFrom)/(5*time.Second)) * cacGrantAlign
 				req := cacLock{Domain: cacInum, Mode: cacExclusive, Lo: block + rand.Uint64N(8)}
 				req.Hi = req.Lo + rand.Uint64N(3)
@@ -252,29 +255,45 @@ func TestLongFaults(t *testing.T) {
 				asked := time.Now()
 				r := sk.cacLockReq(req, wait)
 				var h *faultHeld
+				flushed := false
 				switch {
 				case r.outcome == qpAcked:
 					h = &faultHeld{kernel: k, master: i, grant: r.grant, asked: asked, from: r.at}
+					// Held for up to 100 ms, unless revoked or taken back by
+					// the leaf first; an odd kernel uses all of a revoke's
+					// time (its state ends when that is out, or when the
+					// leaf closes it first), then releases.
 					hold := time.NewTimer(time.Duration(rand.Int64N(int64(100 * time.Millisecond))))
+					flush := time.NewTimer(time.Hour)
+					flushing := false
 				held:
-					for {
+					for range 10000 {
 						changed := sk.Changed()
+						now := time.Now()
 						if at, ok := sk.lockEnded(r.msgid); ok {
-							h.to = at
-							break
+							if !at.After(now) {
+								h.to = at
+								break
+							}
+							flush.Reset(at.Sub(now)) // revoked: flushing until at
+							hold.Stop()
+							flushing = true
 						}
-						h.to = time.Now()
+						h.to = now
 						if sk.qpGone() {
 							break
 						}
 						select {
 						case <-changed:
+						case <-flush.C:
 						case <-hold.C:
 							h.to = time.Now()
 							break held
 						}
 					}
 					hold.Stop()
+					flush.Stop()
+					flushed = flushing
 					if at, ok := sk.lockEnded(r.msgid); ok && at.Before(h.to) {
 						h.to = at
 					}
@@ -289,6 +308,9 @@ func TestLongFaults(t *testing.T) {
 				switch {
 				case r.outcome == qpAcked:
 					lockStats["granted"]++
+					if flushed {
+						lockStats["revoked, flushed for the revoke's time"]++
+					}
 				case r.conflict:
 					lockStats["conflict"]++
 				default:
