@@ -79,6 +79,7 @@ func faultRun(t testing.TB, stdin string, name string, args ...string) {
 // forwarder; the test's cleanup removes them all.
 func newFaultNet(t *testing.T, n int, seed uint64) *faultNet {
 	t.Helper()
+	removeStaleFaultNets()
 	f := &faultNet{t: t, prefix: fmt.Sprintf("h2f%d-", os.Getpid())}
 	f.router = f.prefix + "r"
 	t.Cleanup(f.remove)
@@ -124,6 +125,26 @@ func (f *faultNet) remove() {
 	}
 	for _, ns := range append(f.nodes, f.router) {
 		_ = exec.Command("ip", "netns", "del", ns).Run()
+	}
+}
+
+// removeStaleFaultNets deletes the namespaces of test processes that are
+// gone (killed before their cleanup ran): h2f<pid>-..., that pid dead.
+func removeStaleFaultNets() {
+	entries, err := os.ReadDir("/run/netns")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), "h2f")
+		pidS, _, ok2 := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidS)
+		if !ok || !ok2 || err != nil || pid == os.Getpid() {
+			continue
+		}
+		if syscall.Kill(pid, 0) == syscall.ESRCH {
+			_ = exec.Command("ip", "netns", "del", e.Name()).Run()
+		}
 	}
 }
 

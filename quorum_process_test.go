@@ -26,8 +26,8 @@ package main
 // SIGSTOPping its service (every link through it goes silent; the peers'
 // QUIC idle bound and the leaf's dead_after drop them) or killing it
 // (links drop at once on the leaf's side), bounded in time, then SIGCONT
-// or a restart. Network namespaces would give finer cuts, but the tests
-// must stay on 127.0.0.1 and run unprivileged in CI.
+// or a restart. Finer cuts, on a real network of namespaces, are the
+// fault campaign's (faults_test.go), which needs root.
 //
 // Cache states (CAC_LOCK) go through the same kernels: a grant keeps the
 // transaction open until the kernel's DELETE releases it. No two masters'
