@@ -17,7 +17,7 @@ func TestCacLeases(t *testing.T) {
 	cases := []struct {
 		name    string
 		adds    []add
-		prune   uint64 // 0: no prune
+		prune   uint64         // 0: no prune
 		before  map[uint64]int // conflict txid -> latest renewal that precedes it (ms), -1: none
 		fresh   int
 		renewed int // renewals kept
