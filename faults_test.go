@@ -313,6 +313,8 @@ func TestLongFaults(t *testing.T) {
 					}
 				case r.conflict:
 					lockStats["conflict"]++
+				case r.outcome == qpRefused: // given back (CAC_EXPIRED), no master reached, a circuit lost
+					lockStats["refused "+ErrString(r.code)]++
 				default:
 					lockStats[r.outcome.String()]++
 				}
