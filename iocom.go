@@ -155,6 +155,8 @@ type Link struct {
 	bulkW    io.Writer
 	wakeBulk chan struct{}
 	pacer    *pacer
+	// A one-stream link's bulk window (bulkwindow.go), under mu.
+	win      bulkWindow
 	ctlEnq   uint64 // control messages queued so far
 	ctlSent  uint64 // control messages written so far
 
@@ -190,6 +192,7 @@ type outMsg struct {
 	size int    // bytes on the wire
 	t    *Trans // for the bulk lane's ordering
 	bulk bool
+	ping bool // one of our PINGs: its REPLY acknowledges the stream up to it
 	// after is, on a two-stream link, the number of control messages
 	// queued before this bulk one: the peer dispatches it after them.
 	after uint64
@@ -430,14 +433,24 @@ func (l *Link) enqueueLocked(t *Trans, m *Msg) error {
 	o.t = t
 	if l.bulk == nil {
 		// One stream: in order once written, so a transaction is held
-		// to the bulk lane only while its bulk is queued.
-		o.bulk = !ping && (o.aux != nil || t.pendingBulk > 0)
+		// to the bulk lane only while its bulk is queued, and so are a
+		// child's CREATE while its parent's is (Open), and an
+		// ancestor's DELETE while a descendant's bulk is.
+		o.bulk = !ping && (o.aux != nil || t.pendingBulk > 0 ||
+			m.Cmd&FlagCreate != 0 && t.parent != nil && t.parent.pendingBulk > 0 ||
+			m.Cmd&FlagDelete != 0 && t.pendingBelow > 0)
 	} else {
 		o.bulk = !ping && (o.aux != nil || t.bulkLane || m.Cmd&FlagDelete != 0 && t.bulkBelow)
 	}
 	wake := l.wake
+	o.ping = ping && m.Cmd&FlagReply == 0
 	if o.bulk {
 		t.pendingBulk++
+		if l.bulk == nil {
+			for p := t.parent; p != nil; p = p.parent {
+				p.pendingBelow++
+			}
+		}
 		if l.bulk != nil {
 			l.markBulkLocked(t, m)
 			o.after = l.ctlEnq
@@ -446,11 +459,15 @@ func (l *Link) enqueueLocked(t *Trans, m *Msg) error {
 		l.bulkq = append(l.bulkq, o)
 	} else {
 		l.queue = append(l.queue, o)
-		if l.bulk != nil {
+		switch {
+		case l.bulk != nil:
 			l.ctlEnq++
 			if !ping {
 				l.pacer.Demand()
 			}
+		case !ping && len(l.bulkq) > 0:
+			// Control waits behind bulk: hold the bulk to the window.
+			l.win.Demand(time.Now())
 		}
 	}
 	l.queued += o.size
@@ -563,6 +580,11 @@ func (l *Link) writer() {
 		defer tick.Stop()
 		tickC = tick.C
 	}
+	// stall wakes the writer when a full bulk window gives up waiting
+	// for its answer (bulkwindow.go).
+	stall := time.NewTimer(time.Hour)
+	stall.Stop()
+	defer stall.Stop()
 	for {
 		select {
 		case <-l.dying:
@@ -572,11 +594,16 @@ func (l *Link) writer() {
 			l.keepalive(now)
 			continue
 		case <-l.wake:
+		case <-stall.C:
 		}
 		l.mu.Lock()
 		batch, l.queue = l.queue, batch[:0]
 		if l.bulk == nil {
-			batch = l.takeBulkLocked(batch)
+			var wait time.Duration
+			batch, wait = l.takeOneStreamLocked(batch)
+			if wait > 0 {
+				stall.Reset(wait)
+			}
 		}
 		if len(batch) > 0 {
 			l.writing++
@@ -609,7 +636,7 @@ func (l *Link) bulkWriter() {
 		case <-l.wakeBulk:
 		}
 		l.mu.Lock()
-		batch = l.takeBulkLocked(batch[:0])
+		batch = l.takeBulkLocked(batch[:0], l.cfg.BulkBatch)
 		if len(batch) == 0 {
 			l.mu.Unlock()
 			continue
@@ -636,10 +663,46 @@ func (l *Link) bulkWriter() {
 	}
 }
 
-// takeBulkLocked moves up to one bulk turn (BulkBatch) from the bulk queue
-// to batch.
-func (l *Link) takeBulkLocked(batch []*outMsg) []*outMsg {
-	for n := 0; len(l.bulkq) > 0 && n < l.cfg.BulkBatch; {
+// takeOneStreamLocked adds to a one-stream link's batch, which holds the
+// control queue already, the bulk that may follow it: a turn of BulkBatch,
+// or while control traffic waits what the bulk window allows, and then a
+// probe PING if the window wants one. It records the batch as written in
+// the window (the write follows at once; a failed write ends the link).
+// wait, if not zero, is when to look again at a full window that has had
+// no answer.
+func (l *Link) takeOneStreamLocked(batch []*outMsg) (_ []*outMsg, wait time.Duration) {
+	now := time.Now()
+	budget := l.win.Budget(now)
+	if budget < 0 {
+		budget = l.cfg.BulkBatch
+	}
+	ctl := len(batch)
+	batch = l.takeBulkLocked(batch, budget)
+	var bulkBytes int
+	for _, o := range batch[ctl:] {
+		bulkBytes += o.size
+	}
+	if l.win.ProbeDue(now, bulkBytes, len(l.bulkq) > 0) {
+		// The probe goes last: its answer covers the whole batch.
+		if l.pingLocked(nil, false) {
+			batch = append(batch, l.queue...)
+			clear(l.queue)
+			l.queue = l.queue[:0]
+		}
+	}
+	for _, o := range batch {
+		l.win.Wrote(o.size, o.ping, o.bulk)
+	}
+	if len(l.bulkq) > 0 {
+		wait = l.win.StallIn(now)
+	}
+	return batch, wait
+}
+
+// takeBulkLocked moves up to budget bytes from the bulk queue to batch (at
+// least one message if budget is positive: a message is never split).
+func (l *Link) takeBulkLocked(batch []*outMsg, budget int) []*outMsg {
+	for n := 0; len(l.bulkq) > 0 && n < budget; {
 		o := l.bulkq[0]
 		l.bulkq[0] = nil
 		l.bulkq = l.bulkq[1:]
@@ -656,6 +719,11 @@ func (l *Link) doneLocked(batch []*outMsg, wake chan struct{}) {
 	for i, o := range batch {
 		if o.bulk {
 			o.t.pendingBulk--
+			if l.bulk == nil {
+				for p := o.t.parent; p != nil; p = p.parent {
+					p.pendingBelow--
+				}
+			}
 		}
 		total += o.size
 		o.aux, o.t = nil, nil
@@ -841,6 +909,10 @@ func (l *Link) keepalive(now time.Time) {
 func (l *Link) ping(done chan<- time.Duration, demand bool) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.pingLocked(done, demand)
+}
+
+func (l *Link) pingLocked(done chan<- time.Duration, demand bool) bool {
 	if len(l.pings) >= maxPings {
 		l.pings = append(l.pings[:0], l.pings[1:]...)
 	}
@@ -849,8 +921,12 @@ func (l *Link) ping(done chan<- time.Duration, demand bool) bool {
 		l.pings = l.pings[:len(l.pings)-1]
 		return false
 	}
-	if demand && l.pacer != nil {
-		l.pacer.Demand()
+	if demand {
+		if l.pacer != nil {
+			l.pacer.Demand()
+		} else if len(l.bulkq) > 0 {
+			l.win.Demand(time.Now())
+		}
 	}
 	return true
 }
@@ -886,6 +962,16 @@ func (l *Link) probe() {
 func (l *Link) pong() {
 	now := time.Now().UnixNano()
 	l.mu.Lock()
+	if l.bulk == nil {
+		l.win.Answer()
+		if len(l.bulkq) > 0 {
+			// The window may have opened.
+			select {
+			case l.wake <- struct{}{}:
+			default:
+			}
+		}
+	}
 	if len(l.pings) == 0 {
 		l.mu.Unlock()
 		return
