@@ -37,7 +37,7 @@ const (
 	// times a loaded round trip of some tens of µs), so the window costs
 	// little rate while a queue of it costs a PING about what an idle
 	// round trip does (docs/BENCHMARKS.md, "Control ahead of bulk").
-	bulkWindowBytes = 128 << 10
+	bulkWindowBytes = 64 << 10
 	// bulkWindowProbe is the most bulk written between two probe PINGs,
 	// so that answers come back within the window and keep it sliding.
 	bulkWindowProbe = bulkWindowBytes / 2

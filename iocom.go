@@ -156,9 +156,9 @@ type Link struct {
 	wakeBulk chan struct{}
 	pacer    *pacer
 	// A one-stream link's bulk window (bulkwindow.go), under mu.
-	win      bulkWindow
-	ctlEnq   uint64 // control messages queued so far
-	ctlSent  uint64 // control messages written so far
+	win     bulkWindow
+	ctlEnq  uint64 // control messages queued so far
+	ctlSent uint64 // control messages written so far
 
 	// Dispatch: both readers run handlers under dmu, one at a time.
 	dmu        sync.Mutex
