@@ -64,6 +64,8 @@ type bulkWindow struct {
 	demand   time.Time // when a control message was last queued
 	answered bool      // the peer has answered one of our PINGs
 	full     time.Time // since when the window has been full, zero if not
+	held     uint64    // times Budget held bulk back (a full window)
+	stalls   uint64    // times a full window gave up waiting
 }
 
 // Demand records that a control message was queued at now.
@@ -93,8 +95,10 @@ func (w *bulkWindow) Budget(now time.Time) int {
 	if now.Sub(w.full) >= bulkWindowStall {
 		// No answer for a long time: let a window go, and start over.
 		w.full = now
+		w.stalls++
 		return bulkWindowBytes
 	}
+	w.held++
 	return 0
 }
 

@@ -127,6 +127,12 @@ func TestQuicLanesTransactionOrder(t *testing.T) {
 	t.Parallel()
 	rec := newLaneRecorder(t)
 	tx, rx := laneLinks(t, rec)
+	laneTransactionOrder(t, rec, tx, rx)
+}
+
+// laneTransactionOrder is the body of the transaction-order tests, on any
+// link pair whose receiver records into rec.
+func laneTransactionOrder(t *testing.T, rec *laneRecorder, tx, rx *Link) {
 	ctx := testCtx(t, 20*time.Second)
 
 	stop := make(chan struct{})
@@ -214,6 +220,11 @@ func TestQuicLanesCircuitOrder(t *testing.T) {
 	t.Parallel()
 	rec := newLaneRecorder(t)
 	tx, _ := laneLinks(t, rec)
+	laneCircuitOrder(t, rec, tx)
+}
+
+// laneCircuitOrder is the body of the circuit-order tests.
+func laneCircuitOrder(t *testing.T, rec *laneRecorder, tx *Link) {
 
 	const rounds = 10
 	type pair struct{ parent, child uint64 }
