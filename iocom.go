@@ -13,8 +13,15 @@ package main
 //
 // Lanes. Control messages (PINGs, span updates, results) go ahead of bulk
 // (large aux). On one byte stream (the kernel, Unix and TCP links, byte for
-// byte as DragonFly's libdmsg) that is all the writer can do: a PING waits
-// for at most one bulk batch. A conn that offers a second stream (dualConn:
+// byte as DragonFly's libdmsg) the writer sends its control queue first,
+// and while control traffic waits it holds bulk to a window of bytes in
+// flight that the REPLYs to its PINGs acknowledge (bulkwindow.go), so that
+// a control message finds about a window ahead of it in the sockets and
+// the peer's read-ahead, not megabytes. Order on one stream is kept by
+// holding to the bulk lane whatever must not overtake what is queued
+// there: a transaction's later messages, a child's CREATE behind its
+// parent's bulk, an ancestor's DELETE behind a descendant's bulk
+// (docs/PROTOCOL.md §1). A conn that offers a second stream (dualConn:
 // a QUIC link) gets the bulk lane on that stream, with a writer and a reader
 // of its own, so that control messages never queue behind bulk bytes. The
 // order the peer sees is then kept thus (docs/PROTOCOL.md §3):
@@ -68,10 +75,11 @@ type LinkConfig struct {
 	// only a peer that stopped reading can cause. Default 64 MiB.
 	HardQueueBytes int
 	// BulkBatch is how much bulk data the writer takes between two looks
-	// at the control queue: what a PING or a span update may wait behind.
-	// Default 256 KiB, which a local socket drains in tens of µs and which
-	// keeps syscalls few; QUIC links set 64 KiB, since there a write
-	// returns only as the data is packetized.
+	// at the control queue while no control traffic waits (while it does,
+	// a one-stream link's bulk window decides, bulkwindow.go). Default
+	// 256 KiB, which a local socket drains in tens of µs and which keeps
+	// syscalls few; QUIC links set 64 KiB, since there a write returns
+	// only as the data is packetized.
 	BulkBatch int
 	// NoSeqCheck skips the salt sequence check. The kernel assigns its
 	// sequence when queueing and can leave gaps, so its link sets this.
@@ -155,7 +163,9 @@ type Link struct {
 	bulkW    io.Writer
 	wakeBulk chan struct{}
 	pacer    *pacer
-	// A one-stream link's bulk window (bulkwindow.go), under mu.
+	// A one-stream link's bulk window (bulkwindow.go), under mu: the
+	// writer records what it writes, pong the answers, enqueue the
+	// control traffic that engages it.
 	win     bulkWindow
 	ctlEnq  uint64 // control messages queued so far
 	ctlSent uint64 // control messages written so far
