@@ -36,6 +36,7 @@ type Leaf struct {
 	policy   privilegePolicy // who is privileged on the local sockets
 	refused  *logLimiter     // refusals on the local sockets
 	sec      *tcpSecurity    // DragonFly's rule for TCP links (remote_dir, RSA keys)
+	obs      *observer       // limit hits and the metrics' counters (metrics.go)
 	// changes is notified whenever Status would change (counters aside),
 	// for `hammer2 status --watch`.
 	changes notifier
@@ -87,6 +88,7 @@ func NewLeaf(cfg Config, pfs PFS, key ed25519.PrivateKey, trust *TrustStore, log
 		slots:   map[int]string{},
 		inbound: map[*clusterLink]struct{}{},
 		spans:   newSpanTable(cfg.Limits),
+		obs:     newObserver(),
 	}
 	l.sec = newTCPSecurity(cfg.TCPRemoteDir(), cfg.TCPKeyDir(), policy, crand.Reader, l.log)
 	// The stand-in PFS's kernel.sock takes the same mode and checks as

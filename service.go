@@ -67,6 +67,8 @@ type Service struct {
 	// handshakes holds a token per RSA handshake running on an accepted
 	// connection.
 	handshakes chan struct{}
+	// obs holds the limit hits and the metrics' counters (metrics.go).
+	obs *observer
 }
 
 // ServiceConfig says where the service listens and whom it dials.
@@ -145,7 +147,7 @@ func NewService(cfg ServiceConfig, node *QuicNode, log *slog.Logger) *Service {
 	return &Service{cfg: cfg, log: log, node: node, hostname: host, started: time.Now(),
 		router: newSpanRouter(rand.Uint32() | 1), links: map[connID]*svcLink{}, spanTx: map[spanID]*Trans{},
 		kicked: make(chan struct{}, 1), refused: newLogLimiter(cfg.Limits.RefusedLogsPerSecond),
-		sec: cfg.TCPSec, handshakes: make(chan struct{}, tcpHandshakesMax)}
+		sec: cfg.TCPSec, handshakes: make(chan struct{}, tcpHandshakesMax), obs: newObserver()}
 }
 
 // svcListener is one of the service's stream listeners and the links it
@@ -277,6 +279,7 @@ func (s *Service) acceptStream(ctx context.Context, lsn *svcListener) {
 // (admit) and starts its link, or refuses it with one log line.
 func (s *Service) admitLink(c net.Conn, info svcLinkInfo) {
 	if limit, n, max := s.admit(info.lsn, info.peer); limit != "" {
+		s.obs.limits.hit(limit, time.Now())
 		s.refused.Warn(s.log, "connection refused: over a limit", append([]any{"listen", info.lsn.name,
 			"remote", c.RemoteAddr().String(), "limit", limit, "value", n, "max", max}, info.peer.attrs()...)...)
 		c.Close()
@@ -383,7 +386,7 @@ func (s *Service) addLink(rw io.ReadWriteCloser, info svcLinkInfo) *svcLink {
 	peer, lsn, q := info.peer, info.lsn, info.quic
 	lim := s.cfg.Limits
 	cfg := LinkConfig{Name: sl.name, PingInterval: s.cfg.Ping, DeadAfter: s.cfg.DeadAfter, Logger: s.log,
-		Peer: peer, MaxPeerTrans: lim.TransPerLink, HardQueueBytes: lim.QueueBytes,
+		Peer: peer, MaxPeerTrans: lim.TransPerLink, HardQueueBytes: lim.QueueBytes, LimitHits: &s.obs.limits,
 		Handler: func(t *Trans, m *Msg) { s.handle(sl, t, m) },
 		OnClose: func(error) { s.linkGone(sl) }}
 	if lsn != nil {

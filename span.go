@@ -132,7 +132,7 @@ func (l *Leaf) runClusterLink(rw io.ReadWriteCloser, name string, q *QuicLink, p
 	l.mu.Lock()
 	cfg := LinkConfig{Name: name, PingInterval: l.cfg.PingInterval.Duration, DeadAfter: l.cfg.DeadAfter.Duration,
 		Handler: c.handle, Logger: l.log, Peer: peer, MaxPeerTrans: l.cfg.Limits.TransPerLink,
-		HardQueueBytes: l.cfg.Limits.QueueBytes}
+		HardQueueBytes: l.cfg.Limits.QueueBytes, LimitHits: &l.obs.limits}
 	if q != nil {
 		cfg.BulkBatch = quicBulkBatch
 	}
