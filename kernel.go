@@ -28,7 +28,7 @@ func newKernelLink(l *Leaf, conn net.Conn, peer PeerIdentity) *Link {
 		Name: "kernel", PingInterval: -1, DeadAfter: -1, NoSeqCheck: true,
 		Logger: l.log, Peer: peer, MaxPeerTrans: l.cfg.Limits.TransPerLink, HardQueueBytes: l.cfg.Limits.QueueBytes,
 		LimitHits: &l.obs.limits,
-		Handler: func(t *Trans, m *Msg) { l.kernelMessage(ks, t, m) },
+		Handler:   func(t *Trans, m *Msg) { l.kernelMessage(ks, t, m) },
 	})
 	defer k.Start()
 	// Our own LNK_CONN, as DragonFly's service sends one to every link.

@@ -45,7 +45,7 @@ type LeafStatus struct {
 // QuorumJSON is the quorum group as this master sees it.
 type QuorumJSON struct {
 	ID        string   `json:"id"`
-	Members   []string `json:"members"`            // voters
+	Members   []string `json:"members"`  // voters
 	Learners  []string `json:"learners"` // joined, catching up: no vote until promoted
 	Leader    string   `json:"leader"`
 	Term      uint64   `json:"term"`
@@ -80,9 +80,9 @@ type LinkStatus struct {
 	NextTry    *time.Time `json:"next_try,omitempty"`
 	LastErr    string     `json:"last_error,omitempty"`
 	// RTTMs is the round trip in milliseconds, while measured.
-	RTTMs      float64    `json:"rtt_ms,omitempty"`
-	PeerName   string     `json:"peer_name,omitempty"`
-	PeerKey    string     `json:"peer_key,omitempty"`
+	RTTMs    float64 `json:"rtt_ms,omitempty"`
+	PeerName string  `json:"peer_name,omitempty"`
+	PeerKey  string  `json:"peer_key,omitempty"`
 	// Transport is what the link runs on while up: "quic", "tcp"
 	// (plaintext, remote/<ip>.none) or "tcp+rsa".
 	Transport string `json:"transport,omitempty"`
