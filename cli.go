@@ -22,6 +22,8 @@ type LeafCmd struct {
 	Listen   string `help:"UDP address remote nodes dial, or \"none\" (overrides the config)."`
 	Backbone string `help:"tcp:<host:port>, unix:<path> or none (overrides the config)."`
 	LogJSON  bool   `name:"log-json" help:"Log JSON lines instead of text."`
+	// MetricsListen: metrics_http.go.
+	MetricsListen string `name:"metrics-listen" placeholder:"HOST:PORT" help:"Serve Prometheus metrics on this TCP address, or none (overrides the config's metrics_listen)."`
 }
 
 func (c *LeafCmd) Run(env *Env) (err error) {
@@ -40,6 +42,12 @@ func (c *LeafCmd) Run(env *Env) (err error) {
 	}
 	if c.Listen != "" {
 		cfg.Listen = c.Listen
+	}
+	if c.MetricsListen != "" {
+		if err := checkMetricsListen(c.MetricsListen); err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		cfg.MetricsListen = c.MetricsListen
 	}
 	if c.Backbone != "" {
 		if _, _, err := parseBackbone(c.Backbone); err != nil {

@@ -98,6 +98,9 @@ type LinkConfig struct {
 	// LimitHits, if set, counts the link's closing over a limit, for
 	// the owner's health and metrics (health.go).
 	LimitHits *limitHits
+	// OnRTT, if set, is given each PING round trip (metrics.go), on the
+	// reader goroutine: it must be cheap.
+	OnRTT func(time.Duration)
 }
 
 func (c *LinkConfig) setDefaults() {
@@ -898,6 +901,9 @@ func (l *Link) pong() {
 	l.mu.Unlock()
 	rtt := time.Duration(now - pr.sent)
 	l.rtt.Store(int64(rtt))
+	if l.cfg.OnRTT != nil {
+		l.cfg.OnRTT(rtt)
+	}
 	if l.pacer != nil {
 		l.pacer.Sample(rtt)
 	}

@@ -92,6 +92,7 @@ type CLI struct {
 	PfsFsid    PfsFsidCmd    `cmd:"" name:"pfs-fsid" help:"Print a PFS's own id (pfs_fsid)."`
 	PfsDelete  PfsDeleteCmd  `cmd:"" name:"pfs-delete" help:"Destroy PFSs of the -s device, with everything they hold."`
 	Completion CompletionCmd `cmd:"" help:"Print the shell completion script for bash, zsh or fish."`
+	Metrics    MetricsCmd    `cmd:"" help:"Print a running leaf's (or --service: the service's) Prometheus metrics once."`
 }
 
 // LeafCLI is the grammar when the binary runs as hammer2-leaf.

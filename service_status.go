@@ -106,8 +106,13 @@ type ServiceLinkStatus struct {
 
 // control answers one request to the service.
 func (s *Service) control(req controlRequest) controlResponse {
+	if req.Op == "metrics" {
+		var resp controlResponse
+		resp.Metrics, resp.Error = s.obs.textOrError()
+		return resp
+	}
 	if req.Op != "status" {
-		return controlResponse{Error: fmt.Sprintf("unknown op %q (a service answers status)", req.Op)}
+		return controlResponse{Error: fmt.Sprintf("unknown op %q (a service answers status and metrics)", req.Op)}
 	}
 	st := s.Status()
 	return controlResponse{Service: &st}
