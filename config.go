@@ -192,6 +192,7 @@ func DefaultConfig() Config {
 		RedialMin:       Duration{time.Second},
 		RedialMax:       Duration{30 * time.Second},
 		LogFormat:       "text",
+		MetricsListen:   "none",
 		Limits:          defaultLimits(),
 		Quorum: QuorumSection{Tick: Duration{100 * time.Millisecond}, CommitTimeout: Duration{5 * time.Second},
 			Lease: Duration{5 * time.Second}},
@@ -199,6 +200,8 @@ func DefaultConfig() Config {
 			Unix:   defaultServiceSocket(),
 			TCP:    fmt.Sprintf(":%d", ListenPort),
 			Listen: fmt.Sprintf(":%d", ListenPort),
+			// Off unless asked for: an unauthenticated read endpoint.
+			MetricsListen: "none",
 		},
 	}
 	if runtime.GOOS == "dragonfly" {

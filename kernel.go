@@ -27,7 +27,7 @@ func newKernelLink(l *Leaf, conn net.Conn, peer PeerIdentity) *Link {
 	k := NewLink(conn, LinkConfig{
 		Name: "kernel", PingInterval: -1, DeadAfter: -1, NoSeqCheck: true,
 		Logger: l.log, Peer: peer, MaxPeerTrans: l.cfg.Limits.TransPerLink, HardQueueBytes: l.cfg.Limits.QueueBytes,
-		LimitHits: &l.obs.limits,
+		LimitHits: l.obs.hits(),
 		Handler:   func(t *Trans, m *Msg) { l.kernelMessage(ks, t, m) },
 	})
 	defer k.Start()

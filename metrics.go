@@ -276,3 +276,12 @@ func (l *Link) queuedBytes() int {
 	defer l.mu.Unlock()
 	return l.queued
 }
+
+// hits is the limit-hit counts, nil for a nil observer (which counts
+// none).
+func (o *observer) hits() *limitHits {
+	if o == nil {
+		return nil
+	}
+	return &o.limits
+}

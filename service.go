@@ -290,7 +290,7 @@ func (s *Service) acceptStream(ctx context.Context, lsn *svcListener) {
 // (admit) and starts its link, or refuses it with one log line.
 func (s *Service) admitLink(c net.Conn, info svcLinkInfo) {
 	if limit, n, max := s.admit(info.lsn, info.peer); limit != "" {
-		s.obs.limits.hit(limit, time.Now())
+		s.obs.hits().hit(limit, time.Now())
 		s.refused.Warn(s.log, "connection refused: over a limit", append([]any{"listen", info.lsn.name,
 			"remote", c.RemoteAddr().String(), "limit", limit, "value", n, "max", max}, info.peer.attrs()...)...)
 		c.Close()
@@ -397,7 +397,7 @@ func (s *Service) addLink(rw io.ReadWriteCloser, info svcLinkInfo) *svcLink {
 	peer, lsn, q := info.peer, info.lsn, info.quic
 	lim := s.cfg.Limits
 	cfg := LinkConfig{Name: sl.name, PingInterval: s.cfg.Ping, DeadAfter: s.cfg.DeadAfter, Logger: s.log,
-		Peer: peer, MaxPeerTrans: lim.TransPerLink, HardQueueBytes: lim.QueueBytes, LimitHits: &s.obs.limits,
+		Peer: peer, MaxPeerTrans: lim.TransPerLink, HardQueueBytes: lim.QueueBytes, LimitHits: s.obs.hits(),
 		OnRTT:   s.obs.rttObserver(peer.Class.String()),
 		Handler: func(t *Trans, m *Msg) { s.handle(sl, t, m) },
 		OnClose: func(error) { s.linkGone(sl) }}

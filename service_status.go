@@ -122,7 +122,7 @@ func (s *Service) control(req controlRequest) controlResponse {
 func (s *Service) Status() ServiceStatus {
 	st := ServiceStatus{Pid: os.Getpid(), Started: s.started, TCP: s.cfg.TCP, Unix: s.cfg.Unix, Listen: s.quicAddr(),
 		Links: []ServiceLinkStatus{}, Autoconn: []LinkStatus{}, Volconf: []ServiceVolconfStatus{},
-		RemoteDir: s.sec.remoteDir, RSAKey: s.sec.Fingerprint(), LimitHits: s.obs.limits.list()}
+		RemoteDir: s.sec.remoteDir, RSAKey: s.sec.Fingerprint(), LimitHits: s.obs.hits().list()}
 	type volconfRef struct {
 		kernel string
 		w      *volconfWorker

@@ -136,7 +136,7 @@ func (l *Leaf) runClusterLink(rw io.ReadWriteCloser, name string, q *QuicLink, p
 	l.mu.Lock()
 	cfg := LinkConfig{Name: name, PingInterval: l.cfg.PingInterval.Duration, DeadAfter: l.cfg.DeadAfter.Duration,
 		Handler: c.handle, Logger: l.log, Peer: peer, MaxPeerTrans: l.cfg.Limits.TransPerLink,
-		HardQueueBytes: l.cfg.Limits.QueueBytes, LimitHits: &l.obs.limits, OnRTT: l.obs.rttObserver(peer.Class.String())}
+		HardQueueBytes: l.cfg.Limits.QueueBytes, LimitHits: l.obs.hits(), OnRTT: l.obs.rttObserver(peer.Class.String())}
 	if q != nil {
 		cfg.BulkBatch = quicBulkBatch
 	}

@@ -106,7 +106,7 @@ func (l *Leaf) Status() LeafStatus {
 	st := LeafStatus{Label: l.info.Label, Clid: l.info.Clid, Fsid: l.info.Fsid, Type: pfsTypeName(l.info.Type),
 		Pid: os.Getpid(), Started: l.started, Listen: l.cfg.Listen, NodeKey: l.node.Fingerprint(),
 		Remotes: []LinkStatus{}, Inbound: []LinkStatus{}, Spans: []SpanStatus{}, KernelStates: []LockJSON{},
-		LimitHits: l.obs.limits.list()}
+		LimitHits: l.obs.hits().list()}
 	if st.Listen != "none" {
 		st.Listen = l.node.Addr().String()
 	}
