@@ -105,6 +105,10 @@ func TestStatusGolden(t *testing.T) {
 			if string(got) != string(want) {
 				t.Errorf("%s changed (rewrite with -update-status if meant, and update docs/STATUS.md):\n%s", path, lineDiff(string(want), string(got)))
 			}
+			// docs/STATUS.md shows this very document.
+			if doc, err := os.ReadFile(filepath.Join("docs", "STATUS.md")); err != nil || !strings.Contains(string(doc), string(got)) {
+				t.Errorf("docs/STATUS.md does not show %s as it is now (%v)", path, err)
+			}
 			// The rules of the schema, whatever the document: no Go field
 			// names, no null lists, no zero times, no duration strings.
 			checkSchemaRules(t, got)
