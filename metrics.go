@@ -8,7 +8,7 @@ package main
 // are counted by observer with an atomic add or a histogram observation,
 // off the per-message path. Served read-only on the opt-in metrics_listen
 // address (metrics_http.go) and through the control socket for `hammer2
-// metrics`. Names and labels: docs/METRICS in README's operator section.
+// metrics`. README's operator section lists the names and labels.
 
 import (
 	"bytes"
