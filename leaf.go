@@ -90,7 +90,7 @@ func NewLeaf(cfg Config, pfs PFS, key ed25519.PrivateKey, trust *TrustStore, log
 		spans:   newSpanTable(cfg.Limits),
 		obs:     newObserver(),
 	}
-	l.obs.register(newLeafCollector(l))
+	l.obs.register(newLeafCollector(l), l.obs.commit)
 	l.sec = newTCPSecurity(cfg.TCPRemoteDir(), cfg.TCPKeyDir(), policy, crand.Reader, l.log)
 	// The stand-in PFS's kernel.sock takes the same mode and checks as
 	// the other local sockets.

@@ -59,11 +59,13 @@ func newObserver() *observer {
 	}
 }
 
-// register makes the daemon's registry: its own collector, the observer's
-// histograms, and the Go runtime's and process's standard metrics.
-func (o *observer) register(daemon prometheus.Collector) {
+// register makes the daemon's registry: its own collector, the link RTT
+// histogram, extra (a leaf's commit latency), and the Go runtime's and
+// process's standard metrics.
+func (o *observer) register(daemon prometheus.Collector, extra ...prometheus.Collector) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(daemon, o.rtt, o.commit,
+	reg.MustRegister(extra...)
+	reg.MustRegister(daemon, o.rtt,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hammer2_build_info",

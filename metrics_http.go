@@ -16,16 +16,20 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 )
 
 // Scrape bounds: a scrape is one small GET; a client slower than this is
-// dropped, and at most metricsScrapesMax are served at once (more wait
-// for a token, then get 503).
+// dropped, and at most metricsScrapesMax are served at once (more get
+// 503).
 const (
 	metricsReadTimeout  = 5 * time.Second
 	metricsWriteTimeout = 10 * time.Second
 	metricsIdleTimeout  = 30 * time.Second
 	metricsScrapesMax   = 4
+	// metricsConnsMax bounds the connections held at once (idle ones
+	// included); more wait in the listen backlog.
+	metricsConnsMax = 16
 )
 
 // serveMetrics listens on addr ("" or "none": not at all) and serves the
@@ -39,6 +43,7 @@ func (o *observer) serveMetrics(ctx context.Context, addr string, log *slog.Logg
 	if err != nil {
 		return fmt.Errorf("metrics_listen %s: %w", addr, err)
 	}
+	ln = netutil.LimitListener(ln, metricsConnsMax)
 	h := promhttp.HandlerFor(o.reg, promhttp.HandlerOpts{
 		MaxRequestsInFlight: metricsScrapesMax,
 		Timeout:             metricsWriteTimeout / 2,
