@@ -117,6 +117,22 @@ func TestProcessStatusCheck(t *testing.T) {
 		t.Fatalf("b stopped: exit %d %q, want 1 naming slot 1", code, lines)
 	}
 
+	// A master of a two-master group whose other master never comes: no
+	// quorum.
+	m := newLeafNode(t, "m", leafOpts{})
+	m.writeConfig(fmt.Sprintf("\n[quorum]\nmasters = [%q, %q]\ntick = \"100ms\"\n", m.info.Fsid, NewUUID()))
+	m.startArgs("no quorum", "-d", "leaf", "--listen", "none", "--backbone", "unix:"+svc.sock, m.pfs)
+	if _, err := qpDialKernel(t, "km", m, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	m.waitStatus(10*time.Second, "kernel and backbone up", func(s procStatus) bool {
+		return s.Leaf != nil && s.Leaf.Kernel.State == DialUp && s.Leaf.Backbone != nil && s.Leaf.Backbone.State == DialUp
+	})
+	code, lines = checkLines(t, m.bin, "-c", m.cfgPath, "status", m.pfs)
+	if code != 1 || len(lines) != 1 || !hasLine(lines, "no quorum: master ") {
+		t.Fatalf("a master without its majority: exit %d %q, want 1 and \"no quorum\"", code, lines)
+	}
+
 	// A service whose autoconn target is down, and that closed a link
 	// over a limit (a TCP peer that never said hello).
 	s2 := newSvcNode(t, "s2", svcOpts{})
