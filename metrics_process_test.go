@@ -51,7 +51,8 @@ func hasLine(lines []string, prefix string) bool {
 // TestProcessStatusCheck: each exit code of `status --check`, for a leaf
 // and for a service, from the real daemons: 2 before they run, 1 with a
 // named reason for each fault (kernel not connected, a REMOTE target
-// down, an autoconn target down, a limit hit), 0 once every link is up.
+// down, no quorum, an autoconn target down, a limit hit), 0 once every
+// link is up.
 func TestProcessStatusCheck(t *testing.T) {
 	t.Parallel()
 	svc := newSvcNode(t, "s", svcOpts{})
