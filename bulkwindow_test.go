@@ -84,6 +84,26 @@ func windowHeld(l *Link) uint64 {
 	return l.win.held
 }
 
+// holdUntilWindowHolds makes the test's receiver (whose recorder has a
+// gate, set before its link started) stop reading at its first message
+// until tx's bulk window has held bulk back (or 10 s have gone),
+// so that the window is sure to be engaged with bulk and control queued
+// behind it while the test's order is checked. It PINGs first: the window
+// only engages for a peer that has answered one.
+func holdUntilWindowHolds(t *testing.T, rec *laneRecorder, tx *Link) {
+	t.Helper()
+	if _, err := tx.Ping(testCtx(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(rec.gate)
+		deadline := time.Now().Add(10 * time.Second)
+		for windowHeld(tx) == 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}()
+}
+
 // TestOneStreamTransactionOrder: with the bulk window holding bulk back
 // behind a busy control lane, nothing of a transaction overtakes its bulk
 // message, and one-way messages keep their order: on one stream a
@@ -91,7 +111,9 @@ func windowHeld(l *Link) uint64 {
 func TestOneStreamTransactionOrder(t *testing.T) {
 	t.Parallel()
 	rec := newLaneRecorder(t)
+	rec.gate = make(chan struct{})
 	tx, rx := oneStreamLinks(t, rec)
+	holdUntilWindowHolds(t, rec, tx)
 	laneTransactionOrder(t, rec, tx, rx)
 	if windowHeld(tx) == 0 {
 		t.Error("the bulk window never held bulk back: the test proved nothing")
@@ -104,7 +126,9 @@ func TestOneStreamTransactionOrder(t *testing.T) {
 func TestOneStreamCircuitOrder(t *testing.T) {
 	t.Parallel()
 	rec := newLaneRecorder(t)
+	rec.gate = make(chan struct{})
 	tx, _ := oneStreamLinks(t, rec)
+	holdUntilWindowHolds(t, rec, tx)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {

@@ -45,6 +45,10 @@ type laneRecorder struct {
 	root    []int               // indexes of one-way messages, in order
 	orphans int                 // transactions opened under an unknown circuit
 	parents map[uint64]uint64   // child msgid -> parent msgid as resolved
+	// gate, if set, holds the first handler call until it is closed:
+	// the receiver stops reading meanwhile.
+	gate     chan struct{}
+	gateOnce sync.Once
 }
 
 func newLaneRecorder(t *testing.T) *laneRecorder {
@@ -56,6 +60,9 @@ func (r *laneRecorder) handle(tr *Trans, m *Msg) {
 		r.t.Error("two handlers ran at once")
 	}
 	defer r.running.Add(-1)
+	if r.gate != nil {
+		r.gateOnce.Do(func() { <-r.gate })
+	}
 	// Let a handler take a moment, so that the other reader has the
 	// chance to run one concurrently if the dispatch lock were missing.
 	time.Sleep(10 * time.Microsecond)
