@@ -95,6 +95,20 @@ func holdUntilWindowHolds(t *testing.T, rec *laneRecorder, tx *Link) {
 	if _, err := tx.Ping(testCtx(t, 5*time.Second)); err != nil {
 		t.Fatal(err)
 	}
+	// Bulk (PADs, which the receiver reads without a handler) with
+	// control traffic behind it: the window engages, and holds as soon
+	// as a probe is slower than the writer's next turn.
+	pad := make([]byte, 64<<10)
+	var err error
+	tx.mu.Lock()
+	for i := 0; i < 32 && err == nil; i++ {
+		err = tx.enqueueLocked(tx.Root(), &Msg{Header: Header{Cmd: CmdLnkPad}, Aux: pad})
+	}
+	tx.pingLocked(nil, true)
+	tx.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() {
 		defer close(rec.gate)
 		deadline := time.Now().Add(10 * time.Second)

@@ -481,8 +481,11 @@ func (l *Link) enqueueLocked(t *Trans, m *Msg) error {
 			if !ping {
 				l.pacer.Demand()
 			}
-		case !ping && len(l.bulkq) > 0:
-			// Control waits behind bulk: hold the bulk to the window.
+		case !ping:
+			// Control traffic: hold bulk to the window from now on
+			// (it costs nothing on a link that carries no bulk). Not
+			// only while bulk is queued: a writer that drained the
+			// queue just before would otherwise miss the busy spell.
 			l.win.Demand(time.Now())
 		}
 	}
@@ -940,7 +943,7 @@ func (l *Link) pingLocked(done chan<- time.Duration, demand bool) bool {
 	if demand {
 		if l.pacer != nil {
 			l.pacer.Demand()
-		} else if len(l.bulkq) > 0 {
+		} else {
 			l.win.Demand(time.Now())
 		}
 	}
