@@ -104,6 +104,7 @@ type quorumDriver struct {
 	commitTimeout time.Duration
 
 	status atomic.Pointer[quorumStatus] // safe for any goroutine
+	obs    *observer                    // the leaf's metrics counters, or nil (set before run)
 
 	reads   map[uint64]*quorumRead // read barriers by id (quorum_snapshot.go)
 	readSeq uint64
@@ -376,6 +377,7 @@ func (d *quorumDriver) submit(op quorumOp, durable func(uint64), done func(quoru
 func (d *quorumDriver) propose(op quorumOp, durable func(uint64), done func(quorumResult, error)) {
 	op.At = d.clock.Wall().UnixNano() // for operators reading the table; never compared with a clock
 	now := d.clock.Now()
+	done = d.obs.proposal(done)
 	id, err := d.node.Propose(op)
 	if err != nil {
 		done(quorumResult{}, err)
