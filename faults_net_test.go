@@ -28,6 +28,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -43,6 +44,9 @@ type faultNet struct {
 	nodes  []string
 	fwd    *faultForwarder
 }
+
+// faultNetSeq tells apart the networks of one test process.
+var faultNetSeq atomic.Int64
 
 // faultNodeAddr is node i's (0-based) address.
 func faultNodeAddr(i int) string { return fmt.Sprintf("fd00:13:0:%d::2", i+1) }
@@ -80,7 +84,7 @@ func faultRun(t testing.TB, stdin string, name string, args ...string) {
 func newFaultNet(t *testing.T, n int, seed uint64) *faultNet {
 	t.Helper()
 	removeStaleFaultNets()
-	f := &faultNet{t: t, prefix: fmt.Sprintf("h2f%d-", os.Getpid())}
+	f := &faultNet{t: t, prefix: fmt.Sprintf("h2f%d-%d-", os.Getpid(), faultNetSeq.Add(1))}
 	f.router = f.prefix + "r"
 	t.Cleanup(f.remove)
 	ip := func(args ...string) { t.Helper(); faultRun(t, "", "ip", args...) }
@@ -129,7 +133,8 @@ func (f *faultNet) remove() {
 }
 
 // removeStaleFaultNets deletes the namespaces of test processes that are
-// gone (killed before their cleanup ran): h2f<pid>-..., that pid dead.
+// gone (killed before their cleanup ran): h2f<pid>-<seq>..., that pid
+// dead.
 func removeStaleFaultNets() {
 	entries, err := os.ReadDir("/run/netns")
 	if err != nil {
