@@ -43,6 +43,7 @@ type faultNet struct {
 	router string
 	nodes  []string
 	fwd    *faultForwarder
+	netem  string // whether this kernel has netem, for the log
 }
 
 // faultNetSeq tells apart the networks of one test process.
@@ -110,6 +111,13 @@ func newFaultNet(t *testing.T, n int, seed uint64) *faultNet {
 		ip("-n", ns, "-6", "route", "add", "fd00:13::/48", "via", fmt.Sprintf("fd00:13:0:%d::1", i+1))
 		ip("-n", f.router, "link", "set", rl, "up")
 		ip("-n", f.router, "-6", "addr", "add", fmt.Sprintf("fd00:13:0:%d::1/64", i+1), "dev", rl, "nodad")
+	}
+	f.netem = "netem missing"
+	if out, err := exec.Command("ip", "netns", "exec", f.router, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms").CombinedOutput(); err == nil {
+		f.netem = "netem present, not used: the forwarder runs everywhere, so that every machine runs the same faults"
+		_ = exec.Command("ip", "netns", "exec", f.router, "tc", "qdisc", "del", "dev", "lo", "root").Run()
+	} else if msg := strings.TrimSpace(string(out)); msg != "" {
+		f.netem = "netem missing (tc: " + msg + ")"
 	}
 	f.fwd = startFaultForwarder(t, f.router, seed)
 	ip("-n", f.router, "link", "set", "tun0", "up")

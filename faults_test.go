@@ -181,12 +181,12 @@ func TestLongFaults(t *testing.T) {
 		}
 		seed = v
 	}
-	t.Logf("%d masters in network namespaces, %ds of faults, H2_FAULTS_SEED=%d; delay, jitter, duplication and "+
-		"reordering by the user-space forwarder (no netem used), drops and loss by nftables", n, secs, seed)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	dur := time.Duration(secs) * time.Second
 
 	fnet := newFaultNet(t, n, seed)
+	t.Logf("%d masters in network namespaces, %ds of faults, H2_FAULTS_SEED=%d; delay, jitter, duplication and "+
+		"reordering by the user-space forwarder (%s), drops and loss by nftables", n, secs, seed, fnet.netem)
 	c, slaves := newFaultCluster(t, n, fnet)
 	c.waitLeader(30 * time.Second)
 
