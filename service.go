@@ -95,12 +95,18 @@ type ServiceConfig struct {
 // service's mu, except those of svcLinkInfo and link, which never change.
 type svcLink struct {
 	svcLinkInfo
-	id     connID
-	link   *Link
-	since  time.Time
-	conn   *Trans // the peer's LNK_CONN, while open
-	spans  map[*Trans]spanID
+	id    connID
+	link  *Link
+	since time.Time
+	conn  *Trans // the peer's LNK_CONN, while open
+	spans map[*Trans]spanID
+	// relays are the spans we opened on the link, by the router's id;
+	// each one's Trans.Data is that id (a relayID), so a transaction
+	// the peer opens under one finds its relay at once (relayOf).
 	relays map[relayID]*Trans
+	// onRelay is the handler of every relay of the link: one closure
+	// per link, not one per relay.
+	onRelay Handler
 	// ignored counts the spans of an unprivileged link: answered, kept
 	// open and never relayed. circuits counts the circuits it has open
 	// through us.
@@ -395,6 +401,7 @@ func (s *Service) addLink(rw io.ReadWriteCloser, info svcLinkInfo) *svcLink {
 		cfg.BulkBatch = quicBulkBatch
 	}
 	sl.link = NewLink(rw, cfg)
+	sl.onRelay = func(t *Trans, m *Msg) { s.relayMsg(sl, t, m) }
 	s.links[sl.id] = sl
 	c := LnkConn{PeerType: PeerCluster, PeerMask: ^uint64(0), PeerLabel: s.hostname + "/hammer2-service"}
 	if _, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkConn}, Ext: c.Marshal()}, func(*Trans, *Msg) {}); err != nil {
@@ -611,12 +618,9 @@ func (s *Service) forwardCircuit(sl *svcLink, parent, in *Trans, m *Msg) {
 	}
 	s.mu.Lock()
 	var src *Trans
-	for rid, rt := range sl.relays {
-		if rt == parent {
-			if sid, ok := s.router.SourceOf(rid); ok {
-				src = s.spanTx[sid]
-			}
-			break
+	if rid, ok := sl.relayOf(parent); ok {
+		if sid, ok := s.router.SourceOf(rid); ok {
+			src = s.spanTx[sid]
 		}
 	}
 	over := sl.circuits >= s.cfg.Limits.CircuitsPerLink
@@ -792,32 +796,49 @@ func (s *Service) applyLocked() {
 			}
 			continue
 		}
-		rid := a.Relay
 		body := *a.Span
 		body.Dist, body.RNSS = a.Dist, a.RNSS
-		t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: body.Marshal()},
-			func(t *Trans, m *Msg) {
-				if m.Cmd&(FlagDelete|maskBaseCmd) == CmdDbgShell {
-					s.shellOnRelay(sl, rid, t, ShellText(m.Aux))
-					return
-				}
-				// The receiver's DELETE: the answer to our withdrawal, or it
-				// closing a relay it does not want. The router tells which.
-				if m.Cmd&FlagDelete != 0 {
-					s.mu.Lock()
-					if sl.relays[rid] == t {
-						delete(sl.relays, rid)
-					}
-					s.router.begin()
-					s.router.relayClosed(rid)
-					s.kick()
-					s.mu.Unlock()
-				}
-			})
+		t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: body.Marshal()}, sl.onRelay)
 		if err != nil {
 			continue // the link is going down; linkGone cleans up
 		}
-		sl.relays[rid] = t
+		// Under mu, as relayMsg and forwardCircuit read it: the peer's
+		// answer cannot be handled before this.
+		t.Data = a.Relay
+		sl.relays[a.Relay] = t
+	}
+}
+
+// relayOf is the relay t is, if it is one of sl's; the caller holds mu.
+func (sl *svcLink) relayOf(t *Trans) (relayID, bool) {
+	rid, ok := t.Data.(relayID)
+	if !ok || sl.relays[rid] != t {
+		return 0, false
+	}
+	return rid, true
+}
+
+// relayMsg handles what the receiver sends on one of sl's relays: a
+// DragonFly shell's `@<msgid> <cmd>`, or its DELETE: the answer to our
+// withdrawal, or it closing a relay it does not want. The router tells
+// which.
+func (s *Service) relayMsg(sl *svcLink, t *Trans, m *Msg) {
+	s.mu.Lock()
+	rid, _ := t.Data.(relayID)
+	s.mu.Unlock()
+	if m.Cmd&(FlagDelete|maskBaseCmd) == CmdDbgShell {
+		s.shellOnRelay(sl, rid, t, ShellText(m.Aux))
+		return
+	}
+	if m.Cmd&FlagDelete != 0 {
+		s.mu.Lock()
+		if sl.relays[rid] == t {
+			delete(sl.relays, rid)
+		}
+		s.router.begin()
+		s.router.relayClosed(rid)
+		s.kick()
+		s.mu.Unlock()
 	}
 }
 
