@@ -44,6 +44,7 @@ import (
 	"bytes"
 	"cmp"
 	"slices"
+	"sort"
 )
 
 // SpanMaxDist is DMSG_SPAN_MAXDIST: spans further away are not relayed,
@@ -229,9 +230,7 @@ func (r *spanRouter) flush() {
 	r.dirty = r.dirty[:0]
 	if len(r.newConns) > 0 {
 		for _, c := range r.newConns {
-			for _, n := range r.nodes {
-				r.scan(n, c, n.best())
-			}
+			r.scanConn(c)
 		}
 		clear(r.newConns)
 		r.newConns = r.newConns[:0]
@@ -263,8 +262,25 @@ func (r *spanRouter) connUp(id connID, filter LnkConn) {
 		r.newConns = append(r.newConns, c)
 		return
 	}
-	for _, n := range r.nodes {
-		r.scan(n, c, n.best())
+	r.scanConn(c)
+}
+
+// scanConn relays every node to a connection that came up, in Walk's
+// order. A cluster the connection's filter refuses as a whole (its
+// peer_type, or another cluster's client) is skipped in one step: its
+// nodes are one run of the list.
+func (r *spanRouter) scanConn(c *spanConn) {
+	for i := 0; i < len(r.nodes); {
+		cl := r.nodes[i].cluster
+		if !clusterPasses(&cl.key, &c.filter) {
+			rest := r.nodes[i:]
+			i += sort.Search(len(rest), func(j int) bool { return compareClusters(&rest[j].cluster.key, &cl.key) > 0 })
+			continue
+		}
+		for ; i < len(r.nodes) && r.nodes[i].cluster == cl; i++ {
+			n := r.nodes[i]
+			r.scan(n, c, n.best())
+		}
 	}
 }
 
@@ -603,17 +619,24 @@ func (r *spanRouter) scan(n *spanNode, c *spanConn, best *spanLink) {
 
 // passes applies libdmsg's relay filters to the best link of a node.
 func (r *spanRouter) passes(l *spanLink, c *spanConn) bool {
-	s, f := l.body, &c.filter
 	switch {
 	case l.dist > SpanMaxDist:
 		return false
 	case l.conn == c.id: // split horizon
 		return false
-	case s.PeerType >= 64 || f.PeerMask&(1<<s.PeerType) == 0:
+	}
+	return clusterPasses(&l.node.cluster.key, &c.filter)
+}
+
+// clusterPasses is the part of the filters that only looks at the span's
+// cluster (its peer_type and peer_id, which name the cluster).
+func clusterPasses(k *clusterKey, f *LnkConn) bool {
+	switch {
+	case k.peerType >= 64 || f.PeerMask&(1<<k.peerType) == 0:
 		return false
-	case f.PeerType == PeerClient && s.PeerType == PeerClient:
+	case f.PeerType == PeerClient && k.peerType == PeerClient:
 		return false
-	case f.PeerType == PeerClient && !f.PeerID.IsNil() && f.PeerID != s.PeerID:
+	case f.PeerType == PeerClient && !f.PeerID.IsNil() && f.PeerID != k.peerID:
 		return false
 	}
 	return true
@@ -650,11 +673,19 @@ func (r *spanRouter) sortedNodes() []*spanNode { return r.nodes }
 
 func compareNodes(a, b *spanNode) int {
 	return cmp.Or(
-		cmp.Compare(a.cluster.key.peerType, b.cluster.key.peerType),
-		bytes.Compare(a.cluster.key.peerID[:], b.cluster.key.peerID[:]),
-		bytes.Compare(a.cluster.key.label[:], b.cluster.key.label[:]),
+		compareClusters(&a.cluster.key, &b.cluster.key),
 		bytes.Compare(a.key.label[:], b.key.label[:]),
 		bytes.Compare(a.key.pfsID[:], b.key.pfsID[:]))
+}
+
+func compareClusters(a, b *clusterKey) int {
+	if a == b {
+		return 0
+	}
+	return cmp.Or(
+		cmp.Compare(a.peerType, b.peerType),
+		bytes.Compare(a.peerID[:], b.peerID[:]),
+		bytes.Compare(a.label[:], b.label[:]))
 }
 
 func sortedRelays(m map[connID]*spanRelay) []*spanRelay {
