@@ -315,7 +315,7 @@ func BenchmarkServiceLeaves(b *testing.B) {
 
 func benchLeaves(b *testing.B, n, size int) {
 	cfg := filepath.Join(shortTempDir(b), "svc.toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[limits]\nlinks = %d\nspans = %d\n", n+100, n+100)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[limits]\nlinks = %d\nspans = %d\n", n+100, max(n+100, 4096))), 0o600); err != nil {
 		b.Fatal(err)
 	}
 	sock, pid := benchServiceConfig(b, cfg)
