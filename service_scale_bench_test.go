@@ -239,7 +239,9 @@ func (s *leafSim) join(i, cl int) *simLeaf {
 		s.b.Fatal(err)
 	}
 	sl := &simLeaf{}
-	sl.link = NewLink(c, LinkConfig{Name: "leaf", PingInterval: -1, DeadAfter: -1, Logger: discardLogger(), MaxPeerTrans: -1,
+	// It PINGs as a leaf does (every second when idle), so that the
+	// service's silence check keeps it while the service is busy.
+	sl.link = NewLink(c, LinkConfig{Name: "leaf", DeadAfter: -1, Logger: discardLogger(), MaxPeerTrans: -1,
 		Handler: func(t *Trans, m *Msg) {
 			if t.IsRoot() || t.Parent() != nil || t.Cmd() != CmdLnkSpan || m.Cmd&FlagCreate == 0 {
 				return
