@@ -16,7 +16,11 @@ package main
 // per-process value. A new relay is opened before the one it replaces is
 // closed. Work is incremental: an event rescans only the nodes and
 // connections it touches, which gives the same result as libdmsg's full
-// pass.
+// pass (TestSpanRouterIndexChurn compares the two). What a connection
+// brought and was sent is indexed by connection, and the nodes are kept
+// in order, so a link coming up costs the relays it is sent (plus a step
+// per cluster its filter refuses) and one going down the relays and
+// spans it had, however many the router holds.
 //
 // A driver may batch: after begin, events only record what they change,
 // and take rescans each node they touched once. A better link that arrives
