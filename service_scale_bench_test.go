@@ -30,7 +30,7 @@ import (
 
 // scaleService runs an in-process service with no listeners; links are
 // handed to it over socketpairs.
-func scaleService(b *testing.B, lim Limits) *Service {
+func scaleService(b testing.TB, lim Limits) *Service {
 	b.Helper()
 	svc := NewService(ServiceConfig{Limits: lim, DeadAfter: -1, Ping: -1}, nil, discardLogger())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -53,7 +53,7 @@ func scaleService(b *testing.B, lim Limits) *Service {
 
 // attach links the benchmark to svc as a privileged local peer; h handles
 // what the service sends.
-func attach(b *testing.B, svc *Service, name string, h Handler) *Link {
+func attach(b testing.TB, svc *Service, name string, h Handler) *Link {
 	b.Helper()
 	ours, theirs := socketPair(b)
 	svc.addLink(theirs, svcLinkInfo{name: name, transport: "unix", local: true,
