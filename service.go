@@ -45,13 +45,18 @@ type Service struct {
 	// for `hammer2 status --service --watch`.
 	changes notifier
 
-	mu      sync.Mutex // guards router and everything reached from links
-	router  *spanRouter
-	links   map[connID]*svcLink
-	nextID  connID
-	nextSp  spanID
-	spanTx  map[spanID]*Trans // each received span's transaction, for circuits
-	started time.Time
+	mu     sync.Mutex // guards router and everything reached from links
+	router *spanRouter
+	links  map[connID]*svcLink
+	nextID connID
+	nextSp spanID
+	spanTx map[spanID]*Trans // each received span's transaction, for circuits
+	// relayExt is where applyLocked encodes each relay's LNK_SPAN: the
+	// link copies it when queueing, so one buffer serves them all instead
+	// of 448 bytes of garbage per relay (a burst of relays is most of a
+	// service's peak memory).
+	relayExt []byte
+	started  time.Time
 	// unpriv counts the unprivileged links of all listeners.
 	unpriv int
 	// kicked wakes the applier: router events are applied in batches.
@@ -798,7 +803,11 @@ func (s *Service) applyLocked() {
 		}
 		body := *a.Span
 		body.Dist, body.RNSS = a.Dist, a.RNSS
-		t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: body.Marshal()}, sl.onRelay)
+		if s.relayExt == nil {
+			s.relayExt = newExt(CmdLnkSpan)
+		}
+		body.MarshalTo(s.relayExt)
+		t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: s.relayExt}, sl.onRelay)
 		if err != nil {
 			continue // the link is going down; linkGone cleans up
 		}
