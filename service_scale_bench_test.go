@@ -214,13 +214,15 @@ func (sl *simLeaf) count(s *leafSim, d int64) {
 	}
 }
 
-// leave closes the leaf's link; what it held leaves the total with it.
+// leave drops the leaf's link (its socket closes at once; its
+// goroutines end in their own time, which Close would wait for, one link
+// after another); what it held leaves the total with it.
 func (sl *simLeaf) leave(s *leafSim) {
 	sl.mu.Lock()
 	sl.gone = true
 	s.add(-sl.held)
 	sl.mu.Unlock()
-	sl.link.Close()
+	sl.link.Abort(ErrLinkClosed)
 }
 
 func (s *leafSim) add(d int64) {
