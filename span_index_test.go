@@ -56,9 +56,11 @@ func newIdxChurn(t *testing.T, seed uint64) *idxChurn {
 }
 
 func (c *idxChurn) filter() LnkConn {
-	switch c.rng.IntN(4) {
+	switch c.rng.IntN(5) {
 	case 0: // a client of cluster 1 or 2
 		return LnkConn{PeerType: PeerClient, PeerMask: ^uint64(0), PeerID: UUID{byte(1 + c.rng.IntN(2))}}
+	case 4: // a client of no cluster in particular
+		return LnkConn{PeerType: PeerClient, PeerMask: ^uint64(0)}
 	case 1: // hammer2 spans only
 		return LnkConn{PeerType: PeerHammer2, PeerMask: 1 << PeerHammer2}
 	default:
@@ -195,6 +197,23 @@ func (c *idxChurn) check(when string) {
 		if rl := r.relays[rid]; rl == nil || rl.conn != a.Conn {
 			c.t.Fatalf("%s: relay %d on conn %d opened, the router holds %v", when, rid, a.Conn, rl)
 		}
+	}
+	// The connections by filter: together, connList.
+	all := slices.Clone(r.anyConn)
+	for p, l := range r.clientConn {
+		if len(l) == 0 || !slices.IsSortedFunc(l, func(a, b *spanConn) int { return cmp.Compare(a.id, b.id) }) {
+			c.t.Fatalf("%s: cluster %v's client connections empty or out of order", when, p)
+		}
+		for _, sc := range l {
+			if id, ok := clientOf(&sc.filter); !ok || id != p {
+				c.t.Fatalf("%s: conn %d listed as a client of %v", when, sc.id, p)
+			}
+		}
+		all = append(all, l...)
+	}
+	slices.SortFunc(all, func(a, b *spanConn) int { return cmp.Compare(a.id, b.id) })
+	if !slices.Equal(all, r.connList) {
+		c.t.Fatalf("%s: %d connections by filter, %d in connList", when, len(all), len(r.connList))
 	}
 	// Relays per connection.
 	chained := 0

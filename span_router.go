@@ -164,17 +164,24 @@ type spanConn struct {
 
 // spanRouter is one node's spanning-tree state.
 type spanRouter struct {
-	salt      uint32 // added to rnss on every relay: a per-hop path signature
-	conns     map[connID]*spanConn
-	connList  []*spanConn // by id, for a deterministic order
-	links     map[spanID]*spanLink
-	relays    map[relayID]*spanRelay
-	clusters  map[UUID]*spanCluster // by peer_id; clusters that share one are chained by next
-	next      relayID
-	arrivals  uint64
-	pending   map[relayID]*spanNode // withdrawals of active nodes awaiting answers
-	relayConn map[relayID]connID    // where each pending withdrawal went
-	out       []spanAction
+	salt     uint32 // added to rnss on every relay: a per-hop path signature
+	conns    map[connID]*spanConn
+	connList []*spanConn // by id, for a deterministic order
+	// The connections again, by what their filter can take, each by id:
+	// a client naming its cluster (DragonFly's filter gives it nothing
+	// else) under that cluster's peer_id, every other one in anyConn. A
+	// node is scanned only on the two lists its cluster can pass, so a
+	// service of many clusters does not scan every link for each change.
+	anyConn    []*spanConn
+	clientConn map[UUID][]*spanConn
+	links      map[spanID]*spanLink
+	relays     map[relayID]*spanRelay
+	clusters   map[UUID]*spanCluster // by peer_id; clusters that share one are chained by next
+	next       relayID
+	arrivals   uint64
+	pending    map[relayID]*spanNode // withdrawals of active nodes awaiting answers
+	relayConn  map[relayID]connID    // where each pending withdrawal went
+	out        []spanAction
 
 	// The indexes that keep every event's cost to what it changes: nodes
 	// in Walk's order (a connection coming up is relayed every node
@@ -195,7 +202,7 @@ func newSpanRouter(salt uint32) *spanRouter {
 	return &spanRouter{salt: salt, conns: map[connID]*spanConn{}, links: map[spanID]*spanLink{},
 		relays: map[relayID]*spanRelay{}, clusters: map[UUID]*spanCluster{}, pending: map[relayID]*spanNode{},
 		relayConn: map[relayID]connID{}, connLinks: map[connID]*spanLink{}, pendingOn: map[connID]map[relayID]struct{}{},
-		owedOn: map[connID]map[*spanNode]struct{}{}}
+		owedOn: map[connID]map[*spanNode]struct{}{}, clientConn: map[UUID][]*spanConn{}}
 }
 
 // begin starts a batch: until the next take, events record what they
@@ -260,8 +267,12 @@ func (r *spanRouter) connUp(id connID, filter LnkConn) {
 	}
 	c := &spanConn{id: id, filter: filter}
 	r.conns[id] = c
-	i, _ := slices.BinarySearchFunc(r.connList, id, func(c *spanConn, id connID) int { return cmp.Compare(c.id, id) })
-	r.connList = slices.Insert(r.connList, i, c)
+	r.connList = insertConn(r.connList, c)
+	if p, ok := clientOf(&filter); ok {
+		r.clientConn[p] = insertConn(r.clientConn[p], c)
+	} else {
+		r.anyConn = insertConn(r.anyConn, c)
+	}
 	if r.batching {
 		r.newConns = append(r.newConns, c)
 		return
@@ -296,8 +307,13 @@ func (r *spanRouter) connDown(id connID) {
 		return
 	}
 	delete(r.conns, id)
-	if i, ok := slices.BinarySearchFunc(r.connList, id, func(c *spanConn, id connID) int { return cmp.Compare(c.id, id) }); ok {
-		r.connList = slices.Delete(r.connList, i, i+1)
+	r.connList = deleteConn(r.connList, id)
+	if p, ok := clientOf(&c.filter); ok {
+		if r.clientConn[p] = deleteConn(r.clientConn[p], id); len(r.clientConn[p]) == 0 {
+			delete(r.clientConn, p)
+		}
+	} else {
+		r.anyConn = deleteConn(r.anyConn, id)
 	}
 	r.newConns = slices.DeleteFunc(r.newConns, func(x *spanConn) bool { return x == c })
 	var gone []*spanRelay
@@ -585,9 +601,34 @@ func (n *spanNode) best() *spanLink {
 func (r *spanRouter) scanNode(n *spanNode) {
 	n.dirty = false
 	best := n.best()
-	for _, c := range r.connList {
+	// The two lists merged by id: the order connList would give.
+	a, b := r.anyConn, r.clientConn[n.cluster.key.peerID]
+	for len(a) > 0 || len(b) > 0 {
+		var c *spanConn
+		if len(b) == 0 || len(a) > 0 && a[0].id < b[0].id {
+			c, a = a[0], a[1:]
+		} else {
+			c, b = b[0], b[1:]
+		}
 		r.scan(n, c, best)
 	}
+}
+
+// clientOf is the cluster a client's filter confines it to, if any.
+func clientOf(f *LnkConn) (UUID, bool) {
+	return f.PeerID, f.PeerType == PeerClient && !f.PeerID.IsNil()
+}
+
+func insertConn(list []*spanConn, c *spanConn) []*spanConn {
+	i, _ := slices.BinarySearchFunc(list, c.id, func(c *spanConn, id connID) int { return cmp.Compare(c.id, id) })
+	return slices.Insert(list, i, c)
+}
+
+func deleteConn(list []*spanConn, id connID) []*spanConn {
+	if i, ok := slices.BinarySearchFunc(list, id, func(c *spanConn, id connID) int { return cmp.Compare(c.id, id) }); ok {
+		return slices.Delete(list, i, i+1)
+	}
+	return list
 }
 
 // scan is libdmsg's per-(node, connection) step; best is n.best().
