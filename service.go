@@ -32,6 +32,13 @@ import (
 // the bound a connection is refused at accept.
 const tcpHandshakesMax = 32
 
+// applySlice bounds the router actions applied under one hold of the
+// service's lock. Forming a mesh of 1,000 leaves decides a million relays
+// in one batch; applied at once, that held the lock over a second (many
+// seconds on a loaded machine), while every link's reader waited on it in
+// its handler, read nothing, and looked silent to the dead_after check.
+const applySlice = 4096
+
 // Service is a running service daemon.
 type Service struct {
 	cfg      ServiceConfig
@@ -56,6 +63,10 @@ type Service struct {
 	// of 448 bytes of garbage per relay (a burst of relays is most of a
 	// service's peak memory).
 	relayExt []byte
+	// acts are the router's actions not yet applied, oldest first from
+	// actsHead (applyLocked applies them a slice at a time).
+	acts     []spanAction
+	actsHead int
 	started  time.Time
 	// unpriv counts the unprivileged links of all listeners.
 	unpriv int
@@ -607,7 +618,9 @@ func (s *Service) linkGone(sl *svcLink) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.router.linkDown(sl.id)
-	s.applyLocked()
+	if s.applyLocked() {
+		s.kick() // the applier sends the rest (what was this link's is skipped)
+	}
 	s.stopVolconfLocked(sl)
 	delete(s.links, sl.id)
 	if sl.lsn != nil {
@@ -743,16 +756,19 @@ func (s *Service) kick() {
 	}
 }
 
-// applier runs applyLocked for each batch until ctx ends.
+// applier runs applyLocked for each batch until ctx ends, letting go of
+// the lock between slices.
 func (s *Service) applier(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.kicked:
-			s.mu.Lock()
-			s.applyLocked()
-			s.mu.Unlock()
+			for more := true; more && ctx.Err() == nil; {
+				s.mu.Lock()
+				more = s.applyLocked()
+				s.mu.Unlock()
+			}
 		}
 	}
 }
@@ -796,43 +812,68 @@ func (s *Service) shellOnRelay(sl *svcLink, rid relayID, relay *Trans, cmd strin
 	}
 }
 
-// applyLocked sends what the router decided.
-func (s *Service) applyLocked() {
+// applyLocked takes what the router decided and sends the oldest
+// applySlice actions of what waits, in order; it reports whether more
+// wait. Actions for a link that is gone are skipped.
+func (s *Service) applyLocked() (more bool) {
 	defer s.changes.Notify()
-	for _, a := range s.router.take() {
-		sl := s.links[a.Conn]
-		if sl == nil {
-			continue
-		}
-		switch {
-		case a.Ack:
-			if t := sl.unanswered[a.Acked]; t != nil {
-				delete(sl.unanswered, a.Acked)
-				_ = t.Close(ErrOK)
-			}
-			continue
-		case !a.Open:
-			if t := sl.relays[a.Relay]; t != nil {
-				delete(sl.relays, a.Relay)
-				_ = t.Close(ErrOK)
-			}
-			continue
-		}
-		body := *a.Span
-		body.Dist, body.RNSS = a.Dist, a.RNSS
-		if s.relayExt == nil {
-			s.relayExt = newExt(CmdLnkSpan)
-		}
-		body.MarshalTo(s.relayExt)
-		t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: s.relayExt}, sl.onRelay)
-		if err != nil {
-			continue // the link is going down; linkGone cleans up
-		}
-		// Under mu, as relayMsg and forwardCircuit read it: the peer's
-		// answer cannot be handled before this.
-		t.Data = a.Relay
-		sl.relays[a.Relay] = t
+	s.acts = s.router.takeAppend(s.acts)
+	batch := s.acts[s.actsHead:]
+	batch = batch[:min(len(batch), applySlice)]
+	for i := range batch {
+		s.applyOne(&batch[i])
+		batch[i] = spanAction{} // let go of its span body
 	}
+	s.actsHead += len(batch)
+	switch {
+	case s.actsHead == len(s.acts):
+		s.acts, s.actsHead = s.acts[:0], 0
+		if cap(s.acts) > 4*applySlice {
+			s.acts = nil // a burst's buffer is not kept
+		}
+	case s.actsHead >= len(s.acts)/2:
+		old := len(s.acts)
+		n := copy(s.acts, s.acts[s.actsHead:])
+		clear(s.acts[n:old])
+		s.acts, s.actsHead = s.acts[:n], 0
+	}
+	return s.actsHead < len(s.acts)
+}
+
+// applyOne sends one router action.
+func (s *Service) applyOne(a *spanAction) {
+	sl := s.links[a.Conn]
+	if sl == nil {
+		return
+	}
+	switch {
+	case a.Ack:
+		if t := sl.unanswered[a.Acked]; t != nil {
+			delete(sl.unanswered, a.Acked)
+			_ = t.Close(ErrOK)
+		}
+		return
+	case !a.Open:
+		if t := sl.relays[a.Relay]; t != nil {
+			delete(sl.relays, a.Relay)
+			_ = t.Close(ErrOK)
+		}
+		return
+	}
+	body := *a.Span
+	body.Dist, body.RNSS = a.Dist, a.RNSS
+	if s.relayExt == nil {
+		s.relayExt = newExt(CmdLnkSpan)
+	}
+	body.MarshalTo(s.relayExt)
+	t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: s.relayExt}, sl.onRelay)
+	if err != nil {
+		return // the link is going down; linkGone cleans up
+	}
+	// Under mu, as relayMsg and forwardCircuit read it: the peer's
+	// answer cannot be handled before this.
+	t.Data = a.Relay
+	sl.relays[a.Relay] = t
 }
 
 // relayOf is the relay t is, if it is one of sl's; the caller holds mu.
