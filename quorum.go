@@ -723,6 +723,17 @@ func (n *quorumNode) Campaign() error {
 // Advance drains raft's Ready: persist, collect messages, apply. It must be
 // called after every Tick, Step, Propose or Report call that may have
 // produced work.
+//
+// Each Ready costs at most one bbolt transaction, and so one commit and
+// its fsyncs: the new entries, the hard state and what applying the
+// committed entries did are written together (saveStep), and a Ready with
+// nothing to write (messages only: heartbeats, a forwarded proposal, a
+// heartbeat's answer) writes nothing. Applying in memory before the write
+// is safe: nothing of this Ready leaves (messages, Durable, Applied)
+// before Advance returns, which is after the commit; a failed commit
+// leaves the node broken (n.err), so memory ahead of the file is never
+// used. A Ready with a snapshot keeps two transactions: the snapshot
+// replaces the state machine the committed entries apply to.
 func (n *quorumNode) Advance() (quorumReady, error) {
 	var out quorumReady
 	if err := n.broken(); err != nil {
@@ -731,21 +742,12 @@ func (n *quorumNode) Advance() (quorumReady, error) {
 	n.resubmit()
 	for n.rn.HasReady() {
 		rd := n.rn.Ready()
-		fsm, err := n.store.saveReady(rd.HardState, rd.Entries, rd.Snapshot)
-		if err != nil {
+		if err := n.persistApply(rd, &out); err != nil {
 			n.err = err
 			return out, n.broken()
-		}
-		if fsm != nil {
-			n.fsm, n.cs = fsm, proto.Clone(rd.Snapshot.GetMetadata().GetConfState()).(*pb.ConfState)
-			out.Snapshot = fsm.applied
 		}
 		out.Messages = append(out.Messages, rd.Messages...)
 		out.ReadStates = append(out.ReadStates, rd.ReadStates...)
-		if err := n.apply(rd.CommittedEntries, &out); err != nil {
-			n.err = err
-			return out, n.broken()
-		}
 		n.rn.Advance(rd)
 		if err := n.maybeSnapshot(); err != nil {
 			n.err = err
@@ -757,10 +759,41 @@ func (n *quorumNode) Advance() (quorumReady, error) {
 	return out, nil
 }
 
+// persistApply writes one Ready and applies its committed entries.
+func (n *quorumNode) persistApply(rd raft.Ready, out *quorumReady) error {
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		fsm, err := n.store.saveReady(rd.HardState, rd.Entries, rd.Snapshot)
+		if err != nil {
+			return err
+		}
+		if fsm != nil {
+			n.fsm, n.cs = fsm, proto.Clone(rd.Snapshot.GetMetadata().GetConfState()).(*pb.ConfState)
+			out.Snapshot = fsm.applied
+		}
+		return n.apply(rd.CommittedEntries, out)
+	}
+	var fsm *quorumFSM
+	if len(rd.CommittedEntries) > 0 {
+		n.applyEntries(rd.CommittedEntries, out)
+		fsm = n.fsm
+	}
+	return n.store.saveStep(rd.HardState, rd.Entries, fsm, n.cs)
+}
+
+// apply applies committed entries and writes the result in a transaction
+// of its own.
 func (n *quorumNode) apply(ents []*pb.Entry, out *quorumReady) error {
 	if len(ents) == 0 {
 		return nil
 	}
+	n.applyEntries(ents, out)
+	return n.store.saveApplied(n.fsm, n.cs)
+}
+
+// applyEntries applies committed entries to the state machine in memory;
+// the caller writes the result (takeDirty, takeSeen) before anything of
+// it is reported.
+func (n *quorumNode) applyEntries(ents []*pb.Entry, out *quorumReady) {
 	for _, e := range ents {
 		idx := e.GetIndex()
 		if idx <= n.fsm.applied {
@@ -799,7 +832,6 @@ func (n *quorumNode) apply(ents []*pb.Entry, out *quorumReady) error {
 		}
 		out.Applied = append(out.Applied, res)
 	}
-	return n.store.saveApplied(n.fsm, n.cs)
 }
 
 func (n *quorumNode) applyNormal(idx uint64, data []byte) (quorumResult, bool) {

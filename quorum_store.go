@@ -525,6 +525,40 @@ func (s *quorumStore) saveReady(hs *pb.HardState, ents []*pb.Entry, snap *pb.Sna
 	return fsm, err
 }
 
+// saveStep persists one raft Ready without a snapshot in a single
+// transaction: its entries, its hard state and, when fsm is set, what
+// applying its committed entries did. With nothing to write it opens no
+// transaction, so a Ready of messages alone costs no fsync.
+func (s *quorumStore) saveStep(hs *pb.HardState, ents []*pb.Entry, fsm *quorumFSM, cs *pb.ConfState) error {
+	if len(ents) == 0 && raft.IsEmptyHardState(hs) && fsm == nil {
+		return nil
+	}
+	var puts []cacHolding
+	var dels []cacKey
+	var seen []quorumSeen
+	var floor uint64
+	what := "save ready"
+	if fsm != nil {
+		puts, dels = fsm.takeDirty()
+		seen, floor = fsm.takeSeen()
+		what = fmt.Sprintf("save ready and applied state at txid %d", fsm.applied)
+	}
+	return s.update(what, func(tx *bolt.Tx, m *quorumMarks) error {
+		if err := appendTx(tx, m, ents); err != nil {
+			return err
+		}
+		if !raft.IsEmptyHardState(hs) {
+			if err := putProto(tx.Bucket([]byte(qbRaft)), qkHardState, hs); err != nil {
+				return err
+			}
+		}
+		if fsm == nil {
+			return nil
+		}
+		return saveFSMTx(tx, fsm, cs, puts, dels, seen, floor)
+	})
+}
+
 // saveApplied records what applying a batch of committed entries did.
 func (s *quorumStore) saveApplied(fsm *quorumFSM, cs *pb.ConfState) error {
 	puts, dels := fsm.takeDirty()
