@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -338,9 +339,67 @@ func (h *quorumHarness) record(qn *qhNode, rd quorumReady) {
 		}
 	}
 	flush()
+	for _, r := range rd.Applied {
+		if r.Origin == qn.id && r.Op.Kind != quorumOpMembers {
+			h.checkDurable(qn, r)
+		}
+	}
 	for _, f := range rd.Failed {
 		h.printf("n%d: failed req=%s: %v\n", qn.id, fmtReqID(f.ReqID), f.Err)
 	}
+}
+
+// checkDurable fails the test unless the entry of r, a request qn
+// answers now, is in a committed bbolt transaction (fsync'd, in the
+// daemon) on a majority of qn's voters: an answer given before its
+// batch's write on a majority would be lost by a crash of the machines
+// that acknowledged it. A crashed master's file is read as it was left.
+func (h *quorumHarness) checkDurable(qn *qhNode, r quorumResult) {
+	voters := qn.n.cs.GetVoters()
+	var on []uint64
+	for _, id := range voters {
+		m := h.nodes[id]
+		if m == nil {
+			continue
+		}
+		ok, err := qhDurable(m, r)
+		if err != nil {
+			h.t.Fatalf("n%d: reading n%d's file for txid %d: %v", qn.id, id, r.Txid, err)
+		}
+		if ok {
+			on = append(on, id)
+		}
+	}
+	if len(on) <= len(voters)/2 {
+		h.t.Fatalf("n%d answered req %s (txid %d) while its entry is in the committed file of only %v of the voters %v",
+			qn.id, fmtReqID(r.ReqID), r.Txid, on, voters)
+	}
+}
+
+// qhDurable reports whether m's file holds r's entry at its txid, or a
+// compaction point past it (a snapshot covers it), in a committed
+// transaction.
+func qhDurable(m *qhNode, r quorumResult) (bool, error) {
+	st := m.store
+	if st == nil {
+		var err error
+		if st, err = openQuorumStore(m.dir, quorumStoreOptions{noSync: true}); err != nil {
+			return false, err
+		}
+		defer st.Close()
+	}
+	if st.marks().trunc.index >= r.Txid {
+		return true, nil
+	}
+	ents, err := st.Entries(r.Txid, r.Txid+1, math.MaxUint64)
+	if errors.Is(err, raft.ErrUnavailable) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	origin, reqID, err := decodeQuorumHead(ents[0].GetData())
+	return err == nil && origin == r.Origin && reqID == r.ReqID, nil
 }
 
 // deliver hands every queued message to its destination, then lets all
