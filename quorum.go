@@ -824,15 +824,15 @@ func (n *quorumNode) Campaign() error {
 // replaces the state machine the committed entries apply to.
 func (n *quorumNode) Advance() (quorumReady, error) { return n.advance(nil) }
 
-// advance is Advance that, when early is set and this master leads,
-// hands early the replication messages of each Ready (appends and
-// heartbeats) before the Ready is written: the leader writes its log
-// while the followers write theirs (Raft thesis §10.2.1; etcd's server
-// does the same). That is safe because raft counts the leader's own
-// copy only once it is written (its self-acknowledgement is stepped in
+// advance is Advance that, when early is set, hands early the messages
+// of each Ready that need not wait for its write (sendEarly). On the
+// leader these are its appends and heartbeats: it writes its log while
+// the followers write theirs (Raft thesis §10.2.1; etcd's server does
+// the same). That is safe because raft counts the leader's own copy only
+// once it is written (its self-acknowledgement is stepped in
 // RawNode.Advance), so a commit still means a majority wrote the entry.
-// Everything else (votes, a follower's answers) still waits for the
-// write.
+// A follower's forwarded proposals promise nothing. Everything else
+// (votes, a follower's answers) still waits for the write.
 func (n *quorumNode) advance(early func(*pb.Message)) (quorumReady, error) {
 	var out quorumReady
 	if err := n.broken(); err != nil {
@@ -842,8 +842,8 @@ func (n *quorumNode) advance(early func(*pb.Message)) (quorumReady, error) {
 	for n.rn.HasReady() {
 		rd := n.rn.Ready()
 		msgs := rd.Messages
-		if early != nil && n.rn.BasicStatus().RaftState == raft.StateLeader {
-			msgs = sendEarly(msgs, early)
+		if early != nil {
+			msgs = sendEarly(msgs, early, n.rn.BasicStatus().RaftState == raft.StateLeader)
 		}
 		if err := n.persistApply(rd, &out); err != nil {
 			n.err = err
@@ -862,13 +862,15 @@ func (n *quorumNode) advance(early func(*pb.Message)) (quorumReady, error) {
 	return out, nil
 }
 
-// sendEarly hands early a leader's appends and heartbeats and returns the
-// other messages.
-func sendEarly(msgs []*pb.Message, early func(*pb.Message)) []*pb.Message {
+// sendEarly hands early the messages of a Ready that may leave before
+// it is written, and returns the others: a proposal forwarded to the
+// leader (it claims nothing about this master's log) and, on the leader,
+// its appends and heartbeats.
+func sendEarly(msgs []*pb.Message, early func(*pb.Message), leader bool) []*pb.Message {
 	var rest []*pb.Message
 	for _, m := range msgs {
-		switch m.GetType() {
-		case pb.MsgApp, pb.MsgHeartbeat:
+		switch t := m.GetType(); {
+		case t == pb.MsgProp, leader && (t == pb.MsgApp || t == pb.MsgHeartbeat):
 			early(m)
 		default:
 			rest = append(rest, m)

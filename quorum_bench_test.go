@@ -451,8 +451,15 @@ type qbRawReq struct {
 func (g *qbRawGroup) run(total, conc int, nodeOf func(client int) int, newOp func(client int) (quorumOp, bool),
 	done func(client int, r quorumResult, lat time.Duration) bool) {
 	type key struct{ origin, req uint64 }
+	type queued struct {
+		op  quorumOp
+		req qbRawReq
+	}
 	out := map[key]qbRawReq{}
 	issued := 0
+	// A round's new requests go to each master's raft together
+	// (ProposeAll), as the driver hands over what one drain took.
+	props := make([][]queued, len(g.nodes))
 	propose := func(c int) {
 		op, counts := newOp(c)
 		if counts {
@@ -461,12 +468,28 @@ func (g *qbRawGroup) run(total, conc int, nodeOf func(client int) int, newOp fun
 			}
 			issued++
 		}
-		rn := g.nodes[nodeOf(c)]
-		req, err := rn.n.Propose(op)
-		if err != nil {
-			g.b.Fatal(err)
+		i := nodeOf(c)
+		props[i] = append(props[i], queued{op, qbRawReq{c, time.Now()}})
+	}
+	flush := func() {
+		for i, qs := range props {
+			if len(qs) == 0 {
+				continue
+			}
+			ops := make([]quorumOp, len(qs))
+			for j, q := range qs {
+				ops[j] = q.op
+			}
+			rn := g.nodes[i]
+			ids, errs := rn.n.ProposeAll(ops)
+			for j, q := range qs {
+				if errs[j] != nil {
+					g.b.Fatal(errs[j])
+				}
+				out[key{rn.id, ids[j]}] = q.req
+			}
+			props[i] = qs[:0]
 		}
-		out[key{rn.id, req}] = qbRawReq{c, time.Now()}
 	}
 	g.onResult = func(r quorumResult) {
 		k := key{r.Origin, r.ReqID}
@@ -482,9 +505,12 @@ func (g *qbRawGroup) run(total, conc int, nodeOf func(client int) int, newOp fun
 	for c := range conc {
 		propose(c)
 	}
+	flush()
 	idle := 0
 	for len(out) > 0 {
-		if g.round() {
+		moved := g.round()
+		flush()
+		if moved {
 			idle = 0
 		} else if idle++; idle > 100 {
 			g.b.Fatalf("raw group stalled with %d requests outstanding", len(out))
