@@ -1657,3 +1657,89 @@ func TestQuorumInbox(t *testing.T) {
 		t.Errorf("second take: %d work, %d news; want 2, 0", len(work), len(news))
 	}
 }
+
+// TestQuorumProposeAll: ops handed over together are one raft proposal.
+// A follower forwards them to the leader in one message, before its own
+// Ready is written; the leader sends each follower one append carrying
+// all of them, and answers each op at the txid raft gave it, in order.
+// An op that fails validation fails alone, and a batch is cut where its
+// entries would pass quorumProposeBytes.
+func TestQuorumProposeAll(t *testing.T) {
+	commit := func(p string) quorumOp { return quorumOp{Kind: quorumOpCommit, Payload: []byte(p)} }
+	big := func(p string) quorumOp {
+		return quorumOp{Kind: quorumOpCommit, Payload: append([]byte(p), make([]byte, quorumProposeBytes/4)...)} // base64 in the JSON: two fit, three do not
+	}
+	tests := []struct {
+		name  string
+		at    uint64 // master proposing
+		ops   []quorumOp
+		bad   []int // ops failing validation
+		props int   // MsgProp messages the proposer sends (a follower's forwards)
+		apps  int   // MsgApp messages carrying the entries, per follower of the leader
+	}{
+		{name: "follower", at: 2, ops: []quorumOp{commit("a"), commit("b"), commit("c"), {Kind: quorumOpLock}, commit("d")},
+			bad: []int{3}, props: 1, apps: 1},
+		{name: "leader", at: 1, ops: []quorumOp{commit("a"), commit("b"), commit("c")}, apps: 1},
+		{name: "cut", at: 2, ops: []quorumOp{big("a"), big("b"), big("c")}, props: 2, apps: 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newQuorumHarness(t)
+			h.quiet = true
+			defer h.closeAll()
+			for id := uint64(1); id <= 3; id++ {
+				h.open(id, []uint64{1, 2, 3})
+			}
+			h.pumpAll()
+			if err := h.live(1).Campaign(); err != nil {
+				t.Fatal(err)
+			}
+			h.stabilize()
+			n := h.live(tc.at)
+			ids, errs := n.ProposeAll(tc.ops)
+			for i, err := range errs {
+				if want := slices.Contains(tc.bad, i); (err != nil) != want {
+					t.Fatalf("op %d: err %v, want failure %v", i, err, want)
+				}
+			}
+			// What the proposer sends at once: its forwards (a follower) or
+			// its appends (the leader).
+			h.pump(tc.at)
+			count := func(typ pb.MessageType, from uint64) (msgs, ents int) {
+				for _, m := range h.queue {
+					if m.GetType() == typ && m.GetFrom() == from {
+						msgs++
+						ents += len(m.GetEntries())
+					}
+				}
+				return msgs, ents
+			}
+			good := len(tc.ops) - len(tc.bad)
+			if tc.at != 1 {
+				if msgs, ents := count(pb.MsgProp, tc.at); msgs != tc.props || ents != good {
+					t.Fatalf("n%d sent %d MsgProp with %d entries, want %d with %d", tc.at, msgs, ents, tc.props, good)
+				}
+				h.deliverQueued() // the leader appends and replicates
+			}
+			if msgs, ents := count(pb.MsgApp, 1); msgs != 2*tc.apps || ents != 2*good {
+				t.Fatalf("the leader sent %d MsgApp with %d entries to its 2 followers, want %d with %d", msgs, ents, 2*tc.apps, 2*good)
+			}
+			h.stabilize()
+			var last uint64
+			for i, id := range ids {
+				if errs[i] != nil {
+					continue
+				}
+				key := fmt.Sprintf("%d/%d", tc.at, id)
+				tx, ok := h.byReq[key]
+				if !ok {
+					t.Fatalf("op %d (req %s) was never applied", i, fmtReqID(id))
+				}
+				if tx <= last {
+					t.Fatalf("op %d applied at txid %d, not after the previous op's %d", i, tx, last)
+				}
+				last = tx
+			}
+		})
+	}
+}
