@@ -783,7 +783,7 @@ func restoreQuorum(store *quorumStore, self uint64, voters []uint64) (quorumRest
 		// A new group: nobody has voted in it. The term stays, so that
 		// its first leader's term is above every kept entry's.
 		nhs := &pb.HardState{Term: new(max(hs.GetTerm(), term)), Vote: new(uint64(0)), Commit: new(at)}
-		if err := putProto(rb, qkHardState, nhs); err != nil {
+		if err := putHardState(tx, m, nhs); err != nil {
 			return err
 		}
 		m.snap, m.last = quorumMark{at, term}, at

@@ -1743,3 +1743,65 @@ func TestQuorumProposeAll(t *testing.T) {
 		})
 	}
 }
+
+// TestQuorumStoreHardStateLag: saveStep writes the hard state only when
+// its term or vote changed, never a commit index alone (it would rewrite
+// the snapshot sharing its leaf); reopened, the store reports a commit
+// index no lower than what it applied, and the term and vote as written.
+func TestQuorumStoreHardStateLag(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openQuorumStore(dir, quorumStoreOptions{noSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.bootstrap([]uint64{1, 2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	hs := func(term, vote, commit uint64) *pb.HardState {
+		return &pb.HardState{Term: new(term), Vote: new(vote), Commit: new(commit)}
+	}
+	fsm := newQuorumFSM()
+	cs := &pb.ConfState{Voters: []uint64{1, 2, 3}}
+	steps := []struct {
+		name   string
+		hs     *pb.HardState
+		ents   []*pb.Entry
+		apply  uint64 // applied index to write, 0 for none
+		writes bool   // a transaction is expected
+	}{
+		{"vote", hs(2, 1, 1), nil, 0, true},
+		{"entries", hs(2, 1, 1), []*pb.Entry{qEntry(2, 2, ""), qEntry(3, 2, "x")}, 0, true},
+		{"new term", hs(3, 0, 1), nil, 0, true},
+		{"commit alone", hs(3, 0, 3), nil, 0, false},
+		{"apply", hs(3, 0, 3), nil, 3, true}, // the hard state on disk still says commit 1
+	}
+	for _, st := range steps {
+		before := s.db.Stats()
+		var f *quorumFSM
+		if st.apply != 0 {
+			fsm.applied = st.apply
+			f = fsm
+		}
+		if err := s.saveStep(st.hs, st.ents, f, cs); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		after := s.db.Stats()
+		if wrote := after.TxStats.GetWrite() > before.TxStats.GetWrite(); wrote != st.writes {
+			t.Fatalf("%s: wrote %v, want %v", st.name, wrote, st.writes)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = openQuorumStore(dir, quorumStoreOptions{noSync: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, _, err := s.InitialState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetTerm() != 3 || got.GetVote() != 0 || got.GetCommit() != 3 {
+		t.Fatalf("reopened: term %d vote %d commit %d, want 3 0 3", got.GetTerm(), got.GetVote(), got.GetCommit())
+	}
+}
