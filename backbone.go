@@ -119,7 +119,9 @@ func (l *Leaf) runBackbone(ctx context.Context, b *backbone) {
 			// accepts and then says nothing is no service.
 			select {
 			case <-c.link.Heard():
-				b.set(func(s *DialState) { s.State, s.LastErr, s.Failures, s.Transport = DialUp, "", 0, transport })
+				b.set(func(s *DialState) {
+					s.State, s.LastErr, s.Failures, s.Transport, s.Ups = DialUp, "", 0, transport, s.Ups+1
+				})
 			case <-c.link.Done():
 			case <-ctx.Done():
 			}

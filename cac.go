@@ -247,6 +247,7 @@ func (d *quorumDriver) lockAnswer(r *cacRequest, op quorumOp, res quorumResult, 
 		_ = t.Close(ErrOK)
 	case res.Grant != nil:
 		r.granted = true
+		d.obs.cacGrant()
 		d.grants[r.holder] = &cacGrant{h: *res.Grant, t: t}
 		if r.gone { // the kernel gave up before the answer came
 			d.ended(r.holder, false)
@@ -268,6 +269,7 @@ func (d *quorumDriver) lockAnswer(r *cacRequest, op quorumOp, res quorumResult, 
 		out := cacLock{Domain: res.Grant.Domain, Mode: res.Grant.Mode, Lo: res.Grant.Lo, Hi: res.Grant.Hi, Txid: res.Grant.Txid}
 		_ = t.Send(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: out.marshal()})
 	case len(res.Conflict) > 0:
+		d.obs.cacConflict()
 		d.waitFor(r, op, res.Conflict)
 	default: // an INVAL request: released what it named
 		if r.own {
@@ -330,6 +332,7 @@ func (d *quorumDriver) cacApplied(applied []quorumResult) {
 				rv := cacLock{Domain: g.h.Domain, Mode: keep, Flags: cacFlagRevoke, Lo: g.h.Lo, Hi: g.h.Hi,
 					Txid: r.Txid, LeaseMs: uint32(d.lease / time.Millisecond)}
 				_ = g.t.Send(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: rv.marshal()})
+				d.obs.cacRevoke()
 			}
 		}
 		if len(r.Released) > 0 || r.Grant != nil && len(d.waits) > 0 {
@@ -338,6 +341,7 @@ func (d *quorumDriver) cacApplied(applied []quorumResult) {
 		if r.Op.Kind != quorumOpExpire {
 			continue
 		}
+		d.obs.cacExpire(len(r.Released))
 		for _, h := range r.Released {
 			if g := d.grants[h.Holder]; g != nil {
 				if g.t != nil { // asked to release and did not: too late now

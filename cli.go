@@ -22,6 +22,8 @@ type LeafCmd struct {
 	Listen   string `help:"UDP address remote nodes dial, or \"none\" (overrides the config)."`
 	Backbone string `help:"tcp:<host:port>, unix:<path> or none (overrides the config)."`
 	LogJSON  bool   `name:"log-json" help:"Log JSON lines instead of text."`
+	// MetricsListen: metrics_http.go.
+	MetricsListen string `name:"metrics-listen" placeholder:"HOST:PORT" help:"Serve Prometheus metrics on this TCP address, or none (overrides the config's metrics_listen)."`
 }
 
 func (c *LeafCmd) Run(env *Env) (err error) {
@@ -40,6 +42,12 @@ func (c *LeafCmd) Run(env *Env) (err error) {
 	}
 	if c.Listen != "" {
 		cfg.Listen = c.Listen
+	}
+	if c.MetricsListen != "" {
+		if err := checkMetricsListen(c.MetricsListen); err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		cfg.MetricsListen = c.MetricsListen
 	}
 	if c.Backbone != "" {
 		if _, _, err := parseBackbone(c.Backbone); err != nil {
@@ -154,18 +162,11 @@ func loadOrCreateKey(dir string, log interface{ Info(string, ...any) }) (ed25519
 // StatusCmd is `hammer2 status`.
 type StatusCmd struct {
 	PFS     []string `arg:"" optional:"" name:"path" help:"PFSs to show (default -s or \".\")."`
-	JSON    bool     `name:"json" help:"Print JSON (the fields may grow)."`
+	JSON    bool     `name:"json" help:"Print JSON (docs/STATUS.md: schema_version, then the fields; new fields may appear)."`
+	Check   bool     `name:"check" help:"Health check: exit 0 healthy, 1 degraded (a line per reason), 2 not running."`
 	Service bool     `name:"service" help:"Show the node's service daemon instead: its links, who is behind each, its autoconn targets."`
 	Unix    string   `name:"unix" help:"With --service: the service's Unix socket (default: the config's [service] unix)." placeholder:"PATH"`
 	Watch   bool     `name:"watch" help:"Show the status, then again each time it changes, until interrupted (one PFS; with --json, one JSON object a line)."`
-}
-
-type statusJSON struct {
-	Path    string      `json:"path"`
-	Slots   []Volconf   `json:"slots"`
-	Leaf    *LeafStatus `json:"leaf,omitempty"`
-	Running bool        `json:"leaf_running"`
-	Error   string      `json:"leaf_error,omitempty"`
 }
 
 func (c *StatusCmd) Run(env *Env) error {
@@ -180,13 +181,17 @@ func (c *StatusCmd) Run(env *Env) error {
 	if c.Service {
 		return c.service(env, cfg)
 	}
+	if c.Watch && c.Check {
+		return errors.New("status: --check is one look, --watch many: give one of them")
+	}
 	if c.Watch {
 		if len(paths) != 1 {
 			return fmt.Errorf("status --watch: one PFS at a time (%d given)", len(paths))
 		}
 		return c.watchLeaf(env, cfg, paths[0])
 	}
-	var all []statusJSON
+	all := []statusJSON{}
+	worst := 0
 	for _, p := range paths {
 		pfs, err := OpenPFS(p)
 		if err != nil {
@@ -209,11 +214,25 @@ func (c *StatusCmd) Run(env *Env) error {
 		if lerr == nil {
 			st = resp.Status
 		}
-		if c.JSON {
-			s := statusJSON{Path: p, Slots: slots, Leaf: st, Running: st != nil}
-			if lerr != nil {
-				s.Error = lerr.Error()
+		s := newStatusJSON(p, slots, st, lerr)
+		if lerr != nil && !errors.Is(lerr, errNotRunning) {
+			// A socket that does not answer is a leaf in trouble, not
+			// one that is not running.
+			s.Health = Health{State: HealthDegraded, Reasons: []string{"leaf does not answer: " + lerr.Error()}}
+		}
+		if c.Check {
+			h := s.Health
+			worst = max(worst, h.checkCode())
+			if !c.JSON {
+				prefix := ""
+				if len(paths) > 1 {
+					prefix = p + ": "
+				}
+				printHealth(env.Stdout, prefix, h)
+				continue
 			}
+		}
+		if c.JSON {
 			all = append(all, s)
 			continue
 		}
@@ -225,7 +244,12 @@ func (c *StatusCmd) Run(env *Env) error {
 	if c.JSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(all)
+		if err := enc.Encode(leafStatusDoc{SchemaVersion: statusSchemaVersion, PFS: all}); err != nil {
+			return err
+		}
+	}
+	if worst != 0 {
+		return exitStatus(worst)
 	}
 	return nil
 }
@@ -238,17 +262,48 @@ func (c *StatusCmd) service(env *Env, cfg Config) error {
 	}
 	if c.Watch {
 		return c.watch(serviceControlPath(sock), func(resp *controlResponse) (any, func()) {
-			return resp.Service, func() { printServiceStatus(env.Stdout, resp.Service) }
+			doc := serviceStatusDoc{SchemaVersion: statusSchemaVersion, Health: serviceHealth(resp.Service, time.Now()),
+				Service: resp.Service}
+			return doc, func() { printServiceStatus(env.Stdout, resp.Service) }
 		}, env)
 	}
 	resp, err := controlCall(serviceControlPath(sock), controlRequest{Op: "status"})
+	if c.Check {
+		var h Health
+		switch {
+		case errors.Is(err, errNotRunning):
+			h = serviceHealth(nil, time.Now())
+		case err != nil:
+			h = Health{State: HealthDegraded, Reasons: []string{"service does not answer: " + err.Error()}}
+		default:
+			h = serviceHealth(resp.Service, time.Now())
+		}
+		if c.JSON {
+			var st *ServiceStatus
+			if err == nil {
+				st = resp.Service
+			}
+			enc := json.NewEncoder(env.Stdout)
+			enc.SetIndent("", "  ")
+			if err := enc.Encode(serviceStatusDoc{SchemaVersion: statusSchemaVersion, Health: h, Service: st}); err != nil {
+				return err
+			}
+		} else {
+			printHealth(env.Stdout, "", h)
+		}
+		if code := h.checkCode(); code != 0 {
+			return exitStatus(code)
+		}
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("service: %w", err)
 	}
 	if c.JSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(resp.Service)
+		return enc.Encode(serviceStatusDoc{SchemaVersion: statusSchemaVersion, Health: serviceHealth(resp.Service, time.Now()),
+			Service: resp.Service})
 	}
 	printServiceStatus(env.Stdout, resp.Service)
 	return nil
@@ -269,11 +324,9 @@ func (c *StatusCmd) watchLeaf(env *Env, cfg Config, p string) error {
 	rp := leafPaths(cfg, pfs, info)
 	return c.watch(rp.control, func(resp *controlResponse) (any, func()) {
 		slots, err := pfs.RemoteScan()
-		s := statusJSON{Path: p, Slots: slots, Leaf: resp.Status, Running: resp.Status != nil}
-		if err != nil {
-			s.Error = err.Error()
-		}
-		return s, func() { printStatus(env.Stdout, slots, resp.Status, err) }
+		s := newStatusJSON(p, slots, resp.Status, err)
+		doc := leafStatusDoc{SchemaVersion: statusSchemaVersion, PFS: []statusJSON{s}}
+		return doc, func() { printStatus(env.Stdout, slots, resp.Status, err) }
 	}, env)
 }
 

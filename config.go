@@ -60,6 +60,12 @@ type Config struct {
 	RedialMax Duration `toml:"redial_max"`
 	// LogFormat is "text" or "json".
 	LogFormat string `toml:"log_format"`
+	// MetricsListen is the TCP address (host:port) where the leaf serves
+	// Prometheus metrics at /metrics, read-only; "" or "none" (the
+	// default) serves none. Each leaf of a node needs its own address
+	// (hammer2 leaf --metrics-listen); `hammer2 metrics` reads them
+	// through the control socket whatever this says.
+	MetricsListen string `toml:"metrics_listen"`
 	// Remotes are dialed in addition to the PFS's REMOTE slots.
 	Remotes []RemoteConfig `toml:"remote"`
 	// Service configures `hammer2 service`.
@@ -143,6 +149,10 @@ type ServiceSection struct {
 	// link), quic:<host>[:port], or <host>[:port], which is TCP when
 	// remote_dir has a file for its address and QUIC otherwise.
 	Autoconn []string `toml:"autoconn"`
+	// MetricsListen is the TCP address (host:port) where the service
+	// serves Prometheus metrics at /metrics, read-only; "" or "none"
+	// (the default) serves none.
+	MetricsListen string `toml:"metrics_listen"`
 }
 
 // RemoteConfig is one [[remote]] table.
@@ -182,6 +192,7 @@ func DefaultConfig() Config {
 		RedialMin:       Duration{time.Second},
 		RedialMax:       Duration{30 * time.Second},
 		LogFormat:       "text",
+		MetricsListen:   "none",
 		Limits:          defaultLimits(),
 		Quorum: QuorumSection{Tick: Duration{100 * time.Millisecond}, CommitTimeout: Duration{5 * time.Second},
 			Lease: Duration{5 * time.Second}},
@@ -189,6 +200,8 @@ func DefaultConfig() Config {
 			Unix:   defaultServiceSocket(),
 			TCP:    fmt.Sprintf(":%d", ListenPort),
 			Listen: fmt.Sprintf(":%d", ListenPort),
+			// Off unless asked for: an unauthenticated read endpoint.
+			MetricsListen: "none",
 		},
 	}
 	if runtime.GOOS == "dragonfly" {
@@ -371,6 +384,11 @@ func (c *Config) validate() error {
 	}
 	if _, _, err := parseBackbone(c.Backbone); err != nil {
 		return fmt.Errorf("key backbone: %w", err)
+	}
+	for _, m := range []struct{ key, v string }{{"metrics_listen", c.MetricsListen}, {"service.metrics_listen", c.Service.MetricsListen}} {
+		if err := checkMetricsListen(m.v); err != nil {
+			return fmt.Errorf("key %s: %w", m.key, err)
+		}
 	}
 	for _, d := range []struct {
 		key string

@@ -22,7 +22,7 @@ import (
 )
 
 type controlRequest struct {
-	Op string `json:"op"` // "status", "watch", "rescan", "quorum-add", "quorum-remove" or "quorum-snapshot"
+	Op string `json:"op"` // "status", "watch", "metrics", "rescan", "quorum-add", "quorum-remove" or "quorum-snapshot"
 	// Master is the quorum-add/-remove subject: a master id as status
 	// prints it (hex).
 	Master string `json:"master,omitempty"`
@@ -38,13 +38,16 @@ type controlResponse struct {
 	Learners []string       `json:"learners,omitempty"` // learners after a quorum change
 	// Snapshot heads the copy that follows this line (quorum-snapshot).
 	Snapshot *controlSnapshot `json:"snapshot,omitempty"`
+	// Metrics is the daemon's metrics in Prometheus's text format
+	// ("metrics").
+	Metrics string `json:"metrics,omitempty"`
 }
 
 // controlServer is a daemon's control socket: one JSON request and one
 // JSON answer per connection (a stream of them for "watch"). The socket is
 // 0600 (0660 with security.group) whatever the umask, and each caller's
 // credentials are checked as well: an unprivileged caller may only look
-// (status and watch).
+// (status, watch and metrics).
 type controlServer struct {
 	path    string
 	policy  privilegePolicy
@@ -108,7 +111,7 @@ func (cs *controlServer) conn(ctx context.Context, c net.Conn) {
 	switch err := json.NewDecoder(io.LimitReader(c, controlRequestMax)).Decode(&req); {
 	case err != nil:
 		resp.Error = "bad request: " + err.Error()
-	case req.Op != "status" && req.Op != "watch" && !peer.Class.Privileged():
+	case !controlReadOnly(req.Op) && !peer.Class.Privileged():
 		cs.refused.Warn(cs.log, "control socket: refused an unprivileged caller", append([]any{"op", req.Op}, peer.attrs()...)...)
 		resp.Error = cs.policy.needs(req.Op, peer)
 	case req.Op == "quorum-snapshot" && cs.snapshot != nil:
@@ -203,6 +206,8 @@ func (l *Leaf) control(req controlRequest) (resp controlResponse) {
 	case "status":
 		st := l.Status()
 		resp.Status = &st
+	case "metrics":
+		resp.Metrics, resp.Error = l.obs.textOrError()
 	case "rescan":
 		if err := l.Rescan(); err != nil {
 			resp.Error = err.Error()

@@ -95,6 +95,12 @@ type LinkConfig struct {
 	// owner calls Hello: an LNK_CONN, or a shell's first line) this long
 	// after the start. Zero: no deadline.
 	HelloTimeout time.Duration
+	// LimitHits, if set, counts the link's closing over a limit, for
+	// the owner's health and metrics (health.go).
+	LimitHits *limitHits
+	// OnRTT, if set, is given each PING round trip (metrics.go), on the
+	// reader goroutine: it must be cheap.
+	OnRTT func(time.Duration)
 }
 
 func (c *LinkConfig) setDefaults() {
@@ -895,6 +901,9 @@ func (l *Link) pong() {
 	l.mu.Unlock()
 	rtt := time.Duration(now - pr.sent)
 	l.rtt.Store(int64(rtt))
+	if l.cfg.OnRTT != nil {
+		l.cfg.OnRTT(rtt)
+	}
 	if l.pacer != nil {
 		l.pacer.Sample(rtt)
 	}
@@ -964,6 +973,7 @@ func (l *Link) logDown(err error) {
 	case errors.As(err, &we):
 		l.log.Warn("dmsg link closed: bad message from peer", "field", we.Field, "value", fmt.Sprintf("%#x", we.Value), "reason", we.Reason)
 	case errors.As(err, &le):
+		l.cfg.LimitHits.hit(le.Limit, time.Now())
 		args := []any{"limit", le.Limit, "value", le.Value, "max", le.Max, "reason", le.Reason}
 		if le.Unit != "" {
 			args = append(args, "unit", le.Unit)
@@ -973,6 +983,9 @@ func (l *Link) logDown(err error) {
 		l.log.Debug("dmsg link closed")
 	case errors.Is(err, io.EOF):
 		l.log.Info("dmsg link closed by peer")
+	case errors.Is(err, ErrQueueFull):
+		l.cfg.LimitHits.hit("queue_bytes", time.Now())
+		l.log.Warn("dmsg link lost", "err", err)
 	default:
 		l.log.Warn("dmsg link lost", "err", err)
 	}

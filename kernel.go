@@ -27,7 +27,8 @@ func newKernelLink(l *Leaf, conn net.Conn, peer PeerIdentity) *Link {
 	k := NewLink(conn, LinkConfig{
 		Name: "kernel", PingInterval: -1, DeadAfter: -1, NoSeqCheck: true,
 		Logger: l.log, Peer: peer, MaxPeerTrans: l.cfg.Limits.TransPerLink, HardQueueBytes: l.cfg.Limits.QueueBytes,
-		Handler: func(t *Trans, m *Msg) { l.kernelMessage(ks, t, m) },
+		LimitHits: l.obs.hits(),
+		Handler:   func(t *Trans, m *Msg) { l.kernelMessage(ks, t, m) },
 	})
 	defer k.Start()
 	// Our own LNK_CONN, as DragonFly's service sends one to every link.

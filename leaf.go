@@ -36,6 +36,7 @@ type Leaf struct {
 	policy   privilegePolicy // who is privileged on the local sockets
 	refused  *logLimiter     // refusals on the local sockets
 	sec      *tcpSecurity    // DragonFly's rule for TCP links (remote_dir, RSA keys)
+	obs      *observer       // limit hits and the metrics' counters (metrics.go)
 	// changes is notified whenever Status would change (counters aside),
 	// for `hammer2 status --watch`.
 	changes notifier
@@ -87,7 +88,9 @@ func NewLeaf(cfg Config, pfs PFS, key ed25519.PrivateKey, trust *TrustStore, log
 		slots:   map[int]string{},
 		inbound: map[*clusterLink]struct{}{},
 		spans:   newSpanTable(cfg.Limits),
+		obs:     newObserver(),
 	}
+	l.obs.register(newLeafCollector(l), l.obs.commit)
 	l.sec = newTCPSecurity(cfg.TCPRemoteDir(), cfg.TCPKeyDir(), policy, crand.Reader, l.log)
 	// The stand-in PFS's kernel.sock takes the same mode and checks as
 	// the other local sockets.
@@ -180,6 +183,7 @@ func (l *Leaf) openQuorum() error {
 		Log: l.log, CAC: l.cac, Clock: wallClock{}, Transport: newQuorumWire(l, self, l.info.Clid, l.log),
 		Tick: qc.Tick.Duration, Lease: qc.Lease.Duration, CommitTimeout: qc.CommitTimeout.Duration,
 		Inbox: quorumInboxLimits{Raft: quorumInboxRaft, Requests: quorumInboxRequests}, Changed: l.changes.Notify})
+	l.quorum.obs = l.obs
 	l.quorum.adoptRecovered(l.cac.Recovered())
 	return nil
 }
@@ -227,6 +231,10 @@ func (l *Leaf) Run(ctx context.Context, control string, ready func()) error {
 	l.mu.Lock()
 	l.ctx = ctx
 	l.mu.Unlock()
+	if err := l.obs.serveMetrics(ctx, l.cfg.MetricsListen, l.log, l.spawn); err != nil {
+		l.node.Close()
+		return err
+	}
 	if control != "" {
 		if err := l.serveControl(ctx, control); err != nil {
 			l.node.Close()

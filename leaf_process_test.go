@@ -347,25 +347,36 @@ func (n *leafNode) controlPath() string {
 	return filepath.Join(n.pfs, "leaf-"+n.info.Fsid.String()+".sock")
 }
 
+// procStatusDoc is what `hammer2 status --json` prints, as a script
+// reads it.
+type procStatusDoc struct {
+	SchemaVersion int          `json:"schema_version"`
+	PFS           []procStatus `json:"pfs"`
+}
+
 // procStatus is `hammer2 status --json` for one PFS, as a script reads it.
 type procStatus struct {
 	Path    string `json:"path"`
 	Running bool   `json:"leaf_running"`
 	Error   string `json:"leaf_error"`
 	Slots   []struct {
-		CopyID int
-		Path   string
+		CopyID int    `json:"copy_id"`
+		Path   string `json:"path"`
 	} `json:"slots"`
+	Health struct {
+		State   string   `json:"state"`
+		Reasons []string `json:"reasons"`
+	} `json:"health"`
 	Leaf *struct {
-		Label    string       `json:"label"`
-		Pid      int          `json:"pid"`
-		Listen   string       `json:"listen"`
-		NodeKey  string       `json:"node_key"`
-		Kernel   procLinkStat `json:"kernel"`
-		Remotes  []procLinkStat
-		Inbound  []procLinkStat
-		Spans    []procSpanStat
-		Backbone *procLinkStat `json:"backbone"`
+		Label    string         `json:"label"`
+		Pid      int            `json:"pid"`
+		Listen   string         `json:"listen"`
+		NodeKey  string         `json:"node_key"`
+		Kernel   procLinkStat   `json:"kernel"`
+		Remotes  []procLinkStat `json:"remotes"`
+		Inbound  []procLinkStat `json:"inbound"`
+		Spans    []procSpanStat `json:"spans"`
+		Backbone *procLinkStat  `json:"backbone"`
 	} `json:"leaf"`
 	raw string
 }
@@ -440,35 +451,36 @@ func (n *leafNode) status() procStatus {
 	if code != 0 {
 		n.t.Fatalf("%s: status exit %d: %s", n.name, code, errOut)
 	}
-	var all []procStatus
-	if err := json.Unmarshal([]byte(out), &all); err != nil || len(all) != 1 {
+	var doc procStatusDoc
+	if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc.PFS) != 1 || doc.SchemaVersion != statusSchemaVersion {
 		n.t.Fatalf("%s: status --json printed %q: %v", n.name, out, err)
 	}
-	all[0].raw = out
-	return all[0]
+	doc.PFS[0].raw = out
+	return doc.PFS[0]
 }
 
 // procStatusOf is a watched status line as `hammer2 status --json`
 // prints it for the node's PFS (slots and all).
 func (n *leafNode) procStatusOf(r *controlResponse) procStatus {
 	n.t.Helper()
-	s := statusJSON{Path: n.pfs, Leaf: r.Status, Running: r.Status != nil}
+	var slots []Volconf
 	if _, err := os.Stat(n.pfs); err == nil { // OpenPFS would make it anew
 		if pfs, err := OpenPFS(n.pfs); err == nil {
-			s.Slots, _ = pfs.RemoteScan()
+			slots, _ = pfs.RemoteScan()
 			pfs.Close()
 		}
 	}
-	raw, err := json.MarshalIndent([]statusJSON{s}, "", "  ")
+	s := newStatusJSON(n.pfs, slots, r.Status, nil)
+	raw, err := json.MarshalIndent(leafStatusDoc{SchemaVersion: statusSchemaVersion, PFS: []statusJSON{s}}, "", "  ")
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	var all []procStatus
-	if err := json.Unmarshal(raw, &all); err != nil || len(all) != 1 {
+	var doc procStatusDoc
+	if err := json.Unmarshal(raw, &doc); err != nil || len(doc.PFS) != 1 {
 		n.t.Fatalf("%s: status %s: %v", n.name, raw, err)
 	}
-	all[0].raw = string(raw)
-	return all[0]
+	doc.PFS[0].raw = string(raw)
+	return doc.PFS[0]
 }
 
 // waitStatus waits until a status update of the leaf satisfies cond (the

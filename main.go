@@ -5,6 +5,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -91,6 +92,7 @@ type CLI struct {
 	PfsFsid    PfsFsidCmd    `cmd:"" name:"pfs-fsid" help:"Print a PFS's own id (pfs_fsid)."`
 	PfsDelete  PfsDeleteCmd  `cmd:"" name:"pfs-delete" help:"Destroy PFSs of the -s device, with everything they hold."`
 	Completion CompletionCmd `cmd:"" help:"Print the shell completion script for bash, zsh or fish."`
+	Metrics    MetricsCmd    `cmd:"" help:"Print a running leaf's (or --service: the service's) Prometheus metrics once."`
 }
 
 // LeafCLI is the grammar when the binary runs as hammer2-leaf.
@@ -163,6 +165,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		env := &Env{Globals: g, Stdout: stdout, Stderr: stderr, Args: args}
 		if err := ctx.Run(env); err != nil {
+			var es exitStatus
+			if errors.As(err, &es) {
+				return int(es) // the command said what it had to
+			}
 			fmt.Fprintf(stderr, "%s: %v\n", parser.Model.Name, err)
 			return 1
 		}
@@ -172,6 +178,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 type exitCode int
+
+// exitStatus is a command's exit status when it is not 0 and there is no
+// error to print: `status --check` saying degraded (1) or not running (2).
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // firstWord is the first argument that is neither a flag nor a global
 // flag's value: where a command word stands.

@@ -39,6 +39,7 @@ type DialState struct {
 	NextTry  time.Time // in backoff and refused
 	LastErr  string    // why the last attempt or link failed
 	Failures int       // consecutive failed attempts or short-lived links
+	Ups      uint64    // links established so far (metrics: reconnects)
 	Peer     string    // the peer's trust-store name (QUIC) or key (TCP) while up
 	// Transport is what the link runs on while up: "quic", "tcp"
 	// (plaintext, remote/<ip>.none) or "tcp+rsa".
@@ -191,7 +192,10 @@ func (r *Redialer) Run(ctx context.Context, run func(redialConn)) error {
 				state = DialRefused
 			}
 		} else {
-			r.set(func(s *DialState) { s.State, s.Peer, s.Transport, s.LastErr = DialUp, l.PeerName(), l.Transport(), "" })
+			r.set(func(s *DialState) {
+				s.State, s.Peer, s.Transport, s.LastErr = DialUp, l.PeerName(), l.Transport(), ""
+				s.Ups++
+			})
 			stop := context.AfterFunc(ctx, func() { l.Close() })
 			run(l)
 			stop()

@@ -103,6 +103,7 @@ type quorumDriver struct {
 	commitTimeout time.Duration
 
 	status atomic.Pointer[quorumStatus] // safe for any goroutine
+	obs    *observer                    // the leaf's metrics counters, or nil (set before run)
 
 	reads   map[uint64]*quorumRead // read barriers by id (quorum_snapshot.go)
 	readSeq uint64
@@ -382,6 +383,7 @@ func (d *quorumDriver) submit(op quorumOp, durable func(uint64), done func(quoru
 // last (quorumNode.ProposeAll); both come before the next Advance.
 func (d *quorumDriver) propose(op quorumOp, durable func(uint64), done func(quorumResult, error)) {
 	op.At = d.clock.Now().UnixNano() // this proposal's age decides whether a grant is still safe to hand out
+	done = d.obs.proposal(done)
 	d.proposals = append(d.proposals, quorumProposal{op, durable, done})
 }
 

@@ -41,11 +41,11 @@ func (s *svcNode) serviceStatus() ServiceStatus {
 	if code != 0 {
 		s.t.Fatalf("service %s: status --service: exit %d: %s", s.name, code, errOut)
 	}
-	var st ServiceStatus
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
+	var doc serviceStatusDoc
+	if err := json.Unmarshal([]byte(out), &doc); err != nil || doc.Service == nil || doc.SchemaVersion != statusSchemaVersion {
 		s.t.Fatalf("service %s: status --service: %v\n%s", s.name, err, out)
 	}
-	return st
+	return *doc.Service
 }
 
 // linkOf finds the service's link whose peer has uid.

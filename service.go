@@ -67,6 +67,8 @@ type Service struct {
 	// handshakes holds a token per RSA handshake running on an accepted
 	// connection.
 	handshakes chan struct{}
+	// obs holds the limit hits and the metrics' counters (metrics.go).
+	obs *observer
 }
 
 // ServiceConfig says where the service listens and whom it dials.
@@ -89,6 +91,9 @@ type ServiceConfig struct {
 	// TCPSec is DragonFly's rule for TCP links (remote_dir, RSA keys);
 	// nil refuses every TCP peer.
 	TCPSec *tcpSecurity
+	// MetricsListen is the TCP address of the Prometheus endpoint; ""
+	// or "none" for none (metrics_http.go).
+	MetricsListen string
 }
 
 // svcLink is one connection of the service. Its fields are guarded by the
@@ -142,10 +147,12 @@ func NewService(cfg ServiceConfig, node *QuicNode, log *slog.Logger) *Service {
 	if cfg.TCPSec == nil {
 		cfg.TCPSec = &tcpSecurity{policy: cfg.Policy, rand: crand.Reader, keysErr: errors.New("no RSA keys configured")}
 	}
-	return &Service{cfg: cfg, log: log, node: node, hostname: host, started: time.Now(),
+	s := &Service{cfg: cfg, log: log, node: node, hostname: host, started: time.Now(),
 		router: newSpanRouter(rand.Uint32() | 1), links: map[connID]*svcLink{}, spanTx: map[spanID]*Trans{},
 		kicked: make(chan struct{}, 1), refused: newLogLimiter(cfg.Limits.RefusedLogsPerSecond),
-		sec: cfg.TCPSec, handshakes: make(chan struct{}, tcpHandshakesMax)}
+		sec: cfg.TCPSec, handshakes: make(chan struct{}, tcpHandshakesMax), obs: newObserver()}
+	s.obs.register(newServiceCollector(s))
+	return s
 }
 
 // svcListener is one of the service's stream listeners and the links it
@@ -203,6 +210,12 @@ func (s *Service) Run(ctx context.Context, ready func()) error {
 			MaxBackoff: s.cfg.RedialMax, Logger: s.log.With("autoconn", addr), OnChange: s.changes.Notify})
 		s.autoconn = append(s.autoconn, d)
 		s.spawn(func() { _ = d.Run(ctx, func(c redialConn) { s.runDialed(ctx, c, "node "+addr) }) })
+	}
+	if err := s.obs.serveMetrics(ctx, s.cfg.MetricsListen, s.log, s.spawn); err != nil {
+		cancel()
+		closeAll(lns)
+		s.wg.Wait()
+		return err
 	}
 	if s.cfg.Control != "" {
 		cs := &controlServer{path: s.cfg.Control, policy: s.cfg.Policy, log: s.log, refused: s.refused, spawn: s.spawn,
@@ -277,6 +290,7 @@ func (s *Service) acceptStream(ctx context.Context, lsn *svcListener) {
 // (admit) and starts its link, or refuses it with one log line.
 func (s *Service) admitLink(c net.Conn, info svcLinkInfo) {
 	if limit, n, max := s.admit(info.lsn, info.peer); limit != "" {
+		s.obs.hits().hit(limit, time.Now())
 		s.refused.Warn(s.log, "connection refused: over a limit", append([]any{"listen", info.lsn.name,
 			"remote", c.RemoteAddr().String(), "limit", limit, "value", n, "max", max}, info.peer.attrs()...)...)
 		c.Close()
@@ -383,7 +397,8 @@ func (s *Service) addLink(rw io.ReadWriteCloser, info svcLinkInfo) *svcLink {
 	peer, lsn, q := info.peer, info.lsn, info.quic
 	lim := s.cfg.Limits
 	cfg := LinkConfig{Name: sl.name, PingInterval: s.cfg.Ping, DeadAfter: s.cfg.DeadAfter, Logger: s.log,
-		Peer: peer, MaxPeerTrans: lim.TransPerLink, HardQueueBytes: lim.QueueBytes,
+		Peer: peer, MaxPeerTrans: lim.TransPerLink, HardQueueBytes: lim.QueueBytes, LimitHits: s.obs.hits(),
+		OnRTT:   s.obs.rttObserver(peer.Class.String()),
 		Handler: func(t *Trans, m *Msg) { s.handle(sl, t, m) },
 		OnClose: func(error) { s.linkGone(sl) }}
 	if lsn != nil {
@@ -498,6 +513,7 @@ func (s *Service) handle(sl *svcLink, t *Trans, m *Msg) {
 		s.nextSp++
 		sl.spans[t] = s.nextSp
 		s.spanTx[s.nextSp] = t
+		s.obs.spanUpdated()
 		s.router.begin()
 		s.router.spanUp(sl.id, s.nextSp, body, body.Dist, body.RNSS)
 		s.kick()
@@ -565,6 +581,7 @@ func (s *Service) spanGone(sl *svcLink, t *Trans) {
 	if id, ok := sl.spans[t]; ok {
 		delete(sl.spans, t)
 		delete(s.spanTx, id)
+		s.obs.spanUpdated()
 		sl.unanswered[id] = t
 		s.router.begin()
 		s.router.spanDown(id)

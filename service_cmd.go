@@ -22,6 +22,8 @@ type ServiceCmd struct {
 	TCP      string   `name:"tcp" help:"DragonFly's dmsg over TCP (its kernel, tools and services, by remote_dir's rule), or none (overrides [service] tcp)."`
 	Listen   string   `help:"UDP address for other nodes, or none (overrides [service] listen)."`
 	Autoconn []string `help:"Nodes to keep links to, [tcp:|quic:]<host>[:port] (adds to [service] autoconn)."`
+	// MetricsListen: metrics_http.go.
+	MetricsListen string `name:"metrics-listen" placeholder:"HOST:PORT" help:"Serve Prometheus metrics on this TCP address, or none (overrides [service] metrics_listen)."`
 }
 
 func (c *ServiceCmd) Run(env *Env) (err error) {
@@ -35,7 +37,7 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 		return err
 	}
 	sc := cfg.Service
-	for _, o := range []struct{ flag, dst *string }{{&c.Unix, &sc.Unix}, {&c.TCP, &sc.TCP}, {&c.Listen, &sc.Listen}} {
+	for _, o := range []struct{ flag, dst *string }{{&c.Unix, &sc.Unix}, {&c.TCP, &sc.TCP}, {&c.Listen, &sc.Listen}, {&c.MetricsListen, &sc.MetricsListen}} {
 		if *o.flag != "" {
 			*o.dst = *o.flag
 		}
@@ -112,7 +114,7 @@ func (c *ServiceCmd) Run(env *Env) (err error) {
 	svc := NewService(ServiceConfig{Unix: sc.Unix, TCP: sc.TCP, Autoconn: sc.Autoconn,
 		DeadAfter: cfg.DeadAfter.Duration, Ping: cfg.PingInterval.Duration,
 		RedialMin: cfg.RedialMin.Duration, RedialMax: cfg.RedialMax.Duration,
-		Policy: policy, Limits: cfg.Limits, Control: paths.control, TCPSec: sec}, node, log)
+		Policy: policy, Limits: cfg.Limits, Control: paths.control, TCPSec: sec, MetricsListen: sc.MetricsListen}, node, log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer sd.Wait()
 	defer stop()

@@ -19,7 +19,7 @@ import (
 // returns it.
 type ServiceStatus struct {
 	Pid      int                 `json:"pid"`
-	Started  time.Time           `json:"started"`
+	Started  time.Time           `json:"started,omitzero"`
 	TCP      string              `json:"tcp,omitempty"`
 	Unix     string              `json:"unix,omitempty"`
 	Listen   string              `json:"listen"`
@@ -38,6 +38,9 @@ type ServiceStatus struct {
 	// received of it and the relays it opened for it, as the shell's
 	// `tree` shows them.
 	Nodes []ServiceNodeStatus `json:"nodes"`
+	// LimitHits are the limits that closed a link or refused a peer, how
+	// often and when last (health.go).
+	LimitHits []LimitHitStatus `json:"limit_hits"`
 }
 
 // ServiceVolconfStatus is one REMOTE slot a kernel link sent: the entry,
@@ -81,7 +84,7 @@ type ServiceNodeRelay struct {
 // ServiceLinkStatus is one of the service's links.
 type ServiceLinkStatus struct {
 	Name    string    `json:"name"`
-	Since   time.Time `json:"since"`
+	Since   time.Time `json:"since,omitzero"`
 	Class   string    `json:"class"`
 	PeerUID *int      `json:"peer_uid,omitempty"`
 	PeerPID *int      `json:"peer_pid,omitempty"`
@@ -103,8 +106,13 @@ type ServiceLinkStatus struct {
 
 // control answers one request to the service.
 func (s *Service) control(req controlRequest) controlResponse {
+	if req.Op == "metrics" {
+		var resp controlResponse
+		resp.Metrics, resp.Error = s.obs.textOrError()
+		return resp
+	}
 	if req.Op != "status" {
-		return controlResponse{Error: fmt.Sprintf("unknown op %q (a service answers status)", req.Op)}
+		return controlResponse{Error: fmt.Sprintf("unknown op %q (a service answers status and metrics)", req.Op)}
 	}
 	st := s.Status()
 	return controlResponse{Service: &st}
@@ -114,7 +122,7 @@ func (s *Service) control(req controlRequest) controlResponse {
 func (s *Service) Status() ServiceStatus {
 	st := ServiceStatus{Pid: os.Getpid(), Started: s.started, TCP: s.cfg.TCP, Unix: s.cfg.Unix, Listen: s.quicAddr(),
 		Links: []ServiceLinkStatus{}, Autoconn: []LinkStatus{}, Volconf: []ServiceVolconfStatus{},
-		RemoteDir: s.sec.remoteDir, RSAKey: s.sec.Fingerprint()}
+		RemoteDir: s.sec.remoteDir, RSAKey: s.sec.Fingerprint(), LimitHits: s.obs.hits().list()}
 	type volconfRef struct {
 		kernel string
 		w      *volconfWorker

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,7 +29,8 @@ type spanEntry struct {
 type spanTable struct {
 	perLink, total int
 
-	changes *notifier // the leaf's: told of every span added or removed
+	changes *notifier     // the leaf's: told of every span added or removed
+	updates atomic.Uint64 // spans added and removed so far (metrics)
 
 	mu      sync.Mutex
 	entries map[*Trans]*spanEntry
@@ -53,6 +55,7 @@ func (s *spanTable) add(t *Trans, link string, sp LnkSpan) error {
 	}
 	s.entries[t] = &spanEntry{Link: link, Span: sp, Since: time.Now()}
 	s.byLink[t.Link()]++
+	s.updates.Add(1)
 	s.changes.Notify()
 	return nil
 }
@@ -64,6 +67,7 @@ func (s *spanTable) remove(t *Trans) {
 		return
 	}
 	delete(s.entries, t)
+	s.updates.Add(1)
 	if s.byLink[t.Link()]--; s.byLink[t.Link()] <= 0 {
 		delete(s.byLink, t.Link())
 	}
@@ -132,7 +136,7 @@ func (l *Leaf) runClusterLink(rw io.ReadWriteCloser, name string, q *QuicLink, p
 	l.mu.Lock()
 	cfg := LinkConfig{Name: name, PingInterval: l.cfg.PingInterval.Duration, DeadAfter: l.cfg.DeadAfter.Duration,
 		Handler: c.handle, Logger: l.log, Peer: peer, MaxPeerTrans: l.cfg.Limits.TransPerLink,
-		HardQueueBytes: l.cfg.Limits.QueueBytes}
+		HardQueueBytes: l.cfg.Limits.QueueBytes, LimitHits: l.obs.hits(), OnRTT: l.obs.rttObserver(peer.Class.String())}
 	if q != nil {
 		cfg.BulkBatch = quicBulkBatch
 	}

@@ -14,15 +14,18 @@ import (
 	"time"
 )
 
-// LeafStatus is a running leaf's state, as the control socket returns it.
-// The JSON form is for scripts; its fields may grow.
+// LeafStatus is a running leaf's state, as the control socket returns it
+// and `status --json` prints it: the schema of docs/STATUS.md (snake_case
+// keys, lists always present, absent times left out, durations in
+// numbers with the unit in the key). A change to it that is not an
+// addition bumps statusSchemaVersion.
 type LeafStatus struct {
 	Label    string       `json:"label"`
 	Clid     UUID         `json:"pfs_clid"`
 	Fsid     UUID         `json:"pfs_fsid"`
 	Type     string       `json:"pfs_type"`
 	Pid      int          `json:"pid"`
-	Started  time.Time    `json:"started"`
+	Started  time.Time    `json:"started,omitzero"`
 	Listen   string       `json:"listen"`
 	NodeKey  string       `json:"node_key"`
 	Kernel   LinkStatus   `json:"kernel"`
@@ -34,13 +37,16 @@ type LeafStatus struct {
 	// Kernel cache states: what this leaf's kernel holds, as the leaf
 	// records it (cache.db), master or not.
 	KernelStates []LockJSON `json:"kernel_states"`
+	// LimitHits are the limits that closed a link or refused a peer, how
+	// often and when last (health.go).
+	LimitHits []LimitHitStatus `json:"limit_hits"`
 }
 
 // QuorumJSON is the quorum group as this master sees it.
 type QuorumJSON struct {
 	ID        string   `json:"id"`
-	Members   []string `json:"members"`            // voters
-	Learners  []string `json:"learners,omitempty"` // joined, catching up: no vote until promoted
+	Members   []string `json:"members"`  // voters
+	Learners  []string `json:"learners"` // joined, catching up: no vote until promoted
 	Leader    string   `json:"leader"`
 	Term      uint64   `json:"term"`
 	State     string   `json:"state"`
@@ -64,18 +70,19 @@ type LockJSON struct {
 // LinkStatus is one link's live state.
 type LinkStatus struct {
 	Target     string     `json:"target,omitempty"`
-	Slots      []int      `json:"slots,omitempty"`
+	Slots      []int      `json:"slots,omitempty"` // REMOTE targets only
 	FromConfig bool       `json:"from_config,omitempty"`
 	State      string     `json:"state"`
 	Class      string     `json:"class,omitempty"` // who is behind it (peer.go), while up
 	PeerUID    *int       `json:"peer_uid,omitempty"`
 	PeerPID    *int       `json:"peer_pid,omitempty"`
-	Since      time.Time  `json:"since"`
+	Since      time.Time  `json:"since,omitzero"`
 	NextTry    *time.Time `json:"next_try,omitempty"`
 	LastErr    string     `json:"last_error,omitempty"`
-	RTT        string     `json:"rtt,omitempty"`
-	PeerName   string     `json:"peer_name,omitempty"`
-	PeerKey    string     `json:"peer_key,omitempty"`
+	// RTTMs is the round trip in milliseconds, while measured.
+	RTTMs    float64 `json:"rtt_ms,omitempty"`
+	PeerName string  `json:"peer_name,omitempty"`
+	PeerKey  string  `json:"peer_key,omitempty"`
 	// Transport is what the link runs on while up: "quic", "tcp"
 	// (plaintext, remote/<ip>.none) or "tcp+rsa".
 	Transport string `json:"transport,omitempty"`
@@ -97,7 +104,9 @@ type SpanStatus struct {
 // Status snapshots the leaf.
 func (l *Leaf) Status() LeafStatus {
 	st := LeafStatus{Label: l.info.Label, Clid: l.info.Clid, Fsid: l.info.Fsid, Type: pfsTypeName(l.info.Type),
-		Pid: os.Getpid(), Started: l.started, Listen: l.cfg.Listen, NodeKey: l.node.Fingerprint()}
+		Pid: os.Getpid(), Started: l.started, Listen: l.cfg.Listen, NodeKey: l.node.Fingerprint(),
+		Remotes: []LinkStatus{}, Inbound: []LinkStatus{}, Spans: []SpanStatus{}, KernelStates: []LockJSON{},
+		LimitHits: l.obs.hits().list()}
 	if st.Listen != "none" {
 		st.Listen = l.node.Addr().String()
 	}
@@ -143,7 +152,8 @@ func (l *Leaf) Status() LeafStatus {
 	if l.quorum != nil {
 		q := l.quorum.Status()
 		qj := &QuorumJSON{ID: fmt.Sprintf("%x", q.ID), Leader: fmt.Sprintf("%x", q.Leader), Term: q.Term,
-			State: q.State, LastTxid: q.LastTxid, Pending: q.Pending, HasQuorum: q.HasQuorum}
+			State: q.State, LastTxid: q.LastTxid, Pending: q.Pending, HasQuorum: q.HasQuorum,
+			Members: []string{}, Learners: []string{}, Locks: []LockJSON{}}
 		for _, m := range q.Members {
 			qj.Members = append(qj.Members, fmt.Sprintf("%x", m))
 		}
@@ -173,7 +183,7 @@ func (l *Leaf) Status() LeafStatus {
 // (bytes, RTT) cleared, for telling whether anything else changed.
 func (st LeafStatus) withoutCounters() LeafStatus {
 	clear := func(ls *LinkStatus) {
-		ls.BytesIn, ls.BytesOut, ls.RTT = 0, 0, ""
+		ls.BytesIn, ls.BytesOut, ls.RTTMs = 0, 0, 0
 	}
 	clear(&st.Kernel)
 	if st.Backbone != nil {
@@ -212,7 +222,7 @@ func fillLink(ls *LinkStatus, k *Link, q *QuicLink) {
 		ls.PeerPID = new(p.PID)
 	}
 	if rtt := k.RTT(); rtt > 0 {
-		ls.RTT = rtt.Round(time.Microsecond).String()
+		ls.RTTMs = durationMs(rtt)
 	}
 	if p.Fingerprint != "" {
 		ls.PeerKey = p.Fingerprint // a TCP peer's RSA key (QUIC's is set below)
@@ -220,7 +230,7 @@ func fillLink(ls *LinkStatus, k *Link, q *QuicLink) {
 	if q != nil {
 		ls.PeerName, ls.PeerKey = q.PeerName(), q.PeerFingerprint()
 		if s := q.Stats(); s.RTT > 0 {
-			ls.RTT = s.RTT.Round(time.Microsecond).String()
+			ls.RTTMs = durationMs(s.RTT)
 		}
 	}
 }
@@ -349,8 +359,8 @@ func linkSummary(ls LinkStatus) string {
 				fmt.Fprintf(&b, " pid %d", *ls.PeerPID)
 			}
 		}
-		if ls.RTT != "" {
-			fmt.Fprintf(&b, " rtt %s", ls.RTT)
+		if ls.RTTMs > 0 {
+			fmt.Fprintf(&b, " rtt %s", msDuration(ls.RTTMs))
 		}
 		if ls.PeerKey != "" {
 			fmt.Fprintf(&b, " key %s", ls.PeerKey)
@@ -368,6 +378,17 @@ func linkSummary(ls LinkStatus) string {
 		}
 	}
 	return b.String()
+}
+
+// durationMs is d in milliseconds to the microsecond, as status --json
+// gives durations (a number, the unit in the key).
+func durationMs(d time.Duration) float64 {
+	return float64(d.Round(time.Microsecond).Microseconds()) / 1000
+}
+
+// msDuration is durationMs undone, for people.
+func msDuration(ms float64) time.Duration {
+	return (time.Duration(ms*1000) * time.Microsecond).Round(time.Microsecond)
 }
 
 func byteCount(n uint64) string {

@@ -38,12 +38,12 @@ func TestProcessStatusWatch(t *testing.T) {
 		sc := bufio.NewScanner(out)
 		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
-			var s statusJSON
-			if err := json.Unmarshal(sc.Bytes(), &s); err != nil {
+			var doc leafStatusDoc
+			if err := json.Unmarshal(sc.Bytes(), &doc); err != nil || len(doc.PFS) != 1 || doc.SchemaVersion != statusSchemaVersion {
 				t.Errorf("status --watch printed %q: %v", sc.Text(), err)
 				return
 			}
-			lines <- s
+			lines <- doc.PFS[0]
 		}
 	}()
 	next := func(what string) statusJSON {
