@@ -72,7 +72,7 @@ type qpOutcome int
 const (
 	qpNotSent  qpOutcome = iota // the kernel link was already gone: nothing sent
 	qpAcked                     // phase 2: applied at txid
-	qpNoEffect                  // 0x25: never applied
+	qpNoEffect                  // 0x25, or a slave's 0x27: never applied
 	qpUnknown                   // 0x26, link lost, or no answer in time
 	qpRefused                   // any other answer: not expected from a master
 )
@@ -181,7 +181,9 @@ func qpStep(r *qpReply, m Msg) bool {
 	}
 	r.code = m.Error
 	switch m.Error {
-	case ErrQuorumTimeout:
+	case ErrQuorumTimeout, ErrNoQuorum:
+		// NO_QUORUM: a slave's leaf reached no master (it has no master's
+		// span yet), so the request was proposed nowhere. No master sends it.
 		r.outcome = qpNoEffect
 	case ErrQuorumUnknown:
 		r.outcome = qpUnknown

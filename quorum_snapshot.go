@@ -325,6 +325,9 @@ func readQuorumState(tx *bolt.Tx) (quorumFSMImage, *pb.ConfState, *pb.HardState,
 			return img, nil, nil, fmt.Errorf("raft/hardstate: %w", err)
 		}
 	}
+	if img.Applied > hs.GetCommit() { // the commit index on disk may lag (quorumStore.saveStep)
+		hs.Commit = new(img.Applied)
+	}
 	return img, cs, hs, nil
 }
 
