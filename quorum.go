@@ -436,8 +436,9 @@ func (n *quorumNode) handAll(ids []uint64, batch []int, ents []*pb.Entry) error 
 	err := n.rn.Step(&pb.Message{Type: pb.MsgProp.Enum(), From: new(n.id), Entries: ents})
 	switch {
 	case err == nil:
+		bs := n.rn.BasicStatus()
 		for _, i := range batch {
-			n.handed(n.pending[ids[i]])
+			n.handedAs(n.pending[ids[i]], bs)
 		}
 	case errors.Is(err, raft.ErrProposalDropped):
 		for _, i := range batch {
@@ -522,8 +523,10 @@ func (n *quorumNode) hand(p *quorumPending) error {
 }
 
 // handed records that raft accepted p.
-func (n *quorumNode) handed(p *quorumPending) {
-	bs := n.rn.BasicStatus()
+func (n *quorumNode) handed(p *quorumPending) { n.handedAs(p, n.rn.BasicStatus()) }
+
+// handedAs is handed with raft's status as of the acceptance.
+func (n *quorumNode) handedAs(p *quorumPending, bs raft.BasicStatus) {
 	p.inLog, p.once, p.term, p.handed, p.leader = true, true, bs.GetTerm(), n.ticks, bs.RaftState == raft.StateLeader
 }
 
