@@ -231,11 +231,12 @@ func BenchmarkThroughput64K(b *testing.B) {
 		}
 	}
 
-	// Raw: the same bytes, one write per message, read 64 KiB at a time.
+	// Raw: the same bytes, one write per message, read with the link's
+	// own read size (readBufSize) at a time.
 	rc := newBenchCounter()
 	ra, rb := socketPair(b)
 	go func() {
-		buf := make([]byte, 64<<10)
+		buf := make([]byte, readBufSize)
 		for {
 			n, err := rb.Read(buf)
 			if err != nil {

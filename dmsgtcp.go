@@ -139,6 +139,12 @@ func (s *tcpSecurity) sourceFor(to netip.Addr) netip.Addr {
 	return src
 }
 
+// tcpNotSentLowat is the most a TCP link's socket holds unsent: enough
+// that the writer's next batch is in before the kernel runs dry, little
+// enough that a control message queued now goes out within about a
+// window of the link's own (bulkwindow.go) on a fast path.
+const tcpNotSentLowat = 128 << 10
+
 // tcpConn is a TCP connection that DragonFly's rule let through: what a
 // dmsg link runs on (the encrypted conn after a handshake, the TCP conn
 // itself for a .none peer) and who is behind it. It is a redialConn.
@@ -240,6 +246,7 @@ func (s *tcpSecurity) names(ip netip.Addr) bool {
 // closed.
 func (s *tcpSecurity) secure(ctx context.Context, c *net.TCPConn, pol dmsgPeerPolicy, pub *rsa.PublicKey) (*tcpConn, error) {
 	out := &tcpConn{Conn: c, raw: c, policy: pol, since: time.Now()}
+	setNotSentLowat(c, tcpNotSentLowat)
 	switch pol {
 	case dmsgPeerPlaintext:
 		// On loopback the socket's owner says who it is, as for any

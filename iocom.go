@@ -13,8 +13,15 @@ package main
 //
 // Lanes. Control messages (PINGs, span updates, results) go ahead of bulk
 // (large aux). On one byte stream (the kernel, Unix and TCP links, byte for
-// byte as DragonFly's libdmsg) that is all the writer can do: a PING waits
-// for at most one bulk batch. A conn that offers a second stream (dualConn:
+// byte as DragonFly's libdmsg) the writer sends its control queue first,
+// and while control traffic waits it holds bulk to a window of bytes in
+// flight that the REPLYs to its PINGs acknowledge (bulkwindow.go), so that
+// a control message finds about a window ahead of it in the sockets and
+// the peer's read-ahead, not megabytes. Order on one stream is kept by
+// holding to the bulk lane whatever must not overtake what is queued
+// there: a transaction's later messages, a child's CREATE behind its
+// parent's bulk, an ancestor's DELETE behind a descendant's bulk
+// (docs/PROTOCOL.md §1). A conn that offers a second stream (dualConn:
 // a QUIC link) gets the bulk lane on that stream, with a writer and a reader
 // of its own, so that control messages never queue behind bulk bytes. The
 // order the peer sees is then kept thus (docs/PROTOCOL.md §3):
@@ -68,10 +75,11 @@ type LinkConfig struct {
 	// only a peer that stopped reading can cause. Default 64 MiB.
 	HardQueueBytes int
 	// BulkBatch is how much bulk data the writer takes between two looks
-	// at the control queue: what a PING or a span update may wait behind.
-	// Default 256 KiB, which a local socket drains in tens of µs and which
-	// keeps syscalls few; QUIC links set 64 KiB, since there a write
-	// returns only as the data is packetized.
+	// at the control queue while no control traffic waits (while it does,
+	// a one-stream link's bulk window decides, bulkwindow.go). Default
+	// 256 KiB, which a local socket drains in tens of µs and which keeps
+	// syscalls few; QUIC links set 64 KiB, since there a write returns
+	// only as the data is packetized.
 	BulkBatch int
 	// NoSeqCheck skips the salt sequence check. The kernel assigns its
 	// sequence when queueing and can leave gaps, so its link sets this.
@@ -161,8 +169,12 @@ type Link struct {
 	bulkW    io.Writer
 	wakeBulk chan struct{}
 	pacer    *pacer
-	ctlEnq   uint64 // control messages queued so far
-	ctlSent  uint64 // control messages written so far
+	// A one-stream link's bulk window (bulkwindow.go), under mu: the
+	// writer records what it writes, pong the answers, enqueue the
+	// control traffic that engages it.
+	win     bulkWindow
+	ctlEnq  uint64 // control messages queued so far
+	ctlSent uint64 // control messages written so far
 
 	// Dispatch: both readers run handlers under dmu, one at a time.
 	dmu        sync.Mutex
@@ -196,6 +208,7 @@ type outMsg struct {
 	size int    // bytes on the wire
 	t    *Trans // for the bulk lane's ordering
 	bulk bool
+	ping bool // one of our PINGs: its REPLY acknowledges the stream up to it
 	// after is, on a two-stream link, the number of control messages
 	// queued before this bulk one: the peer dispatches it after them.
 	after uint64
@@ -436,14 +449,24 @@ func (l *Link) enqueueLocked(t *Trans, m *Msg) error {
 	o.t = t
 	if l.bulk == nil {
 		// One stream: in order once written, so a transaction is held
-		// to the bulk lane only while its bulk is queued.
-		o.bulk = !ping && (o.aux != nil || t.pendingBulk > 0)
+		// to the bulk lane only while its bulk is queued, and so are a
+		// child's CREATE while its parent's is (Open), and an
+		// ancestor's DELETE while a descendant's bulk is.
+		o.bulk = !ping && (o.aux != nil || t.pendingBulk > 0 ||
+			m.Cmd&FlagCreate != 0 && t.parent != nil && t.parent.pendingBulk > 0 ||
+			m.Cmd&FlagDelete != 0 && t.pendingBelow > 0)
 	} else {
 		o.bulk = !ping && (o.aux != nil || t.bulkLane || m.Cmd&FlagDelete != 0 && t.bulkBelow)
 	}
 	wake := l.wake
+	o.ping = ping && m.Cmd&FlagReply == 0
 	if o.bulk {
 		t.pendingBulk++
+		if l.bulk == nil {
+			for p := t.parent; p != nil; p = p.parent {
+				p.pendingBelow++
+			}
+		}
 		if l.bulk != nil {
 			l.markBulkLocked(t, m)
 			o.after = l.ctlEnq
@@ -452,11 +475,18 @@ func (l *Link) enqueueLocked(t *Trans, m *Msg) error {
 		l.bulkq = append(l.bulkq, o)
 	} else {
 		l.queue = append(l.queue, o)
-		if l.bulk != nil {
+		switch {
+		case l.bulk != nil:
 			l.ctlEnq++
 			if !ping {
 				l.pacer.Demand()
 			}
+		case !ping:
+			// Control traffic: hold bulk to the window from now on
+			// (it costs nothing on a link that carries no bulk). Not
+			// only while bulk is queued: a writer that drained the
+			// queue just before would otherwise miss the busy spell.
+			l.win.Demand(time.Now())
 		}
 	}
 	l.queued += o.size
@@ -569,6 +599,11 @@ func (l *Link) writer() {
 		defer tick.Stop()
 		tickC = tick.C
 	}
+	// stall wakes the writer when a full bulk window gives up waiting
+	// for its answer (bulkwindow.go).
+	stall := time.NewTimer(time.Hour)
+	stall.Stop()
+	defer stall.Stop()
 	for {
 		select {
 		case <-l.dying:
@@ -578,11 +613,16 @@ func (l *Link) writer() {
 			l.keepalive(now)
 			continue
 		case <-l.wake:
+		case <-stall.C:
 		}
 		l.mu.Lock()
 		batch, l.queue = l.queue, batch[:0]
 		if l.bulk == nil {
-			batch = l.takeBulkLocked(batch)
+			var wait time.Duration
+			batch, wait = l.takeOneStreamLocked(batch)
+			if wait > 0 {
+				stall.Reset(wait)
+			}
 		}
 		if len(batch) > 0 {
 			l.writing++
@@ -615,7 +655,7 @@ func (l *Link) bulkWriter() {
 		case <-l.wakeBulk:
 		}
 		l.mu.Lock()
-		batch = l.takeBulkLocked(batch[:0])
+		batch = l.takeBulkLocked(batch[:0], l.cfg.BulkBatch)
 		if len(batch) == 0 {
 			l.mu.Unlock()
 			continue
@@ -642,10 +682,46 @@ func (l *Link) bulkWriter() {
 	}
 }
 
-// takeBulkLocked moves up to one bulk turn (BulkBatch) from the bulk queue
-// to batch.
-func (l *Link) takeBulkLocked(batch []*outMsg) []*outMsg {
-	for n := 0; len(l.bulkq) > 0 && n < l.cfg.BulkBatch; {
+// takeOneStreamLocked adds to a one-stream link's batch, which holds the
+// control queue already, the bulk that may follow it: a turn of BulkBatch,
+// or while control traffic waits what the bulk window allows, and then a
+// probe PING if the window wants one. It records the batch as written in
+// the window (the write follows at once; a failed write ends the link).
+// wait, if not zero, is when to look again at a full window that has had
+// no answer.
+func (l *Link) takeOneStreamLocked(batch []*outMsg) (_ []*outMsg, wait time.Duration) {
+	now := time.Now()
+	budget := l.win.Budget(now)
+	if budget < 0 {
+		budget = l.cfg.BulkBatch
+	}
+	ctl := len(batch)
+	batch = l.takeBulkLocked(batch, budget)
+	var bulkBytes int
+	for _, o := range batch[ctl:] {
+		bulkBytes += o.size
+	}
+	if l.win.ProbeDue(now, bulkBytes, len(l.bulkq) > 0) {
+		// The probe goes last: its answer covers the whole batch.
+		if l.pingLocked(nil, false) {
+			batch = append(batch, l.queue...)
+			clear(l.queue)
+			l.queue = l.queue[:0]
+		}
+	}
+	for _, o := range batch {
+		l.win.Wrote(o.size, o.ping, o.bulk)
+	}
+	if len(l.bulkq) > 0 {
+		wait = l.win.StallIn(now)
+	}
+	return batch, wait
+}
+
+// takeBulkLocked moves up to budget bytes from the bulk queue to batch (at
+// least one message if budget is positive: a message is never split).
+func (l *Link) takeBulkLocked(batch []*outMsg, budget int) []*outMsg {
+	for n := 0; len(l.bulkq) > 0 && n < budget; {
 		o := l.bulkq[0]
 		l.bulkq[0] = nil
 		l.bulkq = l.bulkq[1:]
@@ -662,6 +738,11 @@ func (l *Link) doneLocked(batch []*outMsg, wake chan struct{}) {
 	for i, o := range batch {
 		if o.bulk {
 			o.t.pendingBulk--
+			if l.bulk == nil {
+				for p := o.t.parent; p != nil; p = p.parent {
+					p.pendingBelow--
+				}
+			}
 		}
 		total += o.size
 		o.aux, o.t = nil, nil
@@ -847,6 +928,10 @@ func (l *Link) keepalive(now time.Time) {
 func (l *Link) ping(done chan<- time.Duration, demand bool) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.pingLocked(done, demand)
+}
+
+func (l *Link) pingLocked(done chan<- time.Duration, demand bool) bool {
 	if len(l.pings) >= maxPings {
 		l.pings = append(l.pings[:0], l.pings[1:]...)
 	}
@@ -855,8 +940,12 @@ func (l *Link) ping(done chan<- time.Duration, demand bool) bool {
 		l.pings = l.pings[:len(l.pings)-1]
 		return false
 	}
-	if demand && l.pacer != nil {
-		l.pacer.Demand()
+	if demand {
+		if l.pacer != nil {
+			l.pacer.Demand()
+		} else {
+			l.win.Demand(time.Now())
+		}
 	}
 	return true
 }
@@ -892,6 +981,16 @@ func (l *Link) probe() {
 func (l *Link) pong() {
 	now := time.Now().UnixNano()
 	l.mu.Lock()
+	if l.bulk == nil {
+		l.win.Answer()
+		if len(l.bulkq) > 0 {
+			// The window may have opened.
+			select {
+			case l.wake <- struct{}{}:
+			default:
+			}
+		}
+	}
 	if len(l.pings) == 0 {
 		l.mu.Unlock()
 		return

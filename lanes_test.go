@@ -45,6 +45,10 @@ type laneRecorder struct {
 	root    []int               // indexes of one-way messages, in order
 	orphans int                 // transactions opened under an unknown circuit
 	parents map[uint64]uint64   // child msgid -> parent msgid as resolved
+	// gate, if set, holds the first handler call until it is closed:
+	// the receiver stops reading meanwhile.
+	gate     chan struct{}
+	gateOnce sync.Once
 }
 
 func newLaneRecorder(t *testing.T) *laneRecorder {
@@ -56,6 +60,9 @@ func (r *laneRecorder) handle(tr *Trans, m *Msg) {
 		r.t.Error("two handlers ran at once")
 	}
 	defer r.running.Add(-1)
+	if r.gate != nil {
+		r.gateOnce.Do(func() { <-r.gate })
+	}
 	// Let a handler take a moment, so that the other reader has the
 	// chance to run one concurrently if the dispatch lock were missing.
 	time.Sleep(10 * time.Microsecond)
@@ -127,6 +134,12 @@ func TestQuicLanesTransactionOrder(t *testing.T) {
 	t.Parallel()
 	rec := newLaneRecorder(t)
 	tx, rx := laneLinks(t, rec)
+	laneTransactionOrder(t, rec, tx, rx)
+}
+
+// laneTransactionOrder is the body of the transaction-order tests, on any
+// link pair whose receiver records into rec.
+func laneTransactionOrder(t *testing.T, rec *laneRecorder, tx, rx *Link) {
 	ctx := testCtx(t, 20*time.Second)
 
 	stop := make(chan struct{})
@@ -214,6 +227,11 @@ func TestQuicLanesCircuitOrder(t *testing.T) {
 	t.Parallel()
 	rec := newLaneRecorder(t)
 	tx, _ := laneLinks(t, rec)
+	laneCircuitOrder(t, rec, tx)
+}
+
+// laneCircuitOrder is the body of the circuit-order tests.
+func laneCircuitOrder(t *testing.T, rec *laneRecorder, tx *Link) {
 
 	const rounds = 10
 	type pair struct{ parent, child uint64 }

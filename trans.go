@@ -34,6 +34,9 @@ type Trans struct {
 	orphan   bool // opened under a circuit we do not know
 
 	pendingBulk int // messages in the link's bulk lane not yet written
+	// pendingBelow, on a one-stream link: bulk messages of descendants
+	// not yet written, which our DELETE must not overtake.
+	pendingBelow int
 	// On a two-stream link (iocom.go, "Lanes"): bulkLane, our later
 	// messages go on the bulk stream since one did; bulkCreate, our
 	// CREATE went there, so children we open follow it there; bulkBelow,
