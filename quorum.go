@@ -369,6 +369,90 @@ func (n *quorumNode) Propose(op quorumOp) (uint64, error) {
 	return reqID, n.submit(reqID, &quorumPending{data: data})
 }
 
+// quorumProposeBytes bounds the entry data of one proposal ProposeAll
+// hands raft: a follower forwards it to the leader as one raft message,
+// which must fit a dmsg aux with room to spare (MaxSizePerMsg is the same
+// bound for the leader's appends). An op larger than this goes alone.
+const quorumProposeBytes = AuxMax / 4
+
+// ProposeAll is Propose for several ops at once. Raft takes them as one
+// proposal (up to quorumProposeBytes each): the leader appends them
+// together and replicates them in one message to each follower, and a
+// follower forwards them to the leader in one, where a Propose per op
+// costs a replication message per op and follower, an answer to each,
+// and a forward per op from a follower. ids[i] and errs[i] are what
+// Propose would have returned for ops[i].
+func (n *quorumNode) ProposeAll(ops []quorumOp) (ids []uint64, errs []error) {
+	ids, errs = make([]uint64, len(ops)), make([]error, len(ops))
+	if err := n.broken(); err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+		return ids, errs
+	}
+	var batch []int // indexes into ops of the proposal being built
+	var ents []*pb.Entry
+	size := 0
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		if err := n.handAll(ids, batch, ents); err != nil {
+			for _, i := range batch {
+				errs[i] = fmt.Errorf("quorum: propose %s: %w", fmtReqID(ids[i]), err)
+				ids[i] = 0
+			}
+		}
+		batch, ents, size = nil, nil, 0
+	}
+	for i, op := range ops {
+		if err := op.validate(); err != nil {
+			errs[i] = fmt.Errorf("quorum: %w", err)
+			continue
+		}
+		reqID := n.nextReqID()
+		data, err := encodeQuorumEntry(n.id, reqID, op)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		if len(batch) > 0 && size+len(data) > quorumProposeBytes {
+			flush()
+		}
+		ids[i] = reqID
+		n.pending[reqID] = &quorumPending{data: data, deadline: n.ticks + uint64(n.cfg.ProposeTimeoutTicks)}
+		batch = append(batch, i)
+		ents = append(ents, &pb.Entry{Data: data})
+		size += len(data)
+	}
+	flush()
+	return ids, errs
+}
+
+// handAll hands raft one proposal of the pending requests ids[batch],
+// whose entries are ents. A proposal raft drops for want of a leader
+// waits in queued, as submit's; any other refusal fails them all.
+func (n *quorumNode) handAll(ids []uint64, batch []int, ents []*pb.Entry) error {
+	err := n.rn.Step(&pb.Message{Type: pb.MsgProp.Enum(), From: new(n.id), Entries: ents})
+	switch {
+	case err == nil:
+		bs := n.rn.BasicStatus()
+		for _, i := range batch {
+			n.handedAs(n.pending[ids[i]], bs)
+		}
+	case errors.Is(err, raft.ErrProposalDropped):
+		for _, i := range batch {
+			n.queued = append(n.queued, ids[i])
+		}
+		err = nil
+	default:
+		for _, i := range batch {
+			delete(n.pending, ids[i])
+		}
+	}
+	return err
+}
+
 // ProposeConfChange changes the membership: a new master enters as a
 // learner, a caught-up learner is promoted, a voter or learner is
 // removed. Membership never changes by itself: a master that is down
@@ -433,10 +517,17 @@ func (n *quorumNode) hand(p *quorumPending) error {
 		err = n.rn.Propose(p.data)
 	}
 	if err == nil {
-		bs := n.rn.BasicStatus()
-		p.inLog, p.once, p.term, p.handed, p.leader = true, true, bs.GetTerm(), n.ticks, bs.RaftState == raft.StateLeader
+		n.handed(p)
 	}
 	return err
+}
+
+// handed records that raft accepted p.
+func (n *quorumNode) handed(p *quorumPending) { n.handedAs(p, n.rn.BasicStatus()) }
+
+// handedAs is handed with raft's status as of the acceptance.
+func (n *quorumNode) handedAs(p *quorumPending, bs raft.BasicStatus) {
+	p.inLog, p.once, p.term, p.handed, p.leader = true, true, bs.GetTerm(), n.ticks, bs.RaftState == raft.StateLeader
 }
 
 // requeue takes the pending requests match selects back out of raft's
@@ -724,7 +815,29 @@ func (n *quorumNode) Campaign() error {
 // Advance drains raft's Ready: persist, collect messages, apply. It must be
 // called after every Tick, Step, Propose or Report call that may have
 // produced work.
-func (n *quorumNode) Advance() (quorumReady, error) {
+//
+// Each Ready costs at most one bbolt transaction, and so one commit and
+// its fsyncs: the new entries, the hard state and what applying the
+// committed entries did are written together (saveStep), and a Ready with
+// nothing to write (messages only: heartbeats, a forwarded proposal, a
+// heartbeat's answer) writes nothing. Applying in memory before the write
+// is safe: nothing of this Ready leaves (messages, Durable, Applied)
+// before Advance returns, which is after the commit; a failed commit
+// leaves the node broken (n.err), so memory ahead of the file is never
+// used. A Ready with a snapshot keeps two transactions: the snapshot
+// replaces the state machine the committed entries apply to.
+func (n *quorumNode) Advance() (quorumReady, error) { return n.advance(nil) }
+
+// advance is Advance that, when early is set, hands early the messages
+// of each Ready that need not wait for its write (sendEarly). On the
+// leader these are its appends and heartbeats: it writes its log while
+// the followers write theirs (Raft thesis §10.2.1; etcd's server does
+// the same). That is safe because raft counts the leader's own copy only
+// once it is written (its self-acknowledgement is stepped in
+// RawNode.Advance), so a commit still means a majority wrote the entry.
+// A follower's forwarded proposals promise nothing. Everything else
+// (votes, a follower's answers) still waits for the write.
+func (n *quorumNode) advance(early func(*pb.Message)) (quorumReady, error) {
 	var out quorumReady
 	if err := n.broken(); err != nil {
 		return out, err
@@ -732,21 +845,16 @@ func (n *quorumNode) Advance() (quorumReady, error) {
 	n.resubmit()
 	for n.rn.HasReady() {
 		rd := n.rn.Ready()
-		fsm, err := n.store.saveReady(rd.HardState, rd.Entries, rd.Snapshot)
-		if err != nil {
+		msgs := rd.Messages
+		if early != nil {
+			msgs = sendEarly(msgs, early, n.rn.BasicStatus().RaftState == raft.StateLeader)
+		}
+		if err := n.persistApply(rd, &out); err != nil {
 			n.err = err
 			return out, n.broken()
 		}
-		if fsm != nil {
-			n.fsm, n.cs = fsm, proto.Clone(rd.Snapshot.GetMetadata().GetConfState()).(*pb.ConfState)
-			out.Snapshot = fsm.applied
-		}
-		out.Messages = append(out.Messages, rd.Messages...)
+		out.Messages = append(out.Messages, msgs...)
 		out.ReadStates = append(out.ReadStates, rd.ReadStates...)
-		if err := n.apply(rd.CommittedEntries, &out); err != nil {
-			n.err = err
-			return out, n.broken()
-		}
 		n.rn.Advance(rd)
 		if err := n.maybeSnapshot(); err != nil {
 			n.err = err
@@ -758,10 +866,58 @@ func (n *quorumNode) Advance() (quorumReady, error) {
 	return out, nil
 }
 
+// sendEarly hands early the messages of a Ready that may leave before
+// it is written, and returns the others: a proposal forwarded to the
+// leader (it claims nothing about this master's log) and, on the leader,
+// its appends and heartbeats.
+func sendEarly(msgs []*pb.Message, early func(*pb.Message), leader bool) []*pb.Message {
+	var rest []*pb.Message
+	for _, m := range msgs {
+		switch t := m.GetType(); {
+		case t == pb.MsgProp, leader && (t == pb.MsgApp || t == pb.MsgHeartbeat):
+			early(m)
+		default:
+			rest = append(rest, m)
+		}
+	}
+	return rest
+}
+
+// persistApply writes one Ready and applies its committed entries.
+func (n *quorumNode) persistApply(rd raft.Ready, out *quorumReady) error {
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		fsm, err := n.store.saveReady(rd.HardState, rd.Entries, rd.Snapshot)
+		if err != nil {
+			return err
+		}
+		if fsm != nil {
+			n.fsm, n.cs = fsm, proto.Clone(rd.Snapshot.GetMetadata().GetConfState()).(*pb.ConfState)
+			out.Snapshot = fsm.applied
+		}
+		return n.apply(rd.CommittedEntries, out)
+	}
+	var fsm *quorumFSM
+	if len(rd.CommittedEntries) > 0 {
+		n.applyEntries(rd.CommittedEntries, out)
+		fsm = n.fsm
+	}
+	return n.store.saveStep(rd.HardState, rd.Entries, fsm, n.cs)
+}
+
+// apply applies committed entries and writes the result in a transaction
+// of its own.
 func (n *quorumNode) apply(ents []*pb.Entry, out *quorumReady) error {
 	if len(ents) == 0 {
 		return nil
 	}
+	n.applyEntries(ents, out)
+	return n.store.saveApplied(n.fsm, n.cs)
+}
+
+// applyEntries applies committed entries to the state machine in memory;
+// the caller writes the result (takeDirty, takeSeen) before anything of
+// it is reported.
+func (n *quorumNode) applyEntries(ents []*pb.Entry, out *quorumReady) {
 	for _, e := range ents {
 		idx := e.GetIndex()
 		if idx <= n.fsm.applied {
@@ -800,7 +956,6 @@ func (n *quorumNode) apply(ents []*pb.Entry, out *quorumReady) error {
 		}
 		out.Applied = append(out.Applied, res)
 	}
-	return n.store.saveApplied(n.fsm, n.cs)
 }
 
 func (n *quorumNode) applyNormal(idx uint64, data []byte) (quorumResult, bool) {
@@ -1026,8 +1181,16 @@ type quorumTransport interface {
 // quorumPump runs one Advance and sends what it produced: what the driver
 // does after each tick or received message, and what the in-memory
 // harnesses do in its place.
+//
+// The leader's appends and heartbeats leave before its own write (see
+// advance); a send that fails then is reported once Advance is done.
 func quorumPump(n *quorumNode, link quorumTransport) (quorumReady, error) {
-	rd, err := n.Advance()
+	var unreachable []uint64
+	rd, err := n.advance(func(m *pb.Message) {
+		if link.send(m) != nil {
+			unreachable = append(unreachable, m.GetTo())
+		}
+	})
 	if err != nil {
 		return rd, err
 	}
@@ -1039,6 +1202,9 @@ func quorumPump(n *quorumNode, link quorumTransport) (quorumReady, error) {
 		if err != nil {
 			n.ReportUnreachable(m.GetTo())
 		}
+	}
+	for _, to := range unreachable {
+		n.ReportUnreachable(to)
 	}
 	return rd, nil
 }

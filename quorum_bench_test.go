@@ -15,6 +15,10 @@ package main
 // quorumDriver.lock), against quorumOpLock/quorumOpRelease entries on
 // the engine alone.
 //
+// BenchmarkQuorumCommit also runs a 4 KiB write and fdatasync loop on
+// the same filesystem between the cluster's slices (qbFsyncProbe) and
+// reports commits per fsync for either side.
+//
 //	go test -run XXX -bench Quorum -benchtime 3s -count 3 .
 
 import (
@@ -34,6 +38,7 @@ import (
 
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
+	"golang.org/x/sys/unix"
 )
 
 // qbSlices is how many alternating slices the cluster and the engine runs
@@ -446,8 +451,15 @@ type qbRawReq struct {
 func (g *qbRawGroup) run(total, conc int, nodeOf func(client int) int, newOp func(client int) (quorumOp, bool),
 	done func(client int, r quorumResult, lat time.Duration) bool) {
 	type key struct{ origin, req uint64 }
+	type queued struct {
+		op  quorumOp
+		req qbRawReq
+	}
 	out := map[key]qbRawReq{}
 	issued := 0
+	// A round's new requests go to each master's raft together
+	// (ProposeAll), as the driver hands over what one drain took.
+	props := make([][]queued, len(g.nodes))
 	propose := func(c int) {
 		op, counts := newOp(c)
 		if counts {
@@ -456,12 +468,28 @@ func (g *qbRawGroup) run(total, conc int, nodeOf func(client int) int, newOp fun
 			}
 			issued++
 		}
-		rn := g.nodes[nodeOf(c)]
-		req, err := rn.n.Propose(op)
-		if err != nil {
-			g.b.Fatal(err)
+		i := nodeOf(c)
+		props[i] = append(props[i], queued{op, qbRawReq{c, time.Now()}})
+	}
+	flush := func() {
+		for i, qs := range props {
+			if len(qs) == 0 {
+				continue
+			}
+			ops := make([]quorumOp, len(qs))
+			for j, q := range qs {
+				ops[j] = q.op
+			}
+			rn := g.nodes[i]
+			ids, errs := rn.n.ProposeAll(ops)
+			for j, q := range qs {
+				if errs[j] != nil {
+					g.b.Fatal(errs[j])
+				}
+				out[key{rn.id, ids[j]}] = q.req
+			}
+			props[i] = qs[:0]
 		}
-		out[key{rn.id, req}] = qbRawReq{c, time.Now()}
 	}
 	g.onResult = func(r quorumResult) {
 		k := key{r.Origin, r.ReqID}
@@ -477,9 +505,12 @@ func (g *qbRawGroup) run(total, conc int, nodeOf func(client int) int, newOp fun
 	for c := range conc {
 		propose(c)
 	}
+	flush()
 	idle := 0
 	for len(out) > 0 {
-		if g.round() {
+		moved := g.round()
+		flush()
+		if moved {
 			idle = 0
 		} else if idle++; idle > 100 {
 			g.b.Fatalf("raw group stalled with %d requests outstanding", len(out))
@@ -517,8 +548,9 @@ func (s *qbSide) rate() float64 { return float64(s.n) / s.wall.Seconds() }
 
 // qbInterleave runs b.N operations on the cluster and as many on the
 // engine, alternating in qbSlices slices, the timer running for the
-// cluster only.
-func qbInterleave(b *testing.B, cluster, raw func(k int) qbSide) (c, r qbSide) {
+// cluster only. A probe, if given, runs the disk's own loop after each
+// slice of the cluster for a third of that slice's time.
+func qbInterleave(b *testing.B, probe *qbFsyncProbe, cluster, raw func(k int) qbSide) (c, r qbSide) {
 	b.ResetTimer()
 	for i := range qbSlices {
 		k := b.N*(i+1)/qbSlices - b.N*i/qbSlices
@@ -531,12 +563,74 @@ func qbInterleave(b *testing.B, cluster, raw func(k int) qbSide) (c, r qbSide) {
 		s.wall, s.cpu, s.n = time.Since(t0), benchCPU(b)-c0, k
 		b.StopTimer()
 		c.add(s)
+		if probe != nil {
+			probe.run(b, s.wall/3)
+		}
 		c0, t0 = benchCPU(b), time.Now()
 		s = raw(k)
 		s.wall, s.cpu, s.n = time.Since(t0), benchCPU(b)-c0, k
 		r.add(s)
 	}
 	return c, r
+}
+
+// qbFsyncProbe is what the disk under the stores does on its own: a
+// 4 KiB write and an fdatasync, in a loop, on a file in the same
+// directory tree (so the same filesystem) as the benchmark's stores.
+// Measured in the same run as the cluster, between its slices, it is the
+// yardstick of batching: without it, a commit costs at least one fsync.
+type qbFsyncProbe struct {
+	f    *os.File
+	buf  []byte
+	lat  []time.Duration
+	wall time.Duration
+}
+
+func newQBFsyncProbe(b *testing.B) *qbFsyncProbe {
+	b.Helper()
+	f, err := os.Create(filepath.Join(b.TempDir(), "fsync-probe"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { f.Close() })
+	p := &qbFsyncProbe{f: f, buf: make([]byte, 4096)}
+	// The first write allocates the block; the loop rewrites it, as
+	// bbolt rewrites its pages in place.
+	p.once(b)
+	p.lat = nil
+	return p
+}
+
+func (p *qbFsyncProbe) once(b *testing.B) {
+	t0 := time.Now()
+	if _, err := p.f.WriteAt(p.buf, 0); err != nil {
+		b.Fatal(err)
+	}
+	if err := unix.Fdatasync(int(p.f.Fd())); err != nil {
+		b.Fatal(err)
+	}
+	p.lat = append(p.lat, time.Since(t0))
+}
+
+// run loops for d (at least 20 ms, at most 100 000 syncs).
+func (p *qbFsyncProbe) run(b *testing.B, d time.Duration) {
+	t0 := time.Now()
+	end := t0.Add(max(d, 20*time.Millisecond))
+	for i := 0; i < 100000 && time.Now().Before(end); i++ {
+		p.buf[0] = byte(i)
+		p.once(b)
+	}
+	p.wall += time.Since(t0)
+}
+
+func (p *qbFsyncProbe) rate() float64 { return float64(len(p.lat)) / p.wall.Seconds() }
+
+// report adds the disk's figures and each side's commits per fsync.
+func (p *qbFsyncProbe) report(b *testing.B, c, r qbSide) {
+	b.ReportMetric(p.rate(), "fsyncs/s")
+	b.ReportMetric(qbPct(p.lat, 50), "fsync-p50-us")
+	b.ReportMetric(c.rate()/p.rate(), "commits-per-fsync")
+	b.ReportMetric(r.rate()/p.rate(), "raw-commits-per-fsync")
 }
 
 func qbReport(b *testing.B, c, r qbSide, unit string) {
@@ -547,6 +641,7 @@ func qbReport(b *testing.B, c, r qbSide, unit string) {
 	b.ReportMetric(qbPct(r.lat, 99), "raw-p99-us")
 	b.ReportMetric(r.rate(), "raw-"+unit)
 	b.ReportMetric(qbPct(c.lat, 50)/qbPct(r.lat, 50), "overhead-x")
+	b.ReportMetric(qbPct(c.lat, 99)/qbPct(r.lat, 99), "p99-x")
 	b.ReportMetric(c.rate()/r.rate(), "throughput-ratio")
 	b.ReportMetric(float64(c.cpu.Microseconds())/float64(c.n), "cpu-us/op")
 	b.ReportMetric(float64(r.cpu.Microseconds())/float64(r.n), "raw-cpu-us/op")
@@ -617,13 +712,15 @@ func BenchmarkQuorumCommit(b *testing.B) {
 				at, rawAt = (lead+1)%3, rawFollow
 			}
 			term := c.term(lead)
-			cs, rs := qbInterleave(b,
+			probe := newQBFsyncProbe(b)
+			cs, rs := qbInterleave(b, probe,
 				func(k int) qbSide { return qbClusterRun(b, c, k, 1, func(int) int { return at }) },
 				func(k int) qbSide { return qbRawCommits(g, k, 1, func(int) int { return rawAt }) })
 			if t := c.term(lead); t != term {
 				b.Logf("leader changed during the run (term %d -> %d)", term, t)
 			}
 			qbReport(b, cs, rs, "commits/s")
+			probe.report(b, cs, rs)
 		})
 	}
 	seq("seq-leader", true)
@@ -634,10 +731,12 @@ func BenchmarkQuorumCommit(b *testing.B) {
 				b.Fatal(err)
 			}
 			spread := func(i int) int { return i % 3 }
-			cs, rs := qbInterleave(b,
+			probe := newQBFsyncProbe(b)
+			cs, rs := qbInterleave(b, probe,
 				func(k int) qbSide { return qbClusterRun(b, c, k, conc, spread) },
 				func(k int) qbSide { return qbRawCommits(g, k, conc, spread) })
 			qbReport(b, cs, rs, "commits/s")
+			probe.report(b, cs, rs)
 		})
 	}
 }
@@ -851,7 +950,7 @@ func BenchmarkQuorumLock(b *testing.B) {
 			}
 			nodes := []int{lead, (lead + 1) % 3}
 			var cst, rst qbLockStats
-			cs, rs := qbInterleave(b,
+			cs, rs := qbInterleave(b, nil,
 				func(k int) qbSide {
 					qbClusterLocks(b, c, &cst, k, conc, func(i int) int { return nodes[i] }, blockOf)
 					return qbSide{}

@@ -108,6 +108,17 @@ type quorumDriver struct {
 
 	reads   map[uint64]*quorumRead // read barriers by id (quorum_snapshot.go)
 	readSeq uint64
+
+	// proposals taken since the last flush: they go to raft together.
+	proposals []quorumProposal
+}
+
+// quorumProposal is one request propose took, until flush hands it over.
+type quorumProposal struct {
+	op       quorumOp
+	durable  func(uint64)
+	done     func(quorumResult, error)
+	proposed time.Time // clock.Now when taken: no later than raft has it, so a safe lease renewal (cac_lease.go)
 }
 
 func newQuorumDriver(host quorumHost, node *quorumNode, cfg quorumDriverConfig) *quorumDriver {
@@ -168,10 +179,12 @@ func (d *quorumDriver) drain() {
 	for _, n := range news {
 		d.lockNews(n.r, n.mail)
 	}
+	d.flush()
 }
 
 // pump persists, sends and answers what the node produced.
 func (d *quorumDriver) pump() {
+	d.flush()
 	rd, err := quorumPump(d.node, d.net)
 	if err != nil {
 		d.log.Error("quorum store failed; the group needs a restart of this leaf", "err", err)
@@ -206,6 +219,7 @@ func (d *quorumDriver) pump() {
 			w.done(quorumResult{ReqID: f.ReqID}, f.Err)
 		}
 	}
+	d.flush() // what the answers proposed (a grant's Expire): raft holds it, as its next Ready will
 	st := d.node.Status()
 	d.status.Store(&st)
 	if d.changed != nil {
@@ -373,17 +387,41 @@ func (d *quorumDriver) submit(op quorumOp, durable func(uint64), done func(quoru
 	}
 }
 
-// propose is submit on the driver's own goroutine.
+// propose is submit on the driver's own goroutine. The request goes to
+// raft at the next flush, together with every other one taken since the
+// last (quorumNode.ProposeAll); both come before the next Advance.
 func (d *quorumDriver) propose(op quorumOp, durable func(uint64), done func(quorumResult, error)) {
 	op.At = d.clock.Wall().UnixNano() // for operators reading the table; never compared with a clock
-	now := d.clock.Now()
 	done = d.obs.proposal(done)
-	id, err := d.node.Propose(op)
-	if err != nil {
-		done(quorumResult{}, err)
-		return
+	d.proposals = append(d.proposals, quorumProposal{op, durable, done, d.clock.Now()})
+}
+
+// quorumFlushRounds bounds how often one flush takes the requests that
+// the failure callbacks of the previous round proposed; the rest wait for
+// the next flush.
+const quorumFlushRounds = 4
+
+// flush hands raft the requests propose took, as one proposal.
+func (d *quorumDriver) flush() {
+	for range quorumFlushRounds {
+		if len(d.proposals) == 0 {
+			return
+		}
+		ps := d.proposals
+		d.proposals = nil
+		ops := make([]quorumOp, len(ps))
+		for i, p := range ps {
+			ops[i] = p.op
+		}
+		ids, errs := d.node.ProposeAll(ops)
+		for i, p := range ps {
+			if errs[i] != nil {
+				p.done(quorumResult{}, errs[i])
+				continue
+			}
+			d.waiters[ids[i]] = &quorumWaiter{durable: p.durable, done: p.done, proposed: p.proposed}
+		}
 	}
-	d.waiters[id] = &quorumWaiter{durable: durable, done: done, proposed: now}
 }
 
 // Holdings lists the cache states held through this leaf. It asks the

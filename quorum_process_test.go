@@ -72,7 +72,7 @@ type qpOutcome int
 const (
 	qpNotSent  qpOutcome = iota // the kernel link was already gone: nothing sent
 	qpAcked                     // phase 2: applied at txid
-	qpNoEffect                  // 0x25: never applied
+	qpNoEffect                  // 0x25, or a slave's 0x27: never applied
 	qpUnknown                   // 0x26, link lost, or no answer in time
 	qpRefused                   // any other answer: not expected from a master
 )
@@ -181,7 +181,9 @@ func qpStep(r *qpReply, m Msg) bool {
 	}
 	r.code = m.Error
 	switch m.Error {
-	case ErrQuorumTimeout, ErrNoQuorum: // a non-master leaf reached no master: nothing was forwarded
+	case ErrQuorumTimeout, ErrNoQuorum:
+		// NO_QUORUM: a slave's leaf reached no master (it has no master's
+		// span yet), so the request was proposed nowhere. No master sends it.
 		r.outcome = qpNoEffect
 	case ErrQuorumUnknown, ErrLostLink: // a forward's circuit was lost: it may have been applied
 		r.outcome = qpUnknown
@@ -1181,6 +1183,120 @@ func TestQuorumCommitBasic(t *testing.T) {
 	if rep.acked != acked {
 		t.Errorf("the history holds %d acknowledged commits, the test saw %d", rep.acked, acked)
 	}
+}
+
+// TestQuorumAckedSurvivesKill: three masters, twelve kernel clients
+// committing at once, so that proposals share raft Readies and bbolt
+// transactions. The moment the qpAckedKillAt-th acknowledgement arrives,
+// the client that got it kills every master with SIGKILL. Each commit
+// acknowledged before must then be in the bbolt file of a majority, at
+// its txid: a batch answered before its transaction committed on a
+// majority shows as an acknowledged entry missing there. (A kill keeps
+// what was written; the in-memory group's checkDurable holds the same
+// for what was committed, which is what bbolt fsyncs.)
+func TestQuorumAckedSurvivesKill(t *testing.T) {
+	t.Parallel()
+	c := newQPCluster(t, 3, false, 2*time.Second)
+	c.waitLeader(20 * time.Second)
+	procs := make([]*os.Process, c.n)
+	kernels := make([]*simKernel, c.n)
+	for i, m := range c.masters {
+		m.mu.Lock()
+		procs[i] = m.cmd.Process
+		m.mu.Unlock()
+		kernels[i] = c.kernel(i)
+	}
+	const clients = 12
+	var acked atomic.Int64
+	var killed atomic.Bool
+	var wg sync.WaitGroup
+	for cl := range clients {
+		wg.Go(func() {
+			at := cl % c.n
+			for range 1000 { // bounded: the kill ends it long before
+				if killed.Load() {
+					return
+				}
+				op := c.hist.commit(kernels[at], cl, at, c.timeout+3*time.Second)
+				if op.r.outcome == qpAcked && acked.Add(1) == qpAckedKillAt && killed.CompareAndSwap(false, true) {
+					for _, p := range procs {
+						_ = p.Signal(syscall.SIGKILL)
+					}
+				}
+				if op.r.outcome != qpAcked && killed.Load() {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if !killed.Load() {
+		t.Fatalf("only %d commits acknowledged; the masters were not killed", acked.Load())
+	}
+	for i, m := range c.masters {
+		if _, ok := m.waitExit(10 * time.Second); !ok {
+			t.Fatalf("m%d still running 10s after SIGKILL", i+1)
+		}
+		c.leafDown[i] = true
+	}
+	files := make([]map[uint64]string, c.n)
+	for i, m := range c.masters {
+		f, err := qpReadFile(m.pfs)
+		if err != nil {
+			t.Fatalf("reading m%d's quorum file: %v", i+1, err)
+		}
+		files[i] = f
+	}
+	n := 0
+	for _, op := range c.hist.snapshot() {
+		if op.r.outcome != qpAcked {
+			continue
+		}
+		n++
+		var on []int
+		for i, f := range files {
+			if f[op.r.txid] == op.payload {
+				on = append(on, i+1)
+			}
+		}
+		if len(on) <= c.n/2 {
+			t.Errorf("%v: acknowledged, but after the kill its entry is in the files of only masters %v", op, on)
+		}
+	}
+	t.Logf("%d commits acknowledged before the kill, each in the files of a majority", n)
+}
+
+// qpAckedKillAt is the acknowledgement at which TestQuorumAckedSurvivesKill
+// kills the masters.
+const qpAckedKillAt = 150
+
+// qpReadFile reads the commit payloads of every entry a stopped master's
+// bbolt file holds, committed or not, by txid.
+func qpReadFile(dir string) (map[uint64]string, error) {
+	s, err := openQuorumStore(dir, quorumStoreOptions{lockTimeout: 5 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	first, _ := s.FirstIndex()
+	last, _ := s.LastIndex()
+	out := map[uint64]string{}
+	if last < first {
+		return out, nil
+	}
+	ents, err := s.Entries(first, last+1, math.MaxUint64)
+	if err != nil {
+		return nil, fmt.Errorf("entries %d..%d: %w", first, last, err)
+	}
+	for _, e := range ents {
+		if e.GetType() != pb.EntryNormal || len(e.GetData()) == 0 {
+			continue
+		}
+		if _, _, op, err := decodeQuorumEntry(e.GetData()); err == nil && op.Kind == quorumOpCommit {
+			out[e.GetIndex()] = string(op.Payload)
+		}
+	}
+	return out, nil
 }
 
 // TestLongQuorumMajorityLoss: three masters, commit_timeout 2s. With the

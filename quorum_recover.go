@@ -215,7 +215,7 @@ func recoverQuorum(store *quorumStore, self uint64, survivors []uint64) (quorumR
 			return err
 		}
 		nhs := &pb.HardState{Term: new(max(hs.GetTerm(), term)), Vote: new(hs.GetVote()), Commit: new(at)}
-		if err := putProto(rb, qkHardState, nhs); err != nil {
+		if err := putHardState(tx, m, nhs); err != nil {
 			return err
 		}
 		m.snap, m.last = quorumMark{at, term}, max(m.last, at)

@@ -325,6 +325,9 @@ func readQuorumState(tx *bolt.Tx) (quorumFSMImage, *pb.ConfState, *pb.HardState,
 			return img, nil, nil, fmt.Errorf("raft/hardstate: %w", err)
 		}
 	}
+	if img.Applied > hs.GetCommit() { // the commit index on disk may lag (quorumStore.saveStep)
+		hs.Commit = new(img.Applied)
+	}
 	return img, cs, hs, nil
 }
 
@@ -783,7 +786,7 @@ func restoreQuorum(store *quorumStore, self uint64, voters []uint64) (quorumRest
 		// A new group: nobody has voted in it. The term stays, so that
 		// its first leader's term is above every kept entry's.
 		nhs := &pb.HardState{Term: new(max(hs.GetTerm(), term)), Vote: new(uint64(0)), Commit: new(at)}
-		if err := putProto(rb, qkHardState, nhs); err != nil {
+		if err := putHardState(tx, m, nhs); err != nil {
 			return err
 		}
 		m.snap, m.last = quorumMark{at, term}, at

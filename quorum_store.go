@@ -11,7 +11,8 @@ package main
 // Layout (all integers big-endian):
 //
 //	log/<index u64>         term u64 + raftpb.Entry (protobuf)
-//	raft/hardstate          raftpb.HardState
+//	raft/hardstate          raftpb.HardState (its commit index may lag:
+//	                        at least fsm/meta's applied index is committed)
 //	raft/snapshot           raftpb.Snapshot (metadata + FSM image)
 //	raft/trunc              index u64 + term u64 of the last compacted entry
 //	raft/boot               u64, bumped on every open (request id epoch)
@@ -79,6 +80,7 @@ type quorumStore struct {
 	trunc    quorumMark
 	last     uint64
 	snapMeta quorumMark
+	hard     quorumMark // term (index) and vote (term) of raft/hardstate
 }
 
 // openQuorumStore opens or creates <dir>/quorum.db.
@@ -92,7 +94,12 @@ func openQuorumStoreFile(path string, opt quorumStoreOptions) (*quorumStore, err
 	if opt.lockTimeout == 0 {
 		opt.lockTimeout = 2 * time.Second
 	}
-	db, err := openStateDB("quorum store", path, &bolt.Options{Timeout: opt.lockTimeout, NoSync: opt.noSync})
+	// NoFreelistSync: a commit does not write the freelist (one page
+	// fewer per Ready); bbolt rebuilds it from the pages when it opens
+	// the file, which for a file this size costs nothing noticeable. The
+	// map freelist is the cheaper one to keep in memory.
+	db, err := openStateDB("quorum store", path, &bolt.Options{Timeout: opt.lockTimeout, NoSync: opt.noSync,
+		NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +115,7 @@ func openQuorumStoreFile(path string, opt quorumStoreOptions) (*quorumStore, err
 	if err == nil {
 		err = db.View(func(tx *bolt.Tx) error {
 			st, err := s.loadMarks(tx)
-			s.trunc, s.last, s.snapMeta = st.trunc, st.last, st.snap
+			s.trunc, s.last, s.snapMeta, s.hard = st.trunc, st.last, st.snap, st.hard
 			return err
 		})
 	}
@@ -134,17 +141,20 @@ type quorumMarks struct {
 	trunc quorumMark
 	last  uint64
 	snap  quorumMark
+	// hard is raft/hardstate's term and vote as written: saveStep
+	// writes the hard state only when they change.
+	hard quorumMark
 }
 
 func (s *quorumStore) marks() quorumMarks {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return quorumMarks{s.trunc, s.last, s.snapMeta}
+	return quorumMarks{s.trunc, s.last, s.snapMeta, s.hard}
 }
 
 func (s *quorumStore) setMarks(m quorumMarks) {
 	s.mu.Lock()
-	s.trunc, s.last, s.snapMeta = m.trunc, m.last, m.snap
+	s.trunc, s.last, s.snapMeta, s.hard = m.trunc, m.last, m.snap, m.hard
 	s.mu.Unlock()
 }
 
@@ -168,7 +178,29 @@ func (s *quorumStore) loadMarks(tx *bolt.Tx) (quorumMarks, error) {
 		return m, err
 	}
 	m.snap = quorumMark{snap.GetMetadata().GetIndex(), snap.GetMetadata().GetTerm()}
+	if v := tx.Bucket([]byte(qbRaft)).Get([]byte(qkHardState)); v != nil {
+		hs := &pb.HardState{}
+		if err := proto.Unmarshal(v, hs); err != nil {
+			return m, fmt.Errorf("raft/hardstate: %w", err)
+		}
+		m.hard = hardMark(hs)
+	}
 	return m, nil
+}
+
+// hardMark is what of a hard state must be on disk before raft's
+// messages leave: its term and vote. The commit index need not be
+// (raft learns it again from the leader), and InitialState never
+// returns one below the applied index.
+func hardMark(hs *pb.HardState) quorumMark { return quorumMark{hs.GetTerm(), hs.GetVote()} }
+
+// putHardState writes hs into raft/hardstate.
+func putHardState(tx *bolt.Tx, m *quorumMarks, hs *pb.HardState) error {
+	if err := putProto(tx.Bucket([]byte(qbRaft)), qkHardState, hs); err != nil {
+		return err
+	}
+	m.hard = hardMark(hs)
+	return nil
 }
 
 func u64key(i uint64) []byte { return binary.BigEndian.AppendUint64(nil, i) }
@@ -224,6 +256,17 @@ func (s *quorumStore) InitialState() (*pb.HardState, *pb.ConfState, error) {
 		if v := tx.Bucket([]byte(qbFSM)).Get([]byte(qkConfState)); v != nil {
 			if err := proto.Unmarshal(v, cs); err != nil {
 				return fmt.Errorf("fsm/confstate: %w", err)
+			}
+		}
+		// saveStep leaves the commit index behind when only it changed;
+		// whatever was applied was committed.
+		if v := tx.Bucket([]byte(qbFSM)).Get([]byte(qkMeta)); v != nil && hs != nil {
+			var img quorumFSMImage
+			if err := json.Unmarshal(v, &img); err != nil {
+				return fmt.Errorf("fsm/meta: %w", err)
+			}
+			if img.Applied > hs.GetCommit() {
+				hs.Commit = new(img.Applied)
 			}
 		}
 		return nil
@@ -398,8 +441,8 @@ func deleteThrough(b *bolt.Bucket, through uint64) error {
 }
 
 func (s *quorumStore) SetHardState(hs *pb.HardState) error {
-	return s.update("set hard state", func(tx *bolt.Tx, _ *quorumMarks) error {
-		return putProto(tx.Bucket([]byte(qbRaft)), qkHardState, hs)
+	return s.update("set hard state", func(tx *bolt.Tx, m *quorumMarks) error {
+		return putHardState(tx, m, hs)
 	})
 }
 
@@ -518,11 +561,53 @@ func (s *quorumStore) saveReady(hs *pb.HardState, ents []*pb.Entry, snap *pb.Sna
 			return err
 		}
 		if !raft.IsEmptyHardState(hs) {
-			return putProto(tx.Bucket([]byte(qbRaft)), qkHardState, hs)
+			return putHardState(tx, m, hs)
 		}
 		return nil
 	})
 	return fsm, err
+}
+
+// saveStep persists one raft Ready without a snapshot in a single
+// transaction: its entries, its hard state if its term or vote changed
+// and, when fsm is set, what applying its committed entries did. With
+// nothing to write it opens no transaction, so a Ready of messages alone
+// costs no fsync.
+//
+// A hard state whose commit index alone moved is not written: raft does
+// not need it on disk (etcd raft's MustSync), and raft/hardstate shares
+// its bbolt leaf with raft/snapshot, the image of the whole state
+// machine, dedup window included (megabytes), which bbolt would copy and
+// write again with every Ready.
+func (s *quorumStore) saveStep(hs *pb.HardState, ents []*pb.Entry, fsm *quorumFSM, cs *pb.ConfState) error {
+	writeHS := !raft.IsEmptyHardState(hs) && hardMark(hs) != s.marks().hard
+	if len(ents) == 0 && !writeHS && fsm == nil {
+		return nil
+	}
+	var puts []cacHolding
+	var dels []cacKey
+	var seen []quorumSeen
+	var floor uint64
+	what := "save ready"
+	if fsm != nil {
+		puts, dels = fsm.takeDirty()
+		seen, floor = fsm.takeSeen()
+		what = fmt.Sprintf("save ready and applied state at txid %d", fsm.applied)
+	}
+	return s.update(what, func(tx *bolt.Tx, m *quorumMarks) error {
+		if err := appendTx(tx, m, ents); err != nil {
+			return err
+		}
+		if writeHS {
+			if err := putHardState(tx, m, hs); err != nil {
+				return err
+			}
+		}
+		if fsm == nil {
+			return nil
+		}
+		return saveFSMTx(tx, fsm, cs, puts, dels, seen, floor)
+	})
 }
 
 // saveApplied records what applying a batch of committed entries did.
@@ -676,7 +761,7 @@ func (s *quorumStore) bootstrap(voters []uint64) error {
 		if _, err := applySnapshotTx(tx, m, snap); err != nil {
 			return err
 		}
-		return putProto(tx.Bucket([]byte(qbRaft)), qkHardState, &pb.HardState{Term: new(uint64(1)), Commit: new(uint64(1))})
+		return putHardState(tx, m, &pb.HardState{Term: new(uint64(1)), Commit: new(uint64(1))})
 	})
 }
 

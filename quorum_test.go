@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -338,9 +339,67 @@ func (h *quorumHarness) record(qn *qhNode, rd quorumReady) {
 		}
 	}
 	flush()
+	for _, r := range rd.Applied {
+		if r.Origin == qn.id && r.Op.Kind != quorumOpMembers {
+			h.checkDurable(qn, r)
+		}
+	}
 	for _, f := range rd.Failed {
 		h.printf("n%d: failed req=%s: %v\n", qn.id, fmtReqID(f.ReqID), f.Err)
 	}
+}
+
+// checkDurable fails the test unless the entry of r, a request qn
+// answers now, is in a committed bbolt transaction (fsync'd, in the
+// daemon) on a majority of qn's voters: an answer given before its
+// batch's write on a majority would be lost by a crash of the machines
+// that acknowledged it. A crashed master's file is read as it was left.
+func (h *quorumHarness) checkDurable(qn *qhNode, r quorumResult) {
+	voters := qn.n.cs.GetVoters()
+	var on []uint64
+	for _, id := range voters {
+		m := h.nodes[id]
+		if m == nil {
+			continue
+		}
+		ok, err := qhDurable(m, r)
+		if err != nil {
+			h.t.Fatalf("n%d: reading n%d's file for txid %d: %v", qn.id, id, r.Txid, err)
+		}
+		if ok {
+			on = append(on, id)
+		}
+	}
+	if len(on) <= len(voters)/2 {
+		h.t.Fatalf("n%d answered req %s (txid %d) while its entry is in the committed file of only %v of the voters %v",
+			qn.id, fmtReqID(r.ReqID), r.Txid, on, voters)
+	}
+}
+
+// qhDurable reports whether m's file holds r's entry at its txid, or a
+// compaction point past it (a snapshot covers it), in a committed
+// transaction.
+func qhDurable(m *qhNode, r quorumResult) (bool, error) {
+	st := m.store
+	if st == nil {
+		var err error
+		if st, err = openQuorumStore(m.dir, quorumStoreOptions{noSync: true}); err != nil {
+			return false, err
+		}
+		defer st.Close()
+	}
+	if st.marks().trunc.index >= r.Txid {
+		return true, nil
+	}
+	ents, err := st.Entries(r.Txid, r.Txid+1, math.MaxUint64)
+	if errors.Is(err, raft.ErrUnavailable) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	origin, reqID, err := decodeQuorumHead(ents[0].GetData())
+	return err == nil && origin == r.Origin && reqID == r.ReqID, nil
 }
 
 // deliver hands every queued message to its destination, then lets all
@@ -1596,5 +1655,153 @@ func TestQuorumInbox(t *testing.T) {
 	}
 	if work, news := q.take(); len(work) != 2 || len(news) != 0 {
 		t.Errorf("second take: %d work, %d news; want 2, 0", len(work), len(news))
+	}
+}
+
+// TestQuorumProposeAll: ops handed over together are one raft proposal.
+// A follower forwards them to the leader in one message, before its own
+// Ready is written; the leader sends each follower one append carrying
+// all of them, and answers each op at the txid raft gave it, in order.
+// An op that fails validation fails alone, and a batch is cut where its
+// entries would pass quorumProposeBytes.
+func TestQuorumProposeAll(t *testing.T) {
+	commit := func(p string) quorumOp { return quorumOp{Kind: quorumOpCommit, Payload: []byte(p)} }
+	big := func(p string) quorumOp {
+		return quorumOp{Kind: quorumOpCommit, Payload: append([]byte(p), make([]byte, quorumProposeBytes/4)...)} // base64 in the JSON: two fit, three do not
+	}
+	tests := []struct {
+		name  string
+		at    uint64 // master proposing
+		ops   []quorumOp
+		bad   []int // ops failing validation
+		props int   // MsgProp messages the proposer sends (a follower's forwards)
+		apps  int   // MsgApp messages carrying the entries, per follower of the leader
+	}{
+		{name: "follower", at: 2, ops: []quorumOp{commit("a"), commit("b"), commit("c"), {Kind: quorumOpLock}, commit("d")},
+			bad: []int{3}, props: 1, apps: 1},
+		{name: "leader", at: 1, ops: []quorumOp{commit("a"), commit("b"), commit("c")}, apps: 1},
+		{name: "cut", at: 2, ops: []quorumOp{big("a"), big("b"), big("c")}, props: 2, apps: 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newQuorumHarness(t)
+			h.quiet = true
+			defer h.closeAll()
+			for id := uint64(1); id <= 3; id++ {
+				h.open(id, []uint64{1, 2, 3})
+			}
+			h.pumpAll()
+			if err := h.live(1).Campaign(); err != nil {
+				t.Fatal(err)
+			}
+			h.stabilize()
+			n := h.live(tc.at)
+			ids, errs := n.ProposeAll(tc.ops)
+			for i, err := range errs {
+				if want := slices.Contains(tc.bad, i); (err != nil) != want {
+					t.Fatalf("op %d: err %v, want failure %v", i, err, want)
+				}
+			}
+			// What the proposer sends at once: its forwards (a follower) or
+			// its appends (the leader).
+			h.pump(tc.at)
+			count := func(typ pb.MessageType, from uint64) (msgs, ents int) {
+				for _, m := range h.queue {
+					if m.GetType() == typ && m.GetFrom() == from {
+						msgs++
+						ents += len(m.GetEntries())
+					}
+				}
+				return msgs, ents
+			}
+			good := len(tc.ops) - len(tc.bad)
+			if tc.at != 1 {
+				if msgs, ents := count(pb.MsgProp, tc.at); msgs != tc.props || ents != good {
+					t.Fatalf("n%d sent %d MsgProp with %d entries, want %d with %d", tc.at, msgs, ents, tc.props, good)
+				}
+				h.deliverQueued() // the leader appends and replicates
+			}
+			if msgs, ents := count(pb.MsgApp, 1); msgs != 2*tc.apps || ents != 2*good {
+				t.Fatalf("the leader sent %d MsgApp with %d entries to its 2 followers, want %d with %d", msgs, ents, 2*tc.apps, 2*good)
+			}
+			h.stabilize()
+			var last uint64
+			for i, id := range ids {
+				if errs[i] != nil {
+					continue
+				}
+				key := fmt.Sprintf("%d/%d", tc.at, id)
+				tx, ok := h.byReq[key]
+				if !ok {
+					t.Fatalf("op %d (req %s) was never applied", i, fmtReqID(id))
+				}
+				if tx <= last {
+					t.Fatalf("op %d applied at txid %d, not after the previous op's %d", i, tx, last)
+				}
+				last = tx
+			}
+		})
+	}
+}
+
+// TestQuorumStoreHardStateLag: saveStep writes the hard state only when
+// its term or vote changed, never a commit index alone (it would rewrite
+// the snapshot sharing its leaf); reopened, the store reports a commit
+// index no lower than what it applied, and the term and vote as written.
+func TestQuorumStoreHardStateLag(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openQuorumStore(dir, quorumStoreOptions{noSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.bootstrap([]uint64{1, 2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	hs := func(term, vote, commit uint64) *pb.HardState {
+		return &pb.HardState{Term: new(term), Vote: new(vote), Commit: new(commit)}
+	}
+	fsm := newQuorumFSM()
+	cs := &pb.ConfState{Voters: []uint64{1, 2, 3}}
+	steps := []struct {
+		name   string
+		hs     *pb.HardState
+		ents   []*pb.Entry
+		apply  uint64 // applied index to write, 0 for none
+		writes bool   // a transaction is expected
+	}{
+		{"vote", hs(2, 1, 1), nil, 0, true},
+		{"entries", hs(2, 1, 1), []*pb.Entry{qEntry(2, 2, ""), qEntry(3, 2, "x")}, 0, true},
+		{"new term", hs(3, 0, 1), nil, 0, true},
+		{"commit alone", hs(3, 0, 3), nil, 0, false},
+		{"apply", hs(3, 0, 3), nil, 3, true}, // the hard state on disk still says commit 1
+	}
+	for _, st := range steps {
+		before := s.db.Stats()
+		var f *quorumFSM
+		if st.apply != 0 {
+			fsm.applied = st.apply
+			f = fsm
+		}
+		if err := s.saveStep(st.hs, st.ents, f, cs); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		after := s.db.Stats()
+		if wrote := after.TxStats.GetWrite() > before.TxStats.GetWrite(); wrote != st.writes {
+			t.Fatalf("%s: wrote %v, want %v", st.name, wrote, st.writes)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = openQuorumStore(dir, quorumStoreOptions{noSync: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, _, err := s.InitialState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetTerm() != 3 || got.GetVote() != 0 || got.GetCommit() != 3 {
+		t.Fatalf("reopened: term %d vote %d commit %d, want 3 0 3", got.GetTerm(), got.GetVote(), got.GetCommit())
 	}
 }

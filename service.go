@@ -32,6 +32,13 @@ import (
 // the bound a connection is refused at accept.
 const tcpHandshakesMax = 32
 
+// applySlice bounds the router actions applied under one hold of the
+// service's lock. Forming a mesh of 1,000 leaves decides a million relays
+// in one batch; applied at once, that held the lock over a second (many
+// seconds on a loaded machine), while every link's reader waited on it in
+// its handler, read nothing, and looked silent to the dead_after check.
+const applySlice = 4096
+
 // Service is a running service daemon.
 type Service struct {
 	cfg      ServiceConfig
@@ -45,13 +52,22 @@ type Service struct {
 	// for `hammer2 status --service --watch`.
 	changes notifier
 
-	mu      sync.Mutex // guards router and everything reached from links
-	router  *spanRouter
-	links   map[connID]*svcLink
-	nextID  connID
-	nextSp  spanID
-	spanTx  map[spanID]*Trans // each received span's transaction, for circuits
-	started time.Time
+	mu     sync.Mutex // guards router and everything reached from links
+	router *spanRouter
+	links  map[connID]*svcLink
+	nextID connID
+	nextSp spanID
+	spanTx map[spanID]*Trans // each received span's transaction, for circuits
+	// relayExt is where applyLocked encodes each relay's LNK_SPAN: the
+	// link copies it when queueing, so one buffer serves them all instead
+	// of 448 bytes of garbage per relay (a burst of relays is most of a
+	// service's peak memory).
+	relayExt []byte
+	// acts are the router's actions not yet applied, oldest first from
+	// actsHead (applyLocked applies them a slice at a time).
+	acts     []spanAction
+	actsHead int
+	started  time.Time
 	// unpriv counts the unprivileged links of all listeners.
 	unpriv int
 	// kicked wakes the applier: router events are applied in batches.
@@ -100,12 +116,18 @@ type ServiceConfig struct {
 // service's mu, except those of svcLinkInfo and link, which never change.
 type svcLink struct {
 	svcLinkInfo
-	id     connID
-	link   *Link
-	since  time.Time
-	conn   *Trans // the peer's LNK_CONN, while open
-	spans  map[*Trans]spanID
+	id    connID
+	link  *Link
+	since time.Time
+	conn  *Trans // the peer's LNK_CONN, while open
+	spans map[*Trans]spanID
+	// relays are the spans we opened on the link, by the router's id;
+	// each one's Trans.Data is that id (a relayID), so a transaction
+	// the peer opens under one finds its relay at once (relayOf).
 	relays map[relayID]*Trans
+	// onRelay is the handler of every relay of the link: one closure
+	// per link, not one per relay.
+	onRelay Handler
 	// ignored counts the spans of an unprivileged link: answered, kept
 	// open and never relayed. circuits counts the circuits it has open
 	// through us.
@@ -410,6 +432,7 @@ func (s *Service) addLink(rw io.ReadWriteCloser, info svcLinkInfo) *svcLink {
 		cfg.BulkBatch = quicBulkBatch
 	}
 	sl.link = NewLink(rw, cfg)
+	sl.onRelay = func(t *Trans, m *Msg) { s.relayMsg(sl, t, m) }
 	s.links[sl.id] = sl
 	c := LnkConn{PeerType: PeerCluster, PeerMask: ^uint64(0), PeerLabel: s.hostname + "/hammer2-service"}
 	if _, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkConn}, Ext: c.Marshal()}, func(*Trans, *Msg) {}); err != nil {
@@ -595,7 +618,9 @@ func (s *Service) linkGone(sl *svcLink) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.router.linkDown(sl.id)
-	s.applyLocked()
+	if s.applyLocked() {
+		s.kick() // the applier sends the rest (what was this link's is skipped)
+	}
 	s.stopVolconfLocked(sl)
 	delete(s.links, sl.id)
 	if sl.lsn != nil {
@@ -628,12 +653,9 @@ func (s *Service) forwardCircuit(sl *svcLink, parent, in *Trans, m *Msg) {
 	}
 	s.mu.Lock()
 	var src *Trans
-	for rid, rt := range sl.relays {
-		if rt == parent {
-			if sid, ok := s.router.SourceOf(rid); ok {
-				src = s.spanTx[sid]
-			}
-			break
+	if rid, ok := sl.relayOf(parent); ok {
+		if sid, ok := s.router.SourceOf(rid); ok {
+			src = s.spanTx[sid]
 		}
 	}
 	over := sl.circuits >= s.cfg.Limits.CircuitsPerLink
@@ -734,16 +756,19 @@ func (s *Service) kick() {
 	}
 }
 
-// applier runs applyLocked for each batch until ctx ends.
+// applier runs applyLocked for each batch until ctx ends, letting go of
+// the lock between slices.
 func (s *Service) applier(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.kicked:
-			s.mu.Lock()
-			s.applyLocked()
-			s.mu.Unlock()
+			for more := true; more && ctx.Err() == nil; {
+				s.mu.Lock()
+				more = s.applyLocked()
+				s.mu.Unlock()
+			}
 		}
 	}
 }
@@ -787,54 +812,100 @@ func (s *Service) shellOnRelay(sl *svcLink, rid relayID, relay *Trans, cmd strin
 	}
 }
 
-// applyLocked sends what the router decided.
-func (s *Service) applyLocked() {
+// applyLocked takes what the router decided and sends the oldest
+// applySlice actions of what waits, in order; it reports whether more
+// wait. Actions for a link that is gone are skipped.
+func (s *Service) applyLocked() (more bool) {
 	defer s.changes.Notify()
-	for _, a := range s.router.take() {
-		sl := s.links[a.Conn]
-		if sl == nil {
-			continue
+	s.acts = s.router.takeAppend(s.acts)
+	batch := s.acts[s.actsHead:]
+	batch = batch[:min(len(batch), applySlice)]
+	for i := range batch {
+		s.applyOne(&batch[i])
+		batch[i] = spanAction{} // let go of its span body
+	}
+	s.actsHead += len(batch)
+	switch {
+	case s.actsHead == len(s.acts):
+		s.acts, s.actsHead = s.acts[:0], 0
+		if cap(s.acts) > 4*applySlice {
+			s.acts = nil // a burst's buffer is not kept
 		}
-		switch {
-		case a.Ack:
-			if t := sl.unanswered[a.Acked]; t != nil {
-				delete(sl.unanswered, a.Acked)
-				_ = t.Close(ErrOK)
-			}
-			continue
-		case !a.Open:
-			if t := sl.relays[a.Relay]; t != nil {
-				delete(sl.relays, a.Relay)
-				_ = t.Close(ErrOK)
-			}
-			continue
+	case s.actsHead >= len(s.acts)/2:
+		old := len(s.acts)
+		n := copy(s.acts, s.acts[s.actsHead:])
+		clear(s.acts[n:old])
+		s.acts, s.actsHead = s.acts[:n], 0
+	}
+	return s.actsHead < len(s.acts)
+}
+
+// applyOne sends one router action.
+func (s *Service) applyOne(a *spanAction) {
+	sl := s.links[a.Conn]
+	if sl == nil {
+		return
+	}
+	switch {
+	case a.Ack:
+		if t := sl.unanswered[a.Acked]; t != nil {
+			delete(sl.unanswered, a.Acked)
+			_ = t.Close(ErrOK)
 		}
-		rid := a.Relay
-		body := *a.Span
-		body.Dist, body.RNSS = a.Dist, a.RNSS
-		t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: body.Marshal()},
-			func(t *Trans, m *Msg) {
-				if m.Cmd&(FlagDelete|maskBaseCmd) == CmdDbgShell {
-					s.shellOnRelay(sl, rid, t, ShellText(m.Aux))
-					return
-				}
-				// The receiver's DELETE: the answer to our withdrawal, or it
-				// closing a relay it does not want. The router tells which.
-				if m.Cmd&FlagDelete != 0 {
-					s.mu.Lock()
-					if sl.relays[rid] == t {
-						delete(sl.relays, rid)
-					}
-					s.router.begin()
-					s.router.relayClosed(rid)
-					s.kick()
-					s.mu.Unlock()
-				}
-			})
-		if err != nil {
-			continue // the link is going down; linkGone cleans up
+		return
+	case !a.Open:
+		if t := sl.relays[a.Relay]; t != nil {
+			delete(sl.relays, a.Relay)
+			_ = t.Close(ErrOK)
 		}
-		sl.relays[rid] = t
+		return
+	}
+	body := *a.Span
+	body.Dist, body.RNSS = a.Dist, a.RNSS
+	if s.relayExt == nil {
+		s.relayExt = newExt(CmdLnkSpan)
+	}
+	body.MarshalTo(s.relayExt)
+	t, err := sl.link.Root().Open(&Msg{Header: Header{Cmd: CmdLnkSpan}, Ext: s.relayExt}, sl.onRelay)
+	if err != nil {
+		return // the link is going down; linkGone cleans up
+	}
+	// Under mu, as relayMsg and forwardCircuit read it: the peer's
+	// answer cannot be handled before this.
+	t.Data = a.Relay
+	sl.relays[a.Relay] = t
+}
+
+// relayOf is the relay t is, if it is one of sl's; the caller holds mu.
+func (sl *svcLink) relayOf(t *Trans) (relayID, bool) {
+	rid, ok := t.Data.(relayID)
+	if !ok || sl.relays[rid] != t {
+		return 0, false
+	}
+	return rid, true
+}
+
+// relayMsg handles what the receiver sends on one of sl's relays: a
+// DragonFly shell's `@<msgid> <cmd>`, or its DELETE: the answer to our
+// withdrawal, or it closing a relay it does not want. The router tells
+// which.
+func (s *Service) relayMsg(sl *svcLink, t *Trans, m *Msg) {
+	s.mu.Lock()
+	rid, _ := t.Data.(relayID)
+	s.mu.Unlock()
+	if m.Cmd&(FlagDelete|maskBaseCmd) == CmdDbgShell {
+		s.shellOnRelay(sl, rid, t, ShellText(m.Aux))
+		return
+	}
+	if m.Cmd&FlagDelete != 0 {
+		s.mu.Lock()
+		if sl.relays[rid] == t {
+			delete(sl.relays, rid)
+		}
+		s.router.begin()
+		s.router.relayClosed(rid)
+		s.kick()
+		s.mu.Unlock()
 	}
 }
 

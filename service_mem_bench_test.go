@@ -23,6 +23,12 @@ import (
 // benchService runs a service process on a Unix socket only.
 func benchService(b *testing.B) (sock string, pid int) {
 	b.Helper()
+	return benchServiceConfig(b, "/dev/null")
+}
+
+// benchServiceConfig is benchService with a config file.
+func benchServiceConfig(b *testing.B, config string) (sock string, pid int) {
+	b.Helper()
 	dir := shortTempDir(b)
 	sock = filepath.Join(dir, "s.sock")
 	logPath := filepath.Join(dir, "svc.log")
@@ -30,7 +36,7 @@ func benchService(b *testing.B) (sock string, pid int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cmd := exec.Command(h2Binary(b), "-c", "/dev/null", "-d", "service", "--unix", sock, "--tcp", "none", "--listen", "none")
+	cmd := exec.Command(h2Binary(b), "-c", config, "-d", "service", "--unix", sock, "--tcp", "none", "--listen", "none")
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

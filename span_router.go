@@ -16,7 +16,11 @@ package main
 // per-process value. A new relay is opened before the one it replaces is
 // closed. Work is incremental: an event rescans only the nodes and
 // connections it touches, which gives the same result as libdmsg's full
-// pass.
+// pass (TestSpanRouterIndexChurn compares the two). What a connection
+// brought and was sent is indexed by connection, and the nodes are kept
+// in order, so a link coming up costs the relays it is sent (plus a step
+// per cluster its filter refuses) and one going down the relays and
+// spans it had, however many the router holds.
 //
 // A driver may batch: after begin, events only record what they change,
 // and take rescans each node they touched once. A better link that arrives
@@ -44,6 +48,7 @@ import (
 	"bytes"
 	"cmp"
 	"slices"
+	"sort"
 )
 
 // SpanMaxDist is DMSG_SPAN_MAXDIST: spans further away are not relayed,
@@ -126,6 +131,9 @@ type spanLink struct {
 	dist uint32
 	rnss uint32
 	tie  uint64 // arrival order, the last tiebreak
+	// prev and next chain the links received on the same connection
+	// (spanRouter.connLinks), so that losing it costs what it brought.
+	prev, next *spanLink
 }
 
 func (a *spanLink) less(b *spanLink) bool {
@@ -143,26 +151,47 @@ type spanRelay struct {
 	conn connID
 	node *spanNode
 	link *spanLink
+	// prev and next chain the relays open on the same connection
+	// (spanConn.relays), so that closing it costs what it was sent.
+	prev, next *spanRelay
 }
 
 type spanConn struct {
 	id     connID
 	filter LnkConn
+	relays *spanRelay // the relays open on it, newest first
 }
 
 // spanRouter is one node's spanning-tree state.
 type spanRouter struct {
-	salt      uint32 // added to rnss on every relay: a per-hop path signature
-	conns     map[connID]*spanConn
-	connList  []*spanConn // by id, for a deterministic order
-	links     map[spanID]*spanLink
-	relays    map[relayID]*spanRelay
-	clusters  map[UUID]*spanCluster // by peer_id; clusters that share one are chained by next
-	next      relayID
-	arrivals  uint64
-	pending   map[relayID]*spanNode // withdrawals of active nodes awaiting answers
-	relayConn map[relayID]connID    // where each pending withdrawal went
-	out       []spanAction
+	salt     uint32 // added to rnss on every relay: a per-hop path signature
+	conns    map[connID]*spanConn
+	connList []*spanConn // by id, for a deterministic order
+	// The connections again, by what their filter can take, each by id:
+	// a client naming its cluster (DragonFly's filter gives it nothing
+	// else) under that cluster's peer_id, every other one in anyConn. A
+	// node is scanned only on the two lists its cluster can pass, so a
+	// service of many clusters does not scan every link for each change.
+	anyConn    []*spanConn
+	clientConn map[UUID][]*spanConn
+	links      map[spanID]*spanLink
+	relays     map[relayID]*spanRelay
+	clusters   map[UUID]*spanCluster // by peer_id; clusters that share one are chained by next
+	next       relayID
+	arrivals   uint64
+	pending    map[relayID]*spanNode // withdrawals of active nodes awaiting answers
+	relayConn  map[relayID]connID    // where each pending withdrawal went
+	out        []spanAction
+
+	// The indexes that keep every event's cost to what it changes: nodes
+	// in Walk's order (a connection coming up is relayed every node
+	// without sorting them), the links received on each connection, the
+	// pending withdrawals sent on it and the active nodes that owe an
+	// answer on it (the relays open on it are chained from spanConn).
+	nodes     []*spanNode
+	connLinks map[connID]*spanLink
+	pendingOn map[connID]map[relayID]struct{}
+	owedOn    map[connID]map[*spanNode]struct{}
 
 	batching bool
 	dirty    []*spanNode // nodes to rescan when the batch ends, in the order touched
@@ -172,7 +201,8 @@ type spanRouter struct {
 func newSpanRouter(salt uint32) *spanRouter {
 	return &spanRouter{salt: salt, conns: map[connID]*spanConn{}, links: map[spanID]*spanLink{},
 		relays: map[relayID]*spanRelay{}, clusters: map[UUID]*spanCluster{}, pending: map[relayID]*spanNode{},
-		relayConn: map[relayID]connID{}}
+		relayConn: map[relayID]connID{}, connLinks: map[connID]*spanLink{}, pendingOn: map[connID]map[relayID]struct{}{},
+		owedOn: map[connID]map[*spanNode]struct{}{}, clientConn: map[UUID][]*spanConn{}}
 }
 
 // begin starts a batch: until the next take, events record what they
@@ -210,11 +240,8 @@ func (r *spanRouter) flush() {
 	}
 	r.dirty = r.dirty[:0]
 	if len(r.newConns) > 0 {
-		nodes := r.sortedNodes()
 		for _, c := range r.newConns {
-			for _, n := range nodes {
-				r.scan(n, c, n.best())
-			}
+			r.scanConn(c)
 		}
 		clear(r.newConns)
 		r.newConns = r.newConns[:0]
@@ -240,14 +267,35 @@ func (r *spanRouter) connUp(id connID, filter LnkConn) {
 	}
 	c := &spanConn{id: id, filter: filter}
 	r.conns[id] = c
-	i, _ := slices.BinarySearchFunc(r.connList, id, func(c *spanConn, id connID) int { return cmp.Compare(c.id, id) })
-	r.connList = slices.Insert(r.connList, i, c)
+	r.connList = insertConn(r.connList, c)
+	if p, ok := clientOf(&filter); ok {
+		r.clientConn[p] = insertConn(r.clientConn[p], c)
+	} else {
+		r.anyConn = insertConn(r.anyConn, c)
+	}
 	if r.batching {
 		r.newConns = append(r.newConns, c)
 		return
 	}
-	for _, n := range r.sortedNodes() {
-		r.scan(n, c, n.best())
+	r.scanConn(c)
+}
+
+// scanConn relays every node to a connection that came up, in Walk's
+// order. A cluster the connection's filter refuses as a whole (its
+// peer_type, or another cluster's client) is skipped in one step: its
+// nodes are one run of the list.
+func (r *spanRouter) scanConn(c *spanConn) {
+	for i := 0; i < len(r.nodes); {
+		cl := r.nodes[i].cluster
+		if !clusterPasses(&cl.key, &c.filter) {
+			rest := r.nodes[i:]
+			i += sort.Search(len(rest), func(j int) bool { return compareClusters(&rest[j].cluster.key, &cl.key) > 0 })
+			continue
+		}
+		for ; i < len(r.nodes) && r.nodes[i].cluster == cl; i++ {
+			n := r.nodes[i]
+			r.scan(n, c, n.best())
+		}
 	}
 }
 
@@ -259,21 +307,32 @@ func (r *spanRouter) connDown(id connID) {
 		return
 	}
 	delete(r.conns, id)
-	r.connList = slices.DeleteFunc(r.connList, func(x *spanConn) bool { return x == c })
+	r.connList = deleteConn(r.connList, id)
+	if p, ok := clientOf(&c.filter); ok {
+		if r.clientConn[p] = deleteConn(r.clientConn[p], id); len(r.clientConn[p]) == 0 {
+			delete(r.clientConn, p)
+		}
+	} else {
+		r.anyConn = deleteConn(r.anyConn, id)
+	}
 	r.newConns = slices.DeleteFunc(r.newConns, func(x *spanConn) bool { return x == c })
 	var gone []*spanRelay
-	for _, rl := range r.relays {
-		if rl.conn == id {
-			gone = append(gone, rl)
-		}
+	for rl := c.relays; rl != nil; rl = rl.next {
+		gone = append(gone, rl)
 	}
+	c.relays = nil
 	slices.SortFunc(gone, func(a, b *spanRelay) int { return cmp.Compare(a.id, b.id) })
 	for _, rl := range gone {
 		r.closeRelay(rl)
 	}
 	// Nothing more will be answered on this connection's relays.
-	for _, rid := range sortedRelayIDs(r.pending) {
-		if r.relayConn[rid] == id {
+	if p := r.pendingOn[id]; len(p) > 0 {
+		rids := make([]relayID, 0, len(p))
+		for rid := range p {
+			rids = append(rids, rid)
+		}
+		slices.Sort(rids)
+		for _, rid := range rids {
 			r.answered(rid)
 		}
 	}
@@ -284,21 +343,18 @@ func (r *spanRouter) connDown(id connID) {
 func (r *spanRouter) linkDown(id connID) {
 	r.connDown(id)
 	var gone []spanID
-	for sid, l := range r.links {
-		if l.conn == id {
-			gone = append(gone, sid)
-		}
+	for l := r.connLinks[id]; l != nil; l = l.next {
+		gone = append(gone, l.id)
 	}
 	slices.Sort(gone)
 	for _, sid := range gone {
 		r.spanDown(sid)
 	}
 	r.out = slices.DeleteFunc(r.out, func(a spanAction) bool { return a.Ack && a.Conn == id })
-	for _, n := range r.pending {
-		if n.owed != nil && n.owed.Conn == id {
-			n.owed = nil
-		}
+	for n := range r.owedOn[id] {
+		n.owed = nil
 	}
+	delete(r.owedOn, id)
 }
 
 // node finds or makes the node body belongs to.
@@ -321,6 +377,8 @@ func (r *spanRouter) node(body *LnkSpan) *spanNode {
 			fd: noDist}
 		cl.nodes[body.PfsID] = n
 		cl.count++
+		i, _ := slices.BinarySearchFunc(r.nodes, n, compareNodes)
+		r.nodes = slices.Insert(r.nodes, i, n)
 	}
 	return n
 }
@@ -341,6 +399,10 @@ func (r *spanRouter) spanUp(conn connID, id spanID, body *LnkSpan, dist, rnss ui
 	}
 	n.links = slices.Insert(n.links, i, l)
 	r.links[id] = l
+	if h := r.connLinks[conn]; h != nil {
+		h.prev, l.next = l, h
+	}
+	r.connLinks[conn] = l
 	if i == 0 && !n.active {
 		r.touch(n) // only a new best link changes what is relayed
 	}
@@ -356,6 +418,18 @@ func (r *spanRouter) spanDown(id spanID) {
 		return
 	}
 	delete(r.links, id)
+	switch {
+	case l.prev != nil:
+		l.prev.next = l.next
+	case l.next != nil:
+		r.connLinks[l.conn] = l.next
+	default:
+		delete(r.connLinks, l.conn)
+	}
+	if l.next != nil {
+		l.next.prev = l.prev
+	}
+	l.prev, l.next = nil, nil
 	n := l.node
 	i := slices.Index(n.links, l)
 	n.links = slices.Delete(n.links, i, i+1)
@@ -378,6 +452,7 @@ func (r *spanRouter) spanDown(id spanID) {
 // goActive withdraws every relay of n and holds ack until all are answered.
 func (r *spanRouter) goActive(n *spanNode, ack *spanAction) {
 	n.active, n.owed = true, ack
+	r.owe(n)
 	if n.waiting == nil {
 		n.waiting = map[relayID]bool{}
 	}
@@ -385,6 +460,12 @@ func (r *spanRouter) goActive(n *spanNode, ack *spanAction) {
 		n.waiting[rl.id] = true
 		r.pending[rl.id] = n
 		r.relayConn[rl.id] = rl.conn
+		p := r.pendingOn[rl.conn]
+		if p == nil {
+			p = map[relayID]struct{}{}
+			r.pendingOn[rl.conn] = p
+		}
+		p[rl.id] = struct{}{}
 		r.closeRelay(rl)
 	}
 	if len(n.waiting) == 0 {
@@ -399,15 +480,45 @@ func (r *spanRouter) goPassive(n *spanNode) {
 	n.waiting = nil
 	if n.owed != nil {
 		r.out = append(r.out, *n.owed)
+		r.unowe(n)
 		n.owed = nil
 	}
 	r.touch(n)
+}
+
+// owe and unowe keep owedOn: the active nodes holding an answer on a
+// connection, which are told to forget it if the connection is lost.
+func (r *spanRouter) owe(n *spanNode) {
+	if n.owed == nil {
+		return
+	}
+	m := r.owedOn[n.owed.Conn]
+	if m == nil {
+		m = map[*spanNode]struct{}{}
+		r.owedOn[n.owed.Conn] = m
+	}
+	m[n] = struct{}{}
+}
+
+func (r *spanRouter) unowe(n *spanNode) {
+	if m := r.owedOn[n.owed.Conn]; m != nil {
+		delete(m, n)
+		if len(m) == 0 {
+			delete(r.owedOn, n.owed.Conn)
+		}
+	}
 }
 
 // answered notes the answer to one of an active node's withdrawals.
 func (r *spanRouter) answered(rid relayID) {
 	n := r.pending[rid]
 	delete(r.pending, rid)
+	if p := r.pendingOn[r.relayConn[rid]]; p != nil {
+		delete(p, rid)
+		if len(p) == 0 {
+			delete(r.pendingOn, r.relayConn[rid])
+		}
+	}
 	delete(r.relayConn, rid)
 	if n == nil {
 		return
@@ -441,6 +552,9 @@ func (r *spanRouter) dropIfEmpty(n *spanNode) {
 		p.next = n.next
 	}
 	n.next = nil
+	if i, ok := slices.BinarySearchFunc(r.nodes, n, compareNodes); ok && r.nodes[i] == n {
+		r.nodes = slices.Delete(r.nodes, i, i+1)
+	}
 	if cl.count--; cl.count > 0 {
 		return
 	}
@@ -487,9 +601,34 @@ func (n *spanNode) best() *spanLink {
 func (r *spanRouter) scanNode(n *spanNode) {
 	n.dirty = false
 	best := n.best()
-	for _, c := range r.connList {
+	// The two lists merged by id: the order connList would give.
+	a, b := r.anyConn, r.clientConn[n.cluster.key.peerID]
+	for len(a) > 0 || len(b) > 0 {
+		var c *spanConn
+		if len(b) == 0 || len(a) > 0 && a[0].id < b[0].id {
+			c, a = a[0], a[1:]
+		} else {
+			c, b = b[0], b[1:]
+		}
 		r.scan(n, c, best)
 	}
+}
+
+// clientOf is the cluster a client's filter confines it to, if any.
+func clientOf(f *LnkConn) (UUID, bool) {
+	return f.PeerID, f.PeerType == PeerClient && !f.PeerID.IsNil()
+}
+
+func insertConn(list []*spanConn, c *spanConn) []*spanConn {
+	i, _ := slices.BinarySearchFunc(list, c.id, func(c *spanConn, id connID) int { return cmp.Compare(c.id, id) })
+	return slices.Insert(list, i, c)
+}
+
+func deleteConn(list []*spanConn, id connID) []*spanConn {
+	if i, ok := slices.BinarySearchFunc(list, id, func(c *spanConn, id connID) int { return cmp.Compare(c.id, id) }); ok {
+		return slices.Delete(list, i, i+1)
+	}
+	return list
 }
 
 // scan is libdmsg's per-(node, connection) step; best is n.best().
@@ -511,6 +650,10 @@ func (r *spanRouter) scan(n *spanNode, c *spanConn, best *spanLink) {
 		}
 		n.relays[c.id] = rl
 		r.relays[rl.id] = rl
+		if h := c.relays; h != nil {
+			h.prev, rl.next = rl, h
+		}
+		c.relays = rl
 		r.out = append(r.out, spanAction{Open: true, Conn: c.id, Relay: rl.id, Span: want.body,
 			Dist: want.dist + 1, RNSS: want.rnss + r.salt})
 	}
@@ -521,17 +664,24 @@ func (r *spanRouter) scan(n *spanNode, c *spanConn, best *spanLink) {
 
 // passes applies libdmsg's relay filters to the best link of a node.
 func (r *spanRouter) passes(l *spanLink, c *spanConn) bool {
-	s, f := l.body, &c.filter
 	switch {
 	case l.dist > SpanMaxDist:
 		return false
 	case l.conn == c.id: // split horizon
 		return false
-	case s.PeerType >= 64 || f.PeerMask&(1<<s.PeerType) == 0:
+	}
+	return clusterPasses(&l.node.cluster.key, &c.filter)
+}
+
+// clusterPasses is the part of the filters that only looks at the span's
+// cluster (its peer_type and peer_id, which name the cluster).
+func clusterPasses(k *clusterKey, f *LnkConn) bool {
+	switch {
+	case k.peerType >= 64 || f.PeerMask&(1<<k.peerType) == 0:
 		return false
-	case f.PeerType == PeerClient && s.PeerType == PeerClient:
+	case f.PeerType == PeerClient && k.peerType == PeerClient:
 		return false
-	case f.PeerType == PeerClient && !f.PeerID.IsNil() && f.PeerID != s.PeerID:
+	case f.PeerType == PeerClient && !f.PeerID.IsNil() && f.PeerID != k.peerID:
 		return false
 	}
 	return true
@@ -544,6 +694,15 @@ func (r *spanRouter) closeRelay(rl *spanRelay) {
 
 func (r *spanRouter) forget(rl *spanRelay) {
 	delete(r.relays, rl.id)
+	if rl.prev != nil {
+		rl.prev.next = rl.next
+	} else if c := r.conns[rl.conn]; c != nil && c.relays == rl {
+		c.relays = rl.next
+	}
+	if rl.next != nil {
+		rl.next.prev = rl.prev
+	}
+	rl.prev, rl.next = nil, nil
 	n := rl.node
 	if n.relays[rl.conn] == rl {
 		delete(n.relays, rl.conn)
@@ -553,37 +712,25 @@ func (r *spanRouter) forget(rl *spanRelay) {
 	}
 }
 
-func (r *spanRouter) sortedNodes() []*spanNode {
-	var out []*spanNode
-	for _, cl := range r.clusters {
-		for ; cl != nil; cl = cl.next {
-			for _, n := range cl.nodes {
-				for ; n != nil; n = n.next {
-					out = append(out, n)
-				}
-			}
-		}
-	}
-	slices.SortFunc(out, compareNodes)
-	return out
-}
+// sortedNodes is every node in Walk's order; the router's own slice, not
+// to be changed.
+func (r *spanRouter) sortedNodes() []*spanNode { return r.nodes }
 
 func compareNodes(a, b *spanNode) int {
 	return cmp.Or(
-		cmp.Compare(a.cluster.key.peerType, b.cluster.key.peerType),
-		bytes.Compare(a.cluster.key.peerID[:], b.cluster.key.peerID[:]),
-		bytes.Compare(a.cluster.key.label[:], b.cluster.key.label[:]),
+		compareClusters(&a.cluster.key, &b.cluster.key),
 		bytes.Compare(a.key.label[:], b.key.label[:]),
 		bytes.Compare(a.key.pfsID[:], b.key.pfsID[:]))
 }
 
-func sortedRelayIDs(m map[relayID]*spanNode) []relayID {
-	out := make([]relayID, 0, len(m))
-	for id := range m {
-		out = append(out, id)
+func compareClusters(a, b *clusterKey) int {
+	if a == b {
+		return 0
 	}
-	slices.Sort(out)
-	return out
+	return cmp.Or(
+		cmp.Compare(a.peerType, b.peerType),
+		bytes.Compare(a.peerID[:], b.peerID[:]),
+		bytes.Compare(a.label[:], b.label[:]))
 }
 
 func sortedRelays(m map[connID]*spanRelay) []*spanRelay {
