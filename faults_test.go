@@ -560,13 +560,17 @@ func TestLongFaults(t *testing.T) {
 		at := time.Now()
 		next = at.Add(5 * time.Second)
 		what, isolated, heal := inject(kind)
+		// A cut window opens once the rules are in (nft has returned),
+		// not when the nemesis decided: a request sent before that may
+		// still be committed.
+		cutAt := time.Now().Add(qpSignalMargin)
 		counts[kind]++
 		t.Logf("+%v fault %d: %s: %s", at.Sub(c.hist.start).Round(time.Millisecond), len(records)+1, kind, what)
 		pause(1500*time.Millisecond + time.Duration(rng.Int64N(int64(1500*time.Millisecond))))
 		healed := time.Now()
 		heal()
 		for _, i := range isolated {
-			c.iso = append(c.iso, qpIso{master: i, from: at.Add(qpSignalMargin), to: healed, why: kind})
+			c.iso = append(c.iso, qpIso{master: i, from: cutAt, to: healed, why: kind})
 		}
 		want := c.hist.maxAcked()
 		rec := faultRecord{kind: kind, what: what, at: at, healed: healed, recovered: -1}
