@@ -1862,6 +1862,9 @@ func TestLongQuorumCatchUpLargeBatch(t *testing.T) {
 	if op := c.commitUntil(lag, 6*time.Second); op == nil {
 		t.Errorf("m%d cannot commit after its restart (it never applies its own requests)", lag+1)
 	}
+	// The last acknowledgement came from one master; the others learn its
+	// commit a heartbeat later, and verify stops them all at once.
+	c.waitCaughtUp(10 * time.Second)
 	c.verify(began, time.Now())
 }
 
