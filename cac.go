@@ -106,6 +106,7 @@ type cacGrant struct {
 	h        cacHolding
 	t        *Trans
 	revoked  time.Time // when we asked the holder to release (zero: not asked)
+	revokeBy time.Time // ... and by when it must have (then we close its transaction)
 	orphaned time.Time // when the holder's link went (zero: still there)
 }
 
@@ -253,11 +254,13 @@ func (d *quorumDriver) lockAnswer(r *cacRequest, op quorumOp, res quorumResult, 
 			d.ended(r.holder, false)
 			return
 		}
-		if d.tooOld(res.Op) {
-			// Decided long ago (this leaf was cut off or behind): a
-			// conflict after it may already have run its lease out.
+		if now := d.clock.Now(); !d.holdable(now) {
+			// Decided long ago, or this master has not heard the group
+			// confirm its commit index for half a lease (it was cut off
+			// or behind): a conflict after it may already have run its
+			// lease out.
 			d.log.Warn("cache grant applied too late to hand out; giving it back", "holder", r.holder,
-				"age", d.clock.Now().Sub(time.Unix(0, res.Op.At)).Round(time.Millisecond), "answer", ErrString(ErrCacExpired))
+				"renewed", d.renewedAgo(now), "answer", ErrString(ErrCacExpired))
 			delete(d.grants, r.holder)
 			d.propose(quorumOp{Kind: quorumOpExpire, Holder: r.holder, UpTo: res.Grant.Txid}, nil, func(quorumResult, error) {})
 			_ = t.Close(ErrCacExpired)
@@ -315,14 +318,17 @@ func (d *quorumDriver) cacApplied(applied []quorumResult) {
 	for _, r := range applied {
 		for _, h := range r.Conflict {
 			if g := d.grants[h.Holder]; g != nil && g.t != nil && g.revoked.IsZero() {
-				g.revoked = d.clock.Now()
-				if d.tooOld(r.Op) { // the requester's lease may be nearly out: no time to flush politely
+				now := d.clock.Now()
+				g.revoked = now
+				within := d.revokeWithin(r.Txid, now)
+				if within < time.Millisecond { // the requester's lease may be nearly out: no time to flush politely
 					d.log.Warn("conflict applied too late for a revoke; taking the state back", "holder", h.Holder,
-						"answer", ErrString(ErrCacExpired))
+						"renewed", d.renewedAgo(now), "answer", ErrString(ErrCacExpired))
 					_ = g.t.Close(ErrCacExpired)
-					g.t, g.orphaned = nil, d.clock.Now()
+					g.t, g.orphaned = nil, now
 					continue
 				}
+				g.revokeBy = now.Add(within)
 				// A reader in the way of a writer must go; a writer in the
 				// way of a reader may stay as a reader.
 				keep := cacInval
@@ -330,7 +336,7 @@ func (d *quorumDriver) cacApplied(applied []quorumResult) {
 					keep = cacShared
 				}
 				rv := cacLock{Domain: g.h.Domain, Mode: keep, Flags: cacFlagRevoke, Lo: g.h.Lo, Hi: g.h.Hi,
-					Txid: r.Txid, LeaseMs: uint32(d.lease / time.Millisecond)}
+					Txid: r.Txid, LeaseMs: uint32(within / time.Millisecond)}
 				_ = g.t.Send(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: rv.marshal()})
 				d.obs.cacRevoke()
 			}
@@ -375,9 +381,11 @@ func (d *quorumDriver) retryWaits() {
 
 // cacTick enforces the leases: holders that did not release within one
 // are expired (the group drops their states, so the waiting request can
-// be granted), orphans are expired, and when this master has been out of
-// touch with a majority for half a lease it takes its own holders' states
-// back, because the group may expire them at the end of the lease.
+// be granted), orphans are expired, and this master takes its own
+// holders' states back when their time is out: a revoked holder's, or
+// every one once the group has not renewed this master's view for half a
+// lease (cac_lease.go), because the group may expire them after a lease.
+// Then it asks for a renewal if one is due.
 func (d *quorumDriver) cacTick(now time.Time) {
 	for _, w := range d.waits {
 		if w.expired || now.Sub(w.since) < d.lease {
@@ -418,25 +426,36 @@ func (d *quorumDriver) cacTick(now time.Time) {
 		g.orphaned = now // once per lease, until it is gone
 		d.propose(quorumOp{Kind: quorumOpExpire, Holder: holder, UpTo: g.h.Txid}, nil, func(quorumResult, error) {})
 	}
-	if time.Duration(d.node.ContactAge())*d.tick > d.lease/2 {
+	// A holder asked to release and still holding when its time is out
+	// loses the state now: the group may expire it soon after.
+	for _, holder := range slices.Sorted(maps.Keys(d.grants)) {
+		if g := d.grants[holder]; g.t != nil && !g.revokeBy.IsZero() && !now.Before(g.revokeBy) {
+			d.log.Warn("cache state not released within its revoke; taking it back", "holder", holder,
+				"answer", ErrString(ErrCacExpired))
+			_ = g.t.Close(ErrCacExpired)
+			g.t, g.orphaned = nil, now
+		}
+	}
+	if !d.holdable(now) {
 		for _, holder := range slices.Sorted(maps.Keys(d.grants)) {
 			if g := d.grants[holder]; g.t != nil {
-				d.log.Warn("no majority for half a lease; taking back a cache state", "holder", g.h.Holder,
-					"answer", ErrString(ErrQuorumTimeout))
+				d.log.Warn("the group has not confirmed this master's view for half a lease; taking back a cache state",
+					"holder", g.h.Holder, "renewed", d.renewedAgo(now), "answer", ErrString(ErrQuorumTimeout))
 				_ = g.t.Close(ErrQuorumTimeout)
 				g.t, g.orphaned = nil, now
 			}
 		}
 	}
+	d.renewLeases(now)
 }
 
-// tooOld reports an entry proposed more than half a lease ago. The lease
-// runs from when the group decided, so a leaf that applies a grant or a
-// conflict that late (it was cut off, or far behind) must not act as if
-// the holder still had the whole lease. At is the proposer's clock:
-// masters' clocks must agree within a small part of a lease.
-func (d *quorumDriver) tooOld(op quorumOp) bool {
-	return op.At != 0 && d.clock.Now().Sub(time.Unix(0, op.At)) > d.lease/2
+// renewedAgo says, for a log line, how long ago the last renewal was.
+func (d *quorumDriver) renewedAgo(now time.Time) string {
+	f := d.leases.fresh()
+	if f.IsZero() {
+		return "never"
+	}
+	return now.Sub(f).Round(time.Millisecond).String() + " ago"
 }
 
 // adoptRecovered takes the states this leaf's kernel held before a

@@ -49,9 +49,46 @@ func (c *cacClock) Now() time.Time {
 	return c.now
 }
 
+func (c *cacClock) Wall() time.Time { return c.Now() }
+
 func (c *cacClock) advance(d time.Duration) {
 	c.mu.Lock()
 	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// cacMasterClock is one master's own clock, as its machine keeps it: it
+// runs at rate against the harness's (its drift), and its wall clock may
+// be stepped (step) without its monotonic reading moving. A restart keeps
+// it: it is the machine's.
+type cacMasterClock struct {
+	mu   sync.Mutex
+	mono time.Time
+	wall time.Duration // the wall clock's steps in all
+	rate float64
+}
+
+func (c *cacMasterClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mono
+}
+
+func (c *cacMasterClock) Wall() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mono.Add(c.wall)
+}
+
+func (c *cacMasterClock) rateNow() float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rate
+}
+
+func (c *cacMasterClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.mono = c.mono.Add(time.Duration(float64(d) * c.rate))
 	c.mu.Unlock()
 }
 
@@ -66,6 +103,7 @@ type cacMaster struct {
 	agent   *cacAgent
 	d       *quorumDriver
 	kernel  *cacKernel
+	clock   *cacMasterClock
 	stopped bool // SIGSTOP: no ticks, nothing taken; messages to it wait
 }
 
@@ -104,6 +142,8 @@ type cacHarness struct {
 	inbox                quorumInboxLimits
 
 	trans   map[string]*cacTrans // the kernels' transactions, by script name
+	holdsMu sync.Mutex           // the kernels' readers record holds too
+	holds   []*cacHold           // what the kernels held, by their account
 	kernels []*cacKernel         // every kernel link, in the order connected
 	out     strings.Builder
 }
@@ -208,7 +248,7 @@ func (cacNet) close() {}
 func (h *cacHarness) open(id uint64, peers []uint64) {
 	m := h.masters[id]
 	if m == nil {
-		m = &cacMaster{id: id, dir: fmt.Sprintf("%s/n%d", h.root, id)}
+		m = &cacMaster{id: id, dir: fmt.Sprintf("%s/n%d", h.root, id), clock: &cacMasterClock{mono: h.clock.Now(), rate: 1}}
 		h.masters[id] = m
 	}
 	var err error
@@ -226,7 +266,7 @@ func (h *cacHarness) open(id uint64, peers []uint64) {
 		h.t.Fatal(err)
 	}
 	m.d = newQuorumDriver(cacHost{h, id}, m.node, quorumDriverConfig{Clid: h.clid, Fsid: qhUUID(id),
-		Log: h.log.With("master", id), CAC: m.agent, Clock: h.clock, Transport: cacNet{h, id},
+		Log: h.log.With("master", id), CAC: m.agent, Clock: m.clock, Transport: cacNet{h, id},
 		Tick: cacTick, Lease: h.lease, CommitTimeout: h.commitTimeout, Inbox: h.inbox})
 	m.d.adoptRecovered(m.agent.Recovered())
 	m.stopped = false
@@ -380,6 +420,9 @@ func (h *cacHarness) settle() {
 // settles.
 func (h *cacHarness) tick() {
 	h.clock.advance(cacTick)
+	for _, id := range h.ids() {
+		h.masters[id].clock.advance(cacTick) // a machine's clock runs while its leaf is down or stopped
+	}
 	for _, m := range h.running() {
 		m.d.onTick()
 		m.d.pump()
@@ -409,9 +452,81 @@ func (k *cacKernel) record(name string, m *Msg) {
 	default:
 		text = "unexpected " + CmdString(m.Cmd)
 	}
+	now := k.h.clock.Now()
 	k.mu.Lock()
-	k.events = append(k.events, cacEvent{k.h.clock.Now().Sub(k.h.start), fmt.Sprintf("k%d/%s: %s", k.id, name, text)})
+	k.events = append(k.events, cacEvent{now.Sub(k.h.start), fmt.Sprintf("k%d/%s: %s", k.id, name, text)})
 	k.mu.Unlock()
+	k.h.account(name, m, now, k.h.masters[k.id].clock.rateNow())
+}
+
+// cacHold is one state a kernel held, by its own account: from the grant's
+// arrival until it released it, its leaf closed the transaction, or the
+// time a revoke gave it ran out (a kernel may use all of it to flush).
+type cacHold struct {
+	name     string
+	grant    cacLock
+	from, to time.Time // to zero: still held
+}
+
+// account follows what the kernels hold, from what reaches them.
+func (h *cacHarness) account(name string, m *Msg, now time.Time, rate float64) {
+	h.holdsMu.Lock()
+	defer h.holdsMu.Unlock()
+	end := func(at time.Time) {
+		for _, x := range h.holds {
+			if x.name == name && (x.to.IsZero() || at.Before(x.to)) {
+				x.to = at
+			}
+		}
+	}
+	c, err := parseCacLock(m.Ext)
+	switch base := m.Cmd & maskBaseCmd; {
+	case base == CmdCacLock && err == nil && m.Cmd&FlagDelete == 0 && c.Flags&cacFlagRevoke != 0:
+		// The kernel times the revoke on its machine's clock, its
+		// master's: a slow one gives it longer.
+		end(now.Add(time.Duration(float64(time.Duration(c.LeaseMs)*time.Millisecond) / rate)))
+	case base == CmdCacLock && err == nil && m.Cmd&FlagDelete == 0:
+		end(now) // a new mode replaces the old
+		h.holds = append(h.holds, &cacHold{name: name, grant: c, from: now})
+	default:
+		end(now)
+	}
+}
+
+// conflicts lists every two holders that held conflicting states at one
+// instant, by their own account.
+func (h *cacHarness) conflicts() []string {
+	h.holdsMu.Lock()
+	defer h.holdsMu.Unlock()
+	var out []string
+	for i, a := range h.holds {
+		for _, b := range h.holds[i+1:] {
+			if a.name == b.name || a.grant.Domain != b.grant.Domain || a.grant.Hi < b.grant.Lo || b.grant.Hi < a.grant.Lo ||
+				a.grant.Mode == cacShared && b.grant.Mode == cacShared {
+				continue
+			}
+			aTo, bTo := a.to, b.to
+			if aTo.IsZero() {
+				aTo = h.clock.Now().Add(time.Hour)
+			}
+			if bTo.IsZero() {
+				bTo = h.clock.Now().Add(time.Hour)
+			}
+			if a.from.Before(bTo) && b.from.Before(aTo) {
+				out = append(out, fmt.Sprintf("%s %s %s %s from %.1fs to %s and %s %s %s %s from %.1fs to %s",
+					a.name, a.grant.Mode, a.grant.Domain, fmtRange(a.grant.Lo, a.grant.Hi), a.from.Sub(h.start).Seconds(), h.fmtTo(a.to),
+					b.name, b.grant.Mode, b.grant.Domain, fmtRange(b.grant.Lo, b.grant.Hi), b.from.Sub(h.start).Seconds(), h.fmtTo(b.to)))
+			}
+		}
+	}
+	return out
+}
+
+func (h *cacHarness) fmtTo(at time.Time) string {
+	if at.IsZero() {
+		return "now"
+	}
+	return fmt.Sprintf("%.1fs", at.Sub(h.start).Seconds())
 }
 
 func (k *cacKernel) take() []cacEvent {
@@ -570,6 +685,7 @@ func (h *cacHarness) run(t *testing.T, td *datadriven.TestData) string {
 		h.kernelSent(tr.k)
 	case "release":
 		tr := h.transArg(t, td)
+		h.account(tr.name, &Msg{Header: Header{Cmd: CmdCacLock | FlagDelete}}, h.clock.Now(), 1)
 		_ = tr.t.Close(ErrOK)
 		if td.HasArg("hold") {
 			h.barrier(tr.k.kern)
@@ -577,6 +693,16 @@ func (h *cacHarness) run(t *testing.T, td *datadriven.TestData) string {
 			break
 		}
 		h.kernelSent(tr.k)
+	case "holders":
+		// Were two holders ever in conflict at one instant, by their own
+		// account? (A revoke ends a hold only when its time is out.)
+		if c := h.conflicts(); len(c) > 0 {
+			for _, v := range c {
+				h.printf("CONFLICT: %s\n", v)
+			}
+		} else {
+			h.printf("no two holders in conflict at once (%d states held)\n", len(h.holds))
+		}
 	case "kernel-lost":
 		// The kernel's link to its leaf is gone (the leaf lives on).
 		for _, m := range h.nodes(t, td) {
@@ -595,6 +721,30 @@ func (h *cacHarness) run(t *testing.T, td *datadriven.TestData) string {
 		}
 	case "stabilize":
 		h.settle()
+	case "clock":
+		// clock node=2 step=-30s rate=1.2: master 2's wall clock is
+		// stepped by -30 s (its monotonic clock is not), and its clock
+		// runs 1.2 times as fast as the harness's from now on.
+		for _, m := range h.nodes(t, td) {
+			if v := argOr(td, "step", ""); v != "" {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					td.Fatalf(t, "step=%s: %v", v, err)
+				}
+				m.clock.mu.Lock()
+				m.clock.wall += d
+				m.clock.mu.Unlock()
+			}
+			if v := argOr(td, "rate", ""); v != "" {
+				r, err := strconv.ParseFloat(v, 64)
+				if err != nil || r <= 0 {
+					td.Fatalf(t, "rate=%s: a positive number", v)
+				}
+				m.clock.mu.Lock()
+				m.clock.rate = r
+				m.clock.mu.Unlock()
+			}
+		}
 	case "take":
 		// take node=3: the driver takes its inbox and pumps once; what
 		// it sends stays in flight (a request on hold is proposed).
@@ -692,8 +842,8 @@ func (h *cacHarness) run(t *testing.T, td *datadriven.TestData) string {
 				continue
 			}
 			st := m.node.Status()
-			h.printf("n%d: leader=%d txid=%d quorum=%v contact-age=%d waits=%d grants=%d\n", m.id, st.Leader,
-				st.LastTxid, st.HasQuorum, m.node.ContactAge(), len(m.d.waits), len(m.d.grants))
+			h.printf("n%d: leader=%d txid=%d quorum=%v contact-age=%d renewed=%s waits=%d grants=%d\n", m.id, st.Leader,
+				st.LastTxid, st.HasQuorum, m.node.ContactAge(), m.d.renewedAgo(m.clock.Now()), len(m.d.waits), len(m.d.grants))
 		}
 	default:
 		td.Fatalf(t, "unknown command %q", td.Cmd)

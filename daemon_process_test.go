@@ -37,6 +37,10 @@ type daemonProc struct {
 	// (a shell sets it and execs the daemon): the test's own is the
 	// process's, shared with every test running beside it.
 	umask *int
+	// wrap, if set, runs the daemon through a command that execs it, as
+	// `ip netns exec NS` does (faults_net_test.go): the pid stays the
+	// daemon's, and so do the signals the test sends it.
+	wrap []string
 
 	log   procLog
 	watch statusWatch
@@ -86,6 +90,9 @@ func (d *daemonProc) start(args []string, banner, ready, control string) {
 	cmd := exec.Command(d.bin, args...)
 	if d.umask != nil {
 		cmd = exec.Command("/bin/sh", append([]string{"-c", fmt.Sprintf(`umask %03o && exec "$0" "$@"`, *d.umask), d.bin}, args...)...)
+	}
+	if len(d.wrap) > 0 {
+		cmd = exec.Command(d.wrap[0], append(append(slices.Clone(d.wrap[1:]), d.bin), args...)...)
 	}
 	if len(d.env) > 0 {
 		cmd.Env = append(os.Environ(), d.env...)

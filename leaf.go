@@ -178,9 +178,14 @@ func (l *Leaf) openQuorum() error {
 		store.Close()
 		return err
 	}
+	qclock, err := processClock()
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("quorum: clock: %w", err)
+	}
 	l.qstore = store
 	l.quorum = newQuorumDriver(l, node, quorumDriverConfig{Clid: l.info.Clid, Fsid: l.info.Fsid, Key: l.key,
-		Log: l.log, CAC: l.cac, Clock: wallClock{}, Transport: newQuorumWire(l, self, l.info.Clid, l.log),
+		Log: l.log, CAC: l.cac, Clock: qclock, Transport: newQuorumWire(l, self, l.info.Clid, l.log),
 		Tick: qc.Tick.Duration, Lease: qc.Lease.Duration, CommitTimeout: qc.CommitTimeout.Duration,
 		Inbox: quorumInboxLimits{Raft: quorumInboxRaft, Requests: quorumInboxRequests}, Changed: l.changes.Notify})
 	l.quorum.obs = l.obs

@@ -64,6 +64,9 @@ func (r testRun) Run() int {
 	if h2BuildDir != "" {
 		os.RemoveAll(h2BuildDir)
 	}
+	if h2FaultBuildPath != "" {
+		os.RemoveAll(filepath.Dir(h2FaultBuildPath))
+	}
 	if roleBinPath != "" {
 		os.RemoveAll(filepath.Dir(roleBinPath))
 	}
@@ -117,8 +120,33 @@ func h2Binary(t testing.TB) string {
 	return filepath.Join(h2BuildDir, "hammer2")
 }
 
-// goBuild builds this package's binary at out.
-func goBuild(out string, race bool) error {
+var (
+	h2FaultBuildOnce sync.Once
+	h2FaultBuildPath string
+	h2FaultBuildErr  error
+)
+
+// h2FaultBinary is the binary built with the h2faultclock tag, whose
+// quorum clock the fault campaign moves (clock_fault.go).
+func h2FaultBinary(t testing.TB) string {
+	t.Helper()
+	h2FaultBuildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "h2fbin")
+		if err != nil {
+			h2FaultBuildErr = err
+			return
+		}
+		h2FaultBuildPath = filepath.Join(dir, "hammer2")
+		h2FaultBuildErr = goBuild(h2FaultBuildPath, os.Getenv("H2_TEST_RACE_BINARY") != "", "h2faultclock")
+	})
+	if h2FaultBuildErr != nil {
+		t.Fatalf("building the fault-clock binary: %v", h2FaultBuildErr)
+	}
+	return h2FaultBuildPath
+}
+
+// goBuild builds this package's binary at out, with the build tags given.
+func goBuild(out string, race bool, tags ...string) error {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go") // go test sets GOROOT
@@ -126,6 +154,9 @@ func goBuild(out string, race bool) error {
 	args := []string{"build", "-o", out}
 	if race {
 		args = append(args, "-race")
+	}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
 	}
 	if msg, err := exec.Command(goTool, append(args, ".")...).CombinedOutput(); err != nil {
 		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, msg)

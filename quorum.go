@@ -666,9 +666,10 @@ func (n *quorumNode) noteContact() {
 }
 
 // ContactAge is how many ticks ago this master last knew a majority of
-// the group was with it. Unlike HasQuorum it does not lag: a holder of
-// cache states uses it to give them back before the group may expire
-// them.
+// the group was with it. Unlike HasQuorum it does not lag. (The cache
+// states' leases no longer use it: a tick-count says nothing of how long
+// a master that was stopped or behind has been out of date, and the
+// renewals of cac_lease.go do; the CAC scripts print it.)
 func (n *quorumNode) ContactAge() uint64 { return n.ticks - n.contact }
 
 // errQuorumNotMember: Step refused a message because its sender is not

@@ -99,6 +99,7 @@ type quorumDriver struct {
 	// cache states (cac.go)
 	grants        map[string]*cacGrant // by holder: the states this master granted
 	waits         []*cacWait
+	leases        *cacLeases // how long those states may be held (cac_lease.go)
 	lease         time.Duration
 	commitTimeout time.Duration
 
@@ -114,9 +115,10 @@ type quorumDriver struct {
 
 // quorumProposal is one request propose took, until flush hands it over.
 type quorumProposal struct {
-	op      quorumOp
-	durable func(uint64)
-	done    func(quorumResult, error)
+	op       quorumOp
+	durable  func(uint64)
+	done     func(quorumResult, error)
+	proposed time.Time // clock.Now when taken: no later than raft has it, so a safe lease renewal (cac_lease.go)
 }
 
 func newQuorumDriver(host quorumHost, node *quorumNode, cfg quorumDriverConfig) *quorumDriver {
@@ -126,7 +128,7 @@ func newQuorumDriver(host quorumHost, node *quorumNode, cfg quorumDriverConfig) 
 		waiters: map[uint64]*quorumWaiter{}, reach: map[uint64]bool{},
 		joins: newQuorumJoins(), joinOut: map[uint64]*Trans{}, strangers: map[uint64]bool{},
 		joinLog: &keyedLogLimiter{perMinute: quorumLogPerMinute}, stepLog: &keyedLogLimiter{every: time.Minute, perMinute: quorumLogPerMinute},
-		grants: map[string]*cacGrant{}, lease: cfg.Lease, commitTimeout: cfg.CommitTimeout,
+		grants: map[string]*cacGrant{}, leases: newCacLeases(), lease: cfg.Lease, commitTimeout: cfg.CommitTimeout,
 		reads: map[uint64]*quorumRead{}}
 	st := node.Status()
 	d.status.Store(&st)
@@ -188,6 +190,7 @@ func (d *quorumDriver) pump() {
 		d.log.Error("quorum store failed; the group needs a restart of this leaf", "err", err)
 		return
 	}
+	d.leaseReads(rd.ReadStates)
 	for _, id := range rd.Durable {
 		if w := d.waiters[id]; w != nil && w.durable != nil {
 			w.durable(id)
@@ -199,10 +202,15 @@ func (d *quorumDriver) pump() {
 		}
 		if w := d.waiters[r.ReqID]; w != nil {
 			delete(d.waiters, r.ReqID)
+			if !w.proposed.IsZero() && r.Txid > 0 {
+				// Everything committed before we proposed it lies below it.
+				d.leases.add(cacRenewal{at: w.proposed, upTo: r.Txid - 1})
+			}
 			w.done(r, nil)
 		}
 	}
 	d.cacApplied(rd.Applied)
+	d.leases.prune(d.node.Applied())
 	d.serveReads(rd.ReadStates)
 	for _, f := range rd.Failed {
 		if w := d.waiters[f.ReqID]; w != nil {
@@ -363,8 +371,9 @@ func (d *quorumDriver) hand(t *Trans, f func()) bool {
 // quorumWaiter follows one request of this master. Both callbacks run on
 // the driver's goroutine.
 type quorumWaiter struct {
-	durable func(reqID uint64)              // phase 1, optional
-	done    func(r quorumResult, err error) // phase 2, or the failure
+	durable  func(reqID uint64)              // phase 1, optional
+	done     func(r quorumResult, err error) // phase 2, or the failure
+	proposed time.Time                       // clock.Now when proposed: a lease renewal once applied (cac_lease.go)
 }
 
 // submit proposes op from any goroutine but the driver's. done gets the
@@ -382,9 +391,9 @@ func (d *quorumDriver) submit(op quorumOp, durable func(uint64), done func(quoru
 // raft at the next flush, together with every other one taken since the
 // last (quorumNode.ProposeAll); both come before the next Advance.
 func (d *quorumDriver) propose(op quorumOp, durable func(uint64), done func(quorumResult, error)) {
-	op.At = d.clock.Now().UnixNano() // this proposal's age decides whether a grant is still safe to hand out
+	op.At = d.clock.Wall().UnixNano() // for operators reading the table; never compared with a clock
 	done = d.obs.proposal(done)
-	d.proposals = append(d.proposals, quorumProposal{op, durable, done})
+	d.proposals = append(d.proposals, quorumProposal{op, durable, done, d.clock.Now()})
 }
 
 // quorumFlushRounds bounds how often one flush takes the requests that
@@ -410,7 +419,7 @@ func (d *quorumDriver) flush() {
 				p.done(quorumResult{}, errs[i])
 				continue
 			}
-			d.waiters[ids[i]] = &quorumWaiter{durable: p.durable, done: p.done}
+			d.waiters[ids[i]] = &quorumWaiter{durable: p.durable, done: p.done, proposed: p.proposed}
 		}
 	}
 }

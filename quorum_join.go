@@ -38,8 +38,8 @@ const quorumJoinDomain = "hammer2-leaf quorum join v1\x00"
 // quorumJoinMaxSkew bounds how far a request's signing time may be from
 // the member's clock. It limits what a recorded request is worth to
 // someone replaying it (the same master asking again, within the
-// window), and is wide enough for any clock NTP keeps: the group's
-// leases already assume clocks within a small part of 5 s.
+// window), and is wide enough for any clock NTP keeps. (The leases do
+// not compare clocks at all: cac_lease.go.)
 const quorumJoinMaxSkew = 10 * time.Minute
 
 // quorumMaxJoiners bounds the verified joiners a member remembers. Masters
@@ -297,7 +297,7 @@ func (d *quorumDriver) join(t *Trans, m *Msg) {
 		answer(joinNotMember) // nothing to vouch with: spare the signature check
 		return
 	}
-	verified, fp, name := verifyJoin(req, d.clid, d.self, d.host.trusted, d.clock.Now())
+	verified, fp, name := verifyJoin(req, d.clid, d.self, d.host.trusted, d.clock.Wall())
 	if !verified.keyChecked() {
 		d.joinRefused(req, fp, verified)
 		answer(verified)
@@ -355,7 +355,7 @@ func (d *quorumDriver) requestJoins(ask map[uint64]bool) {
 		if t := d.joinOut[id]; t != nil && !t.RxDone() {
 			continue
 		}
-		req := newQrmJoin(d.key, d.clid, d.fsid, id, d.clock.Now())
+		req := newQrmJoin(d.key, d.clid, d.fsid, id, d.clock.Wall())
 		t, err := d.openUnder(id, &Msg{Header: Header{Cmd: CmdQrmJoin}, Ext: req.marshal(), Aux: req.aux()},
 			func(t *Trans, m *Msg) { d.joinAnswer(id, t, m) })
 		if err != nil {

@@ -26,8 +26,8 @@ package main
 // SIGSTOPping its service (every link through it goes silent; the peers'
 // QUIC idle bound and the leaf's dead_after drop them) or killing it
 // (links drop at once on the leaf's side), bounded in time, then SIGCONT
-// or a restart. Network namespaces would give finer cuts, but the tests
-// must stay on 127.0.0.1 and run unprivileged in CI.
+// or a restart. Finer cuts, on a real network of namespaces, are the
+// fault campaign's (faults_test.go), which needs root.
 //
 // Cache states (CAC_LOCK) go through the same kernels: a grant keeps the
 // transaction open until the kernel's DELETE releases it. No two masters'
@@ -185,7 +185,7 @@ func qpStep(r *qpReply, m Msg) bool {
 		// NO_QUORUM: a slave's leaf reached no master (it has no master's
 		// span yet), so the request was proposed nowhere. No master sends it.
 		r.outcome = qpNoEffect
-	case ErrQuorumUnknown:
+	case ErrQuorumUnknown, ErrLostLink: // a forward's circuit was lost: it may have been applied
 		r.outcome = qpUnknown
 	default:
 		r.outcome = qpRefused
@@ -1460,7 +1460,7 @@ func qpEnvInt(t *testing.T, name string, def int) int {
 // refusals are timeouts and states expired under faults, not conflicts.
 // Seeds 1795610035775748172 and 1795610169452400613. An earlier run of
 // this kind found a leaf that handed its kernel a grant it applied seconds
-// late; see quorumDriver.tooOld.)
+// late; see cac_lease.go.)
 // Before revocation (CAC_CONFLICT answered at once):
 //
 //	5       120  93     5       2008    1897  13   98 (11)           yes  23, none acked 5.7s (2.4s)   385 / 213
@@ -1862,6 +1862,9 @@ func TestLongQuorumCatchUpLargeBatch(t *testing.T) {
 	if op := c.commitUntil(lag, 6*time.Second); op == nil {
 		t.Errorf("m%d cannot commit after its restart (it never applies its own requests)", lag+1)
 	}
+	// The last acknowledgement came from one master; the others learn its
+	// commit a heartbeat later, and verify stops them all at once.
+	c.waitCaughtUp(10 * time.Second)
 	c.verify(began, time.Now())
 }
 
@@ -2065,8 +2068,8 @@ func (c *qpCluster) locksOf(i int) string {
 // TestQuorumLocks: CAC_LOCK through the kernels of three masters. A
 // conflicting request makes the holder's leaf revoke the state (its kernel
 // releases it) and is then granted; compatible states coexist; a kernel
-// that ignores the revoke has its state expired after the lease and its
-// transaction closed. Then two ways a kernel could end up believing it
+// that ignores the revoke has its transaction closed by its leaf when the
+// revoke's time is out, before anyone else is granted the keys. Then two ways a kernel could end up believing it
 // holds a state the group no longer records: giving up on a request whose
 // grant comes later, and holding two overlapping grants.
 func TestQuorumLocks(t *testing.T) {
@@ -2129,9 +2132,10 @@ func TestQuorumLocks(t *testing.T) {
 		t.Errorf("m3 was asked to revoke a SHARED state for another SHARED request")
 	}
 
-	// A kernel that ignores the revoke loses the state after the lease:
-	// the leaf closes its transaction with CAC_EXPIRED, then the request
-	// is granted.
+	// A kernel that ignores the revoke loses the state when the revoke's
+	// time is out (at most half a lease, PROTOCOL §6.6): its own leaf
+	// closes its transaction with CAC_EXPIRED and gives the state back,
+	// and only then is the request granted.
 	k3 := c.kernel(2)
 	k3.mu.Lock()
 	k3.ignoreRevoke = true
@@ -2140,16 +2144,16 @@ func TestQuorumLocks(t *testing.T) {
 	asked := time.Now()
 	g4 := c.kernel(1).cacLockReq(ex(14, 14), lease+wait)
 	granted("m2 EXCLUSIVE INUM 14 over m3's stubborn SHARED", g4)
-	if took := g4.at.Sub(asked); took < lease {
-		t.Errorf("m2 was granted after %v, before m3's lease of %v ran out", took, lease)
-	}
-	// m3's leaf closes the expired state on m3's kernel link while m2's
-	// grant comes on m2's: either may arrive first.
 	waitEventOK(5*time.Second, func() (bool, string) { _, ok := k3.lockEnded(s3.msgid); return ok, "" }, k3)
 	if at, ok := k3.lockEnded(s3.msgid); !ok {
-		t.Errorf("m3's expired state was never closed by its leaf (5s after m2's grant)")
+		t.Errorf("m3's state was never closed by its leaf (5s after m2's grant)")
 	} else {
-		t.Logf("m3's state closed by its leaf %v after m2 asked", at.Sub(asked).Round(time.Millisecond))
+		t.Logf("m3's state closed by its leaf %v after m2 asked; m2 granted %v after", at.Sub(asked).Round(time.Millisecond),
+			g4.at.Sub(asked).Round(time.Millisecond))
+		if at.After(g4.at) {
+			t.Errorf("m2 was granted %v after asking, before m3's leaf closed m3's state (%v): two holders at once",
+				g4.at.Sub(asked), at.Sub(asked))
+		}
 	}
 	k3.mu.Lock()
 	k3.ignoreRevoke = false

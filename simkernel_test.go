@@ -101,6 +101,11 @@ type simKernel struct {
 	lockEnd      map[uint64]time.Time
 	revokes      int
 	ignoreRevoke bool
+	// flushAll: a kernel that uses all of a revoke's time to flush. Its
+	// state ends when that time is out (lockEnd is then in the future) or
+	// when the leaf closes it, whichever comes first; the release is its
+	// owner's to send.
+	flushAll bool
 	// downgrade: a revoke that lets the holder keep SHARED is answered by
 	// asking for SHARED on the same transaction instead of releasing.
 	downgrade bool
@@ -378,6 +383,8 @@ func (k *simKernel) handle(m Msg) {
 				if k.downgrade && g.Mode == cacShared {
 					down := cacLock{Domain: g.Domain, Mode: cacShared, Lo: g.Lo, Hi: g.Hi}
 					out = append(out, Msg{Header: Header{Cmd: CmdCacLock, MsgID: id}, Ext: down.marshal()})
+				} else if k.flushAll {
+					k.lockEnd[id] = time.Now().Add(time.Duration(g.LeaseMs) * time.Millisecond)
 				} else if !k.ignoreRevoke { // flushed at once: release
 					k.lockEnd[id] = time.Now()
 					delete(k.ours, id)
@@ -388,7 +395,7 @@ func (k *simKernel) handle(m Msg) {
 		}
 		if del {
 			if kind == "lock" {
-				if _, ok := k.lockEnd[id]; !ok {
+				if at, ok := k.lockEnd[id]; !ok || time.Now().Before(at) {
 					k.lockEnd[id] = time.Now()
 				}
 			}
@@ -1004,6 +1011,13 @@ func TestSimKernelSelfCheck(t *testing.T) {
 
 // lockEnded reports when CAC_LOCK msgid's state ended without the test
 // releasing it (revoked and released, or closed by the leaf).
+// setFlushAll makes the kernel use all of each revoke's time (flushAll).
+func (k *simKernel) setFlushAll() {
+	k.mu.Lock()
+	k.flushAll = true
+	k.mu.Unlock()
+}
+
 func (k *simKernel) lockEnded(msgid uint64) (time.Time, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()

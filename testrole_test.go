@@ -103,6 +103,12 @@ func startRole(t testing.TB, role string, uid int, env ...string) *roleProc {
 	if uid >= 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
 	}
+	return runRoleCmd(t, role, cmd)
+}
+
+// runRoleCmd starts a role's command, made ready to run.
+func runRoleCmd(t testing.TB, role string, cmd *exec.Cmd) *roleProc {
+	t.Helper()
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -170,6 +176,12 @@ func runTestRole(role string) int {
 		err = roleListenUnix()
 	case "dmsg-shell":
 		err = roleShellPaths()
+	case "fault-forwarder":
+		err = roleFaultForwarder()
+	case "fault-echo":
+		err = roleFaultEcho()
+	case "fault-probe":
+		err = roleFaultProbe()
 	case "config-default":
 		// The machine's config at H2_PATH, as a user who may not read it.
 		c, lerr := loadConfigAt("", os.Getenv("H2_PATH"))
