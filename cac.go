@@ -306,7 +306,9 @@ func (d *quorumDriver) lockAnswer(r *cacRequest, op quorumOp, res quorumResult, 
 
 // ended drops a grant whose transaction closed. A release drops the state
 // at once; a lost link leaves it for the lease, since the holder's kernel
-// may not know yet that it must stop using it.
+// may not know yet that it must stop using it; and the answer to a close
+// of this master's own waits until freeAt, since a leaf that forwards
+// answers before its kernel has read the close.
 func (d *quorumDriver) ended(holder string, lost bool) {
 	g := d.grants[holder]
 	if g == nil {
