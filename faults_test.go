@@ -635,7 +635,8 @@ func TestLongFaults(t *testing.T) {
 		}
 		t.Errorf("two kernels held conflicting cache states at once: %s", v)
 	}
-	t.Logf("CAC_LOCK: %v; %d states held and released, %d pairs held at once in conflict", lockStats, len(held), len(conflicts))
+	t.Logf("CAC_LOCK: %v; %d states held and released, %d pairs held at once in conflict; closest hand-over %s",
+		lockStats, len(held), len(conflicts), faultLockClosest(held))
 	for _, h := range held {
 		if c.nodeCutThroughout(h.master, h.kernel >= n, h.asked, h.from) || c.cutThroughout(h.asked, h.from) > n/2 {
 			t.Errorf("a minority granted a cache state: k%d on m%d asked at +%v, granted %s %s %d-%d (txid %d) at +%v, "+
@@ -707,4 +708,24 @@ func faultLockConflicts(held []faultHeld, t0 time.Time) []string {
 		}
 	}
 	return out
+}
+
+// faultLockClosest is the smallest time from the end of a state, by its
+// kernel's account, to the grant of a conflicting one that came after it:
+// how near the protocol came to an overlap (the delivery margin at work).
+func faultLockClosest(held []faultHeld) string {
+	best, name := time.Duration(-1), "none"
+	for _, a := range held {
+		for _, b := range held {
+			if b.from.Before(a.to) || a.grant.Domain != b.grant.Domain || cacCompatible(a.grant.Mode, b.grant.Mode) ||
+				a.grant.Hi < b.grant.Lo || b.grant.Hi < a.grant.Lo || a.kernel == b.kernel && a.grant.Txid == b.grant.Txid {
+				continue
+			}
+			if gap := b.from.Sub(a.to); best < 0 || gap < best {
+				best, name = gap, fmt.Sprintf("%v (k%d txid %d to k%d txid %d)", gap.Round(time.Millisecond),
+					a.kernel+1, a.grant.Txid, b.kernel+1, b.grant.Txid)
+			}
+		}
+	}
+	return name
 }
