@@ -256,7 +256,7 @@ func TestLongFaults(t *testing.T) {
 				asked := time.Now()
 				r := sk.cacLockReq(req, wait)
 				var h *faultHeld
-				flushed := false
+				flushed, early := false, false
 				switch {
 				case r.outcome == qpAcked:
 					h = &faultHeld{kernel: k, master: i, grant: r.grant, asked: asked, from: r.at}
@@ -296,6 +296,7 @@ func TestLongFaults(t *testing.T) {
 					flush.Stop()
 					flushed = flushing
 					h.flushed = flushing
+					early = flushing && sk.lockClosedEarly(r.msgid)
 					if at, ok := sk.lockEnded(r.msgid); ok && at.Before(h.to) {
 						h.to = at
 					}
@@ -312,6 +313,9 @@ func TestLongFaults(t *testing.T) {
 					lockStats["granted"]++
 					if flushed {
 						lockStats["revoked, flushed for the revoke's time"]++
+					}
+					if early {
+						lockStats["... closed by the leaf before that time was out"]++
 					}
 				case r.conflict:
 					lockStats["conflict"]++
