@@ -108,7 +108,28 @@ type cacGrant struct {
 	revoked  time.Time // when we asked the holder to release (zero: not asked)
 	revokeBy time.Time // ... and by when it must have (then we close its transaction)
 	orphaned time.Time // when the holder's link went (zero: still there)
+	// freeAt is set when this master closed the holder's transaction
+	// itself: the group is asked to drop the state no sooner, since the
+	// kernel learns of the close (or its revoke's time runs out) up to a
+	// delivery later (cacDeliveryShare). released: the transaction has
+	// since ended, and the state waits only for freeAt.
+	freeAt   time.Time
+	released bool
 }
+
+// cacDeliveryShare is the share of the lease (a tenth) kept as the margin
+// for a message from a leaf to reach its kernel and be acted on. The
+// kernel times a revoke from when it receives it, the master from when it
+// sent it; and a leaf that forwards a master's close to its kernel
+// answers the master before the kernel has read it. So a revoke gives the
+// kernel its time less this margin, and a state whose transaction the
+// master closed is freed no sooner than the margin after the close
+// (docs/PROTOCOL.md §6.6: the assumption is delivery on the local kernel
+// link, and through the leaf that forwards, within it).
+const cacDeliveryShare = 10
+
+// deliveryMargin is cacDeliveryShare's margin for this driver's lease.
+func (d *quorumDriver) deliveryMargin() time.Duration { return d.lease / cacDeliveryShare }
 
 // cacWait is a lock request whose keys other holders have: they were
 // asked to release them, and the request is proposed again when they did
@@ -285,14 +306,21 @@ func (d *quorumDriver) lockAnswer(r *cacRequest, op quorumOp, res quorumResult, 
 
 // ended drops a grant whose transaction closed. A release drops the state
 // at once; a lost link leaves it for the lease, since the holder's kernel
-// may not know yet that it must stop using it.
+// may not know yet that it must stop using it; and the answer to a close
+// of this master's own waits until freeAt, since a leaf that forwards
+// answers before its kernel has read the close.
 func (d *quorumDriver) ended(holder string, lost bool) {
 	g := d.grants[holder]
 	if g == nil {
 		return
 	}
+	now := d.clock.Now()
 	if lost {
-		g.t, g.orphaned = nil, d.clock.Now()
+		g.t, g.orphaned = nil, now
+		return
+	}
+	if now.Before(g.freeAt) { // this master closed it: its kernel may not know yet
+		g.t, g.released = nil, true
 		return
 	}
 	delete(d.grants, holder)
@@ -320,12 +348,16 @@ func (d *quorumDriver) cacApplied(applied []quorumResult) {
 			if g := d.grants[h.Holder]; g != nil && g.t != nil && g.revoked.IsZero() {
 				now := d.clock.Now()
 				g.revoked = now
+				// The kernel times its part from when the revoke reaches it:
+				// it gets the margin less, so that its time is out by
+				// revokeBy, when this master takes the state back.
 				within := d.revokeWithin(r.Txid, now)
-				if within < time.Millisecond { // the requester's lease may be nearly out: no time to flush politely
+				kernel := within - d.deliveryMargin()
+				if kernel < time.Millisecond { // the requester's lease may be nearly out: no time to flush politely
 					d.log.Warn("conflict applied too late for a revoke; taking the state back", "holder", h.Holder,
 						"renewed", d.renewedAgo(now), "answer", ErrString(ErrCacExpired))
 					_ = g.t.Close(ErrCacExpired)
-					g.t, g.orphaned = nil, now
+					g.t, g.orphaned, g.freeAt = nil, now, now.Add(d.deliveryMargin())
 					continue
 				}
 				g.revokeBy = now.Add(within)
@@ -336,7 +368,7 @@ func (d *quorumDriver) cacApplied(applied []quorumResult) {
 					keep = cacShared
 				}
 				rv := cacLock{Domain: g.h.Domain, Mode: keep, Flags: cacFlagRevoke, Lo: g.h.Lo, Hi: g.h.Hi,
-					Txid: r.Txid, LeaseMs: uint32(within / time.Millisecond)}
+					Txid: r.Txid, LeaseMs: uint32(kernel / time.Millisecond)}
 				_ = g.t.Send(&Msg{Header: Header{Cmd: CmdCacLock}, Ext: rv.marshal()})
 				d.obs.cacRevoke()
 			}
@@ -414,6 +446,14 @@ func (d *quorumDriver) cacTick(now time.Time) {
 		keep = append(keep, w)
 	}
 	d.waits = keep
+	// States whose transaction this master closed, and whose kernels have
+	// had the margin to learn of it since, go now.
+	for _, holder := range slices.Sorted(maps.Keys(d.grants)) {
+		if g := d.grants[holder]; g.released && !now.Before(g.freeAt) {
+			delete(d.grants, holder)
+			d.propose(quorumOp{Kind: quorumOpExpire, Holder: holder}, nil, func(quorumResult, error) {})
+		}
+	}
 	var due []string
 	for holder, g := range d.grants {
 		if !g.orphaned.IsZero() && now.Sub(g.orphaned) >= d.lease {
@@ -433,7 +473,7 @@ func (d *quorumDriver) cacTick(now time.Time) {
 			d.log.Warn("cache state not released within its revoke; taking it back", "holder", holder,
 				"answer", ErrString(ErrCacExpired))
 			_ = g.t.Close(ErrCacExpired)
-			g.t, g.orphaned = nil, now
+			g.t, g.orphaned, g.freeAt = nil, now, g.revokeBy // the kernel's own time ran out a margin ago
 		}
 	}
 	if !d.holdable(now) {
@@ -442,7 +482,7 @@ func (d *quorumDriver) cacTick(now time.Time) {
 				d.log.Warn("the group has not confirmed this master's view for half a lease; taking back a cache state",
 					"holder", g.h.Holder, "renewed", d.renewedAgo(now), "answer", ErrString(ErrQuorumTimeout))
 				_ = g.t.Close(ErrQuorumTimeout)
-				g.t, g.orphaned = nil, now
+				g.t, g.orphaned, g.freeAt = nil, now, now.Add(d.deliveryMargin())
 			}
 		}
 	}

@@ -28,9 +28,10 @@ package main
 // behind), and gives a revoked holder until the renewal before the
 // conflict plus half a lease. The other half is the margin for the clocks'
 // drift (the requester's clock may run fast and the holder's slow: safe
-// while the two differ in rate by less than a third), for a tick of
-// lateness on either side and for the revoke and close to reach the
-// kernel. Nothing is compared with another master's clock, so a wall clock
+// while the two differ in rate by less than a third) and for a tick of
+// lateness on either side. The time for the revoke and close to reach the
+// kernel comes out of the holder's half instead (cacDeliveryShare, cac.go):
+// the kernel is told that much less than the master allows. Nothing is compared with another master's clock, so a wall clock
 // step on any master changes nothing.
 
 import (

@@ -105,6 +105,11 @@ type cacMaster struct {
 	kernel  *cacKernel
 	clock   *cacMasterClock
 	stopped bool // SIGSTOP: no ticks, nothing taken; messages to it wait
+	// kernelDelay: what the leaf sends its kernel reaches the kernel this
+	// much later (a loaded machine, or a leaf that forwards), while the
+	// link's own answers (a close's DELETE) go back at once, as a
+	// forwarding leaf's do.
+	kernelDelay time.Duration
 }
 
 func (m *cacMaster) up() bool { return m.d != nil }
@@ -453,6 +458,9 @@ func (k *cacKernel) record(name string, m *Msg) {
 		text = "unexpected " + CmdString(m.Cmd)
 	}
 	now := k.h.clock.Now()
+	if m := k.h.masters[k.id]; m != nil {
+		now = now.Add(m.kernelDelay)
+	}
 	k.mu.Lock()
 	k.events = append(k.events, cacEvent{now.Sub(k.h.start), fmt.Sprintf("k%d/%s: %s", k.id, name, text)})
 	k.mu.Unlock()
@@ -709,6 +717,12 @@ func (h *cacHarness) run(t *testing.T, td *datadriven.TestData) string {
 			h.dropKernel(m)
 		}
 		h.settle()
+	case "kernel-delay":
+		// kernel-delay node=2 ms=50: what master 2's leaf sends its
+		// kernel arrives 50 ms later by the kernel's account.
+		for _, m := range h.nodes(t, td) {
+			m.kernelDelay = time.Duration(argU(t, td, "ms", 0)) * time.Millisecond
+		}
 	case "kernel":
 		for _, m := range h.nodes(t, td) {
 			if m.kernel == nil && m.up() {
@@ -855,6 +869,8 @@ func grantNote(g *cacGrant) string {
 	switch {
 	case g == nil:
 		return ""
+	case g.released:
+		return " (here: closed, freed after the delivery margin)"
 	case g.t == nil:
 		return " (here: orphaned)"
 	case !g.revoked.IsZero():

@@ -163,6 +163,7 @@ type faultHeld struct {
 	grant          cacLock
 	asked          time.Time
 	from, to       time.Time
+	flushed        bool // revoked, and its kernel used the revoke's whole time
 }
 
 func TestLongFaults(t *testing.T) {
@@ -255,7 +256,7 @@ func TestLongFaults(t *testing.T) {
 				asked := time.Now()
 				r := sk.cacLockReq(req, wait)
 				var h *faultHeld
-				flushed := false
+				flushed, early := false, false
 				switch {
 				case r.outcome == qpAcked:
 					h = &faultHeld{kernel: k, master: i, grant: r.grant, asked: asked, from: r.at}
@@ -294,6 +295,8 @@ func TestLongFaults(t *testing.T) {
 					hold.Stop()
 					flush.Stop()
 					flushed = flushing
+					h.flushed = flushing
+					early = flushing && sk.lockClosedEarly(r.msgid)
 					if at, ok := sk.lockEnded(r.msgid); ok && at.Before(h.to) {
 						h.to = at
 					}
@@ -310,6 +313,9 @@ func TestLongFaults(t *testing.T) {
 					lockStats["granted"]++
 					if flushed {
 						lockStats["revoked, flushed for the revoke's time"]++
+					}
+					if early {
+						lockStats["... closed by the leaf before that time was out"]++
 					}
 				case r.conflict:
 					lockStats["conflict"]++
@@ -635,7 +641,8 @@ func TestLongFaults(t *testing.T) {
 		}
 		t.Errorf("two kernels held conflicting cache states at once: %s", v)
 	}
-	t.Logf("CAC_LOCK: %v; %d states held and released, %d pairs held at once in conflict", lockStats, len(held), len(conflicts))
+	t.Logf("CAC_LOCK: %v; %d states held and released, %d pairs held at once in conflict; closest hand-over from a flushed state %s",
+		lockStats, len(held), len(conflicts), faultLockClosest(held))
 	for _, h := range held {
 		if c.nodeCutThroughout(h.master, h.kernel >= n, h.asked, h.from) || c.cutThroughout(h.asked, h.from) > n/2 {
 			t.Errorf("a minority granted a cache state: k%d on m%d asked at +%v, granted %s %s %d-%d (txid %d) at +%v, "+
@@ -707,4 +714,26 @@ func faultLockConflicts(held []faultHeld, t0 time.Time) []string {
 		}
 	}
 	return out
+}
+
+// faultLockClosest is the smallest time from the end of a flushed state
+// (its kernel used all of its revoke's time, or held it until its leaf
+// closed it), by its kernel's account, to the grant of a conflicting one
+// that came after it: how near the protocol came to an overlap (the
+// delivery margin at work; PROTOCOL §6.6).
+func faultLockClosest(held []faultHeld) string {
+	best, name := time.Duration(-1), "none"
+	for _, a := range held {
+		for _, b := range held {
+			if !a.flushed || b.from.Before(a.to) || a.grant.Domain != b.grant.Domain || cacCompatible(a.grant.Mode, b.grant.Mode) ||
+				a.grant.Hi < b.grant.Lo || b.grant.Hi < a.grant.Lo || a.kernel == b.kernel && a.grant.Txid == b.grant.Txid {
+				continue
+			}
+			if gap := b.from.Sub(a.to); best < 0 || gap < best {
+				best, name = gap, fmt.Sprintf("%v (k%d txid %d to k%d txid %d)", gap.Round(time.Millisecond),
+					a.kernel+1, a.grant.Txid, b.kernel+1, b.grant.Txid)
+			}
+		}
+	}
+	return name
 }

@@ -106,6 +106,10 @@ type simKernel struct {
 	// when the leaf closes it, whichever comes first; the release is its
 	// owner's to send.
 	flushAll bool
+	// closedEarly: the flushing states the leaf closed before their
+	// revoke's time was out (the leaf's clock and the kernel's disagree
+	// on when that is by a delivery: PROTOCOL §6.6's margin).
+	closedEarly map[uint64]bool
 	// downgrade: a revoke that lets the holder keep SHARED is answered by
 	// asking for SHARED on the same transaction instead of releasing.
 	downgrade bool
@@ -120,8 +124,8 @@ func newSimKernel(t testing.TB, name string, c net.Conn, pfs PFS, pfses []simPFS
 	host, _ := os.Hostname()
 	k := &simKernel{t: t, name: name, c: c, pfs: pfs, pfses: pfses, mediaID: NewUUID(),
 		ours: map[uint64]string{}, everOurs: map[uint64]bool{}, theirs: map[uint64]uint32{}, lockEnd: map[uint64]time.Time{},
-		lockMode: map[uint64]cacMode{},
-		changed:  make(chan struct{}), done: make(chan struct{})}
+		lockMode: map[uint64]cacMode{}, closedEarly: map[uint64]bool{},
+		changed: make(chan struct{}), done: make(chan struct{})}
 	if pfs != nil {
 		vs, err := pfs.RemoteScan()
 		if err != nil {
@@ -396,6 +400,7 @@ func (k *simKernel) handle(m Msg) {
 		if del {
 			if kind == "lock" {
 				if at, ok := k.lockEnd[id]; !ok || time.Now().Before(at) {
+					k.closedEarly[id] = ok
 					k.lockEnd[id] = time.Now()
 				}
 			}
@@ -1016,6 +1021,14 @@ func (k *simKernel) setFlushAll() {
 	k.mu.Lock()
 	k.flushAll = true
 	k.mu.Unlock()
+}
+
+// lockClosedEarly reports whether the leaf closed the flushing state
+// msgid before its revoke's time was out.
+func (k *simKernel) lockClosedEarly(msgid uint64) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.closedEarly[msgid]
 }
 
 func (k *simKernel) lockEnded(msgid uint64) (time.Time, bool) {
