@@ -573,6 +573,17 @@ type svcMesh struct {
 	maxDist map[int]uint32
 }
 
+// leafByLabel is the index of the leaf that advertises label and fsid in
+// a service's table, or -1.
+func (m *svcMesh) leafByLabel(label string, fsid UUID) int {
+	for j, l := range m.leaves {
+		if label == l.info.Label && fsid == l.info.Fsid {
+			return j
+		}
+	}
+	return -1
+}
+
 func (m *svcMesh) peerIndex(sp svcSpan) int {
 	for j, l := range m.leaves {
 		if sp.Label == l.info.Label && sp.PfsID == l.info.Fsid.String() {
@@ -662,8 +673,27 @@ func (m *svcMesh) converge(phase string, since time.Time, within time.Duration) 
 			srcs = append(srcs, &l.watch)
 		}
 	}
+	for i, s := range m.svcs {
+		if m.svcUp[i] {
+			srcs = append(srcs, &s.watch)
+		}
+	}
 	waitEvent(t, max(time.Until(since.Add(within)), 0), phase+": not converged to shortest-path spans", func() (bool, string) {
 		bad := map[string]string{}
+		// No service still holds a span of a leaf that is gone: a
+		// withdrawal travelling the long way round reaches a service
+		// after the leaves' views (capped in dist) have settled.
+		for i, s := range m.svcs {
+			r := s.latest()
+			if !m.svcUp[i] || r == nil || r.Service == nil {
+				continue
+			}
+			for _, n := range r.Service.Nodes {
+				if j := m.leafByLabel(n.PeerLabel, n.PfsID); j >= 0 && !live(j) {
+					bad[s.name] = "holds the span of " + m.leaves[j].name + ", which is gone"
+				}
+			}
+		}
 		for i, l := range m.leaves {
 			if !live(i) {
 				continue
