@@ -506,6 +506,17 @@ func (w *statusWatch) history(since time.Time) []statusUpdate {
 // status as it was at since (the last update before it) onward, waiting
 // for new ones for at most dur. false: none did; the update returned is
 // the last one seen.
+// catchUp reports whether the stream shows a state that match accepts:
+// its latest update, or one received after since within dur. It lets a
+// stream catch up to a state read directly from the daemon.
+func (w *statusWatch) catchUp(since time.Time, dur time.Duration, match func(*controlResponse) bool) bool {
+	if u, ok := w.current(); ok && match(u.resp) {
+		return true
+	}
+	_, ok := w.waitSince(since, dur, match)
+	return ok
+}
+
 func (w *statusWatch) waitSince(since time.Time, dur time.Duration, cond func(*controlResponse) bool) (statusUpdate, bool) {
 	timer := time.NewTimer(dur)
 	defer timer.Stop()

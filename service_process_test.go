@@ -710,11 +710,19 @@ func (m *svcMesh) converge(phase string, since time.Time, within time.Duration) 
 		return len(bad) == 0, fmt.Sprint(bad)
 	}, srcs...)
 	took := time.Since(since)
-	steadyFrom := time.Now()
+	// The converged state is read from each daemon directly, and then its
+	// watch stream is let catch up to it: an update still in flight from
+	// before would otherwise look like churn after steadyFrom.
+	asked := time.Now()
 	views := make([]string, len(m.leaves))
 	for i, l := range m.leaves {
 		if live(i) {
 			views[i] = svcSpanSet(svcView(l))
+			if !l.watch.catchUp(asked, 5*time.Second, func(r *controlResponse) bool {
+				return svcSpanSet(svcViewOf(t, r)) == views[i]
+			}) {
+				t.Errorf("%s: %s's status stream never showed its converged spans (churn)", phase, l.name)
+			}
 		}
 	}
 	tables := make([]string, len(m.svcs))
@@ -724,8 +732,14 @@ func (m *svcMesh) converge(phase string, since time.Time, within time.Duration) 
 		if m.svcUp[i] {
 			st := s.status()
 			tables[i] = nodesKey(&st)
+			if !s.watch.catchUp(asked, 5*time.Second, func(r *controlResponse) bool {
+				return r.Service != nil && nodesKey(r.Service) == tables[i]
+			}) {
+				t.Errorf("%s: service %s's status stream never showed its converged table (churn)", phase, s.name)
+			}
 		}
 	}
+	steadyFrom := time.Now()
 	time.Sleep(svcSteadyWindow) // see svcSteadyWindow: a window of silence, not a wait for an event
 	for i, l := range m.leaves {
 		if !live(i) {
