@@ -20,6 +20,14 @@ func startTestService(t *testing.T, lim Limits) (*Service, string, *logBuf) {
 	sock := filepath.Join(shortTempDir(t), "s.sock")
 	logs := &logBuf{}
 	svc := NewService(ServiceConfig{Unix: sock, Limits: lim, DeadAfter: -1, Ping: -1}, nil, logs.logger())
+	runServiceInProcess(t, svc)
+	return svc, sock, logs
+}
+
+// runServiceInProcess runs svc until the test ends, once it is ready; a
+// service that fails to start fails the test.
+func runServiceInProcess(tb testing.TB, svc *Service) {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})
 	done := make(chan error, 1)
@@ -27,15 +35,14 @@ func startTestService(t *testing.T, lim Limits) (*Service, string, *logBuf) {
 	select {
 	case <-ready:
 	case err := <-done:
-		t.Fatalf("service: %v", err)
+		tb.Fatalf("service: %v", err)
 	}
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("service: %v", err)
+			tb.Errorf("service: %v", err)
 		}
 	})
-	return svc, sock, logs
 }
 
 func testLimits() Limits {

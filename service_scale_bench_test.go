@@ -17,7 +17,6 @@ package main
 // one leaf joins and after 10 % of them leave at once.
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -33,21 +32,7 @@ import (
 func scaleService(b testing.TB, lim Limits) *Service {
 	b.Helper()
 	svc := NewService(ServiceConfig{Limits: lim, DeadAfter: -1, Ping: -1}, nil, discardLogger())
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx, func() { close(ready) }) }()
-	select {
-	case <-ready:
-	case err := <-done:
-		b.Fatalf("service: %v", err)
-	}
-	b.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			b.Errorf("service: %v", err)
-		}
-	})
+	runServiceInProcess(b, svc)
 	return svc
 }
 
