@@ -423,13 +423,7 @@ func TestLongFaults(t *testing.T) {
 			return fmt.Sprintf("%s | %s", names(majority), names(minority)), slices.Clone(minority), func() { fnet.rules(nil, 0) }
 		case "leader":
 			l := leader()
-			var rest []int
-			for i := range n {
-				if i != l {
-					rest = append(rest, i)
-				}
-			}
-			fnet.rules(cut([]int{l}, rest), 0)
+			fnet.rules(cut([]int{l}, allBut(n, l)), 0)
 			return fmt.Sprintf("leader m%d cut off", l+1), []int{l}, func() { fnet.rules(nil, 0) }
 		case "bridge":
 			a, x, b := perm[:2], perm[2], perm[3:]
@@ -465,13 +459,7 @@ func TestLongFaults(t *testing.T) {
 			}
 			return fmt.Sprintf("datagrams %s m%d dropped", dir, one+1), []int{one}, func() { fnet.rules(nil, 0) }
 		case "blackhole":
-			var rest []int
-			for i := range n {
-				if i != one {
-					rest = append(rest, i)
-				}
-			}
-			fnet.rules(cut([]int{one}, rest), 0)
+			fnet.rules(cut([]int{one}, allBut(n, one)), 0)
 			return fmt.Sprintf("m%d blackholed", one+1), []int{one}, func() { fnet.rules(nil, 0) }
 		case "delay":
 			s := faultShape{delay: 75 * time.Millisecond, jitter: 50 * time.Millisecond}
@@ -736,4 +724,15 @@ func faultLockClosest(held []faultHeld) string {
 		}
 	}
 	return name
+}
+
+// allBut is the nodes 0..n-1 except x.
+func allBut(n, x int) []int {
+	rest := make([]int, 0, n-1)
+	for i := range n {
+		if i != x {
+			rest = append(rest, i)
+		}
+	}
+	return rest
 }
