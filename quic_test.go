@@ -326,7 +326,7 @@ func TestQuicDeadPeer(t *testing.T) {
 	// Not parallel: it times the link against its own bounds, which a
 	// machine busy with the parallel tests would blur.
 	ctx := testCtx(t, 10*time.Second)
-	const deadAfter = time.Second
+	const deadAfter = 400 * time.Millisecond // above quic-go's floor of three PTOs (~100 ms on loopback)
 	ka, kb := newTestKey(t), newTestKey(t)
 	a := startNode(t, ka, QuicConfig{DeadAfter: deadAfter}, peer{"b", kb.Public().(ed25519.PublicKey)})
 	b := startNode(t, kb, QuicConfig{DeadAfter: deadAfter}, peer{"a", ka.Public().(ed25519.PublicKey)})
@@ -355,7 +355,7 @@ func TestQuicStatelessReset(t *testing.T) {
 	// machine busy with the parallel tests would blur.
 	ctx := testCtx(t, 15*time.Second)
 	// Idle timeout far beyond the assertion: only a reset can be this fast.
-	cfg := QuicConfig{DeadAfter: 20 * time.Second, KeepAlive: 500 * time.Millisecond}
+	cfg := QuicConfig{DeadAfter: 20 * time.Second, KeepAlive: 200 * time.Millisecond}
 	ka, kb := newTestKey(t), newTestKey(t)
 	a := startNode(t, ka, cfg, peer{"b", kb.Public().(ed25519.PublicKey)})
 	b := startNode(t, kb, cfg, peer{"a", ka.Public().(ed25519.PublicKey)})
@@ -457,8 +457,9 @@ func TestRedialerBackoffThenConnect(t *testing.T) {
 	// machine busy with the parallel tests would blur.
 	ctx := testCtx(t, 15*time.Second)
 	ka, kb := newTestKey(t), newTestKey(t)
-	// DeadAfter bounds each attempt at the silent port.
-	a := startNode(t, ka, QuicConfig{DeadAfter: 300 * time.Millisecond}, peer{"b", kb.Public().(ed25519.PublicKey)})
+	// DeadAfter bounds each attempt at the silent port (a failed attempt
+	// at b, once it listens, is retried within MaxBackoff).
+	a := startNode(t, ka, QuicConfig{DeadAfter: 150 * time.Millisecond}, peer{"b", kb.Public().(ed25519.PublicKey)})
 
 	// Reserve a port for b, to be bound later.
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")

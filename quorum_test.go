@@ -1665,6 +1665,7 @@ func TestQuorumInbox(t *testing.T) {
 // An op that fails validation fails alone, and a batch is cut where its
 // entries would pass quorumProposeBytes.
 func TestQuorumProposeAll(t *testing.T) {
+	t.Parallel()
 	commit := func(p string) quorumOp { return quorumOp{Kind: quorumOpCommit, Payload: []byte(p)} }
 	big := func(p string) quorumOp {
 		return quorumOp{Kind: quorumOpCommit, Payload: append([]byte(p), make([]byte, quorumProposeBytes/4)...)} // base64 in the JSON: two fit, three do not

@@ -886,6 +886,7 @@ func svcLinkedPair(t *testing.T, la, lb *leafNode) (a, b *svcNode) {
 // tree shows one Cluster line per name, all with the same clid; the
 // subtest "labels differ" checks only what holds either way and logs it.
 func TestServiceSameClid(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name           string
 		labelA, labelB string

@@ -311,6 +311,7 @@ func (c *idxChurn) checkPending(when string) {
 }
 
 func TestSpanRouterIndexChurn(t *testing.T) {
+	t.Parallel()
 	const seeds, rounds, steps = 60, 30, 40
 	for seed := range uint64(seeds) {
 		c := newIdxChurn(t, seed)
