@@ -138,93 +138,22 @@ func orNoneIDs(ids []uint64) string {
 // (see the top of this file). The store must not be in use by a node.
 func recoverQuorum(store *quorumStore, self uint64, survivors []uint64) (quorumRecovery, error) {
 	var rep quorumRecovery
-	survivors = slices.Clone(survivors)
-	slices.Sort(survivors)
-	survivors = slices.Compact(survivors)
-	switch {
-	case len(survivors) == 0:
-		return rep, errors.New("no survivors named")
-	case slices.Contains(survivors, 0):
-		return rep, errors.New("survivor id 0 is reserved")
-	case !slices.Contains(survivors, self):
-		return rep, fmt.Errorf("the survivors %s do not include this master %x", hexIDs(survivors), self)
-	}
-	if empty, err := store.isEmpty(); err != nil || empty {
-		if err == nil {
-			err = fmt.Errorf("%s holds no group", store.Path())
-		}
-		return rep, err
-	}
-	// Apply what is committed, as a restart would.
-	n, err := newQuorumNode(self, nil, store, quorumConfig{})
+	r, err := openReseat(store, self, survivors, "survivors", "survivor", fmt.Errorf("%s holds no group", store.Path()))
 	if err != nil {
 		return rep, err
 	}
-	if _, err := n.Advance(); err != nil {
-		return rep, err
+	for _, id := range r.voters {
+		if !slices.Contains(r.before, id) {
+			return rep, fmt.Errorf("master %x is not a member of the group (members: %s)", id, hexIDs(r.before))
+		}
 	}
-	hs, _, err := store.InitialState()
+	rep.Removed = r.removeOthers()
+	w, err := r.write("recover", false)
 	if err != nil {
 		return rep, err
 	}
-	fsm, before := n.takeState()
-	if fsm.applied < hs.GetCommit() {
-		return rep, fmt.Errorf("applied only txid %d of the %d committed", fsm.applied, hs.GetCommit())
-	}
-	for _, id := range survivors {
-		if !slices.Contains(before, id) {
-			return rep, fmt.Errorf("master %x is not a member of the group (members: %s)", id, hexIDs(before))
-		}
-	}
-	for _, id := range before {
-		if !slices.Contains(survivors, id) {
-			fsm.removed[id] = true
-			rep.Removed = append(rep.Removed, id)
-		}
-	}
-	for _, id := range survivors {
-		delete(fsm.removed, id)
-	}
-	cs := &pb.ConfState{Voters: survivors}
-	at := fsm.applied
-	term, err := store.Term(at)
-	if err != nil {
-		return rep, err
-	}
-	data, err := fsm.encode()
-	if err != nil {
-		return rep, err
-	}
-	snap := &pb.Snapshot{Data: data, Metadata: &pb.SnapshotMetadata{Index: new(at), Term: new(term), ConfState: cs}}
-	puts, dels := fsm.takeDirty()
-	seen, floor := fsm.takeSeen()
-	err = store.update("recover", func(tx *bolt.Tx, m *quorumMarks) error {
-		lb := tx.Bucket([]byte(qbLog))
-		if m.last > at {
-			rep.Tail = int(m.last - at)
-		}
-		var err error
-		if rep.Emptied, err = emptyConfChangesTx(lb); err != nil {
-			return err
-		}
-		rb := tx.Bucket([]byte(qbRaft))
-		if err := putProto(rb, qkSnapshot, snap); err != nil {
-			return err
-		}
-		if err := saveFSMTx(tx, fsm, cs, puts, dels, seen, floor); err != nil {
-			return err
-		}
-		nhs := &pb.HardState{Term: new(max(hs.GetTerm(), term)), Vote: new(hs.GetVote()), Commit: new(at)}
-		if err := putHardState(tx, m, nhs); err != nil {
-			return err
-		}
-		m.snap, m.last = quorumMark{at, term}, max(m.last, at)
-		return nil
-	})
-	if err != nil {
-		return rep, err
-	}
-	rep.Applied, rep.Term, rep.Last, rep.Voters = at, term, store.marks().last, survivors
+	rep.Applied, rep.Term, rep.Tail, rep.Emptied = w.at, w.term, w.tail, w.emptied
+	rep.Last, rep.Voters = store.marks().last, r.voters
 	return rep, nil
 }
 

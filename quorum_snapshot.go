@@ -705,96 +705,20 @@ func (r quorumRestore) String() string {
 // file). The store must not be in use by a node.
 func restoreQuorum(store *quorumStore, self uint64, voters []uint64) (quorumRestore, error) {
 	var rep quorumRestore
-	voters = slices.Clone(voters)
-	slices.Sort(voters)
-	voters = slices.Compact(voters)
-	switch {
-	case len(voters) == 0:
-		return rep, errors.New("no masters named")
-	case slices.Contains(voters, 0):
-		return rep, errors.New("master id 0 is reserved")
-	case !slices.Contains(voters, self):
-		return rep, fmt.Errorf("the masters %s do not include this master %x", hexIDs(voters), self)
-	}
-	if empty, err := store.isEmpty(); err != nil || empty {
-		if err == nil {
-			err = errors.New("the snapshot holds no group")
-		}
-		return rep, err
-	}
-	// Apply what is committed, as a restart would.
-	n, err := newQuorumNode(self, nil, store, quorumConfig{})
+	r, err := openReseat(store, self, voters, "masters", "master", errors.New("the snapshot holds no group"))
 	if err != nil {
 		return rep, err
 	}
-	if _, err := n.Advance(); err != nil {
-		return rep, err
-	}
-	hs, _, err := store.InitialState()
-	if err != nil {
-		return rep, err
-	}
-	fsm, before := n.takeState()
-	if fsm.applied < hs.GetCommit() {
-		return rep, fmt.Errorf("applied only txid %d of the %d committed", fsm.applied, hs.GetCommit())
-	}
-	for _, id := range before {
-		if !slices.Contains(voters, id) {
-			fsm.removed[id] = true
-			rep.Removed = append(rep.Removed, id)
-		}
-	}
-	for _, id := range voters {
-		delete(fsm.removed, id)
-	}
-	for _, h := range fsm.list() {
-		fsm.del(h)
+	rep.Removed = r.removeOthers()
+	for _, h := range r.fsm.list() {
+		r.fsm.del(h)
 		rep.Holdings++
 	}
-	cs := &pb.ConfState{Voters: voters}
-	at := fsm.applied
-	term, err := store.Term(at)
+	w, err := r.write("restore", true)
 	if err != nil {
 		return rep, err
 	}
-	data, err := fsm.encode()
-	if err != nil {
-		return rep, err
-	}
-	snap := &pb.Snapshot{Data: data, Metadata: &pb.SnapshotMetadata{Index: new(at), Term: new(term), ConfState: cs}}
-	puts, dels := fsm.takeDirty()
-	seen, floor := fsm.takeSeen()
-	err = store.update("restore", func(tx *bolt.Tx, m *quorumMarks) error {
-		lb := tx.Bucket([]byte(qbLog))
-		if m.last > at {
-			rep.Dropped = int(m.last - at)
-		}
-		if err := deleteFrom(lb, at+1); err != nil {
-			return err
-		}
-		var err error
-		if rep.Emptied, err = emptyConfChangesTx(lb); err != nil {
-			return err
-		}
-		rb := tx.Bucket([]byte(qbRaft))
-		if err := putProto(rb, qkSnapshot, snap); err != nil {
-			return err
-		}
-		if err := saveFSMTx(tx, fsm, cs, puts, dels, seen, floor); err != nil {
-			return err
-		}
-		// A new group: nobody has voted in it. The term stays, so that
-		// its first leader's term is above every kept entry's.
-		nhs := &pb.HardState{Term: new(max(hs.GetTerm(), term)), Vote: new(uint64(0)), Commit: new(at)}
-		if err := putHardState(tx, m, nhs); err != nil {
-			return err
-		}
-		m.snap, m.last = quorumMark{at, term}, at
-		return nil
-	})
-	if err != nil {
-		return rep, err
-	}
-	rep.Applied, rep.Term, rep.First, rep.Voters = at, term, store.marks().trunc.index+1, voters
+	rep.Applied, rep.Term, rep.Dropped, rep.Emptied = w.at, w.term, w.tail, w.emptied
+	rep.First, rep.Voters = store.marks().trunc.index+1, r.voters
 	return rep, nil
 }
