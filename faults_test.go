@@ -58,11 +58,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -162,15 +159,6 @@ type faultRecord struct {
 	recovered  time.Duration // -1: not within the bound
 }
 
-// faultHeld is a cache state one kernel held.
-type faultHeld struct {
-	kernel, master int
-	grant          cacLock
-	asked          time.Time
-	from, to       time.Time
-	flushed        bool // revoked, and its kernel used the revoke's whole time
-}
-
 func TestLongFaults(t *testing.T) {
 	longTest(t)
 	if why := faultNetCheck(); why != "" {
@@ -182,14 +170,7 @@ func TestLongFaults(t *testing.T) {
 	t.Parallel()
 	secs := qpEnvInt(t, "H2_FAULTS_SECONDS", 60)
 	const n = 5
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("H2_FAULTS_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("H2_FAULTS_SEED=%q: %v", s, err)
-		}
-		seed = v
-	}
+	seed := qpEnvSeed(t, "H2_FAULTS_SEED")
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	kinds := faultKinds
 	if s := os.Getenv("H2_FAULTS_KINDS"); s != "" { // to chase one kind
@@ -210,153 +191,16 @@ func TestLongFaults(t *testing.T) {
 
 	// The workload: a kernel on every leaf, masters' and slaves', each
 	// committing in a loop and, on the same link, taking and releasing
-	// cache states. Paced to stay below the log's compaction point (10000
-	// entries) in any run.
+	// cache states; half of them flush for all of a revoke's time.
 	const kernels = 2 * n
-	pace := time.Duration(float64(kernels) * dur.Seconds() / 4000 * float64(time.Second))
-	lockPace := time.Duration(float64(kernels) * dur.Seconds() / 1500 * float64(time.Second))
-	wait := c.timeout + 3*time.Second
-	stop := make(chan struct{})
-	stopped := func() bool {
-		select {
-		case <-stop:
-			return true
-		default:
-			return false
-		}
-	}
-	var wg sync.WaitGroup
-	var dials atomic.Int64
-	slots := make([]qpSlot, kernels)
-	var lockMu sync.Mutex
-	var held []faultHeld
-	var lockBad []string
-	lockStats := map[string]int{}
-	lockFrom := time.Now()
-	leafOf := func(k int) *leafNode {
+	w := newQPWorkload(t, c, kernels, func(k int) *leafNode {
 		if k < n {
 			return c.masters[k]
 		}
 		return slaves[k-n]
-	}
-	for k := range kernels {
-		i := k % n // its node
-		name := fmt.Sprintf("k%d", k+1)
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			for !stopped() {
-				sk := slots[k].get(t, name, leafOf(k), &dials)
-				if sk == nil {
-					continue
-				}
-				c.hist.commit(sk, k, i, wait)
-				time.Sleep(time.Duration(rand.Int64N(int64(2*pace) + 1)))
-			}
-		}()
-		go func() {
-			defer wg.Done()
-			for !stopped() {
-				sk := slots[k].get(t, name, leafOf(k), &dials)
-				if sk == nil {
-					continue
-				}
-				if k%2 == 1 {
-					sk.setFlushAll()
-				}
-				block := uint64(time.Since(lockFrom)/(5*time.Second)) * cacGrantAlign
-				req := cacLock{Domain: cacInum, Mode: cacExclusive, Lo: block + rand.Uint64N(8)}
-				req.Hi = req.Lo + rand.Uint64N(3)
-				if rand.IntN(10) < 3 {
-					req.Mode = cacShared
-				}
-				asked := time.Now()
-				r := sk.cacLockReq(req, wait)
-				var h *faultHeld
-				flushed, early := false, false
-				switch {
-				case r.outcome == qpAcked:
-					h = &faultHeld{kernel: k, master: i, grant: r.grant, asked: asked, from: r.at}
-					// Held for up to 100 ms, unless revoked or taken back by
-					// the leaf first; an odd kernel uses all of a revoke's
-					// time (its state ends when that is out, or when the
-					// leaf closes it first), then releases.
-					hold := time.NewTimer(time.Duration(rand.Int64N(int64(100 * time.Millisecond))))
-					flush := time.NewTimer(time.Hour)
-					flushing := false
-				held:
-					for range 10000 {
-						changed := sk.Changed()
-						now := time.Now()
-						if at, ok := sk.lockEnded(r.msgid); ok {
-							if !at.After(now) {
-								h.to = at
-								break
-							}
-							flush.Reset(at.Sub(now)) // revoked: flushing until at
-							hold.Stop()
-							flushing = true
-						}
-						h.to = now
-						if sk.qpGone() {
-							break
-						}
-						select {
-						case <-changed:
-						case <-flush.C:
-						case <-hold.C:
-							h.to = time.Now()
-							break held
-						}
-					}
-					hold.Stop()
-					flush.Stop()
-					flushed = flushing
-					h.flushed = flushing
-					early = flushing && sk.lockClosedEarly(r.msgid)
-					if at, ok := sk.lockEnded(r.msgid); ok && at.Before(h.to) {
-						h.to = at
-					}
-					sk.cacRelease(r.msgid)
-				case r.outcome == qpUnknown && r.code == 0 && !sk.qpGone():
-					sk.cacRelease(r.msgid)
-				}
-				lockMu.Lock()
-				if h != nil {
-					held = append(held, *h)
-				}
-				switch {
-				case r.outcome == qpAcked:
-					lockStats["granted"]++
-					if flushed {
-						lockStats["revoked, flushed for the revoke's time"]++
-					}
-					if early {
-						lockStats["... closed by the leaf before that time was out"]++
-					}
-				case r.conflict:
-					lockStats["conflict"]++
-				case r.outcome == qpRefused: // given back (CAC_EXPIRED), no master reached, a circuit lost
-					lockStats["refused "+ErrString(r.code)]++
-				default:
-					lockStats[r.outcome.String()]++
-				}
-				for _, b := range r.bad {
-					lockBad = append(lockBad, fmt.Sprintf("%s on node %d: %s", name, i+1, b))
-				}
-				lockMu.Unlock()
-				time.Sleep(time.Duration(rand.Int64N(int64(2*lockPace) + 1)))
-			}
-		}()
-	}
-	defer func() {
-		select {
-		case <-stop:
-		default:
-			close(stop)
-		}
-		wg.Wait()
-	}()
+	}, func(k int) int { return k % n }, dur, 4000, 1500)
+	w.flushOdd = true
+	w.start()
 
 	// unexpected reports a daemon that exited although no fault killed it.
 	unexpected := func() string {
@@ -609,8 +453,7 @@ func TestLongFaults(t *testing.T) {
 		records = append(records, rec)
 	}
 	to := time.Now()
-	close(stop)
-	wg.Wait()
+	w.halt()
 
 	// Recovery times.
 	var recs []time.Duration
@@ -638,24 +481,12 @@ func TestLongFaults(t *testing.T) {
 		kc = append(kc, fmt.Sprintf("%s %d", k, counts[k]))
 	}
 	t.Logf("faults: %d (%s); recovered %d, p50 %v, p99 %v, max %v; kernel links dialed %d", len(records), strings.Join(kc, ", "),
-		len(recs), pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), pct(1).Round(time.Millisecond), dials.Load())
+		len(recs), pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), pct(1).Round(time.Millisecond), w.dials.Load())
 
 	// Cache states: never two conflicting holders at once, by their own
 	// account; none granted by a master cut off from the majority.
-	for _, b := range lockBad {
-		t.Errorf("CAC_LOCK protocol: %s", b)
-	}
-	conflicts := faultLockConflicts(held, c.hist.start)
-	for i, v := range conflicts {
-		if i == 10 {
-			t.Errorf("... and %d more", len(conflicts)-10)
-			break
-		}
-		t.Errorf("two kernels held conflicting cache states at once: %s", v)
-	}
-	t.Logf("CAC_LOCK: %v; %d states held and released, %d pairs held at once in conflict; closest hand-over from a flushed state %s",
-		lockStats, len(held), len(conflicts), faultLockClosest(held))
-	for _, h := range held {
+	w.checkLocks(c.hist.start)
+	for _, h := range w.held {
 		if c.nodeCutThroughout(h.master, h.kernel >= n, h.asked, h.from) || c.cutThroughout(h.asked, h.from) > n/2 {
 			t.Errorf("a minority granted a cache state: k%d on m%d asked at +%v, granted %s %s %d-%d (txid %d) at +%v, "+
 				"while cut off from the majority throughout (windows: %v)", h.kernel+1, h.master+1,
@@ -717,52 +548,6 @@ func (c *qpCluster) nodeCutThroughout(i int, slave bool, from, to time.Time) boo
 		}
 	}
 	return false
-}
-
-// faultLockConflicts lists pairs of incompatible states of different
-// kernels' holders on overlapping keys held at the same time.
-func faultLockConflicts(held []faultHeld, t0 time.Time) []string {
-	sorted := slices.Clone(held)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].from.Before(sorted[j].from) })
-	var out []string
-	for i, a := range sorted {
-		for _, b := range sorted[i+1:] {
-			if !b.from.Before(a.to) {
-				break
-			}
-			if a.grant.Domain != b.grant.Domain || cacCompatible(a.grant.Mode, b.grant.Mode) ||
-				a.grant.Hi < b.grant.Lo || b.grant.Hi < a.grant.Lo {
-				continue
-			}
-			out = append(out, fmt.Sprintf("k%d (m%d) held %s %s %d-%d (txid %d) from +%v to +%v, k%d (m%d) was granted %s %s %d-%d (txid %d) at +%v",
-				a.kernel+1, a.master+1, a.grant.Mode, a.grant.Domain, a.grant.Lo, a.grant.Hi, a.grant.Txid,
-				a.from.Sub(t0).Round(time.Millisecond), a.to.Sub(t0).Round(time.Millisecond),
-				b.kernel+1, b.master+1, b.grant.Mode, b.grant.Domain, b.grant.Lo, b.grant.Hi, b.grant.Txid, b.from.Sub(t0).Round(time.Millisecond)))
-		}
-	}
-	return out
-}
-
-// faultLockClosest is the smallest time from the end of a flushed state
-// (its kernel used all of its revoke's time, or held it until its leaf
-// closed it), by its kernel's account, to the grant of a conflicting one
-// that came after it: how near the protocol came to an overlap (the
-// delivery margin at work; PROTOCOL §6.6).
-func faultLockClosest(held []faultHeld) string {
-	best, name := time.Duration(-1), "none"
-	for _, a := range held {
-		for _, b := range held {
-			if !a.flushed || b.from.Before(a.to) || a.grant.Domain != b.grant.Domain || cacCompatible(a.grant.Mode, b.grant.Mode) ||
-				a.grant.Hi < b.grant.Lo || b.grant.Hi < a.grant.Lo || a.kernel == b.kernel && a.grant.Txid == b.grant.Txid {
-				continue
-			}
-			if gap := b.from.Sub(a.to); best < 0 || gap < best {
-				best, name = gap, fmt.Sprintf("%v (k%d txid %d to k%d txid %d)", gap.Round(time.Millisecond),
-					a.kernel+1, a.grant.Txid, b.kernel+1, b.grant.Txid)
-			}
-		}
-	}
-	return name
 }
 
 // allBut is the nodes 0..n-1 except x.

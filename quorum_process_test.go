@@ -1437,6 +1437,20 @@ func qpEnvInt(t *testing.T, name string, def int) int {
 	return n
 }
 
+// qpEnvSeed is the seed the variable name gives, or a new one from the
+// clock; the test logs it, so that a run can be repeated.
+func qpEnvSeed(t *testing.T, name string) uint64 {
+	s := os.Getenv(name)
+	if s == "" {
+		return uint64(time.Now().UnixNano())
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		t.Fatalf("%s=%q: %v", name, s, err)
+	}
+	return v
+}
+
 // TestLongQuorumChaos (a long test): masters each on a service of their own, the services
 // in a full mesh; on each master's kernel link one client commits in a
 // loop and another takes and releases cache states on a few hot keys,
@@ -1481,14 +1495,7 @@ func TestLongQuorumChaos(t *testing.T) {
 	if n != 3 && n != 5 {
 		t.Fatalf("H2_QUORUM_MASTERS=%d: 3 or 5", n)
 	}
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("H2_QUORUM_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("H2_QUORUM_SEED=%q: %v", s, err)
-		}
-		seed = v
-	}
+	seed := qpEnvSeed(t, "H2_QUORUM_SEED")
 	t.Logf("%d masters, %ds of chaos, H2_QUORUM_SEED=%d", n, secs, seed)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	dur := time.Duration(secs) * time.Second
@@ -1496,124 +1503,10 @@ func TestLongQuorumChaos(t *testing.T) {
 	c := newQPCluster(t, n, true, 2*time.Second)
 	c.waitLeader(30 * time.Second)
 
-	// Clients pace themselves so that a run stays well below the log's
-	// compaction point (10000 entries), leaving every commit checkable
-	// against the logs: about 5000 commits and 1500 lock requests (each
-	// with its release) in a run.
-	pace := time.Duration(float64(n) * dur.Seconds() / 5000 * float64(time.Second))
-	lockPace := time.Duration(float64(n) * dur.Seconds() / 1500 * float64(time.Second))
-	wait := c.timeout + 3*time.Second
-	stop := make(chan struct{})
-	stopped := func() bool {
-		select {
-		case <-stop:
-			return true
-		default:
-			return false
-		}
-	}
-	var wg sync.WaitGroup
-	var dials atomic.Int64
-	slots := make([]qpSlot, n)
-	var lockMu sync.Mutex
-	var held []qpHeld
-	var lockBad []string
-	lockStats := map[string]int{}
-	lockFrom := time.Now()
-	for i := range n {
-		wg.Add(2)
-		// Commits.
-		go func() {
-			defer wg.Done()
-			for !stopped() {
-				k := slots[i].get(t, fmt.Sprintf("k%d", i+1), c.masters[i], &dials)
-				if k == nil {
-					continue
-				}
-				c.hist.commit(k, i, i, wait)
-				time.Sleep(time.Duration(rand.Int64N(int64(2*pace) + 1)))
-			}
-		}()
-		// Cache states, on the same kernel link: a few keys at a time
-		// (the hot block moves every 5s, so that states the group keeps
-		// for a killed leaf do not block the rest of the run).
-		go func() {
-			defer wg.Done()
-			for !stopped() {
-				k := slots[i].get(t, fmt.Sprintf("k%d", i+1), c.masters[i], &dials)
-				if k == nil {
-					continue
-				}
-				block := uint64(time.Since(lockFrom)/(5*time.Second)) * cacGrantAlign
-				req := cacLock{Domain: cacInum, Mode: cacExclusive, Lo: block + rand.Uint64N(8)}
-				req.Hi = req.Lo + rand.Uint64N(3)
-				if rand.IntN(10) < 3 {
-					req.Mode = cacShared
-				}
-				asked := time.Now()
-				r := k.cacLockReq(req, wait)
-				var h *qpHeld
-				switch {
-				case r.outcome == qpAcked:
-					h = &qpHeld{master: i, grant: r.grant, asked: asked, from: r.at}
-					// Held for up to 100 ms, unless revoked or taken back by
-					// the leaf first (woken by the kernel's next message).
-					hold := time.NewTimer(time.Duration(rand.Int64N(int64(100 * time.Millisecond))))
-				held:
-					for {
-						changed := k.Changed()
-						if at, ok := k.lockEnded(r.msgid); ok {
-							h.to = at
-							break
-						}
-						h.to = time.Now()
-						if k.qpGone() {
-							break
-						}
-						select {
-						case <-changed:
-						case <-hold.C:
-							h.to = time.Now()
-							break held
-						}
-					}
-					hold.Stop()
-					// A revoke may have ended it after the last look.
-					if at, ok := k.lockEnded(r.msgid); ok && at.Before(h.to) {
-						h.to = at
-					}
-					k.cacRelease(r.msgid)
-				case r.outcome == qpUnknown && r.code == 0 && !k.qpGone():
-					k.cacRelease(r.msgid) // no answer: give up on it
-				}
-				lockMu.Lock()
-				if h != nil {
-					held = append(held, *h)
-				}
-				switch {
-				case r.outcome == qpAcked:
-					lockStats["granted"]++
-				case r.conflict:
-					lockStats["conflict"]++
-				default:
-					lockStats[r.outcome.String()]++
-				}
-				for _, b := range r.bad {
-					lockBad = append(lockBad, fmt.Sprintf("m%d: %s", i+1, b))
-				}
-				lockMu.Unlock()
-				time.Sleep(time.Duration(rand.Int64N(int64(2*lockPace) + 1)))
-			}
-		}()
-	}
-	defer func() { // on a failure in the chaos loop
-		select {
-		case <-stop:
-		default:
-			close(stop)
-		}
-		wg.Wait()
-	}()
+	// A kernel on each master: about 5000 commits and 1500 lock requests
+	// (each with its release) in a run.
+	w := newQPWorkload(t, c, n, func(k int) *leafNode { return c.masters[k] }, func(k int) int { return k }, dur, 5000, 1500)
+	w.start()
 
 	// The chaos: each master has at most one fault at a time.
 	kind := make([]string, n)
@@ -1736,21 +1629,9 @@ func TestLongQuorumChaos(t *testing.T) {
 		}
 	}
 	chaosTo := time.Now()
-	close(stop)
-	wg.Wait()
-	t.Logf("faults injected: %v; majority-loss rounds: %d; kernel links dialed: %d", counts, majorities, dials.Load())
-	for _, b := range lockBad {
-		t.Errorf("CAC_LOCK protocol: %s", b)
-	}
-	conflicts := qpLockConflicts(held, c.hist.start)
-	for i, v := range conflicts {
-		if i == 10 {
-			t.Errorf("... and %d more", len(conflicts)-10)
-			break
-		}
-		t.Errorf("two masters held conflicting cache states at once: %s", v)
-	}
-	t.Logf("CAC_LOCK: %v; %d states held and released, %d held at once by two masters in conflict", lockStats, len(held), len(conflicts))
+	w.halt()
+	t.Logf("faults injected: %v; majority-loss rounds: %d; kernel links dialed: %d", counts, majorities, w.dials.Load())
+	w.checkLocks(c.hist.start)
 
 	// Repaired: every master commits again.
 	healFrom := time.Now()
@@ -1763,7 +1644,7 @@ func TestLongQuorumChaos(t *testing.T) {
 	t.Logf("every master committed again %v after the repair", time.Since(healFrom).Round(time.Millisecond))
 	c.waitCaughtUp(20 * time.Second)
 	rep := c.verify(chaosFrom, chaosTo)
-	for _, h := range held {
+	for _, h := range w.held {
 		if c.cutThroughout(h.asked, h.from) > n/2 {
 			t.Errorf("a minority granted a cache state: m%d asked at +%v and was granted %s %s %d-%d (txid %d) at +%v "+
 				"while a majority of masters was cut off throughout (windows: %v)", h.master+1,
@@ -1997,39 +1878,6 @@ func (k *simKernel) cacRelease(msgid uint64) {
 	if open {
 		k.send(Msg{Header: Header{Cmd: kOwnDelete, MsgID: msgid}})
 	}
-}
-
-// qpHeld is a cache state a kernel held: from the grant's arrival to the
-// kernel's release (or the last moment its link was seen alive).
-type qpHeld struct {
-	master   int
-	grant    cacLock
-	asked    time.Time // when the request was sent
-	from, to time.Time
-}
-
-// qpLockConflicts lists pairs of incompatible states of different masters
-// on overlapping keys held at the same time.
-func qpLockConflicts(held []qpHeld, t0 time.Time) []string {
-	sorted := slices.Clone(held)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].from.Before(sorted[j].from) })
-	var out []string
-	for i, a := range sorted {
-		for _, b := range sorted[i+1:] {
-			if b.from.After(a.to) {
-				break
-			}
-			if a.master == b.master || a.grant.Domain != b.grant.Domain || cacCompatible(a.grant.Mode, b.grant.Mode) ||
-				a.grant.Hi < b.grant.Lo || b.grant.Hi < a.grant.Lo {
-				continue
-			}
-			out = append(out, fmt.Sprintf("m%d held %s %s %d-%d (txid %d) from +%v to +%v, m%d was granted %s %s %d-%d (txid %d) at +%v",
-				a.master+1, a.grant.Mode, a.grant.Domain, a.grant.Lo, a.grant.Hi, a.grant.Txid,
-				a.from.Sub(t0).Round(time.Millisecond), a.to.Sub(t0).Round(time.Millisecond),
-				b.master+1, b.grant.Mode, b.grant.Domain, b.grant.Lo, b.grant.Hi, b.grant.Txid, b.from.Sub(t0).Round(time.Millisecond)))
-		}
-	}
-	return out
 }
 
 // lockUntil asks master i's kernel for req until it is granted (a
