@@ -587,3 +587,27 @@ func waitEventOK(d time.Duration, cond func() (bool, string), srcs ...changeSour
 		}
 	}
 }
+
+// daemonOpts are a test leaf's or service's config values (durations as
+// TOML strings).
+type daemonOpts struct {
+	RemoteDeadAfter string // QUIC idle bound on remote links; default 1s
+	DeadAfter       string // dmsg silence bound on every link; default 3s
+	PingInterval    string // default 250ms
+	RedialMin       string // default 100ms
+	RedialMax       string // default 500ms
+}
+
+func (o daemonOpts) withDefaults() daemonOpts {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&o.RemoteDeadAfter, "1s")
+	def(&o.DeadAfter, "3s")
+	def(&o.PingInterval, "250ms")
+	def(&o.RedialMin, "100ms")
+	def(&o.RedialMax, "500ms")
+	return o
+}

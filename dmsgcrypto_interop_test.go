@@ -312,7 +312,7 @@ func TestServiceCPeerEncrypted(t *testing.T) {
 			c := startCService(t, bin, "127.0.0.2")
 			probed := len(c.log.String()) // startCService's own probe, refused ("unknown host")
 			cPub := filepath.Join(c.dir, rsaPubFile)
-			s := newSvcNode(t, "go", svcOpts{})
+			s := newSvcNode(t, "go", daemonOpts{})
 			installRSAKeys(t, s.keyDir, "a", 0o400)
 			writeFile(t, filepath.Join(s.remoteDir(), "127.0.0.2.pub"), string(mustRead(t, cPub)))
 			c.trust(t, "127.0.0.1", "testdata/crypto/a.pub") // our machine, service and leaf alike

@@ -93,7 +93,7 @@ func newFaultCluster(t *testing.T, n int, fnet *faultNet) (*qpCluster, []*leafNo
 		strings.Join(quoted, ", "), c.timeout.String(), faultLease.String())
 	fbin := h2FaultBinary(t)
 	for j := range n {
-		s := newSvcNode(t, fmt.Sprintf("fs%d", j+1), svcOpts{RemoteDeadAfter: "2s"})
+		s := newSvcNode(t, fmt.Sprintf("fs%d", j+1), daemonOpts{RemoteDeadAfter: "2s"})
 		s.udp = "[" + faultNodeAddr(j) + "]:7000"
 		s.wrap = fnet.exec(j)
 		c.svcs = append(c.svcs, s)

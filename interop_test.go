@@ -46,7 +46,7 @@ func TestLinkStreamingRevTransWithoutReply(t *testing.T) {
 // shell prints.
 func TestServiceShellAtSpan(t *testing.T) {
 	t.Parallel()
-	s := newSvcNode(t, "s1", svcOpts{})
+	s := newSvcNode(t, "s1", daemonOpts{})
 	s.start()
 	leaf := newSvcLeaf(t, "a", PFSInfo{})
 	startLeafOn(leaf, s)

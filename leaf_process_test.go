@@ -219,29 +219,6 @@ func freePort(t testing.TB, network string) int {
 	return 0
 }
 
-// leafOpts are a test leaf's config values (durations as TOML strings).
-type leafOpts struct {
-	RemoteDeadAfter string // default 1s
-	DeadAfter       string // default 3s
-	PingInterval    string // default 250ms
-	RedialMin       string // default 100ms
-	RedialMax       string // default 500ms
-}
-
-func (o leafOpts) withDefaults() leafOpts {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
-	def(&o.RemoteDeadAfter, "1s")
-	def(&o.DeadAfter, "3s")
-	def(&o.PingInterval, "250ms")
-	def(&o.RedialMin, "100ms")
-	def(&o.RedialMax, "500ms")
-	return o
-}
-
 // leafNode is one leaf process with its directories, key and config.
 type leafNode struct {
 	*daemonProc
@@ -254,11 +231,11 @@ type leafNode struct {
 	pub     string // "ed25519:..."
 	fp      string // SHA256:...
 	info    PFSInfo
-	opts    leafOpts
+	opts    daemonOpts
 }
 
 // newLeafNode prepares a leaf (PFS, key, config) without starting it.
-func newLeafNode(t *testing.T, name string, o leafOpts) *leafNode {
+func newLeafNode(t *testing.T, name string, o daemonOpts) *leafNode {
 	t.Helper()
 	bin := h2Binary(t)
 	dir := shortTempDir(t)
@@ -553,7 +530,7 @@ func (n *leafNode) now() procStatus {
 
 // startPair starts a and b trusting each other, a dialing b from its
 // config, and waits until the link is up on both sides.
-func startPair(t *testing.T, o leafOpts) (a, b *leafNode) {
+func startPair(t *testing.T, o daemonOpts) (a, b *leafNode) {
 	t.Helper()
 	a, b = newLeafNode(t, "a", o), newLeafNode(t, "b", o)
 	a.trust(b)
@@ -580,7 +557,7 @@ func waitLinked(t *testing.T, a, b *leafNode) (procStatus, procStatus) {
 
 func TestProcessLinksUp(t *testing.T) {
 	t.Parallel()
-	a, b := startPair(t, leafOpts{})
+	a, b := startPair(t, daemonOpts{})
 	sa, sb := waitLinked(t, a, b)
 	r := sa.remote(b.addr)
 	if r.PeerKey != b.fp {
@@ -611,7 +588,7 @@ const killNoticedWithin = 4 * time.Second
 
 func TestProcessKillAndRestartPeer(t *testing.T) {
 	t.Parallel()
-	a, b := startPair(t, leafOpts{})
+	a, b := startPair(t, daemonOpts{})
 	b.kill9()
 	killed := time.Now()
 	st, at := a.waitStatusSince(killed, 10*time.Second, "link to the killed b down and its span withdrawn", func(s procStatus) bool {
@@ -658,7 +635,7 @@ func TestProcessKillAndRestartPeer(t *testing.T) {
 
 func TestProcessUntrustedKeyRefused(t *testing.T) {
 	t.Parallel()
-	a, b := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "b", leafOpts{})
+	a, b := newLeafNode(t, "a", daemonOpts{}), newLeafNode(t, "b", daemonOpts{})
 	a.trust(b) // but b does not trust a
 	a.writeConfig(remoteTOML(b))
 	b.start()
@@ -691,7 +668,7 @@ func TestProcessUntrustedKeyRefused(t *testing.T) {
 func TestProcessUntrustedPeerKey(t *testing.T) {
 	t.Parallel()
 	// The dialing side refuses: a dials c but does not trust c's key.
-	a, c := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "c", leafOpts{})
+	a, c := newLeafNode(t, "a", daemonOpts{}), newLeafNode(t, "c", daemonOpts{})
 	c.trust(a)
 	a.writeConfig(remoteTOML(c))
 	c.start()
@@ -716,7 +693,7 @@ func TestProcessUntrustedPeerKey(t *testing.T) {
 
 func TestProcessConnectDisconnect(t *testing.T) {
 	t.Parallel()
-	a, b := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "b", leafOpts{})
+	a, b := newLeafNode(t, "a", daemonOpts{}), newLeafNode(t, "b", daemonOpts{})
 	a.trust(b)
 	b.trust(a)
 	b.start()
@@ -756,7 +733,7 @@ func TestProcessConnectDisconnect(t *testing.T) {
 
 func TestProcessSecondLeafRefused(t *testing.T) {
 	t.Parallel()
-	a := newLeafNode(t, "a", leafOpts{})
+	a := newLeafNode(t, "a", daemonOpts{})
 	a.start()
 	other := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeUDPPort(t)))
 	for _, fg := range []bool{true, false} {
@@ -779,7 +756,7 @@ func TestProcessSIGTERMWithdrawsSpan(t *testing.T) {
 	t.Parallel()
 	// With 10 s before a silent peer counts as dead, only DELETEs sent at
 	// exit can make b forget a's span within a second or two.
-	a, b := startPair(t, leafOpts{RemoteDeadAfter: "10s", DeadAfter: "10s"})
+	a, b := startPair(t, daemonOpts{RemoteDeadAfter: "10s", DeadAfter: "10s"})
 	a.signal(syscall.SIGTERM)
 	sent := time.Now()
 	code, ok := a.waitExit(8 * time.Second)
@@ -834,7 +811,7 @@ func waitPidfd(t testing.TB, pidfd int, d time.Duration) bool {
 
 func TestProcessBackground(t *testing.T) {
 	t.Parallel()
-	a := newLeafNode(t, "a", leafOpts{})
+	a := newLeafNode(t, "a", daemonOpts{})
 	pidPath := filepath.Join(a.pfs, "leaf-"+a.info.Fsid.String()+".pid")
 	logPath := filepath.Join(a.pfs, "leaf-"+a.info.Fsid.String()+".log")
 	var pid int
@@ -891,7 +868,7 @@ func TestProcessBackground(t *testing.T) {
 
 func TestProcessExitsWhenPFSRemoved(t *testing.T) {
 	t.Parallel()
-	a := newLeafNode(t, "a", leafOpts{})
+	a := newLeafNode(t, "a", daemonOpts{})
 	a.start()
 	if err := os.RemoveAll(a.pfs); err != nil {
 		t.Fatal(err)
@@ -912,7 +889,7 @@ func TestProcessExitsWhenPFSRemoved(t *testing.T) {
 
 func TestProcessConfigUnknownKey(t *testing.T) {
 	t.Parallel()
-	a := newLeafNode(t, "a", leafOpts{})
+	a := newLeafNode(t, "a", daemonOpts{})
 	text := a.configText("") + "bogus_key = 1\n"
 	line := strings.Count(text, "\n") // bogus_key is on the last line
 	if err := os.WriteFile(a.cfgPath, []byte(text), 0o600); err != nil {
@@ -940,8 +917,8 @@ func TestProcessConfigUnknownKey(t *testing.T) {
 
 func TestProcessSIGHUPAddsRemote(t *testing.T) {
 	t.Parallel()
-	a, b := startPair(t, leafOpts{})
-	c := newLeafNode(t, "c", leafOpts{})
+	a, b := startPair(t, daemonOpts{})
+	c := newLeafNode(t, "c", daemonOpts{})
 	c.trust(a)
 	c.start()
 	before := a.status().remote(b.addr)
@@ -976,7 +953,7 @@ func TestProcessSIGHUPAddsRemote(t *testing.T) {
 
 func TestProcessSIGHUPBadConfigKeepsRunning(t *testing.T) {
 	t.Parallel()
-	a, b := startPair(t, leafOpts{})
+	a, b := startPair(t, daemonOpts{})
 	before := a.status().remote(b.addr)
 	if err := os.WriteFile(a.cfgPath, []byte(a.configText(remoteTOML(b))+"no_such_key = true\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -998,7 +975,7 @@ func TestProcessFastRestartPeer(t *testing.T) {
 	t.Parallel()
 	// b comes back before a could notice it was gone: a's old connection
 	// must give way to the new one, leaving exactly one span of b.
-	a, b := startPair(t, leafOpts{RemoteDeadAfter: "3s"})
+	a, b := startPair(t, daemonOpts{RemoteDeadAfter: "3s"})
 	killedAt := time.Now()
 	b.kill9()
 	b.start()
@@ -1019,7 +996,7 @@ func TestProcessFastRestartPeer(t *testing.T) {
 
 func TestProcessConnectBeforeStart(t *testing.T) {
 	t.Parallel()
-	a, b := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "b", leafOpts{})
+	a, b := newLeafNode(t, "a", daemonOpts{}), newLeafNode(t, "b", daemonOpts{})
 	a.trust(b)
 	b.trust(a)
 	b.start()
@@ -1042,7 +1019,7 @@ func TestProcessConnectBeforeStart(t *testing.T) {
 func TestProcessSIGHUPRevokesConfigKey(t *testing.T) {
 	t.Parallel()
 	// a trusts b only through a [[remote]] key in its config; b dials a.
-	a, b := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "b", leafOpts{})
+	a, b := newLeafNode(t, "a", daemonOpts{}), newLeafNode(t, "b", daemonOpts{})
 	b.trust(a)
 	b.writeConfig(remoteTOML(a))
 	unused := net.JoinHostPort("127.0.0.1", strconv.Itoa(freeUDPPort(t)))

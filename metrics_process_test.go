@@ -55,8 +55,8 @@ func hasLine(lines []string, prefix string) bool {
 // link is up.
 func TestProcessStatusCheck(t *testing.T) {
 	t.Parallel()
-	svc := newSvcNode(t, "s", svcOpts{})
-	a, b := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "b", leafOpts{})
+	svc := newSvcNode(t, "s", daemonOpts{})
+	a, b := newLeafNode(t, "a", daemonOpts{}), newLeafNode(t, "b", daemonOpts{})
 	a.trust(b)
 	b.trust(a)
 	leafCheck := func() (int, []string) { t.Helper(); return checkLines(t, a.bin, "-c", a.cfgPath, "status", a.pfs) }
@@ -120,7 +120,7 @@ func TestProcessStatusCheck(t *testing.T) {
 
 	// A master of a two-master group whose other master never comes: no
 	// quorum.
-	m := newLeafNode(t, "m", leafOpts{})
+	m := newLeafNode(t, "m", daemonOpts{})
 	m.writeConfig(fmt.Sprintf("\n[quorum]\nmasters = [%q, %q]\ntick = \"100ms\"\n", m.info.Fsid, NewUUID()))
 	m.startArgs("no quorum", "-d", "leaf", "--listen", "none", "--backbone", "unix:"+svc.sock, m.pfs)
 	if _, err := qpDialKernel(t, "km", m, 10*time.Second); err != nil {
@@ -136,7 +136,7 @@ func TestProcessStatusCheck(t *testing.T) {
 
 	// A service whose autoconn target is down, and that closed a link
 	// over a limit (a TCP peer that never said hello).
-	s2 := newSvcNode(t, "s2", svcOpts{})
+	s2 := newSvcNode(t, "s2", daemonOpts{})
 	appendFile(t, s2.cfgPath, "[limits]\nhello_timeout = \"300ms\"\n")
 	s2.autoconn = []string{"127.0.0.1:1"}
 	s2.start()
@@ -277,7 +277,7 @@ func freeTCPAddr(t *testing.T) string {
 // and a cache-state grant.
 func TestProcessMetrics(t *testing.T) {
 	t.Parallel()
-	svc := newSvcNode(t, "s", svcOpts{})
+	svc := newSvcNode(t, "s", daemonOpts{})
 	svcMetrics := freeTCPAddr(t)
 	svc.daemonProc.start(append(svc.args(false, true), "--metrics-listen", svcMetrics),
 		"metrics "+svcMetrics, "service running", serviceControlPath(svc.sock))
@@ -286,7 +286,7 @@ func TestProcessMetrics(t *testing.T) {
 		t.Errorf("a new service's hammer2_spans = %v, want 0", v)
 	}
 
-	a, b := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "b", leafOpts{})
+	a, b := newLeafNode(t, "a", daemonOpts{}), newLeafNode(t, "b", daemonOpts{})
 	a.trust(b)
 	b.trust(a)
 	a.writeConfig(fmt.Sprintf("\n[quorum]\nmasters = [%q]\ntick = \"100ms\"\nlease = \"2s\"\n", a.info.Fsid))

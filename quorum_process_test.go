@@ -113,31 +113,36 @@ func (k *simKernel) qrmCommit(payload []byte, d time.Duration) qpReply {
 	}
 	k.send(Msg{Header: Header{Cmd: CmdQrmCommit | kFlagCreate, MsgID: id}, Aux: payload})
 	r := qpReply{msgid: id}
+	if why := k.awaitOn(id, pos, d, func(m Msg, _ time.Time) bool { return qpStep(&r, m) }); why != "" {
+		r.outcome, r.why = qpUnknown, why
+	}
+	return r
+}
+
+// awaitOn hands each message of transaction id the kernel received, from
+// its pos'th message on, to take (called with k.mu held) until take says
+// it was the last one, waiting up to d for more. It returns "" then, or
+// why it stopped waiting.
+func (k *simKernel) awaitOn(id uint64, pos int, d time.Duration, take func(m Msg, at time.Time) (done bool)) (why string) {
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	for {
 		k.mu.Lock()
 		for ; pos < len(k.recv); pos++ {
-			m := k.recv[pos].Msg
-			if m.MsgID != id {
-				continue
-			}
-			if done := qpStep(&r, m); done {
+			if m := k.recv[pos].Msg; m.MsgID == id && take(m, k.recv[pos].At) {
 				k.mu.Unlock()
-				return r
+				return ""
 			}
 		}
 		ch, err := k.changed, k.readErr
 		k.mu.Unlock()
 		if err != nil {
-			r.outcome, r.why = qpUnknown, "kernel link lost: "+err.Error()
-			return r
+			return "kernel link lost: " + err.Error()
 		}
 		select {
 		case <-ch:
 		case <-timer.C:
-			r.outcome, r.why = qpUnknown, fmt.Sprintf("no answer within %v", d)
-			return r
+			return fmt.Sprintf("no answer within %v", d)
 		}
 	}
 }
@@ -325,7 +330,7 @@ func newQPCluster(t *testing.T, n int, meshed bool, commitTimeout time.Duration)
 	for j := range nsvc {
 		// A 2s QUIC idle bound: ten processes on two cores must not drop
 		// links for want of a keepalive.
-		c.svcs = append(c.svcs, newSvcNode(t, fmt.Sprintf("qs%d", j+1), svcOpts{RemoteDeadAfter: "2s"}))
+		c.svcs = append(c.svcs, newSvcNode(t, fmt.Sprintf("qs%d", j+1), daemonOpts{RemoteDeadAfter: "2s"}))
 		c.svcState = append(c.svcState, "up")
 	}
 	for a := range nsvc {
@@ -1810,62 +1815,42 @@ func (k *simKernel) cacLockReq(req cacLock, d time.Duration) qpLockReply {
 	k.mu.Unlock()
 	k.send(Msg{Header: Header{Cmd: CmdCacLock | kFlagCreate, MsgID: id}, Ext: req.marshal()})
 	r := qpLockReply{msgid: id}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	for {
-		k.mu.Lock()
-		for ; pos < len(k.recv); pos++ {
-			m := k.recv[pos].Msg
-			if m.MsgID != id {
-				continue
-			}
-			if m.Cmd&kFlagRevTrans == 0 || m.Cmd&kFlagReply == 0 {
-				r.bad = append(r.bad, fmt.Sprintf("%s %#08x without REPLY|REVTRANS", CmdString(m.Cmd), m.Cmd))
-			}
-			del := m.Cmd&kFlagDelete != 0
-			if m.Cmd&kBaseMask == CmdCacLock&kBaseMask {
-				g, err := parseCacLock(m.Ext)
-				if err != nil {
-					r.bad = append(r.bad, fmt.Sprintf("grant payload: %v", err))
-				}
-				r.outcome, r.grant, r.at = qpAcked, g, k.recv[pos].At
-				if g.Txid == 0 || g.Lo > req.Lo || g.Hi < req.Hi || g.Domain != req.Domain || g.Mode != req.Mode {
-					r.bad = append(r.bad, fmt.Sprintf("grant %+v does not cover the request %+v", g, req))
-				}
-				k.mu.Unlock()
-				return r
-			}
-			if !del {
-				continue
-			}
-			r.code = m.Error
-			switch m.Error {
-			case ErrCacConflict:
-				r.outcome, r.conflict = qpRefused, true
-			case ErrQuorumTimeout:
-				r.outcome = qpNoEffect
-			case ErrQuorumUnknown:
-				r.outcome = qpUnknown
-			default:
-				r.outcome = qpRefused
-			}
-			r.why = fmt.Sprintf("%s error %#x", CmdString(m.Cmd), m.Error)
-			k.mu.Unlock()
-			return r
+	why := k.awaitOn(id, pos, d, func(m Msg, at time.Time) bool {
+		if m.Cmd&kFlagRevTrans == 0 || m.Cmd&kFlagReply == 0 {
+			r.bad = append(r.bad, fmt.Sprintf("%s %#08x without REPLY|REVTRANS", CmdString(m.Cmd), m.Cmd))
 		}
-		ch, err := k.changed, k.readErr
-		k.mu.Unlock()
-		if err != nil {
-			r.outcome, r.why = qpUnknown, "kernel link lost: "+err.Error()
-			return r
+		if m.Cmd&kBaseMask == CmdCacLock&kBaseMask {
+			g, err := parseCacLock(m.Ext)
+			if err != nil {
+				r.bad = append(r.bad, fmt.Sprintf("grant payload: %v", err))
+			}
+			r.outcome, r.grant, r.at = qpAcked, g, at
+			if g.Txid == 0 || g.Lo > req.Lo || g.Hi < req.Hi || g.Domain != req.Domain || g.Mode != req.Mode {
+				r.bad = append(r.bad, fmt.Sprintf("grant %+v does not cover the request %+v", g, req))
+			}
+			return true
 		}
-		select {
-		case <-ch:
-		case <-timer.C:
-			r.outcome, r.why = qpUnknown, fmt.Sprintf("no answer within %v", d)
-			return r
+		if m.Cmd&kFlagDelete == 0 {
+			return false
 		}
+		r.code = m.Error
+		switch m.Error {
+		case ErrCacConflict:
+			r.outcome, r.conflict = qpRefused, true
+		case ErrQuorumTimeout:
+			r.outcome = qpNoEffect
+		case ErrQuorumUnknown:
+			r.outcome = qpUnknown
+		default:
+			r.outcome = qpRefused
+		}
+		r.why = fmt.Sprintf("%s error %#x", CmdString(m.Cmd), m.Error)
+		return true
+	})
+	if why != "" {
+		r.outcome, r.why = qpUnknown, why
 	}
+	return r
 }
 
 // cacRelease ends CAC_LOCK msgid from the kernel's side (releasing the

@@ -104,7 +104,7 @@ func TestProcessSystemdNotify(t *testing.T) {
 			var control string
 			switch kind {
 			case "leaf":
-				n := newLeafNode(t, "sd", leafOpts{})
+				n := newLeafNode(t, "sd", daemonOpts{})
 				// A quorum master of one: its pings wait for its quorum
 				// driver too.
 				n.writeConfig(fmt.Sprintf("\n[quorum]\nmasters = [%q]\ntick = \"50ms\"\n", n.info.Fsid.String()))
@@ -112,7 +112,7 @@ func TestProcessSystemdNotify(t *testing.T) {
 				n.startArgs("systemd", "leaf", "--listen", n.addr, n.pfs) // no -d
 				d, control = n.daemonProc, n.controlPath()
 			default:
-				s := newSvcNode(t, "sd", svcOpts{})
+				s := newSvcNode(t, "sd", daemonOpts{})
 				s.env = env
 				s.daemonProc.start(s.args(false, false), "systemd", "service running", serviceControlPath(s.sock))
 				d, control = s.daemonProc, serviceControlPath(s.sock)

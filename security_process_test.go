@@ -209,7 +209,7 @@ func TestSecurityUnprivilegedUser(t *testing.T) {
 // once the flood ends, where it used to stop for good.
 func TestSecurityListenerSurvivesFDExhaustion(t *testing.T) {
 	t.Parallel()
-	s := newSvcNode(t, "fds", svcOpts{})
+	s := newSvcNode(t, "fds", daemonOpts{})
 	s.start()
 	const nofile = 64
 	if err := unix.Prlimit(s.pid(), unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: nofile, Max: nofile}, nil); err != nil {
@@ -251,7 +251,7 @@ func rssKiB(t testing.TB, pid int) int {
 func TestSecuritySpanFlood(t *testing.T) {
 	requireRoot(t)
 	t.Parallel()
-	s := newSvcNode(t, "flood", svcOpts{})
+	s := newSvcNode(t, "flood", daemonOpts{})
 	s.appendConfig("[limits]\nunprivileged_links = 8\nspans_per_link = 1000\nspans = 4000\n" +
 		"transactions_per_link = 5000\ncircuits_per_link = 100")
 	s.start()
@@ -290,10 +290,10 @@ func TestSecuritySpanFlood(t *testing.T) {
 func TestSecuritySocketModes(t *testing.T) {
 	requireRoot(t)
 	t.Parallel()
-	s := newSvcNode(t, "modes", svcOpts{})
+	s := newSvcNode(t, "modes", daemonOpts{})
 	s.umask = new(0)
 	s.start()
-	n := newLeafNode(t, "modes", leafOpts{})
+	n := newLeafNode(t, "modes", daemonOpts{})
 	n.umask = new(0)
 	n.start()
 	for _, p := range []string{s.sock, serviceControlPath(s.sock), KernelSocketPath(n.pfs), filepath.Join(n.pfs, "leaf-"+n.info.Fsid.String()+".sock")} {
@@ -314,7 +314,7 @@ func TestSecuritySocketModes(t *testing.T) {
 		t.Errorf("uid %d dialing service.sock: %s", nobodyUID, got)
 	}
 
-	g := newSvcNode(t, "group", svcOpts{})
+	g := newSvcNode(t, "group", daemonOpts{})
 	g.appendConfig(fmt.Sprintf("[security]\ngroup = \"%d\"", nobodyUID))
 	g.start()
 	if err := os.Chmod(g.dir, 0o755); err != nil {
@@ -349,7 +349,7 @@ func TestSecurityBackboneMustBePrivileged(t *testing.T) {
 	if got := fake.line(10 * time.Second); got != "listening" {
 		t.Fatalf("fake service: %s", got)
 	}
-	n := newLeafNode(t, "bb", leafOpts{})
+	n := newLeafNode(t, "bb", daemonOpts{})
 	n.writeConfig(fmt.Sprintf("backbone = %q\n", "unix:"+sock))
 	n.start()
 	st := n.waitStatus(10*time.Second, "the backbone refused", func(s procStatus) bool {

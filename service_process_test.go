@@ -24,29 +24,6 @@ import (
 	"time"
 )
 
-// svcOpts are a test service's config values (durations as TOML strings).
-type svcOpts struct {
-	RemoteDeadAfter string // QUIC idle bound between services; default 1s
-	DeadAfter       string // dmsg silence bound on every link; default 3s
-	PingInterval    string // default 250ms
-	RedialMin       string // default 100ms
-	RedialMax       string // default 500ms
-}
-
-func (o svcOpts) withDefaults() svcOpts {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
-	def(&o.RemoteDeadAfter, "1s")
-	def(&o.DeadAfter, "3s")
-	def(&o.PingInterval, "250ms")
-	def(&o.RedialMin, "100ms")
-	def(&o.RedialMax, "500ms")
-	return o
-}
-
 // svcNode is one service process with its directory, key and config.
 type svcNode struct {
 	*daemonProc
@@ -58,7 +35,7 @@ type svcNode struct {
 	udp      string // 127.0.0.1:port, QUIC from other services
 	autoconn []string
 	pub, fp  string
-	opts     svcOpts
+	opts     daemonOpts
 }
 
 // svcFreeTCPPort picks a free TCP port on 127.0.0.1, never the same one
@@ -66,7 +43,7 @@ type svcNode struct {
 func svcFreeTCPPort(t testing.TB) int { return freePort(t, "tcp") }
 
 // newSvcNode prepares a service (key, config, ports) without starting it.
-func newSvcNode(t *testing.T, name string, o svcOpts) *svcNode {
+func newSvcNode(t *testing.T, name string, o daemonOpts) *svcNode {
 	t.Helper()
 	bin := h2Binary(t)
 	dir := shortTempDir(t)
@@ -267,7 +244,7 @@ func svcTreeClusters(tree string) map[string][]string {
 // newSvcLeaf is a leaf whose PFS is info (zero fields: newLeafNode's).
 func newSvcLeaf(t *testing.T, name string, info PFSInfo) *leafNode {
 	t.Helper()
-	n := newLeafNode(t, name, leafOpts{})
+	n := newLeafNode(t, name, daemonOpts{})
 	if info == (PFSInfo{}) {
 		return n
 	}
@@ -405,7 +382,7 @@ func svcSpanSet(v svcLeafView) string {
 // b's own service, takes b's spans away and back.
 func TestServiceLine(t *testing.T) {
 	t.Parallel()
-	s1, s2, s3 := newSvcNode(t, "s1", svcOpts{}), newSvcNode(t, "s2", svcOpts{}), newSvcNode(t, "s3", svcOpts{})
+	s1, s2, s3 := newSvcNode(t, "s1", daemonOpts{}), newSvcNode(t, "s2", daemonOpts{}), newSvcNode(t, "s3", daemonOpts{})
 	svcLinkBoth(s2, s1)
 	svcLinkBoth(s2, s3)
 	a, b := newSvcLeaf(t, "a", PFSInfo{}), newSvcLeaf(t, "b", PFSInfo{})
@@ -814,7 +791,7 @@ func TestLongServiceRing(t *testing.T) {
 	for i := range n {
 		// A 2s QUIC bound: ten processes on two cores under -race must
 		// not drop links for want of a keepalive, which would look like churn.
-		m.svcs = append(m.svcs, newSvcNode(t, fmt.Sprintf("r%d", i), svcOpts{RemoteDeadAfter: "2s"}))
+		m.svcs = append(m.svcs, newSvcNode(t, fmt.Sprintf("r%d", i), daemonOpts{RemoteDeadAfter: "2s"}))
 		m.leaves = append(m.leaves, newSvcLeaf(t, fmt.Sprintf("l%d", i), PFSInfo{}))
 		m.svcUp = append(m.svcUp, true)
 		m.leafUp = append(m.leafUp, true)
@@ -866,7 +843,7 @@ func TestLongServiceRing(t *testing.T) {
 // on each.
 func svcLinkedPair(t *testing.T, la, lb *leafNode) (a, b *svcNode) {
 	t.Helper()
-	a, b = newSvcNode(t, "sa", svcOpts{}), newSvcNode(t, "sb", svcOpts{})
+	a, b = newSvcNode(t, "sa", daemonOpts{}), newSvcNode(t, "sb", daemonOpts{})
 	svcLinkBoth(a, b)
 	b.start()
 	a.start()
@@ -983,7 +960,7 @@ func svcRaceBinary(t *testing.T) string {
 // and `span <host>` linking two services at once.
 func TestServiceShell(t *testing.T) {
 	t.Parallel()
-	s1, s2 := newSvcNode(t, "sh1", svcOpts{}), newSvcNode(t, "sh2", svcOpts{})
+	s1, s2 := newSvcNode(t, "sh1", daemonOpts{}), newSvcNode(t, "sh2", daemonOpts{})
 	s1.trustSvcs(s2) // trusted both ways, but no autoconn
 	s2.trustSvcs(s1)
 	l1, l2 := newSvcLeaf(t, "m", PFSInfo{}), newSvcLeaf(t, "n", PFSInfo{})
@@ -1046,7 +1023,7 @@ func TestServiceShell(t *testing.T) {
 func TestLongServiceShellClientRace(t *testing.T) {
 	longTest(t)
 	t.Parallel()
-	s := newSvcNode(t, "shr", svcOpts{})
+	s := newSvcNode(t, "shr", daemonOpts{})
 	s.start()
 	bin := svcRaceBinary(t)
 	var mu sync.Mutex
@@ -1087,7 +1064,7 @@ func TestLongServiceShellClientRace(t *testing.T) {
 // background.
 func TestServiceAlreadyRunning(t *testing.T) {
 	t.Parallel()
-	s := newSvcNode(t, "once", svcOpts{})
+	s := newSvcNode(t, "once", daemonOpts{})
 	s.start()
 	pid := s.pid()
 	var strays []int
@@ -1142,7 +1119,7 @@ func TestServiceAlreadyRunning(t *testing.T) {
 // dead-peer bound (set to 10s here) could do it.
 func TestServiceLeafSIGTERM(t *testing.T) {
 	t.Parallel()
-	s := newSvcNode(t, "term", svcOpts{DeadAfter: "10s"})
+	s := newSvcNode(t, "term", daemonOpts{DeadAfter: "10s"})
 	mk := func(name string) *leafNode {
 		l := newSvcLeaf(t, name, PFSInfo{})
 		l.opts.DeadAfter, l.opts.RemoteDeadAfter = "10s", "10s"
@@ -1184,9 +1161,9 @@ func TestServiceLeafSIGTERM(t *testing.T) {
 // socket must not get a link that looks up and carries nothing.
 func TestServiceLeafListenNone(t *testing.T) {
 	t.Parallel()
-	s := newSvcNode(t, "ln", svcOpts{})
+	s := newSvcNode(t, "ln", daemonOpts{})
 	l := newSvcLeaf(t, "nolisten", PFSInfo{})
-	d := newLeafNode(t, "dialer", leafOpts{})
+	d := newLeafNode(t, "dialer", daemonOpts{})
 	l.trust(d)
 	d.trust(l)
 	s.start()
@@ -1238,7 +1215,7 @@ func TestLongServiceConnectRace(t *testing.T) {
 	longTest(t)
 	// Not parallel: it loads the CPU on purpose, which must not skew the
 	// other tests' timings.
-	s := newSvcNode(t, "cr", svcOpts{})
+	s := newSvcNode(t, "cr", daemonOpts{})
 	s.bin = svcRaceBinary(t)
 	s.env = []string{"GOMAXPROCS=8"} // more threads to run a new link's reader at once
 	a := newSvcLeaf(t, "ra", PFSInfo{})

@@ -687,7 +687,7 @@ func TestSimKernelHandshake(t *testing.T) {
 	t.Parallel()
 	// dead_after 1s: the silence below outlasts it, so a leaf that timed
 	// out a silent kernel link would drop this one.
-	a := newLeafNode(t, "a", leafOpts{DeadAfter: "1s"})
+	a := newLeafNode(t, "a", daemonOpts{DeadAfter: "1s"})
 	a.start()
 	k := dialSimKernel(t, "k", a.pfs, devicePFSes(a))
 	k.waitHandshake(5 * time.Second)
@@ -737,7 +737,7 @@ func TestSimKernelHandshake(t *testing.T) {
 
 func TestSimKernelVolconfDrivesLinks(t *testing.T) {
 	t.Parallel()
-	a, b := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "b", leafOpts{})
+	a, b := newLeafNode(t, "a", daemonOpts{}), newLeafNode(t, "b", daemonOpts{})
 	a.trust(b)
 	b.trust(a)
 	b.start()
@@ -772,7 +772,7 @@ func TestSimKernelVolconfDrivesLinks(t *testing.T) {
 
 func TestSimKernelVoldataDump(t *testing.T) {
 	t.Parallel()
-	a, b := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "b", leafOpts{})
+	a, b := newLeafNode(t, "a", daemonOpts{}), newLeafNode(t, "b", daemonOpts{})
 	a.trust(b)
 	b.trust(a)
 	b.start()
@@ -838,7 +838,7 @@ func equalPrefixOrder(got, want []uint32) bool {
 
 func TestSimKernelReplacedBySecond(t *testing.T) {
 	t.Parallel()
-	a := newLeafNode(t, "a", leafOpts{})
+	a := newLeafNode(t, "a", daemonOpts{})
 	a.start()
 	k1 := dialSimKernel(t, "k1", a.pfs, devicePFSes(a))
 	k1.waitHandshake(5 * time.Second)
@@ -861,7 +861,7 @@ func TestSimKernelReplacedBySecond(t *testing.T) {
 
 func TestSimKernelReconnect(t *testing.T) {
 	t.Parallel()
-	a := newLeafNode(t, "a", leafOpts{})
+	a := newLeafNode(t, "a", daemonOpts{})
 	a.start()
 	k1 := dialSimKernel(t, "k1", a.pfs, devicePFSes(a))
 	k1.waitHandshake(5 * time.Second)
@@ -882,7 +882,7 @@ func TestSimKernelReconnect(t *testing.T) {
 
 func TestSimKernelLeafShutdown(t *testing.T) {
 	t.Parallel()
-	a := newLeafNode(t, "a", leafOpts{})
+	a := newLeafNode(t, "a", daemonOpts{})
 	a.start()
 	k := dialSimKernel(t, "k", a.pfs, devicePFSes(a))
 	k.waitHandshake(5 * time.Second)

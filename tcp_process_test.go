@@ -76,7 +76,7 @@ func (s *svcNode) svcHuman() string {
 // other's spans both ways.
 func TestTCPEncryptedServices(t *testing.T) {
 	t.Parallel()
-	a, b := newSvcNode(t, "ta", svcOpts{}), newSvcNode(t, "tb", svcOpts{})
+	a, b := newSvcNode(t, "ta", daemonOpts{}), newSvcNode(t, "tb", daemonOpts{})
 	b.listenTCPOn("127.0.0.2")
 	installRSAKeys(t, a.keyDir, "a", 0o400)
 	installRSAKeys(t, b.keyDir, "b", 0o400)
@@ -206,7 +206,7 @@ func (p *flipProxy) flipNext() { p.flip.Store(true) }
 // (MACFAIL), and its leaf links again.
 func TestTCPLeafBackbones(t *testing.T) {
 	t.Parallel()
-	s := newSvcNode(t, "tl", svcOpts{})
+	s := newSvcNode(t, "tl", daemonOpts{})
 	s.listenTCPOn("127.0.0.2")
 	installRSAKeys(t, s.keyDir, "b", 0o400)
 	trustRSA(t, s.remoteDir(), "127.0.0.1", "a")
@@ -293,8 +293,8 @@ func TestTCPLeafBackbones(t *testing.T) {
 // over QUIC; copyid 0 drops it; closing the kernel's LNK_CONN drops all.
 func TestServiceKernelLinkTCP(t *testing.T) {
 	t.Parallel()
-	a := newSvcNode(t, "ka", svcOpts{DeadAfter: "1s", PingInterval: "250ms"})
-	b := newSvcNode(t, "kb", svcOpts{})
+	a := newSvcNode(t, "ka", daemonOpts{DeadAfter: "1s", PingInterval: "250ms"})
+	b := newSvcNode(t, "kb", daemonOpts{})
 	b.listenTCPOn("127.0.0.2")
 	installRSAKeys(t, a.keyDir, "a", 0o400)
 	installRSAKeys(t, b.keyDir, "b", 0o400)

@@ -16,7 +16,7 @@ import (
 // controlWatchersMax watches at once.
 func TestProcessStatusWatch(t *testing.T) {
 	t.Parallel()
-	a, b := newLeafNode(t, "a", leafOpts{}), newLeafNode(t, "b", leafOpts{})
+	a, b := newLeafNode(t, "a", daemonOpts{}), newLeafNode(t, "b", daemonOpts{})
 	a.trust(b)
 	b.trust(a)
 	b.start()
