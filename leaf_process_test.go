@@ -318,7 +318,17 @@ func (n *leafNode) h2(args ...string) (stdout, stderr string, code int) {
 
 func runH2(t testing.TB, bin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return runH2In(t, bin, "", args...)
+}
+
+// runH2In is runH2 with stdin as the command's standard input ("":
+// /dev/null).
+func runH2In(t testing.TB, bin, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
 	cmd := exec.Command(bin, args...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	if err := cmd.Start(); err != nil {

@@ -149,23 +149,7 @@ func svcShell(t testing.TB, bin, cfg, target string, lines ...string) (stdout, s
 	if cfg != "" {
 		args = append(args, "-c", cfg)
 	}
-	cmd := exec.Command(bin, append(args, "shell", target)...)
-	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		cmd.Process.Kill()
-		<-done
-		t.Fatalf("hammer2 shell %s: still running after 20s", target)
-	}
-	return o.String(), e.String(), cmd.ProcessState.ExitCode()
+	return runH2In(t, bin, strings.Join(lines, "\n")+"\n", append(args, "shell", target)...)
 }
 
 // tree is the service's `tree`, over its Unix socket, without the
