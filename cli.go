@@ -510,23 +510,15 @@ func (c *QuorumRemoveCmd) Run(env *Env) error { return changeMember(env, "remove
 
 // changeMember asks the PFS's running leaf to change the group.
 func changeMember(env *Env, verb, master string) error {
-	pfs, err := OpenPFS(env.pfsPath())
+	cfg, err := env.loadConfig()
 	if err != nil {
 		return err
 	}
-	info, err := pfs.Info()
-	control := ""
-	if err == nil {
-		var cfg Config
-		if cfg, err = env.loadConfig(); err == nil {
-			control = leafPaths(cfg, pfs, info).control
-		}
-	}
-	pfs.Close()
+	_, paths, _, err := pfsPlaces(cfg, env.pfsPath())
 	if err != nil {
 		return err
 	}
-	resp, err := controlCall(control, controlRequest{Op: "quorum-" + verb, Master: master})
+	resp, err := controlCall(paths.control, controlRequest{Op: "quorum-" + verb, Master: master})
 	if err != nil {
 		return fmt.Errorf("quorum %s %s: %w", verb, master, err)
 	}

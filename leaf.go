@@ -644,6 +644,21 @@ func leafPaths(cfg Config, pfs PFS, info PFSInfo) runPaths {
 	return p
 }
 
+// pfsPlaces opens the PFS at path just long enough to read its
+// registration, for the commands that reach or replace its leaf's files:
+// where the leaf keeps its run files, and its quorum state directory.
+func pfsPlaces(cfg Config, path string) (info PFSInfo, paths runPaths, stateDir string, err error) {
+	pfs, err := OpenPFS(path)
+	if err != nil {
+		return info, paths, "", err
+	}
+	defer pfs.Close()
+	if info, err = pfs.Info(); err != nil {
+		return info, paths, "", err
+	}
+	return info, leafPaths(cfg, pfs, info), leafStateDir(cfg, pfs, info), nil
+}
+
 // snapshotTargets lists targets in address order, for status.
 func (l *Leaf) snapshotTargets() []*target {
 	l.mu.Lock()

@@ -33,17 +33,11 @@ func (c *MetricsCmd) Run(env *Env) error {
 		if p == "" {
 			p = env.pfsPath()
 		}
-		pfs, err := OpenPFS(p)
+		_, paths, _, err := pfsPlaces(cfg, p)
 		if err != nil {
 			return err
 		}
-		info, err := pfs.Info()
-		if err != nil {
-			pfs.Close()
-			return err
-		}
-		control = leafPaths(cfg, pfs, info).control
-		pfs.Close()
+		control = paths.control
 	}
 	resp, err := controlCall(control, controlRequest{Op: "metrics"})
 	if err != nil {

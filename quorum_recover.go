@@ -59,22 +59,14 @@ func (c *QuorumRecoverCmd) Run(env *Env) error {
 		}
 		survivors = append(survivors, id)
 	}
-	pfs, err := OpenPFS(env.pfsPath())
-	if err != nil {
-		return err
-	}
-	info, err := pfs.Info()
-	if err != nil {
-		pfs.Close()
-		return err
-	}
 	cfg, err := env.loadConfig()
 	if err != nil {
-		pfs.Close()
 		return err
 	}
-	paths, dir := leafPaths(cfg, pfs, info), leafStateDir(cfg, pfs, info)
-	pfs.Close()
+	info, paths, dir, err := pfsPlaces(cfg, env.pfsPath())
+	if err != nil {
+		return err
+	}
 	if _, err := os.Stat(filepath.Join(dir, quorumStoreFile)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("quorum recover: no quorum state in %s (is state_dir right?)", dir)

@@ -130,17 +130,10 @@ func (c *QuorumSnapshotSaveCmd) Run(env *Env) error {
 	if err != nil {
 		return err
 	}
-	pfs, err := OpenPFS(env.pfsPath())
+	info, paths, dir, err := pfsPlaces(cfg, env.pfsPath())
 	if err != nil {
 		return err
 	}
-	info, err := pfs.Info()
-	if err != nil {
-		pfs.Close()
-		return err
-	}
-	paths, dir := leafPaths(cfg, pfs, info), leafStateDir(cfg, pfs, info)
-	pfs.Close()
 
 	part := c.File + ".part"
 	out, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -546,17 +539,10 @@ func (c *QuorumSnapshotRestoreCmd) Run(env *Env) error {
 		}
 		voters = append(voters, id)
 	}
-	pfs, err := OpenPFS(env.pfsPath())
+	info, paths, dir, err := pfsPlaces(cfg, env.pfsPath())
 	if err != nil {
 		return err
 	}
-	info, err := pfs.Info()
-	if err != nil {
-		pfs.Close()
-		return err
-	}
-	paths, dir := leafPaths(cfg, pfs, info), leafStateDir(cfg, pfs, info)
-	pfs.Close()
 	if info.Type&0x0F != PFSMaster {
 		return fmt.Errorf("quorum snapshot restore: PFS %s is a %s, not a MASTER", info.Label, pfsTypeName(info.Type))
 	}
