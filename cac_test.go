@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -323,7 +324,11 @@ func (h *cacHarness) dropKernel(m *cacMaster) {
 		select {
 		case <-l.Done():
 		case <-time.After(10 * time.Second):
-			h.t.Fatalf("kernel link of n%d did not go down", m.id)
+			// Seen once under a heavily loaded full suite, never alone:
+			// the goroutines say what held the link up.
+			var stacks strings.Builder
+			_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+			h.t.Fatalf("kernel link of n%d did not go down (%s end) within 10s; goroutines:\n%s", m.id, l.cfg.Name, stacks.String())
 		}
 	}
 }
