@@ -92,9 +92,16 @@ func flagSet(name string) bool {
 }
 
 // h2Binary returns the path of the hammer2 binary (with a hammer2-leaf
-// symlink beside it), building it on first use. A failed build fails the
-// test: the binary is what is being tested. With H2_TEST_RACE_BINARY set
-// the binary is built with -race, and a race it reports fails the test.
+// symlink beside it), made on first use. A failed build fails the test:
+// the binary is what is being tested. With H2_TEST_RACE_BINARY set the
+// binary is race-built, and a race it reports fails the test.
+//
+// The binary is this test binary when it is built as the daemons should
+// be: it runs the same main (TestMain dispatches on the name it is run
+// as, through testscript), and copying it costs nothing next to
+// compiling the package again. A -race test binary is not, unless
+// H2_TEST_RACE_BINARY asks for race-built daemons: the suite's dozens of
+// daemons would then run several times slower.
 func h2Binary(t testing.TB) string {
 	t.Helper()
 	h2BuildOnce.Do(func() {
@@ -108,16 +115,32 @@ func h2Binary(t testing.TB) string {
 		if h2BuildErr = os.Chmod(dir, 0o755); h2BuildErr != nil {
 			return
 		}
-		// With H2_TEST_RACE_BINARY the daemons too run under the race detector.
-		if h2BuildErr = goBuild(filepath.Join(dir, "hammer2"), os.Getenv("H2_TEST_RACE_BINARY") != ""); h2BuildErr != nil {
+		race := os.Getenv("H2_TEST_RACE_BINARY") != ""
+		if race == raceEnabled {
+			h2BuildErr = copySelf(filepath.Join(dir, "hammer2"))
+		} else {
+			h2BuildErr = goBuild(filepath.Join(dir, "hammer2"), race)
+		}
+		if h2BuildErr != nil {
 			return
 		}
 		h2BuildErr = os.Symlink("hammer2", filepath.Join(dir, "hammer2-leaf"))
 	})
 	if h2BuildErr != nil {
-		t.Fatalf("building the hammer2 binary: %v", h2BuildErr)
+		t.Fatalf("making the hammer2 binary: %v", h2BuildErr)
 	}
 	return filepath.Join(h2BuildDir, "hammer2")
+}
+
+// copySelf copies this test binary to path, mode 0755: run as hammer2 or
+// hammer2-leaf it is the daemon (scriptCommands), run under another name
+// it is the tests (or a role, testrole_test.go).
+func copySelf(path string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	return copyFile(self, path, 0o755)
 }
 
 var (

@@ -920,22 +920,32 @@ var (
 	svcRaceErr  error
 )
 
-// svcRaceBinary is the hammer2 binary built with -race (the harness's own
-// when H2_TEST_RACE_BINARY is set), beside the harness's binary so that
-// TestMain removes it. Its dependencies are in the build cache already
-// when the tests run with -race, so this takes seconds.
+// svcRaceBinary is a race-built hammer2 binary (the harness's own when
+// H2_TEST_RACE_BINARY is set), in a directory of its own beside the
+// harness's binary so that TestMain removes it: this test binary when it
+// is race-built itself (go test -race), else built. Its dependencies are
+// in the build cache already when the tests run with -race, so a build
+// takes seconds.
 func svcRaceBinary(t *testing.T) string {
 	t.Helper()
 	plain := h2Binary(t)
 	if os.Getenv("H2_TEST_RACE_BINARY") != "" {
 		return plain
 	}
-	bin := filepath.Join(filepath.Dir(plain), "hammer2-race")
+	dir := filepath.Join(filepath.Dir(plain), "race")
+	bin := filepath.Join(dir, "hammer2")
 	svcRaceOnce.Do(func() {
-		svcRaceErr = goBuild(bin, true)
+		if svcRaceErr = os.Mkdir(dir, 0o755); svcRaceErr != nil {
+			return
+		}
+		if raceEnabled {
+			svcRaceErr = copySelf(bin)
+		} else {
+			svcRaceErr = goBuild(bin, true)
+		}
 	})
 	if svcRaceErr != nil {
-		t.Fatalf("building the race-detecting hammer2 binary: %v", svcRaceErr)
+		t.Fatalf("making the race-detecting hammer2 binary: %v", svcRaceErr)
 	}
 	return bin
 }

@@ -46,11 +46,6 @@ var (
 func roleBinary(t testing.TB) string {
 	t.Helper()
 	roleBinOnce.Do(func() {
-		self, err := os.Executable()
-		if err != nil {
-			roleBinErr = err
-			return
-		}
 		dir, err := os.MkdirTemp("", "h2role")
 		if err != nil {
 			roleBinErr = err
@@ -60,7 +55,7 @@ func roleBinary(t testing.TB) string {
 			return
 		}
 		roleBinPath = filepath.Join(dir, "role.test")
-		roleBinErr = copyFile(self, roleBinPath, 0o755)
+		roleBinErr = copySelf(roleBinPath)
 	})
 	if roleBinErr != nil {
 		t.Fatalf("copying the test binary for a role: %v", roleBinErr)
