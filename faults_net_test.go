@@ -192,13 +192,7 @@ func (f *faultNet) rules(drops []faultDrop, loss int) {
 // ---- the forwarder ----
 
 // faultForwarder is the forwarder process, told its shape on stdin.
-type faultForwarder struct {
-	t     testing.TB
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	lines chan string
-	done  chan struct{}
-}
+type faultForwarder struct{ *roleProc }
 
 func startFaultForwarder(t testing.TB, router string, seed uint64) *faultForwarder {
 	t.Helper()
@@ -206,51 +200,11 @@ func startFaultForwarder(t testing.TB, router string, seed uint64) *faultForward
 	cmd.Env = append(os.Environ(), "H2_TEST_ROLE=fault-forwarder", fmt.Sprintf("H2_FAULT_SEED=%d", seed))
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("fault forwarder: %v", err)
-	}
-	fw := &faultForwarder{t: t, cmd: cmd, stdin: stdin, lines: make(chan string, 16), done: make(chan struct{})}
-	go func() {
-		defer close(fw.done)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			fw.lines <- sc.Text()
-		}
-		_ = cmd.Wait()
-	}()
-	if l := fw.line(); l != "ready" {
+	fw := &faultForwarder{runRoleCmd(t, "fault-forwarder", cmd)}
+	if l := fw.line(10 * time.Second); l != "ready" {
 		t.Fatalf("fault forwarder: %q, not ready", l)
 	}
 	return fw
-}
-
-func (fw *faultForwarder) line() string {
-	fw.t.Helper()
-	timer := time.NewTimer(10 * time.Second)
-	defer timer.Stop()
-	select {
-	case l := <-fw.lines:
-		return l
-	case <-fw.done:
-		select {
-		case l := <-fw.lines:
-			return l
-		default:
-		}
-		fw.t.Fatalf("fault forwarder exited")
-	case <-timer.C:
-		fw.t.Fatalf("fault forwarder: no answer in 10s")
-	}
-	return ""
 }
 
 // say sends one command and returns the forwarder's answer.
@@ -259,17 +213,7 @@ func (fw *faultForwarder) say(cmd string) string {
 	if _, err := io.WriteString(fw.stdin, cmd+"\n"); err != nil {
 		fw.t.Fatalf("fault forwarder: %v", err)
 	}
-	return fw.line()
-}
-
-func (fw *faultForwarder) stop() {
-	fw.stdin.Close()
-	select {
-	case <-fw.done:
-	case <-time.After(10 * time.Second):
-		_ = fw.cmd.Process.Kill()
-		<-fw.done
-	}
+	return fw.line(10 * time.Second)
 }
 
 // faultShape is what the forwarder does to each datagram.
