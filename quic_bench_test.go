@@ -28,8 +28,17 @@ func benchLinkStreams(b *testing.B) (w, r io.ReadWriter) {
 	return la.Stream(), lc.Stream()
 }
 
-func benchRawStreams(b *testing.B) (w, r io.ReadWriter) {
+func benchRawStreams(b *testing.B) (w, r io.ReadWriter) { return benchRawQuic(b, nil) }
+
+// benchRawQuic is a QUIC stream pair between two nodes' TLS configs
+// without our link around it, on conf (nil: the nodes' own).
+func benchRawQuic(b *testing.B, conf *quic.Config) (w, r io.ReadWriter) {
+	b.Helper()
 	a, c := benchNodes(b)
+	aconf, cconf := a.qconf, c.qconf
+	if conf != nil {
+		aconf, cconf = conf, conf
+	}
 	ctx := testCtx(b, 10*time.Second)
 	transport := func() *quic.Transport {
 		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -40,14 +49,14 @@ func benchRawStreams(b *testing.B) (w, r io.ReadWriter) {
 		b.Cleanup(func() { tr.Close(); udp.Close() })
 		return tr
 	}
-	ln, err := transport().Listen(c.srvTLS, c.qconf)
+	ln, err := transport().Listen(c.srvTLS, cconf)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ln.Close() })
 	tc := a.cliTLS.Clone()
 	tc.VerifyConnection = a.verifyPeer(ln.Addr(), "dial")
-	cc, err := transport().Dial(ctx, ln.Addr(), tc, a.qconf)
+	cc, err := transport().Dial(ctx, ln.Addr(), tc, aconf)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -68,50 +68,7 @@ func qlbLinks(b *testing.B, ca, cb io.ReadWriteCloser, rxh Handler) (tx, rx *Lin
 // configuration (flow-control windows, no pacing of ours) on sockets of its
 // own, authenticated by the nodes' TLS configs.
 func qlbRawQuic(b *testing.B) (w, r io.ReadWriter) {
-	b.Helper()
-	na, nc := benchNodes(b)
-	ctx := testCtx(b, 10*time.Second)
-	conf := &quic.Config{MaxIdleTimeout: time.Minute}
-	transport := func() *quic.Transport {
-		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			b.Fatal(err)
-		}
-		tr := &quic.Transport{Conn: udp}
-		b.Cleanup(func() { tr.Close(); udp.Close() })
-		return tr
-	}
-	ln, err := transport().Listen(nc.srvTLS, conf)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	tc := na.cliTLS.Clone()
-	tc.VerifyConnection = na.verifyPeer(ln.Addr(), "dial")
-	cc, err := transport().Dial(ctx, ln.Addr(), tc, conf)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { cc.CloseWithError(0, "") })
-	sc, err := ln.Accept(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cs, err := cc.OpenStreamSync(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := cs.Write([]byte{0}); err != nil { // make the stream visible
-		b.Fatal(err)
-	}
-	ss, err := sc.AcceptStream(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := io.ReadFull(ss, make([]byte, 1)); err != nil {
-		b.Fatal(err)
-	}
-	return cs, ss
+	return benchRawQuic(b, &quic.Config{MaxIdleTimeout: time.Minute})
 }
 
 // qlbTLS connects TCP with TLS 1.3 on 127.0.0.1, authenticated like a QUIC
