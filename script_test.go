@@ -126,7 +126,9 @@ func stopPid() int {
 		return 1
 	}
 	for range 1000 { // 10 ms apiece: a clean shutdown takes well under a second
-		if syscall.Kill(pid, 0) != nil {
+		// procAlive, not kill(pid, 0): a daemon's parent is init, which in
+		// some sandboxes reaps its zombies only every second or so.
+		if !procAlive(pid) {
 			return 0
 		}
 		time.Sleep(10 * time.Millisecond)
