@@ -60,6 +60,7 @@ func (r testRun) Run() int {
 		// An explicit -parallel wins.
 		_ = flag.Set("test.parallel", strconv.Itoa(testParallelPerCPU*runtime.GOMAXPROCS(0)))
 	}
+	raceQuickExit()
 	code := r.m.Run()
 	if h2BuildDir != "" {
 		os.RemoveAll(h2BuildDir)
@@ -83,6 +84,20 @@ func (r testRun) Run() int {
 
 // testParallelPerCPU is how many parallel tests run at once per core.
 const testParallelPerCPU = 6
+
+// raceQuickExit tells the race runtime of every race-built child (the
+// roles, testscript's commands, race-built daemons) not to sleep a second
+// before it exits, which is its default (GORACE atexit_sleep_ms=1000,
+// time for other threads to finish a report): the suite waits for
+// hundreds of children to exit, and each such wait cost that second.
+// 10 ms still lets a report in flight finish. A GORACE that already says
+// otherwise wins; testscript passes GORACE on to its commands.
+func raceQuickExit() {
+	if !raceEnabled || strings.Contains(os.Getenv("GORACE"), "atexit_sleep_ms") {
+		return
+	}
+	_ = os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=10"))
+}
 
 // flagSet reports whether the flag name was given on the command line.
 func flagSet(name string) bool {
