@@ -27,6 +27,36 @@ var seamOwners = map[string]string{
 	"transTable":  "trans.go",
 }
 
+// seamSources are the package's non-test files, parsed once for every
+// GOOS the test checks: most files are shared, and go/types only reads
+// the trees.
+type seamSources struct {
+	fset  *token.FileSet
+	names []string
+	files map[string]*ast.File
+}
+
+func parseSeamSources(t *testing.T) *seamSources {
+	t.Helper()
+	names, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &seamSources{fset: token.NewFileSet(), files: map[string]*ast.File{}}
+	for _, name := range names {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(src.fset, name, nil, parser.SkipObjectResolution)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src.names = append(src.names, name)
+		src.files[name] = f
+	}
+	return src
+}
+
 // seamPackage is the package's non-test files for one GOOS, type-checked
 // with every import an empty package: the package's own types, which are
 // all the seams are about, still check, and nothing outside it has to be
@@ -38,32 +68,20 @@ type seamPackage struct {
 	info  *types.Info
 }
 
-func loadSeamPackage(t *testing.T, goos string) *seamPackage {
+func loadSeamPackage(t *testing.T, src *seamSources, goos string) *seamPackage {
 	t.Helper()
 	ctx := build.Default
 	ctx.GOOS = goos
-	names, err := filepath.Glob("*.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp := &seamPackage{fset: token.NewFileSet(), info: &types.Info{
+	sp := &seamPackage{fset: src.fset, info: &types.Info{
 		Selections: map[*ast.SelectorExpr]*types.Selection{},
 		Defs:       map[*ast.Ident]types.Object{},
 		Uses:       map[*ast.Ident]types.Object{},
-		Types:      map[ast.Expr]types.TypeAndValue{},
 	}}
-	for _, name := range names {
-		if strings.HasSuffix(name, "_test.go") {
-			continue
-		}
+	for _, name := range src.names {
 		if ok, err := ctx.MatchFile(".", name); err != nil || !ok {
 			continue
 		}
-		f, err := parser.ParseFile(sp.fset, name, nil, parser.SkipObjectResolution)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sp.files = append(sp.files, f)
+		sp.files = append(sp.files, src.files[name])
 	}
 	if len(sp.files) < 20 {
 		t.Fatalf("GOOS=%s: only %d files parsed; is the test running in the package directory?", goos, len(sp.files))
@@ -179,7 +197,7 @@ func (sp *seamPackage) driverViolations(t *testing.T) []string {
 			if !ok || fd.Recv == nil || len(fd.Recv.List) != 1 {
 				continue
 			}
-			if recv := sp.info.Types[fd.Recv.List[0].Type].Type; recv == nil || !strings.HasSuffix(recv.String(), ".quorumDriver") {
+			if !isDriverRecv(sp, fd.Recv.List[0].Type) {
 				continue
 			}
 			ast.Inspect(fd, func(n ast.Node) bool {
@@ -209,6 +227,20 @@ func (sp *seamPackage) driverViolations(t *testing.T) []string {
 		t.Fatal("type quorumDriver is gone; update the test")
 	}
 	return bad
+}
+
+// isDriverRecv reports whether a method's receiver type is quorumDriver
+// or a pointer to it.
+func isDriverRecv(sp *seamPackage, recv ast.Expr) bool {
+	if star, ok := recv.(*ast.StarExpr); ok {
+		recv = star.X
+	}
+	id, ok := recv.(*ast.Ident)
+	if !ok {
+		return false
+	}
+	obj, ok := sp.info.Uses[id].(*types.TypeName)
+	return ok && obj.Pkg() == sp.pkg && obj.Name() == "quorumDriver"
 }
 
 // wireConstViolations lists Cmd* and Err* wire constants declared outside
@@ -281,10 +313,13 @@ func (sp *seamPackage) clockViolations() []string {
 // only through its clock. It checks the files of every GOOS the
 // daemon builds for.
 func TestSeams(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its type checks are, in the sequential phase
+	// (cpuphase_test.go).
+	src := parseSeamSources(t)
 	for _, goos := range []string{"linux", "dragonfly", "freebsd"} {
 		t.Run(goos, func(t *testing.T) {
-			sp := loadSeamPackage(t, goos)
+			t.Parallel()
+			sp := loadSeamPackage(t, src, goos)
 			var bad []string
 			bad = append(bad, sp.seamViolations(t)...)
 			bad = append(bad, sp.driverViolations(t)...)
