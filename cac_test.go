@@ -907,8 +907,10 @@ func (h *cacHarness) takeOut() string {
 }
 
 func TestCacScripts(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its scripts are, in the sequential phase
+	// (schedule_test.go).
 	datadriven.Walk(t, "testdata/cac", func(t *testing.T, path string) {
+		t.Parallel()
 		h := newCacHarness(t)
 		defer h.closeAll()
 		datadriven.RunTest(t, path, h.run)

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,13 +52,7 @@ type testRun struct{ m *testing.M }
 
 func (r testRun) Run() int {
 	flag.Parse()
-	if !flagSet("test.parallel") {
-		// Most tests here wait on daemons' timers (dead-peer bounds,
-		// commit timeouts, redials), not on the CPU: as many at once as
-		// cores (go test's default) leaves the cores idle most of the run.
-		// An explicit -parallel wins.
-		_ = flag.Set("test.parallel", strconv.Itoa(testParallelPerCPU*runtime.GOMAXPROCS(0)))
-	}
+	setupSchedule() // schedule_test.go
 	raceQuickExit()
 	code := r.m.Run()
 	if h2BuildDir != "" {
@@ -81,9 +74,6 @@ func (r testRun) Run() int {
 	}
 	return code
 }
-
-// testParallelPerCPU is how many parallel tests run at once per core.
-const testParallelPerCPU = 6
 
 // raceQuickExit tells the race runtime of every race-built child (the
 // roles, testscript's commands, race-built daemons) not to sleep a second

@@ -969,8 +969,10 @@ func (h *quorumHarness) checkConverged() error {
 }
 
 func TestQuorumScripts(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its scripts are, in the sequential phase
+	// (schedule_test.go).
 	datadriven.Walk(t, "testdata/quorum", func(t *testing.T, path string) {
+		t.Parallel()
 		h := newQuorumHarness(t)
 		defer h.closeAll()
 		datadriven.RunTest(t, path, h.run)
@@ -998,7 +1000,7 @@ func (h *quorumHarness) closeAll() {
 // raft's own election jitter is not (it uses crypto/rand), so a failure
 // is reproduced by seed in distribution, not step for step.
 func TestQuorumRandomized(t *testing.T) {
-	t.Parallel() // CPU only: it overlaps the process tests' waiting
+	// Not parallel: its runs are, in the sequential phase (schedule_test.go).
 	steps, seeds := 2000, uint64(6)
 	switch {
 	case testing.Short():
@@ -1009,6 +1011,7 @@ func TestQuorumRandomized(t *testing.T) {
 	for _, size := range []int{3, 5} {
 		for seed := uint64(1); seed <= seeds; seed++ {
 			t.Run(fmt.Sprintf("n=%d/seed=%d", size, seed), func(t *testing.T) {
+				t.Parallel()
 				quorumRandomRun(t, size, seed, steps)
 			})
 		}

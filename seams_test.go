@@ -314,7 +314,7 @@ func (sp *seamPackage) clockViolations() []string {
 // daemon builds for.
 func TestSeams(t *testing.T) {
 	// Not parallel: its type checks are, in the sequential phase
-	// (cpuphase_test.go).
+	// (schedule_test.go).
 	src := parseSeamSources(t)
 	for _, goos := range []string{"linux", "dragonfly", "freebsd"} {
 		t.Run(goos, func(t *testing.T) {

@@ -82,7 +82,7 @@ func TestServiceCircuitRelayLookup(t *testing.T) {
 // advertising that many spans at once) is applied in slices, all of it,
 // and the spans are relayed in the order they were advertised.
 func TestServiceAppliesInSlices(t *testing.T) {
-	t.Parallel()
+	// Not parallel: CPU-bound, in the sequential phase (schedule_test.go).
 	n := applySlice + applySlice/2
 	lim := defaultLimits()
 	lim.SpansPerLink, lim.Spans, lim.TransPerLink = n+10, n+10, 2*n+100

@@ -1205,10 +1205,10 @@ func TestServiceLeafListenNone(t *testing.T) {
 // was at a0da3a7 (link published before NewLink returned) it failed in
 // every run on two cores; a correct service never fails it.
 func TestLongServiceConnectRace(t *testing.T) {
-	t.Parallel()
 	longTest(t)
 	// Not parallel: it loads the CPU on purpose, which must not skew the
-	// other tests' timings.
+	// other tests' timings; in the sequential phase (schedule_test.go)
+	// it has the machine to itself.
 	s := newSvcNode(t, "cr", daemonOpts{})
 	s.bin = svcRaceBinary(t)
 	s.env = []string{"GOMAXPROCS=8"} // more threads to run a new link's reader at once

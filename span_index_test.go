@@ -311,9 +311,9 @@ func (c *idxChurn) checkPending(when string) {
 }
 
 func TestSpanRouterIndexChurn(t *testing.T) {
-	t.Parallel()
 	const seeds, rounds, steps = 60, 30, 40
-	for seed := range uint64(seeds) {
+	spread(t, seeds, func(t *testing.T, i int) { // schedule_test.go
+		seed := uint64(i)
 		c := newIdxChurn(t, seed)
 		for round := range rounds {
 			batched := c.rng.IntN(2) == 0
@@ -330,5 +330,5 @@ func TestSpanRouterIndexChurn(t *testing.T) {
 			c.settle()
 			c.check(fmt.Sprintf("seed %d round %d", seed, round))
 		}
-	}
+	})
 }

@@ -403,7 +403,6 @@ func TestSpanSimConverges(t *testing.T) {
 
 // Random graphs under random joins, deaths and new links, in both modes.
 func TestSpanSimRandom(t *testing.T) {
-	t.Parallel() // CPU only: it overlaps the process tests' waiting
 	seeds := 30
 	switch {
 	case testing.Short():
@@ -411,42 +410,41 @@ func TestSpanSimRandom(t *testing.T) {
 	case raceEnabled: // one goroutine: nothing to race, ten times slower
 		seeds = 8
 	}
-	for _, mode := range simModes {
-		for seed := range seeds {
-			rng := rand.New(rand.NewPCG(uint64(seed), 7))
-			s := newSpanSim(3+rng.IntN(40), rng, mode.batch)
-			s.randomGraph(rng, 0)
-			var before [][]simRelayRow
-			for step := range 6 {
-				if err := s.run(50_000_000); err != nil {
-					t.Fatalf("%s seed %d step %d: %v", mode.name, seed, step, err)
+	spread(t, len(simModes)*seeds, func(t *testing.T, i int) { // schedule_test.go
+		mode, seed := simModes[i%len(simModes)], i/len(simModes)
+		rng := rand.New(rand.NewPCG(uint64(seed), 7))
+		s := newSpanSim(3+rng.IntN(40), rng, mode.batch)
+		s.randomGraph(rng, 0)
+		var before [][]simRelayRow
+		for step := range 6 {
+			if err := s.run(50_000_000); err != nil {
+				t.Fatalf("%s seed %d step %d: %v", mode.name, seed, step, err)
+			}
+			s.check(t)
+			// No event settles in fewer messages than its floor: if one
+			// did, the floor (and msgs/affected) would be mismeasured.
+			after := s.relayTable()
+			if a := s.affected(before, after); step > 0 && s.msgs < a.floor() {
+				t.Fatalf("%s seed %d step %d: %d messages, floor %d (%+v)", mode.name, seed, step, s.msgs, a.floor(), a)
+			}
+			before, s.msgs = after, 0
+			switch rng.IntN(3) {
+			case 0:
+				if k := rng.IntN(len(s.nodes)); !s.nodes[k].dead {
+					s.connect(s.addNode(rng), k)
 				}
-				s.check(t)
-				// No event settles in fewer messages than its floor: if one
-				// did, the floor (and msgs/affected) would be mismeasured.
-				after := s.relayTable()
-				if a := s.affected(before, after); step > 0 && s.msgs < a.floor() {
-					t.Fatalf("%s seed %d step %d: %d messages, floor %d (%+v)", mode.name, seed, step, s.msgs, a.floor(), a)
+			case 1:
+				if k := rng.IntN(len(s.nodes)); !s.nodes[k].dead {
+					s.kill(k)
 				}
-				before, s.msgs = after, 0
-				switch rng.IntN(3) {
-				case 0:
-					if k := rng.IntN(len(s.nodes)); !s.nodes[k].dead {
-						s.connect(s.addNode(rng), k)
-					}
-				case 1:
-					if k := rng.IntN(len(s.nodes)); !s.nodes[k].dead {
-						s.kill(k)
-					}
-				default:
-					a, b := rng.IntN(len(s.nodes)), rng.IntN(len(s.nodes))
-					if a != b && !s.nodes[a].dead && !s.nodes[b].dead && !s.linked(a, b) {
-						s.connect(a, b)
-					}
+			default:
+				a, b := rng.IntN(len(s.nodes)), rng.IntN(len(s.nodes))
+				if a != b && !s.nodes[a].dead && !s.nodes[b].dead && !s.linked(a, b) {
+					s.connect(a, b)
 				}
 			}
 		}
-	}
+	})
 }
 
 // A ring of services: no span above the dist cap, and it goes quiet.

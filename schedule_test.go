@@ -1,0 +1,54 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"runtime"
+	"strconv"
+	"testing"
+)
+
+// The suite's schedule. go test runs every test that does not call
+// t.Parallel first, one at a time (the sequential phase), then lets the
+// parallel ones go, as many at once as -parallel says (the parallel
+// phase).
+//
+// The sequential phase holds two kinds of test. Those that time a link
+// against its own bounds (quic_test.go, iocom_test.go), which a machine
+// busy with the parallel tests would blur. And the CPU-bound ones
+// (simulations, randomized state-machine runs, the CAC and quorum
+// scripts, the seams' type checks), spread over the cores by spread:
+// beside the process tests they got a sixth of a core each and took ten
+// times their own time, and the daemons' timers they starved made the
+// process tests slower and flakier.
+
+// testParallelPerCPU is how many parallel tests run at once per core:
+// most of them wait on daemons' timers (dead-peer bounds, commit
+// timeouts, redials), not on the CPU, so as many as cores (go test's
+// default) leaves the cores idle most of the run.
+const testParallelPerCPU = 6
+
+// setupSchedule sets go test's -parallel, unless the command line did;
+// called by TestMain once the flags are parsed, before the tests run.
+func setupSchedule() {
+	if !flagSet("test.parallel") {
+		_ = flag.Set("test.parallel", strconv.Itoa(testParallelPerCPU*runtime.GOMAXPROCS(0)))
+	}
+}
+
+// spread runs f(t, i) for i in [0, n) as one parallel subtest per core,
+// each taking every GOMAXPROCS-th i: a CPU-bound test of the sequential
+// phase, which must not be parallel itself, so that its subtests run
+// together with nothing else.
+func spread(t *testing.T, n int, f func(t *testing.T, i int)) {
+	t.Helper()
+	parts := min(runtime.GOMAXPROCS(0), n)
+	for p := range parts {
+		t.Run(fmt.Sprintf("part=%dof%d", p+1, parts), func(t *testing.T) {
+			t.Parallel()
+			for i := p; i < n; i += parts {
+				f(t, i)
+			}
+		})
+	}
+}
