@@ -1898,69 +1898,99 @@ func (c *qpCluster) locksOf(i int) string {
 	return "[" + strings.Join(parts, "; ") + "]"
 }
 
+// qpLocks is a cluster of three masters for the CAC_LOCK tests, with
+// their checks.
+type qpLocks struct {
+	t     *testing.T
+	c     *qpCluster
+	began time.Time
+	wait  time.Duration // for one request: the commit timeout and some
+	lease time.Duration // newQPCluster's
+}
+
+func newQPLocks(t *testing.T) *qpLocks {
+	t.Helper()
+	c := newQPCluster(t, 3, false, 2*time.Second)
+	l := &qpLocks{t: t, c: c, began: time.Now(), wait: c.timeout + 3*time.Second, lease: 2 * time.Second}
+	c.waitLeader(20 * time.Second)
+	return l
+}
+
+func qpEx(lo, hi uint64) cacLock { return cacLock{Domain: cacInum, Mode: cacExclusive, Lo: lo, Hi: hi} }
+func qpSh(lo, hi uint64) cacLock { return cacLock{Domain: cacInum, Mode: cacShared, Lo: lo, Hi: hi} }
+
+// granted fails the test unless r is a grant with nothing wrong in it.
+func (l *qpLocks) granted(who string, r qpLockReply) {
+	l.t.Helper()
+	for _, b := range r.bad {
+		l.t.Errorf("%s: %s", who, b)
+	}
+	if r.outcome != qpAcked {
+		l.t.Fatalf("%s: %+v", who, r)
+	}
+	l.t.Logf("%s: granted %s %s %d-%d at txid %d", who, r.grant.Mode, r.grant.Domain, r.grant.Lo, r.grant.Hi, r.grant.Txid)
+}
+
+// revokedBefore fails the test unless k gave up its state msgid before
+// then, the moment a conflicting grant came.
+func (l *qpLocks) revokedBefore(who string, k *simKernel, msgid uint64, then time.Time) {
+	l.t.Helper()
+	at, ok := k.lockEnded(msgid)
+	if !ok || at.After(then) {
+		l.t.Errorf("%s: state not given up before the conflicting grant at %v (ended %v, %v)", who, then, at, ok)
+	}
+}
+
+// finish checks every kernel holds nothing and the history against every
+// master's log.
+func (l *qpLocks) finish() {
+	for _, k := range l.c.kernels {
+		if k != nil {
+			k.checkClean()
+		}
+	}
+	l.c.verify(l.began, time.Now())
+}
+
 // TestQuorumLocks: CAC_LOCK through the kernels of three masters. A
 // conflicting request makes the holder's leaf revoke the state (its kernel
 // releases it) and is then granted; compatible states coexist; a kernel
 // that ignores the revoke has its transaction closed by its leaf when the
-// revoke's time is out, before anyone else is granted the keys. Then two ways a kernel could end up believing it
-// holds a state the group no longer records: giving up on a request whose
-// grant comes later, and holding two overlapping grants.
+// revoke's time is out, before anyone else is granted the keys.
 func TestQuorumLocks(t *testing.T) {
 	notShort(t)
 	t.Parallel()
-	c := newQPCluster(t, 3, false, 2*time.Second)
-	began := time.Now()
-	c.waitLeader(20 * time.Second)
-	wait := c.timeout + 3*time.Second
-	lease := 2 * time.Second // newQPCluster's
-	ex := func(lo, hi uint64) cacLock { return cacLock{Domain: cacInum, Mode: cacExclusive, Lo: lo, Hi: hi} }
-	sh := func(lo, hi uint64) cacLock { return cacLock{Domain: cacInum, Mode: cacShared, Lo: lo, Hi: hi} }
-	granted := func(who string, r qpLockReply) {
-		t.Helper()
-		for _, b := range r.bad {
-			t.Errorf("%s: %s", who, b)
-		}
-		if r.outcome != qpAcked {
-			t.Fatalf("%s: %+v", who, r)
-		}
-		t.Logf("%s: granted %s %s %d-%d at txid %d", who, r.grant.Mode, r.grant.Domain, r.grant.Lo, r.grant.Hi, r.grant.Txid)
-	}
-	revokedBefore := func(who string, k *simKernel, msgid uint64, then time.Time) {
-		t.Helper()
-		at, ok := k.lockEnded(msgid)
-		if !ok || at.After(then) {
-			t.Errorf("%s: state not given up before the conflicting grant at %v (ended %v, %v)", who, then, at, ok)
-		}
-	}
+	l := newQPLocks(t)
+	c := l.c
 
 	// m1 holds INUM 5 (granted as its aligned block 0-15).
-	g1 := c.lockUntil(0, ex(5, 5), 10*time.Second)
-	granted("m1 EXCLUSIVE INUM 5", g1)
+	g1 := c.lockUntil(0, qpEx(5, 5), 10*time.Second)
+	l.granted("m1 EXCLUSIVE INUM 5", g1)
 	if g1.grant.Lo != 0 || g1.grant.Hi != 15 {
 		t.Errorf("m1's grant %d-%d, want the aligned block 0-15", g1.grant.Lo, g1.grant.Hi)
 	}
 	// m2 asks for 15: m1's kernel is asked to release, does, and m2 gets it.
-	g2 := c.kernel(1).cacLockReq(ex(15, 15), wait)
-	granted("m2 EXCLUSIVE INUM 15 over m1's", g2)
-	revokedBefore("m1", c.kernel(0), g1.msgid, g2.at)
+	g2 := c.kernel(1).cacLockReq(qpEx(15, 15), l.wait)
+	l.granted("m2 EXCLUSIVE INUM 15 over m1's", g2)
+	l.revokedBefore("m1", c.kernel(0), g1.msgid, g2.at)
 	if g2.grant.Txid <= g1.grant.Txid {
 		t.Errorf("m2's grant at txid %d, not after m1's %d", g2.grant.Txid, g1.grant.Txid)
 	}
 	// Another domain is independent: no revoke.
 	rv := c.kernel(1).revokes
-	ga := c.kernel(0).cacLockReq(cacLock{Domain: cacAttr, Mode: cacExclusive, Lo: 15, Hi: 15}, wait)
-	granted("m1 EXCLUSIVE ATTR 15 (m2 holds INUM only)", ga)
+	ga := c.kernel(0).cacLockReq(cacLock{Domain: cacAttr, Mode: cacExclusive, Lo: 15, Hi: 15}, l.wait)
+	l.granted("m1 EXCLUSIVE ATTR 15 (m2 holds INUM only)", ga)
 	if c.kernel(1).revokes != rv {
 		t.Errorf("m2 was asked to revoke for a request in another domain")
 	}
 	c.kernel(0).cacRelease(ga.msgid)
 	// SHARED over m2's EXCLUSIVE: revoked; then SHARED beside SHARED.
-	s3 := c.kernel(2).cacLockReq(sh(14, 14), wait)
-	granted("m3 SHARED INUM 14 over m2's EXCLUSIVE", s3)
-	revokedBefore("m2", c.kernel(1), g2.msgid, s3.at)
+	s3 := c.kernel(2).cacLockReq(qpSh(14, 14), l.wait)
+	l.granted("m3 SHARED INUM 14 over m2's EXCLUSIVE", s3)
+	l.revokedBefore("m2", c.kernel(1), g2.msgid, s3.at)
 	rv3 := c.kernel(2).revokes
-	s1 := c.kernel(0).cacLockReq(sh(14, 14), wait)
-	granted("m1 SHARED INUM 14 beside m3's", s1)
+	s1 := c.kernel(0).cacLockReq(qpSh(14, 14), l.wait)
+	l.granted("m1 SHARED INUM 14 beside m3's", s1)
 	if c.kernel(2).revokes != rv3 {
 		t.Errorf("m3 was asked to revoke a SHARED state for another SHARED request")
 	}
@@ -1975,8 +2005,8 @@ func TestQuorumLocks(t *testing.T) {
 	k3.mu.Unlock()
 	c.kernel(0).cacRelease(s1.msgid)
 	asked := time.Now()
-	g4 := c.kernel(1).cacLockReq(ex(14, 14), lease+wait)
-	granted("m2 EXCLUSIVE INUM 14 over m3's stubborn SHARED", g4)
+	g4 := c.kernel(1).cacLockReq(qpEx(14, 14), l.lease+l.wait)
+	l.granted("m2 EXCLUSIVE INUM 14 over m3's stubborn SHARED", g4)
 	waitEventOK(5*time.Second, func() (bool, string) { _, ok := k3.lockEnded(s3.msgid); return ok, "" }, k3)
 	if at, ok := k3.lockEnded(s3.msgid); !ok {
 		t.Errorf("m3's state was never closed by its leaf (5s after m2's grant)")
@@ -1992,6 +2022,18 @@ func TestQuorumLocks(t *testing.T) {
 	k3.ignoreRevoke = false
 	k3.mu.Unlock()
 	c.kernel(1).cacRelease(g4.msgid)
+	l.finish()
+}
+
+// TestQuorumLocksKernelMistakes: ways a kernel could end up believing it
+// holds a state the group no longer records: giving up on a request
+// whose grant comes later, and holding two overlapping grants; and a
+// kernel that downgrades instead of releasing.
+func TestQuorumLocksKernelMistakes(t *testing.T) {
+	notShort(t)
+	t.Parallel()
+	l := newQPLocks(t)
+	c := l.c
 
 	// A kernel gives up on a request at once (DELETE right behind the
 	// CREATE): whatever the group decides, nobody holds it afterwards, so
@@ -2001,7 +2043,7 @@ func TestQuorumLocks(t *testing.T) {
 	id := k1.allocID()
 	k1.ours[id] = "lock"
 	k1.mu.Unlock()
-	abandoned := ex(100, 100)
+	abandoned := qpEx(100, 100)
 	k1.send(Msg{Header: Header{Cmd: CmdCacLock | kFlagCreate, MsgID: id}, Ext: abandoned.marshal()},
 		Msg{Header: Header{Cmd: kOwnDelete, MsgID: id}})
 	k1.mu.Lock()
@@ -2012,10 +2054,10 @@ func TestQuorumLocks(t *testing.T) {
 	// the kernel's side shows: the decision takes a raft round (tick
 	// 100 ms, one commit on loopback), and five ticks are left for it.
 	time.Sleep(500 * time.Millisecond)
-	asked = time.Now()
-	r := c.lockUntil(1, ex(100, 100), 6*time.Second)
-	granted("m2 EXCLUSIVE INUM 100 after m1's kernel abandoned it", r)
-	if took := r.at.Sub(asked); took >= lease {
+	asked := time.Now()
+	r := c.lockUntil(1, qpEx(100, 100), 6*time.Second)
+	l.granted("m2 EXCLUSIVE INUM 100 after m1's kernel abandoned it", r)
+	if took := r.at.Sub(asked); took >= l.lease {
 		t.Errorf("m2 waited %v for INUM 100 that nobody holds; m1's table: %s", took, c.locksOf(0))
 	}
 	c.kernel(1).cacRelease(r.msgid)
@@ -2023,14 +2065,14 @@ func TestQuorumLocks(t *testing.T) {
 	// One kernel, two overlapping requests: each transaction is its own
 	// holder, so the second revokes the first, and releasing either never
 	// frees the other's keys.
-	a := c.lockUntil(0, ex(200, 200), 10*time.Second)
-	granted("m1 EXCLUSIVE INUM 200", a)
-	b := c.kernel(0).cacLockReq(ex(200, 200), wait)
-	granted("m1's second EXCLUSIVE INUM 200", b)
-	revokedBefore("m1's first", c.kernel(0), a.msgid, b.at)
-	m2 := c.kernel(1).cacLockReq(ex(200, 200), wait)
-	granted("m2 EXCLUSIVE INUM 200", m2)
-	revokedBefore("m1's second", c.kernel(0), b.msgid, m2.at)
+	a := c.lockUntil(0, qpEx(200, 200), 10*time.Second)
+	l.granted("m1 EXCLUSIVE INUM 200", a)
+	b := c.kernel(0).cacLockReq(qpEx(200, 200), l.wait)
+	l.granted("m1's second EXCLUSIVE INUM 200", b)
+	l.revokedBefore("m1's first", c.kernel(0), a.msgid, b.at)
+	m2 := c.kernel(1).cacLockReq(qpEx(200, 200), l.wait)
+	l.granted("m2 EXCLUSIVE INUM 200", m2)
+	l.revokedBefore("m1's second", c.kernel(0), b.msgid, m2.at)
 	c.kernel(1).cacRelease(m2.msgid)
 
 	// A writer in the way of a reader may stay a reader: the revoke says
@@ -2040,10 +2082,10 @@ func TestQuorumLocks(t *testing.T) {
 	kd.mu.Lock()
 	kd.downgrade = true
 	kd.mu.Unlock()
-	w := c.lockUntil(0, ex(300, 300), 10*time.Second)
-	granted("m1 EXCLUSIVE INUM 300", w)
-	rd := c.kernel(1).cacLockReq(sh(300, 300), wait)
-	granted("m2 SHARED INUM 300 over m1's EXCLUSIVE", rd)
+	w := c.lockUntil(0, qpEx(300, 300), 10*time.Second)
+	l.granted("m1 EXCLUSIVE INUM 300", w)
+	rd := c.kernel(1).cacLockReq(qpSh(300, 300), l.wait)
+	l.granted("m2 SHARED INUM 300 over m1's EXCLUSIVE", rd)
 	// m1's SHARED grant comes on m1's kernel link, m2's on m2's: either
 	// may arrive first.
 	waitEventOK(5*time.Second, func() (bool, string) {
@@ -2064,10 +2106,5 @@ func TestQuorumLocks(t *testing.T) {
 	}
 	kd.cacRelease(w.msgid)
 	c.kernel(1).cacRelease(rd.msgid)
-	for _, k := range c.kernels {
-		if k != nil {
-			k.checkClean()
-		}
-	}
-	c.verify(began, time.Now())
+	l.finish()
 }

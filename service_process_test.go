@@ -358,14 +358,19 @@ func svcSpanSet(v svcLeafView) string {
 
 // ---- the tests ----
 
-// TestServiceLine: s1 - s2 - s3, a leaf at each end. Each leaf sees the
-// other's PFS at dist 3 (the leaf's span is dist 0 at its service and each
-// relay adds one: s1->s2 1, s2->s3 2, s3->leaf 3). Killing s2 withdraws
-// both within the dead-peer bound; restarting it brings them back. Then:
-// a SIGTERMed s2 withdraws them at once, and killing and restarting s3,
-// b's own service, takes b's spans away and back.
-func TestServiceLine(t *testing.T) {
-	t.Parallel()
+// svcLine is s1 - s2 - s3, a leaf at each end (a on s1, b on s3), up:
+// each leaf sees the other's PFS at dist 3 (the leaf's span is dist 0 at
+// its service and each relay adds one: s1->s2 1, s2->s3 2, s3->leaf 3).
+type svcLine struct {
+	s      [3]*svcNode
+	a, b   *leafNode
+	leaves []*leafNode // a, b
+	peers  []*leafNode // the other end's: b, a
+	linked func(i int, v svcLeafView) bool
+}
+
+func newSvcLine(t *testing.T) *svcLine {
+	t.Helper()
 	s1, s2, s3 := newSvcNode(t, "s1", daemonOpts{}), newSvcNode(t, "s2", daemonOpts{}), newSvcNode(t, "s3", daemonOpts{})
 	svcLinkBoth(s2, s1)
 	svcLinkBoth(s2, s3)
@@ -375,16 +380,26 @@ func TestServiceLine(t *testing.T) {
 	s2.start()
 	startLeafOn(a, s1)
 	startLeafOn(b, s3)
-	leaves, peers := []*leafNode{a, b}, []*leafNode{b, a}
+	ln := &svcLine{s: [3]*svcNode{s1, s2, s3}, a: a, b: b, leaves: []*leafNode{a, b}, peers: []*leafNode{b, a}}
 	// Exactly one span of the other's PFS, at dist 3, and no span of
 	// one's own PFS (split horizon at the service).
-	linked := func(i int, v svcLeafView) bool {
-		sp := v.of(peers[i])
-		return v.backboneUp() && len(sp) == 1 && sp[0].Dist == 3 && len(v.of(leaves[i])) == 0
+	ln.linked = func(i int, v svcLeafView) bool {
+		sp := v.of(ln.peers[i])
+		return v.backboneUp() && len(sp) == 1 && sp[0].Dist == 3 && len(v.of(ln.leaves[i])) == 0
 	}
-	began := time.Now()
-	took := svcWaitEach(t, began, 15*time.Second, "each end leaf sees the other's PFS at dist 3", leaves, linked)
+	took := svcWaitEach(t, time.Now(), 15*time.Second, "each end leaf sees the other's PFS at dist 3", ln.leaves, ln.linked)
 	t.Logf("spans across the line: a after %v, b after %v", took[0].Round(time.Millisecond), took[1].Round(time.Millisecond))
+	return ln
+}
+
+// TestServiceLine: on the line, each leaf's span of the other is exact.
+// Killing s2 withdraws both within the dead-peer bound; restarting it
+// brings them back. A SIGTERMed s2 withdraws them at once.
+func TestServiceLine(t *testing.T) {
+	t.Parallel()
+	ln := newSvcLine(t)
+	s1, s2, s3, leaves, peers, linked := ln.s[0], ln.s[1], ln.s[2], ln.leaves, ln.peers, ln.linked
+	var took []time.Duration
 	for i, n := range leaves {
 		v := svcView(n)
 		sp := v.of(peers[i])[0]
@@ -462,13 +477,20 @@ func TestServiceLine(t *testing.T) {
 	}
 	s2.start()
 	svcWaitEach(t, time.Now(), 10*time.Second, "spans back after s2 started again", leaves, linked)
+}
 
+// TestServiceLineEndKilled: on the line, killing and restarting s3, b's
+// own service, takes b's spans away and back.
+func TestServiceLineEndKilled(t *testing.T) {
+	t.Parallel()
+	ln := newSvcLine(t)
+	s3, b, leaves, peers, linked := ln.s[2], ln.b, ln.leaves, ln.peers, ln.linked
 	// kill -9 the end service b uses: b's backbone breaks at once (its
 	// Unix socket closes) and every span it had goes with it; a loses b's
 	// span when s2 notices s3 is gone. Restarted, s3 takes b back.
 	s3.kill9()
-	killed = time.Now()
-	took = svcWaitEach(t, killed, 8*time.Second, "spans gone after kill -9 of b's service", leaves,
+	killed := time.Now()
+	took := svcWaitEach(t, killed, 8*time.Second, "spans gone after kill -9 of b's service", leaves,
 		func(i int, v svcLeafView) bool {
 			if i == 1 {
 				return !v.backboneUp() && len(v.Spans) == 0
@@ -482,7 +504,7 @@ func TestServiceLine(t *testing.T) {
 			took[0].Round(time.Millisecond), took[1].Round(time.Millisecond))
 	}
 	s3.start()
-	restarted = time.Now()
+	restarted := time.Now()
 	took = svcWaitEach(t, restarted, 10*time.Second, "spans back at dist 3 after s3 restarted", leaves, linked)
 	t.Logf("after s3 restarted: a had b's span again after %v, b had a's after %v",
 		took[0].Round(time.Millisecond), took[1].Round(time.Millisecond))
