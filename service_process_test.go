@@ -363,7 +363,6 @@ func svcSpanSet(v svcLeafView) string {
 // its service and each relay adds one: s1->s2 1, s2->s3 2, s3->leaf 3).
 type svcLine struct {
 	s      [3]*svcNode
-	a, b   *leafNode
 	leaves []*leafNode // a, b
 	peers  []*leafNode // the other end's: b, a
 	linked func(i int, v svcLeafView) bool
@@ -380,7 +379,7 @@ func newSvcLine(t *testing.T) *svcLine {
 	s2.start()
 	startLeafOn(a, s1)
 	startLeafOn(b, s3)
-	ln := &svcLine{s: [3]*svcNode{s1, s2, s3}, a: a, b: b, leaves: []*leafNode{a, b}, peers: []*leafNode{b, a}}
+	ln := &svcLine{s: [3]*svcNode{s1, s2, s3}, leaves: []*leafNode{a, b}, peers: []*leafNode{b, a}}
 	// Exactly one span of the other's PFS, at dist 3, and no span of
 	// one's own PFS (split horizon at the service).
 	ln.linked = func(i int, v svcLeafView) bool {
@@ -484,7 +483,8 @@ func TestServiceLine(t *testing.T) {
 func TestServiceLineEndKilled(t *testing.T) {
 	t.Parallel()
 	ln := newSvcLine(t)
-	s3, b, leaves, peers, linked := ln.s[2], ln.b, ln.leaves, ln.peers, ln.linked
+	s3, leaves, peers, linked := ln.s[2], ln.leaves, ln.peers, ln.linked
+	b := leaves[1]
 	// kill -9 the end service b uses: b's backbone breaks at once (its
 	// Unix socket closes) and every span it had goes with it; a loses b's
 	// span when s2 notices s3 is gone. Restarted, s3 takes b back.
