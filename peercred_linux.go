@@ -6,6 +6,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"net"
 
 	"github.com/vishvananda/netlink"
@@ -33,14 +34,32 @@ func unixPeerCred(c *net.UnixConn) (uid, gid, pid int, err error) {
 
 // tcpPeerUID is the owner of the peer's end of a loopback TCP connection:
 // the socket whose source is the peer's address and whose destination is
-// ours.
+// ours, while a process still holds it open.
+//
+// sock_diag reports uid 0 for a socket no process holds any more: one in
+// TIME_WAIT, or in FIN_WAIT2 after close(), which the kernel keeps as a
+// timewait entry without an owner (inode 0). A peer that connects, writes
+// and closes at once would so pass for root while its bytes wait in our
+// receive buffer; such a socket's owner is unknown here, and the caller
+// makes the link unprivileged. The library's lookup is a dump filtered by
+// ports only and returns the first socket it gets: an answer for any
+// other socket is refused the same way.
 func tcpPeerUID(local, remote *net.TCPAddr) (int, string, error) {
+	const via = "sock_diag"
 	s, err := netlink.SocketGet(remote, local)
 	if err != nil {
-		return -1, "sock_diag", err
+		return -1, via, err
 	}
 	if s == nil {
-		return -1, "sock_diag", errors.New("no such socket")
+		return -1, via, errors.New("no such socket")
 	}
-	return int(s.UID), "sock_diag", nil
+	id := s.ID
+	if int(id.SourcePort) != remote.Port || int(id.DestinationPort) != local.Port ||
+		!id.Source.Equal(remote.IP) || !id.Destination.Equal(local.IP) {
+		return -1, via, fmt.Errorf("answered for another socket (%s:%d to %s:%d)", id.Source, id.SourcePort, id.Destination, id.DestinationPort)
+	}
+	if s.INode == 0 {
+		return -1, via, fmt.Errorf("the peer's socket is closed (TCP state %d): its owner is unknown", s.State)
+	}
+	return int(s.UID), via, nil
 }
