@@ -21,6 +21,9 @@ import (
 // beside the process tests they got a sixth of a core each and took ten
 // times their own time, and the daemons' timers they starved made the
 // process tests slower and flakier.
+//
+// In the parallel phase the long tests go first: zz_long_test.go says how
+// their place in the list does it.
 
 // testParallelPerCPU is how many parallel tests run at once per core:
 // most of them wait on daemons' timers (dead-peer bounds, commit

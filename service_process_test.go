@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -782,69 +781,6 @@ func (m *svcMesh) converge(phase string, since time.Time, within time.Duration) 
 	return took
 }
 
-// TestLongServiceRing (a long test): five services in a ring, a leaf on each. Every leaf
-// sees the four other PFSs, each once, at its shortest-path dist (hops+1),
-// and the result is stable: no endless churn. Then the ring is disturbed:
-// a leaf is killed (its span, withdrawn, chases its tail around the loop
-// until the dist cap ends it), a service is killed (the ring becomes a
-// line), and that service comes back. Each time the spans converge again,
-// none is ever seen above the cap, and they then stay put.
-func TestLongServiceRing(t *testing.T) {
-	longTest(t)
-	t.Parallel()
-	const n = 5
-	m := &svcMesh{t: t, maxDist: map[int]uint32{}}
-	for i := range n {
-		// A 2s QUIC bound: ten processes on two cores under -race must
-		// not drop links for want of a keepalive, which would look like churn.
-		m.svcs = append(m.svcs, newSvcNode(t, fmt.Sprintf("r%d", i), daemonOpts{RemoteDeadAfter: "2s"}))
-		m.leaves = append(m.leaves, newSvcLeaf(t, fmt.Sprintf("l%d", i), PFSInfo{}))
-		m.svcUp = append(m.svcUp, true)
-		m.leafUp = append(m.leafUp, true)
-	}
-	for i := range n {
-		svcLinkBoth(m.svcs[i], m.svcs[(i+1)%n])
-		m.edges = append(m.edges, [2]int{i, (i + 1) % n})
-	}
-	for _, s := range m.svcs {
-		s.start()
-	}
-	for i, l := range m.leaves {
-		startLeafOn(l, m.svcs[i])
-	}
-	m.converge("ring of 5", time.Now(), 20*time.Second)
-	for _, l := range m.leaves { // converged: each sees the n-1 others
-		t.Logf("%s sees:\n%s", l.name, svcSpanSet(svcView(l)))
-	}
-
-	// A leaf dies: its service withdraws its span at once (the Unix
-	// socket closes), and the stale copies going round the ring must die
-	// out at the dist cap.
-	m.maxDist = map[int]uint32{}
-	m.leaves[0].kill9()
-	m.leafUp[0] = false
-	m.converge("leaf l0 killed", time.Now(), 15*time.Second)
-	t.Logf("highest dist at which a leaf was seen holding l0's withdrawn span: %d (0: none sampled)", m.maxDist[0])
-
-	// A service dies: the ring is a line r3 - r4 - r0 - r1, and its leaf's
-	// span goes with it. Its neighbours notice in remote_dead_after (2s).
-	m.svcs[2].kill9()
-	m.svcUp[2] = false
-	took := m.converge("service r2 killed", time.Now(), 15*time.Second)
-	if took > 2*time.Second+3*time.Second {
-		t.Errorf("the ring took %v to reroute around the killed r2; want <= remote_dead_after (2s) + 3s", took.Round(time.Millisecond))
-	}
-
-	// It comes back (same key, same ports): its leaf redials it and the
-	// ring is whole again.
-	m.svcs[2].start()
-	m.svcUp[2] = true
-	took = m.converge("service r2 restarted", time.Now(), 15*time.Second)
-	if took > 5*time.Second {
-		t.Errorf("the ring took %v to heal after r2 restarted; want <= 5s", took.Round(time.Millisecond))
-	}
-}
-
 // svcLinkedPair starts two linked services (a autoconns to b) with a leaf
 // on each.
 func svcLinkedPair(t *testing.T, la, lb *leafNode) (a, b *svcNode) {
@@ -1032,49 +968,6 @@ func TestServiceShell(t *testing.T) {
 	}
 }
 
-// TestLongServiceShellClientRace: the shell client must not crash when
-// the service's LNK_CONN is read at once, before the client has recorded
-// its link: a race-built client, being slower, opens that window wide. A
-// stress test of 32 race-built sessions: a long test.
-func TestLongServiceShellClientRace(t *testing.T) {
-	longTest(t)
-	t.Parallel()
-	s := newSvcNode(t, "shr", daemonOpts{})
-	s.start()
-	bin := svcRaceBinary(t)
-	var mu sync.Mutex
-	var crashes []string
-	var wg sync.WaitGroup
-	const sessions, workers = 32, 4
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < sessions; i += workers {
-				cmd := exec.Command(bin, "shell", "unix:"+s.sock)
-				cmd.Stdin = strings.NewReader("ping\n")
-				var o, e bytes.Buffer
-				cmd.Stdout, cmd.Stderr = &o, &e
-				timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
-				err := cmd.Run()
-				timer.Stop()
-				if err != nil || strings.Contains(e.String(), "DATA RACE") || !strings.Contains(o.String(), "ping reply") {
-					mu.Lock()
-					crashes = append(crashes, fmt.Sprintf("session %d: %v\nstdout:\n%s\nstderr:\n%s", i, err, o.String(), e.String()))
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if len(crashes) > 0 {
-		t.Errorf("%d of %d race-built `hammer2 shell` sessions failed (crashed, reported a data race, or got no "+
-			"ping reply): the shell's handler must not use its link before the link is complete (NewLink builds it, "+
-			"Start runs its reader). First failure:\n%s",
-			len(crashes), sessions, crashes[0])
-	}
-}
-
 // TestServiceAlreadyRunning: starting a service whose sockets another one
 // holds is success, silent with -q, in the foreground and in the
 // background.
@@ -1215,85 +1108,6 @@ func TestServiceLeafListenNone(t *testing.T) {
 	})
 	if v := svcView(l); len(v.Spans) != 0 {
 		t.Errorf("the --listen none leaf shows spans from a node it should not have accepted: %v", v.Spans)
-	}
-}
-
-// TestLongServiceConnectRace (a long test): a client whose LNK_CONN is already waiting when
-// the service accepts it (a leaf sends it at once) must not crash the
-// service. The service runs race-built, which is slower and so opens the
-// window between NewLink starting the link's reader and the service
-// recording the link; a leaf on it gives the router a span to relay to
-// each new connection at once. It is a stress test: against addLink as it
-// was at a0da3a7 (link published before NewLink returned) it failed in
-// every run on two cores; a correct service never fails it.
-func TestLongServiceConnectRace(t *testing.T) {
-	longTest(t)
-	// Not parallel: it loads the CPU on purpose, which must not skew the
-	// other tests' timings; in the sequential phase (schedule_test.go)
-	// it has the machine to itself.
-	s := newSvcNode(t, "cr", daemonOpts{})
-	s.bin = svcRaceBinary(t)
-	s.env = []string{"GOMAXPROCS=8"} // more threads to run a new link's reader at once
-	a := newSvcLeaf(t, "ra", PFSInfo{})
-	s.start()
-	startLeafOn(a, s)
-	svcWaitEach(t, time.Now(), 10*time.Second, "the leaf's backbone up", []*leafNode{a},
-		func(_ int, v svcLeafView) bool { return v.backboneUp() })
-
-	const sessions, workers = 320, 8
-	var mu sync.Mutex
-	var failures []string
-	var wg sync.WaitGroup
-	// CPU contention, as on a loaded node: the service's threads get
-	// descheduled at arbitrary points, such as just after NewLink has
-	// started a link's reader.
-	stopBurn := make(chan struct{})
-	var burners sync.WaitGroup
-	for range 4 {
-		burners.Add(1)
-		go func() {
-			defer burners.Done()
-			x := 0
-			for {
-				select {
-				case <-stopBurn:
-					return
-				default:
-				}
-				for i := range 100000 {
-					x += i
-				}
-			}
-		}()
-	}
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < sessions; i += workers {
-				if err := svcProbeConn(s.sock, a.info.Fsid); err != nil {
-					mu.Lock()
-					failures = append(failures, fmt.Sprintf("session %d: %v", i, err))
-					mu.Unlock()
-				}
-				if !s.running() {
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(stopBurn)
-	burners.Wait()
-	log := s.logText()
-	crashed := !s.running()
-	if crashed || strings.Contains(log, "WARNING: DATA RACE") || strings.Contains(log, "panic:") {
-		t.Errorf("the service %s with %d clients sending LNK_CONN at once (failed sessions: %d): a link's "+
-			"handlers ran before the service had recorded the link (the svcLink must be complete before "+
-			"its reader starts); see the service's log below",
-			map[bool]string{true: "crashed", false: "reported a data race or panic"}[crashed], sessions, len(failures))
-	} else if len(failures) > 0 {
-		t.Errorf("%d of %d client sessions failed: %v", len(failures), sessions, failures)
 	}
 }
 
