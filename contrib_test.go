@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -12,8 +13,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/alecthomas/kong"
+	"golang.org/x/sys/unix"
 )
 
 // unitDirectives reads a systemd unit file's key=value lines.
@@ -149,9 +152,46 @@ run_rc_command() {
 }
 `
 
-// rcScript runs contrib/rc.d/<name> with sh (dash on Debian: POSIX sh
-// only) against the rc.subr stand-in, with env as its rc.conf.
-func rcScript(t *testing.T, name string, env []string, args ...string) (string, int) {
+// rcHost runs the contrib/rc.d scripts of one test as DragonFly's rc
+// would, under an init that reaps: its scripts run under an rc-init role
+// (roleRCInit), which the daemons they start in the background are
+// reparented to, and which reaps each the moment it exits. A script's
+// stop waits with kill -0 until its daemon is gone; under this sandbox's
+// PID 1, which reaps about once a second, that took up to a second a
+// daemon, and under a container's `go test` as PID 1, which never reaps,
+// it would run into the script's 20 s bound.
+type rcHost struct {
+	t    *testing.T
+	init *roleProc
+	dir  string // the test's directory: the config, PFSs and sockets
+	cfg  string
+	pids []int // every daemon a script reported, killed at the end
+}
+
+// newRCHost starts a test's rc-init and writes a config for the daemons
+// its scripts start (no QUIC listener, no backbone).
+func newRCHost(t *testing.T) *rcHost {
+	t.Helper()
+	h := &rcHost{t: t, dir: shortTempDir(t)}
+	h.cfg = filepath.Join(h.dir, "h2.toml")
+	if err := os.WriteFile(h.cfg, []byte(fmt.Sprintf("key_dir = %q\nlisten = \"none\"\nbackbone = \"none\"\n", filepath.Join(h.dir, "keys"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.init = startRole(t, "rc-init", -1)
+	t.Cleanup(func() {
+		h.init.stop()
+		for _, p := range h.pids {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+	})
+	return h
+}
+
+// script runs contrib/rc.d/<name> with sh (dash on Debian: POSIX sh
+// only) against the rc.subr stand-in, with env as its rc.conf, and
+// returns its output and exit status.
+func (h *rcHost) script(name string, env []string, args ...string) (string, int) {
+	t := h.t
 	t.Helper()
 	dir := t.TempDir()
 	subr := filepath.Join(dir, "rc.subr")
@@ -169,44 +209,113 @@ func rcScript(t *testing.T, name string, env []string, args ...string) (string, 
 	if err := os.WriteFile(script, []byte(strings.Replace(string(b), "/etc/rc.subr", subr, 1)), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("sh", append([]string{script}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	code := 0
+	wd, err := os.Getwd()
 	if err != nil {
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) {
-			t.Fatal(err)
-		}
-		code = ee.ExitCode()
-	}
-	return string(out), code
-}
-
-// rcEnv is a config for daemons the rc.d tests start (no QUIC listener,
-// no backbone) and a cleanup that kills every pid pidsIn saw, should the
-// test fail before stopping them.
-func rcEnv(t *testing.T) (dir, cfg string, pidsIn func(string) []int) {
-	t.Helper()
-	dir = shortTempDir(t)
-	cfg = filepath.Join(dir, "h2.toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("key_dir = %q\nlisten = \"none\"\nbackbone = \"none\"\n", filepath.Join(dir, "keys"))), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var pids []int
-	t.Cleanup(func() {
-		for _, p := range pids {
-			_ = syscall.Kill(p, syscall.SIGKILL)
+	req, err := json.Marshal(rcRun{Args: append([]string{"sh", script}, args...), Env: append(os.Environ(), env...), Dir: wd, Out: filepath.Join(dir, "out")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fmt.Fprintf(h.init.stdin, "%s\n", req); err != nil {
+		t.Fatalf("rc-init: %v", err)
+	}
+	var done rcDone
+	if line := h.init.line(60 * time.Second); json.Unmarshal([]byte(line), &done) != nil || done.Err != "" {
+		t.Fatalf("rc-init running %s %v: %s", name, args, line)
+	}
+	return done.Out, done.Code
+}
+
+// pidsIn is the pids of the "running as pid N" lines of a script's
+// output, which the cleanup kills should the test fail before stopping
+// them.
+func (h *rcHost) pidsIn(out string) []int {
+	var ps []int
+	for _, m := range regexp.MustCompile(`running as pid (\d+)`).FindAllStringSubmatch(out, -1) {
+		p, _ := strconv.Atoi(m[1])
+		ps = append(ps, p)
+	}
+	h.pids = append(h.pids, ps...)
+	return ps
+}
+
+// rcRun is one script for rc-init to run: argv, environment, working
+// directory, and the file its output goes to (a file, not a pipe, which a
+// daemon started in the background might keep open).
+type rcRun struct {
+	Args, Env []string
+	Dir, Out  string
+}
+
+// rcDone is how it went: the output and exit status, or why it could not
+// run.
+type rcDone struct {
+	Out  string
+	Code int
+	Err  string
+}
+
+// roleRCInit is the rc-init role: a subreaper that runs each rcRun line
+// of its stdin and answers it with an rcDone line, reaping every child
+// while it waits, its own script's and the adopted daemons' alike.
+func roleRCInit() error {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("PR_SET_CHILD_SUBREAPER: %w", err)
+	}
+	sc := bufio.NewScanner(os.Stdin)
+	sc.Buffer(nil, 1<<20)
+	enc := json.NewEncoder(os.Stdout)
+	for sc.Scan() {
+		var r rcRun
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			return err
 		}
-	})
-	return dir, cfg, func(out string) []int {
-		var ps []int
-		for _, m := range regexp.MustCompile(`running as pid (\d+)`).FindAllStringSubmatch(out, -1) {
-			p, _ := strconv.Atoi(m[1])
-			ps = append(ps, p)
+		out, code, err := rcInitRun(r)
+		done := rcDone{Out: out, Code: code}
+		if err != nil {
+			done.Err = err.Error()
 		}
-		pids = append(pids, ps...)
-		return ps
+		if err := enc.Encode(done); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+// rcInitRun runs r and reaps children until r's own process has exited.
+func rcInitRun(r rcRun) (string, int, error) {
+	out, err := os.Create(r.Out)
+	if err != nil {
+		return "", -1, err
+	}
+	defer out.Close()
+	path, err := exec.LookPath(r.Args[0])
+	if err != nil {
+		return "", -1, err
+	}
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		return "", -1, err
+	}
+	defer null.Close()
+	p, err := os.StartProcess(path, r.Args, &os.ProcAttr{Dir: r.Dir, Env: r.Env, Files: []*os.File{null, out, out}})
+	if err != nil {
+		return "", -1, err
+	}
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, 0, nil)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if err != nil {
+			return "", -1, fmt.Errorf("wait: %w", err)
+		}
+		if pid == p.Pid {
+			b, err := os.ReadFile(r.Out)
+			return string(b), ws.ExitStatus(), err
+		}
 	}
 }
 
@@ -217,28 +326,29 @@ func rcEnv(t *testing.T) (dir, cfg string, pidsIn func(string) []int) {
 func TestRcdService(t *testing.T) {
 	t.Parallel()
 	bin := h2Binary(t)
-	dir, cfg, pidsIn := rcEnv(t)
+	rc := newRCHost(t)
+	dir, cfg := rc.dir, rc.cfg
 	sock := filepath.Join(dir, "svc.sock")
 	env := []string{"hammer2_service_enable=YES", "hammer2_service_program=" + bin, "hammer2_service_config=" + cfg,
 		"hammer2_service_flags=--unix " + sock + " --tcp none --listen none", "hammer2_service_pidfile=" + filepath.Join(dir, "svc.pid")}
-	if out, code := rcScript(t, "hammer2_service", env, "start"); code != 0 || !strings.Contains(out, "running in the background") {
+	if out, code := rc.script("hammer2_service", env, "start"); code != 0 || !strings.Contains(out, "running in the background") {
 		t.Fatalf("start: exit %d:\n%s", code, out)
 	}
-	out, code := rcScript(t, "hammer2_service", env, "status")
-	ps := pidsIn(out)
+	out, code := rc.script("hammer2_service", env, "status")
+	ps := rc.pidsIn(out)
 	if code != 0 || len(ps) != 1 {
 		t.Fatalf("status: exit %d:\n%s", code, out)
 	}
-	if out, code := rcScript(t, "hammer2_service", env, "start"); code != 0 || !strings.Contains(out, "already running") {
+	if out, code := rc.script("hammer2_service", env, "start"); code != 0 || !strings.Contains(out, "already running") {
 		t.Errorf("a second start: exit %d, want 0 saying it runs:\n%s", code, out)
 	}
-	if out, code := rcScript(t, "hammer2_service", env, "stop"); code != 0 || procAlive(ps[0]) {
+	if out, code := rc.script("hammer2_service", env, "stop"); code != 0 || procAlive(ps[0]) {
 		t.Errorf("stop: exit %d, pid %d alive %v:\n%s", code, ps[0], procAlive(ps[0]), out)
 	}
-	if out, code := rcScript(t, "hammer2_service", env, "status"); code == 0 {
+	if out, code := rc.script("hammer2_service", env, "status"); code == 0 {
 		t.Errorf("status after stop: exit 0:\n%s", out)
 	}
-	if out, _ := rcScript(t, "hammer2_service", []string{"hammer2_service_enable=NO", "hammer2_service_program=" + bin}, "start"); !strings.Contains(out, "not enabled") {
+	if out, _ := rc.script("hammer2_service", []string{"hammer2_service_enable=NO", "hammer2_service_program=" + bin}, "start"); !strings.Contains(out, "not enabled") {
 		t.Errorf("start when not enabled:\n%s", out)
 	}
 }
@@ -250,7 +360,8 @@ func TestRcdService(t *testing.T) {
 func TestRcdLeaf(t *testing.T) {
 	t.Parallel()
 	bin := h2Binary(t)
-	dir, cfg, pidsIn := rcEnv(t)
+	rc := newRCHost(t)
+	dir, cfg := rc.dir, rc.cfg
 	var pfss []string
 	for i := range 2 {
 		p := filepath.Join(dir, fmt.Sprintf("pfs%d", i+1))
@@ -261,26 +372,26 @@ func TestRcdLeaf(t *testing.T) {
 	}
 	env := []string{"hammer2_leaf_enable=YES", "hammer2_leaf_program=" + bin, "hammer2_leaf_config=" + cfg,
 		"hammer2_leaf_pfs=" + strings.Join(pfss, " ")}
-	if out, code := rcScript(t, "hammer2_leaf", env, "faststart"); code != 0 || strings.Count(out, "running in the background") != 2 {
+	if out, code := rc.script("hammer2_leaf", env, "faststart"); code != 0 || strings.Count(out, "running in the background") != 2 {
 		t.Fatalf("start: exit %d:\n%s", code, out)
 	}
-	out, code := rcScript(t, "hammer2_leaf", env, "status")
-	ps := pidsIn(out)
+	out, code := rc.script("hammer2_leaf", env, "status")
+	ps := rc.pidsIn(out)
 	if code != 0 || len(ps) != 2 || ps[0] == ps[1] {
 		t.Fatalf("status: exit %d, pids %v:\n%s", code, ps, out)
 	}
 	// A second start refuses each running leaf (the pid file), exit 1.
-	if out, code := rcScript(t, "hammer2_leaf", env, "start"); code == 0 || strings.Count(out, "already running") != 2 {
+	if out, code := rc.script("hammer2_leaf", env, "start"); code == 0 || strings.Count(out, "already running") != 2 {
 		t.Errorf("a second start: exit %d:\n%s", code, out)
 	}
 	// One PFS named after the command: only it stops.
-	if out, code := rcScript(t, "hammer2_leaf", env, "stop", pfss[0]); code != 0 || procAlive(ps[0]) || !procAlive(ps[1]) {
+	if out, code := rc.script("hammer2_leaf", env, "stop", pfss[0]); code != 0 || procAlive(ps[0]) || !procAlive(ps[1]) {
 		t.Errorf("stop %s: exit %d, alive %v %v:\n%s", pfss[0], code, procAlive(ps[0]), procAlive(ps[1]), out)
 	}
-	if out, code := rcScript(t, "hammer2_leaf", env, "status"); code == 0 || !strings.Contains(out, pfss[0]+" is not running") {
+	if out, code := rc.script("hammer2_leaf", env, "status"); code == 0 || !strings.Contains(out, pfss[0]+" is not running") {
 		t.Errorf("status with one stopped: exit %d:\n%s", code, out)
 	}
-	if out, code := rcScript(t, "hammer2_leaf", env, "stop"); code != 0 || procAlive(ps[1]) {
+	if out, code := rc.script("hammer2_leaf", env, "stop"); code != 0 || procAlive(ps[1]) {
 		t.Errorf("stop: exit %d:\n%s", code, out)
 	}
 }

@@ -177,6 +177,8 @@ func runTestRole(role string) int {
 		err = roleFaultEcho()
 	case "fault-probe":
 		err = roleFaultProbe()
+	case "rc-init":
+		err = roleRCInit()
 	case "config-default":
 		// The machine's config at H2_PATH, as a user who may not read it.
 		c, lerr := loadConfigAt("", os.Getenv("H2_PATH"))
