@@ -261,16 +261,92 @@ func shortTempDir(t testing.TB) string {
 }
 
 var (
-	portsMu sync.Mutex
-	portsOK = map[string]bool{} // "udp/port", "tcp/port"
+	portsMu   sync.Mutex
+	portsOK   = map[string]bool{} // "udp/port", "tcp/port"
+	portsNext int                 // where freePort looks next, below the ephemeral range
 )
 
 // freeUDPPort picks a free UDP port on 127.0.0.1, never the same one twice
 // in a test run, so that parallel tests do not collide.
 func freeUDPPort(t testing.TB) int { return freePort(t, "udp") }
 
+// Daemons are given ports below the kernel's ephemeral range, which it
+// never hands out on its own. A port it had handed out (a listener on
+// port 0, closed again) could be taken by any outgoing connection or QUIC
+// socket of the parallel tests before the daemon bound it: a service
+// then failed to start, its port "held by another program" (twice in
+// some fifty runs of -short). The range's start comes from
+// net.ipv4.ip_local_port_range; the pick starts at a place of this
+// process's own so that two runs at once seldom meet, and binding checks
+// that the port is free.
+const (
+	portsLow       = 10000 // above the well-known and registered services that a test machine may run
+	ephemeralFirst = 32768 // Linux's default start of the ephemeral range
+)
+
 // freePort is freeUDPPort for network "udp" or "tcp".
 func freePort(t testing.TB, network string) int {
+	t.Helper()
+	hi := ephemeralStart()
+	if hi-portsLow < 1000 {
+		return freeEphemeralPort(t, network)
+	}
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	if portsNext == 0 {
+		portsNext = portsLow + os.Getpid()%(hi-portsLow)
+	}
+	for range hi - portsLow {
+		port := portsNext
+		if portsNext++; portsNext >= hi {
+			portsNext = portsLow
+		}
+		key := fmt.Sprintf("%s/%d", network, port)
+		if portsOK[key] || !portFree(network, port) {
+			continue
+		}
+		portsOK[key] = true
+		return port
+	}
+	t.Fatalf("no free %s port in %d-%d", network, portsLow, hi-1)
+	return 0
+}
+
+// ephemeralStart is the first port of the kernel's ephemeral range.
+func ephemeralStart() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return ephemeralFirst
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil || lo <= 0 {
+		return ephemeralFirst
+	}
+	return lo
+}
+
+// portFree reports whether port can be bound on 127.0.0.1 now.
+func portFree(network string, port int) bool {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	if network == "udp" {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return false
+		}
+		pc.Close()
+		return true
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
+}
+
+// freeEphemeralPort is a port the kernel picks, for a machine whose
+// ephemeral range leaves little below it.
+func freeEphemeralPort(t testing.TB, network string) int {
 	t.Helper()
 	for range 50 {
 		var port int
