@@ -489,6 +489,21 @@ func (c *qpCluster) readyAgain(i int, failed, deadline time.Time) {
 	})
 }
 
+// commitsRound commits n times before any fault, through each master in
+// turn from first; every commit must be acknowledged.
+func (c *qpCluster) commitsRound(first, n int) []*qpOp {
+	c.t.Helper()
+	var acked []*qpOp
+	for i := range n {
+		op := c.commit((first + i) % c.n)
+		if op.r.outcome != qpAcked {
+			c.t.Fatalf("commit before any fault: %v", op)
+		}
+		acked = append(acked, op)
+	}
+	return acked
+}
+
 // commitUntil retries commits through master i until one is acknowledged,
 // for at most d; nil if none was. After a failure it waits for the master
 // to show a quorum again before the next try.

@@ -190,14 +190,7 @@ func TestLongQuorumSnapshot(t *testing.T) {
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 2*time.Second)
 	leader := c.waitLeader(20 * time.Second)
-	var acked []*qpOp
-	for i := range 6 {
-		op := c.commit((leader + i) % 3)
-		if op.r.outcome != qpAcked {
-			t.Fatalf("commit before any fault: %v", op)
-		}
-		acked = append(acked, op)
-	}
+	acked := c.commitsRound(leader, 6)
 	// A cache state held at the save: the restored group drops it.
 	ex5 := cacLock{Domain: cacInum, Mode: cacExclusive, Lo: 5, Hi: 5}
 	if g := c.lockUntil(leader, ex5, 10*time.Second); g.outcome != qpAcked {
@@ -593,14 +586,7 @@ func TestLongQuorumRecover(t *testing.T) {
 	t.Parallel()
 	c := newQPCluster(t, 3, false, 2*time.Second)
 	leader := c.waitLeader(20 * time.Second)
-	var acked []*qpOp
-	for i := range 6 {
-		op := c.commit((leader + i) % 3)
-		if op.r.outcome != qpAcked {
-			t.Fatalf("commit before any fault: %v", op)
-		}
-		acked = append(acked, op)
-	}
+	acked := c.commitsRound(leader, 6)
 	c.waitCaughtUp(15 * time.Second)
 
 	// The leader and one follower are lost for good.
