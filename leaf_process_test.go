@@ -302,7 +302,10 @@ func freePort(t testing.TB, network string) int {
 			portsNext = portsLow
 		}
 		key := fmt.Sprintf("%s/%d", network, port)
-		if portsOK[key] || !portFree(network, port) {
+		if portsOK[key] {
+			continue
+		}
+		if _, err := bindPort(network, port); err != nil {
 			continue
 		}
 		portsOK[key] = true
@@ -325,23 +328,24 @@ func ephemeralStart() int {
 	return lo
 }
 
-// portFree reports whether port can be bound on 127.0.0.1 now.
-func portFree(network string, port int) bool {
+// bindPort binds port on 127.0.0.1 (0: one the kernel picks), closes it
+// again, and returns the port it had.
+func bindPort(network string, port int) (int, error) {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	if network == "udp" {
 		pc, err := net.ListenPacket("udp", addr)
 		if err != nil {
-			return false
+			return 0, err
 		}
-		pc.Close()
-		return true
+		defer pc.Close()
+		return pc.LocalAddr().(*net.UDPAddr).Port, nil
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return false
+		return 0, err
 	}
-	ln.Close()
-	return true
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // freeEphemeralPort is a port the kernel picks, for a machine whose
@@ -349,21 +353,9 @@ func portFree(network string, port int) bool {
 func freeEphemeralPort(t testing.TB, network string) int {
 	t.Helper()
 	for range 50 {
-		var port int
-		if network == "udp" {
-			pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			port = pc.LocalAddr().(*net.UDPAddr).Port
-			pc.Close()
-		} else {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			port = ln.Addr().(*net.TCPAddr).Port
-			ln.Close()
+		port, err := bindPort(network, 0)
+		if err != nil {
+			t.Fatal(err)
 		}
 		key := fmt.Sprintf("%s/%d", network, port)
 		portsMu.Lock()
