@@ -63,7 +63,15 @@ func roleBinary(t testing.TB) string {
 	return roleBinPath
 }
 
+// copyFile copies the executable from to to, with mode. It holds
+// syscall.ForkLock for reading from open to close, so that no fork of
+// this process happens while the copy is open for writing: a child
+// forked then holds the descriptor until its exec, and any exec of the
+// copy meanwhile fails with "text file busy" (golang/go#22315), as one
+// of the tests' did, the role binary copied while a daemon was forked.
 func copyFile(from, to string, mode os.FileMode) error {
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
 	in, err := os.Open(from)
 	if err != nil {
 		return err
