@@ -23,7 +23,14 @@ import (
 // process tests slower and flakier.
 //
 // In the parallel phase the long tests go first: zz_long_test.go says how
-// their place in the list does it.
+// their place in the list does it. A parallel test's own subtests run one
+// after the other in its slot, not as parallel subtests: go test hands
+// out slots in the order tests ask for them, every top-level test asks at
+// the start of the phase, and a parallel subtest asks only once its
+// parent's body has returned, so it waits behind the whole suite (the
+// CLI scripts, run that way, were the last second and a half of every
+// -short run). Subtests that must run together belong to a test of the
+// sequential phase (spread).
 
 // testParallelPerCPU is how many parallel tests run at once per core:
 // most of them wait on daemons' timers (dead-peer bounds, commit

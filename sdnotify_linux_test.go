@@ -96,8 +96,9 @@ func TestProcessSystemdNotify(t *testing.T) {
 	t.Parallel()
 	const watchdog = 400 * time.Millisecond
 	for _, kind := range []string{"leaf", "service"} {
+		// One after the other, in this test's slot: parallel subtests
+		// would start only after the whole suite (schedule_test.go).
 		t.Run(kind, func(t *testing.T) {
-			t.Parallel()
 			sock, msgs := sdSocket(t)
 			env := []string{"NOTIFY_SOCKET=" + sock, fmt.Sprintf("WATCHDOG_USEC=%d", watchdog.Microseconds())}
 			var d *daemonProc

@@ -813,8 +813,9 @@ func TestServiceSameClid(t *testing.T) {
 		{"same label", "shared", "shared"},
 		{"labels differ", "pfs-x", "pfs-y"},
 	} {
+		// One after the other, in this test's slot: parallel subtests
+		// would start only after the whole suite (schedule_test.go).
 		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
 			clid := NewUUID()
 			la := newSvcLeaf(t, "x", PFSInfo{Label: tc.labelA, Clid: clid, Type: PFSMaster})
 			lb := newSvcLeaf(t, "y", PFSInfo{Label: tc.labelB, Clid: clid, Type: PFSSlave})
