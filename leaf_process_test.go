@@ -56,6 +56,7 @@ func (r testRun) Run() int {
 	flag.Parse()
 	setupSchedule() // schedule_test.go
 	raceQuickExit()
+	restoreTmpdir := scratchOnTmpfs() // scratch_linux_test.go
 	code := r.m.Run()
 	if h2BuildDir != "" {
 		os.RemoveAll(h2BuildDir)
@@ -66,6 +67,7 @@ func (r testRun) Run() int {
 	if roleBinPath != "" {
 		os.RemoveAll(filepath.Dir(roleBinPath))
 	}
+	restoreTmpdir()
 	// Every goroutine a test started is owned by something the test shut
 	// down: none may outlive the tests.
 	if code == 0 {
