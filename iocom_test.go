@@ -491,9 +491,8 @@ func TestLinkCircuitFlags(t *testing.T) {
 	}
 }
 
-func TestLinkDeadPeer(t *testing.T) {
-	// Not parallel: it times the link against its own bounds, which a
-	// machine busy with the parallel tests would blur.
+// timerLinkDeadPeer is run by TestTimers (schedule_test.go).
+func timerLinkDeadPeer(t *testing.T) {
 	ca, cb := socketPair(t)
 	cfg := quietConfig("a", nil)
 	cfg.PingInterval = 10 * time.Millisecond
@@ -547,9 +546,8 @@ func TestLinkShutdownSendsDeletes(t *testing.T) {
 	waitDone(t, a)
 }
 
-func TestLinkBackPressure(t *testing.T) {
-	// Not parallel: it times the link against its own bounds, which a
-	// machine busy with the parallel tests would blur.
+// timerLinkBackPressure is run by TestTimers (schedule_test.go).
+func timerLinkBackPressure(t *testing.T) {
 	ca, _ := socketPair(t) // nobody reads the other end
 	cfg := quietConfig("a", nil)
 	cfg.SendQueueBytes = 256 << 10

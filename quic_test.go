@@ -322,9 +322,8 @@ func TestQuicBadPreamble(t *testing.T) {
 	}
 }
 
-func TestQuicDeadPeer(t *testing.T) {
-	// Not parallel: it times the link against its own bounds, which a
-	// machine busy with the parallel tests would blur.
+// timerQuicDeadPeer is run by TestTimers (schedule_test.go).
+func timerQuicDeadPeer(t *testing.T) {
 	ctx := testCtx(t, 10*time.Second)
 	const deadAfter = 400 * time.Millisecond // above quic-go's floor of three PTOs (~100 ms on loopback)
 	ka, kb := newTestKey(t), newTestKey(t)
@@ -350,9 +349,8 @@ func TestQuicDeadPeer(t *testing.T) {
 	}
 }
 
-func TestQuicStatelessReset(t *testing.T) {
-	// Not parallel: it times the link against its own bounds, which a
-	// machine busy with the parallel tests would blur.
+// timerQuicStatelessReset is run by TestTimers (schedule_test.go).
+func timerQuicStatelessReset(t *testing.T) {
 	ctx := testCtx(t, 15*time.Second)
 	// Idle timeout far beyond the assertion: only a reset can be this fast.
 	cfg := QuicConfig{DeadAfter: 20 * time.Second, KeepAlive: 200 * time.Millisecond}
@@ -452,9 +450,8 @@ func runRedialer(t *testing.T, r *Redialer) <-chan *QuicLink {
 	return links
 }
 
-func TestRedialerBackoffThenConnect(t *testing.T) {
-	// Not parallel: it times the link against its own bounds, which a
-	// machine busy with the parallel tests would blur.
+// timerRedialerBackoffThenConnect is run by TestTimers (schedule_test.go).
+func timerRedialerBackoffThenConnect(t *testing.T) {
 	ctx := testCtx(t, 15*time.Second)
 	ka, kb := newTestKey(t), newTestKey(t)
 	// DeadAfter bounds each attempt at the silent port (a failed attempt

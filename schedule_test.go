@@ -32,6 +32,32 @@ import (
 // -short run). Subtests that must run together belong to a test of the
 // sequential phase (spread).
 
+// TestTimers runs, in the sequential phase, the link tests that spend
+// their run waiting on the link's own timers with the CPU idle: a dead
+// peer's silence, a QUIC idle timeout, a stateless reset drawn by a
+// keep-alive, a redial's backoff, a send queue that never drains. They
+// run together, and with nothing else: one after the other they were
+// 1.6 s of a 10 s -short run, together they take the longest one's time.
+// The timing tests that keep the CPU busy (a pacer, a window growing
+// under bulk) stay top-level tests of their own.
+func TestTimers(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		f    func(t *testing.T)
+	}{
+		{"LinkDeadPeer", timerLinkDeadPeer},         // iocom_test.go
+		{"LinkBackPressure", timerLinkBackPressure}, // iocom_test.go
+		{"QuicDeadPeer", timerQuicDeadPeer},         // quic_test.go
+		{"QuicStatelessReset", timerQuicStatelessReset},
+		{"RedialerBackoffThenConnect", timerRedialerBackoffThenConnect},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.f(t)
+		})
+	}
+}
+
 // testParallelPerCPU is how many parallel tests run at once per core:
 // most of them wait on daemons' timers (dead-peer bounds, commit
 // timeouts, redials), not on the CPU, so as many as cores (go test's
