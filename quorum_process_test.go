@@ -36,12 +36,12 @@ package main
 // from a grant's arrival to the release being sent; and no grant may come
 // while a majority is cut off.
 //
-// TestLongQuorumChaos runs ~15 s with 3 masters in CI's long run. A longer run:
+// TestLong/QuorumChaos runs ~15 s with 3 masters in CI's long run. A longer run:
 //
-//	H2_QUORUM_CHAOS_SECONDS=120 H2_QUORUM_MASTERS=5 go test -count=1 -run 'QuorumChaos' -v -timeout 20m .
+//	H2_QUORUM_CHAOS_SECONDS=120 H2_QUORUM_MASTERS=5 go test -count=1 -run 'TestLong/QuorumChaos' -v -timeout 20m .
 //
 // (H2_QUORUM_SEED reproduces a run's fault schedule.) Results of such runs
-// are in the comment above TestLongQuorumChaos (zz_long_test.go).
+// are in the comment above longQuorumChaos (a_long_test.go).
 
 import (
 	"crypto/sha256"

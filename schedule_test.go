@@ -22,8 +22,7 @@ import (
 // times their own time, and the daemons' timers they starved made the
 // process tests slower and flakier.
 //
-// In the parallel phase the long tests go first: zz_long_test.go says how
-// their place in the list does it. A parallel test's own subtests run one
+// In the parallel phase the long tests go first: a_long_test.go says how. A parallel test's own subtests run one
 // after the other in its slot, not as parallel subtests: go test hands
 // out slots in the order tests ask for them, every top-level test asks at
 // the start of the phase, and a parallel subtest asks only once its
@@ -65,11 +64,19 @@ func TestTimers(t *testing.T) {
 const testParallelPerCPU = 6
 
 // setupSchedule sets go test's -parallel, unless the command line did;
-// called by TestMain once the flags are parsed, before the tests run.
+// called by TestMain once the flags are parsed, before the tests run. In
+// a full run TestLong (a_long_test.go) holds one slot and runs
+// longAtOnce tests in it, so the others get that many fewer slots and
+// the machine runs as many tests at once either way.
 func setupSchedule() {
-	if !flagSet("test.parallel") {
-		_ = flag.Set("test.parallel", strconv.Itoa(testParallelPerCPU*runtime.GOMAXPROCS(0)))
+	if flagSet("test.parallel") {
+		return
 	}
+	n := testParallelPerCPU * runtime.GOMAXPROCS(0)
+	if !testing.Short() {
+		n = max(n-(longAtOnce-1), 1)
+	}
+	_ = flag.Set("test.parallel", strconv.Itoa(n))
 }
 
 // spread runs f(t, i) for i in [0, n) as one parallel subtest per core,

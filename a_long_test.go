@@ -17,24 +17,64 @@ import (
 )
 
 // The long tests: stress and chaos runs that take more than a few seconds
-// each (TestLong* by name). They run in every full run, in parallel with
-// the rest (the plain `go test -race ./...` stays within about 30 s of
-// package time on two cores), and are skipped under -short.
-// TestLongQuorumChaos reads H2_QUORUM_CHAOS_SECONDS and H2_QUORUM_MASTERS
-// for longer campaigns. The fault campaign, TestLongFaults, runs only when
-// asked (H2_FAULTS_SECONDS) and lives with its harness in faults_test.go.
+// each. They run in every full run, in parallel with the rest (the plain
+// `go test -race ./...` stays within about 30 s of package time on two
+// cores), and are skipped under -short. TestLong/QuorumChaos reads
+// H2_QUORUM_CHAOS_SECONDS and H2_QUORUM_MASTERS for longer campaigns.
+// Two more are top-level tests of their own: TestLongServiceConnectRace
+// (below), which loads the CPU on purpose in the sequential phase, and the
+// fault campaign, TestLongFaults, which runs only when asked
+// (H2_FAULTS_SECONDS) and lives with its harness in faults_test.go.
 //
-// Why they are all here, in a file named to sort last: the full run ends
-// when its longest test does, so the long tests must start first in the
-// parallel phase (schedule_test.go), and go test starts the paused tests
-// roughly last-declared first. It lists tests file by file in name order;
-// when the sequential phase ends it wakes them all at once, and the Go
-// runtime runs the woken ones newest first, each core taking its own run
-// from the end of its half of the list. Declared last, the long tests
-// take most of the first slots, the longest (declared at the very end)
-// first; their helpers stay beside the subsystem each one tests. Started
-// anywhere else, the 15 s chaos run began a third of the way into the
-// phase and the run ended on it, 4 to 6 s later.
+// The full run ends when its longest test does, so the long tests must
+// start first in the parallel phase (schedule_test.go). go test gives no
+// say in the order: once the sequential phase ends it wakes every paused
+// test at once, and each takes a slot when the Go runtime happens to run
+// it. Eight long tests among two hundred, each a test of its own, got
+// their slots anywhere in the phase: in one -race run the 15 s chaos run
+// started 13 s into it, and the run ended 12 s later than it had to. So
+// TestLong runs them all, each a subtest in a goroutine of its own: not
+// parallel subtests (go test would start those last, schedule_test.go),
+// but subtests that start as soon as TestLong has its one slot, longAtOnce
+// of them at a time. One test among two hundred still gets its slot when
+// the runtime says, but early slots turn over within a second or two (most
+// tests take milliseconds), so it waits that long at most in practice, not
+// a third of the phase.
+
+// TestLong runs the long tests (see above), the longest first, at most
+// longAtOnce at a time. Run one alone with -run 'TestLong/QuorumChaos'.
+func TestLong(t *testing.T) {
+	longTest(t)
+	t.Parallel()
+	lanes := make(chan struct{}, longAtOnce)
+	var wg sync.WaitGroup
+	for _, lt := range []struct {
+		name string
+		f    func(t *testing.T)
+	}{
+		{"QuorumChaos", longQuorumChaos},
+		{"ServiceRing", longServiceRing},
+		{"QuorumCatchUpLargeBatch", longQuorumCatchUpLargeBatch},
+		{"QuorumRecover", longQuorumRecover},
+		{"QuorumMembership", longQuorumMembership},
+		{"QuorumMajorityLoss", longQuorumMajorityLoss},
+		{"QuorumSnapshot", longQuorumSnapshot},
+		{"ServiceShellClientRace", longServiceShellClientRace},
+	} {
+		lanes <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-lanes }()
+			t.Run(lt.name, lt.f)
+		})
+	}
+	wg.Wait()
+}
+
+// longAtOnce is how many long tests run at once: the chaos run's 15 s
+// and the rest's 50-odd seconds on three more lanes end together, and
+// with the -parallel slots the other tests get (setupSchedule) the suite
+// keeps as many tests going as it did when each long test took a slot.
+const longAtOnce = 4
 
 // longTest skips t under -short.
 func longTest(t *testing.T) {
@@ -132,13 +172,11 @@ func TestLongServiceConnectRace(t *testing.T) {
 	}
 }
 
-// TestLongServiceShellClientRace: the shell client must not crash when
+// longServiceShellClientRace: the shell client must not crash when
 // the service's LNK_CONN is read at once, before the client has recorded
 // its link: a race-built client, being slower, opens that window wide. A
 // stress test of 32 race-built sessions: a long test.
-func TestLongServiceShellClientRace(t *testing.T) {
-	longTest(t)
-	t.Parallel()
+func longServiceShellClientRace(t *testing.T) {
 	s := newSvcNode(t, "shr", daemonOpts{})
 	s.start()
 	bin := svcRaceBinary(t)
@@ -175,7 +213,7 @@ func TestLongServiceShellClientRace(t *testing.T) {
 	}
 }
 
-// TestLongQuorumSnapshot: three masters commit; `quorum snapshot save` on
+// longQuorumSnapshot: three masters commit; `quorum snapshot save` on
 // a follower, right after the last acknowledgement, copies the group's
 // state through the running leaf (its read barrier brings it level).
 // Every master is then lost. `restore` refuses a PFS that holds a group,
@@ -185,9 +223,7 @@ func TestLongServiceShellClientRace(t *testing.T) {
 // (the old holders are gone with the old group) and commits again at
 // txids above every earlier one; and every commit acknowledged before the save is in each
 // restored master's log at the txid it was acknowledged with.
-func TestLongQuorumSnapshot(t *testing.T) {
-	longTest(t)
-	t.Parallel()
+func longQuorumSnapshot(t *testing.T) {
 	c := newQPCluster(t, 3, false, 2*time.Second)
 	leader := c.waitLeader(20 * time.Second)
 	acked := c.commitsRound(leader, 6)
@@ -315,7 +351,7 @@ func TestLongQuorumSnapshot(t *testing.T) {
 	}
 }
 
-// TestLongQuorumMembership: a fourth MASTER of the cluster, not among the
+// longQuorumMembership: a fourth MASTER of the cluster, not among the
 // founders in quorum.masters, whose node key the members trust, asks to
 // join; the leader adds it as a learner, catches it up and promotes it,
 // and it commits through its own kernel. A fifth, whose key nobody
@@ -324,9 +360,7 @@ func TestLongQuorumSnapshot(t *testing.T) {
 // the fourth's. An operator's `hammer2 quorum remove` takes the fourth
 // out again, and the leader does not add it back although its span is
 // still there.
-func TestLongQuorumMembership(t *testing.T) {
-	longTest(t)
-	t.Parallel()
+func longQuorumMembership(t *testing.T) {
 	c := newQPCluster(t, 3, false, 3*time.Second)
 	leader := c.waitLeader(20 * time.Second)
 
@@ -467,15 +501,13 @@ func TestLongQuorumMembership(t *testing.T) {
 	}
 }
 
-// TestLongQuorumMajorityLoss: three masters, commit_timeout 2s. With the
+// longQuorumMajorityLoss: three masters, commit_timeout 2s. With the
 // leader killed the other two still commit; with a second killed the last
 // one's commits fail (0x25 or 0x26) within commit_timeout and never
 // succeed; with both back (same PFS directories: the group's state is in
 // their bbolt files) commits succeed again with txids above every earlier
 // one.
-func TestLongQuorumMajorityLoss(t *testing.T) {
-	longTest(t)
-	t.Parallel()
+func longQuorumMajorityLoss(t *testing.T) {
 	c := newQPCluster(t, 3, false, 2*time.Second)
 	began := time.Now()
 	leader := c.waitLeader(20 * time.Second)
@@ -573,7 +605,7 @@ func TestLongQuorumMajorityLoss(t *testing.T) {
 	}
 }
 
-// TestLongQuorumRecover: three masters, two lost for good (kill -9, their
+// longQuorumRecover: three masters, two lost for good (kill -9, their
 // quorum.db deleted). The survivor alone commits nothing; `hammer2 quorum
 // recover` refuses while its leaf runs, and with the leaf stopped makes
 // the survivor the whole group. Restarted, it commits alone, and every
@@ -581,9 +613,7 @@ func TestLongQuorumMajorityLoss(t *testing.T) {
 // acknowledged with. A lost master that comes back empty (its
 // quorum.masters makes it found a group of its own) is not stepped by
 // the survivor, which keeps committing.
-func TestLongQuorumRecover(t *testing.T) {
-	longTest(t)
-	t.Parallel()
+func longQuorumRecover(t *testing.T) {
 	c := newQPCluster(t, 3, false, 2*time.Second)
 	leader := c.waitLeader(20 * time.Second)
 	acked := c.commitsRound(leader, 6)
@@ -666,16 +696,14 @@ func TestLongQuorumRecover(t *testing.T) {
 	t.Logf("the survivor's log: %d..%d committed, %d acknowledged commits checked", lg.first, lg.commit, len(acked))
 }
 
-// TestLongServiceRing (a long test): five services in a ring, a leaf on each. Every leaf
+// longServiceRing: five services in a ring, a leaf on each. Every leaf
 // sees the four other PFSs, each once, at its shortest-path dist (hops+1),
 // and the result is stable: no endless churn. Then the ring is disturbed:
 // a leaf is killed (its span, withdrawn, chases its tail around the loop
 // until the dist cap ends it), a service is killed (the ring becomes a
 // line), and that service comes back. Each time the spans converge again,
 // none is ever seen above the cap, and they then stay put.
-func TestLongServiceRing(t *testing.T) {
-	longTest(t)
-	t.Parallel()
+func longServiceRing(t *testing.T) {
 	const n = 5
 	m := &svcMesh{t: t, maxDist: map[int]uint32{}}
 	for i := range n {
@@ -729,14 +757,12 @@ func TestLongServiceRing(t *testing.T) {
 	}
 }
 
-// TestLongQuorumCatchUpLargeBatch (a long test): a master that was down while large commits
+// longQuorumCatchUpLargeBatch: a master that was down while large commits
 // went by must catch up when it comes back. The leader sends it the
 // missing entries in batches of up to raft's MaxSizePerMsg, one raft
 // message per QRM_RAFT dmsg message; with entries sized so that a batch
 // fills MaxSizePerMsg, the encoded message is over the aux limit.
-func TestLongQuorumCatchUpLargeBatch(t *testing.T) {
-	longTest(t)
-	t.Parallel()
+func longQuorumCatchUpLargeBatch(t *testing.T) {
 	size, per := qpBatchPayload(t)
 	c := newQPCluster(t, 3, false, 2*time.Second)
 	began := time.Now()
@@ -775,7 +801,7 @@ func TestLongQuorumCatchUpLargeBatch(t *testing.T) {
 	c.verify(began, time.Now())
 }
 
-// TestLongQuorumChaos (a long test): masters each on a service of their own, the services
+// longQuorumChaos: masters each on a service of their own, the services
 // in a full mesh; on each master's kernel link one client commits in a
 // loop and another takes and releases cache states on a few hot keys,
 // while masters are killed and restarted and cut off (their service
@@ -811,9 +837,7 @@ func TestLongQuorumCatchUpLargeBatch(t *testing.T) {
 // held conflicting cache states at once, none was granted during a
 // majority loss, and every master committed again within 65 ms of the
 // repair.
-func TestLongQuorumChaos(t *testing.T) {
-	longTest(t)
-	t.Parallel()
+func longQuorumChaos(t *testing.T) {
 	secs := qpEnvInt(t, "H2_QUORUM_CHAOS_SECONDS", 15)
 	n := qpEnvInt(t, "H2_QUORUM_MASTERS", 3)
 	if n != 3 && n != 5 {
