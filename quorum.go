@@ -593,6 +593,22 @@ func (n *quorumNode) resubmit() {
 	n.queued = keep
 }
 
+// FastForwardElection moves raft's election clock to one tick short of
+// its election timeout, as etcd does when a member starts with its peers
+// in reach (--initial-election-tick-advance): the first election then
+// comes 1 to 11 ticks later instead of 10 to 20. The driver calls it once,
+// on a follower that knows no leader; PreVote and CheckQuorum keep an
+// early campaign from disturbing a group that has one. The node's own
+// clock (request deadlines, contact) does not move.
+func (n *quorumNode) FastForwardElection() {
+	if n.err != nil {
+		return
+	}
+	for range n.cfg.ElectionTicks - 1 {
+		n.rn.Tick()
+	}
+}
+
 // Tick advances the logical clock by one tick.
 func (n *quorumNode) Tick() {
 	if n.err != nil {

@@ -81,8 +81,11 @@ type quorumDriver struct {
 
 	waiters map[uint64]*quorumWaiter // by request id
 	reach   map[uint64]bool          // masters whose span we saw at the last sweep
-	ticks   int
-	sweeps  uint64
+	// forwarded: the election clock was fast-forwarded, or a leader was
+	// known, once this run (fastForwardElection).
+	forwarded bool
+	ticks     int
+	sweeps    uint64
 
 	// joining (quorum_join.go)
 	joins   *quorumJoins      // member: the verified joiners
@@ -161,9 +164,41 @@ func (d *quorumDriver) run(ctx context.Context) {
 // quorumSweepTicks a sweep of the masters' spans.
 func (d *quorumDriver) onTick() {
 	d.node.Tick()
+	d.fastForwardElection()
 	d.cacTick(d.clock.Now())
 	if d.ticks++; d.ticks%quorumSweepTicks == 0 {
 		d.sweepMasters()
+	}
+}
+
+// fastForwardElection fast-forwards the node's election clock once per
+// run (quorumNode.FastForwardElection), as soon as this master is a
+// voter that knows no leader and sees the spans of a majority of the
+// voters, itself counted: a group forming, or a master restarting, then
+// elects about a second sooner (ticks of 100 ms), and a master that saw a
+// leader first never does.
+func (d *quorumDriver) fastForwardElection() {
+	if d.forwarded {
+		return
+	}
+	st := d.node.Status()
+	if st.Leader != 0 {
+		d.forwarded = true
+		return
+	}
+	if !slices.Contains(st.Members, d.self) {
+		return
+	}
+	seen := d.host.masters()
+	reached := 0
+	for _, id := range st.Members {
+		if id == d.self || seen[id] {
+			reached++
+		}
+	}
+	if reached > len(st.Members)/2 {
+		d.forwarded = true
+		d.node.FastForwardElection()
 	}
 }
 
