@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -95,6 +96,7 @@ func (c *DevCmd) Run(env *Env) (err error) {
 
 	var procs []*devProc
 	var wg sync.WaitGroup
+	var notify *net.UnixConn // the service's READY=1 comes here
 	defer func() {
 		// Ctrl-C reaches the children too (one process group); SIGTERM
 		// whatever is left, and wait for all of them.
@@ -102,11 +104,15 @@ func (c *DevCmd) Run(env *Env) (err error) {
 			_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		}
 		wg.Wait()
+		// Open until the service is gone: it says STOPPING=1 there too.
+		if notify != nil {
+			notify.Close()
+		}
 		if !c.Keep {
 			fmt.Fprintf(env.Stdout, "hammer2 dev: stopped; removed %s\n", dir)
 		}
 	}()
-	start := func(name, kind, pfs string, args ...string) (*devProc, error) {
+	start := func(name, kind, pfs string, extraEnv []string, args ...string) (*devProc, error) {
 		p := &devProc{name: name, kind: kind, pfs: pfs, log: filepath.Join(dir, name+".log"), done: make(chan struct{})}
 		lf, err := os.Create(p.log)
 		if err != nil {
@@ -114,6 +120,9 @@ func (c *DevCmd) Run(env *Env) (err error) {
 		}
 		p.cmd = exec.Command(self, append([]string{"-c", cfg, "-d"}, args...)...)
 		p.cmd.Args[0] = "hammer2"
+		if extraEnv != nil {
+			p.cmd.Env = append(os.Environ(), extraEnv...)
+		}
 		p.cmd.Stdout, p.cmd.Stderr = lf, lf
 		if err := p.cmd.Start(); err != nil {
 			lf.Close()
@@ -132,19 +141,26 @@ func (c *DevCmd) Run(env *Env) (err error) {
 		}()
 		return p, nil
 	}
-	svc, err := start("service", "service", "", "service")
+	// The service says when it serves, as it tells systemd (READY=1 on
+	// NOTIFY_SOCKET), and the leaves start then: a leaf started first
+	// finds no socket and waits out a redial backoff, a second or so.
+	if notify, err = devListenNotify(filepath.Join(dir, "notify.sock")); err != nil {
+		return fmt.Errorf("dev: %w", err)
+	}
+	svc, err := start("service", "service", "", []string{"NOTIFY_SOCKET=" + notify.LocalAddr().String()}, "service")
 	if err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
-	// The leaves wait for the service's socket themselves (backbone
-	// redial); they need not be started after it is up.
+	if err := devWaitNotify(ctx, notify, svc); err != nil {
+		return fmt.Errorf("dev: %w (logs in %s)", err, dir)
+	}
 	dev := filepath.Join(dir, "pfs")
 	for _, s := range specs {
 		pdir := filepath.Join(dev, s.name)
 		if err := CreatePFS(pdir, s.info); err != nil {
 			return fmt.Errorf("dev: %w", err)
 		}
-		if _, err := start(s.name, "leaf", pdir, "leaf", pdir); err != nil {
+		if _, err := start(s.name, "leaf", pdir, nil, "leaf", pdir); err != nil {
 			return fmt.Errorf("dev: %w", err)
 		}
 	}
@@ -154,6 +170,43 @@ func (c *DevCmd) Run(env *Env) (err error) {
 	devBanner(env.Stdout, c, dir, cfg, sock, svc, procs)
 	<-ctx.Done()
 	return nil
+}
+
+// devListenNotify is the datagram socket the service reports READY=1 on.
+func devListenNotify(path string) (*net.UnixConn, error) {
+	return net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+}
+
+// devWaitNotify waits for the service's READY=1, or its exit. Its reader
+// ends when Run closes the socket.
+func devWaitNotify(ctx context.Context, notify *net.UnixConn, svc *devProc) error {
+	ready := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := notify.Read(buf)
+			if err != nil {
+				ready <- err
+				return
+			}
+			for _, line := range strings.Split(string(buf[:n]), "\n") {
+				if line == "READY=1" {
+					ready <- nil
+					return
+				}
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, devReadyWait)
+	defer cancel()
+	select {
+	case err := <-ready:
+		return err
+	case <-svc.done:
+		return fmt.Errorf("the service exited while starting; see %s", svc.log)
+	case <-ctx.Done():
+		return fmt.Errorf("the service not ready in %v: %w", devReadyWait, ctx.Err())
+	}
 }
 
 // devWaitReady waits on the leaves' status streams until every leaf has
