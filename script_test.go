@@ -147,6 +147,7 @@ func TestScriptDefaults(t *testing.T) { runScript(t, "defaults") }
 func TestScriptDev(t *testing.T)      { runScript(t, "dev") }
 func TestScriptHealth(t *testing.T)   { runScript(t, "health") }
 func TestScriptPfs(t *testing.T)      { runScript(t, "pfs") }
+func TestScriptService(t *testing.T)  { runScript(t, "service") }
 func TestScriptShell(t *testing.T)    { runScript(t, "shell") }
 
 // runScript runs testdata/script/<name>.txtar as a parallel test.
