@@ -101,7 +101,9 @@ type LinkConfig struct {
 	MaxPeerTrans int
 	// HelloTimeout closes a link whose peer has not said who it is (the
 	// owner calls Hello: an LNK_CONN, or a shell's first line) this long
-	// after the start. Zero: no deadline.
+	// after the start. Zero: no deadline. Until the hello, such a link
+	// sends no keepalive PINGs: whether the peer answers any is known
+	// only from it (SetQuietPeer).
 	HelloTimeout time.Duration
 	// LimitHits, if set, counts the link's closing over a limit, for
 	// the owner's health and metrics (health.go).
@@ -906,6 +908,12 @@ func (l *Link) keepalive(now time.Time) {
 	}
 	if d := l.cfg.DeadAfter; d > 0 && n-l.lastRx.Load() > int64(d) {
 		l.fail(fmt.Errorf("%w for %v", ErrPeerSilent, d))
+		return
+	}
+	if l.cfg.HelloTimeout > 0 && !l.hello.Load() {
+		// Whether the peer answers PINGs at all is known only from its
+		// hello (DragonFly's kernel answers none): a service slow to
+		// read a kernel's LNK_CONN sent it one.
 		return
 	}
 	p := int64(l.cfg.PingInterval)

@@ -202,6 +202,34 @@ func TestLinkPingAndRTT(t *testing.T) {
 	}
 }
 
+// TestLinkNoPingBeforeHello: a link waiting for its peer's hello sends
+// no keepalive PING (the peer may be DragonFly's kernel, which answers
+// none, as the hello will say), and pings as usual once it has it.
+func TestLinkNoPingBeforeHello(t *testing.T) {
+	t.Parallel()
+	ca, cb := socketPair(t)
+	cfg := quietConfig("a", nil)
+	cfg.PingInterval = 10 * time.Millisecond
+	cfg.HelloTimeout = 30 * time.Second
+	a := startLink(ca, cfg)
+	defer a.Close()
+	p := &rawPeer{tb: t, c: cb}
+	// The peer says something, as a kernel's LNK_CONN would, and then
+	// nothing: a link that pinged before the hello would have sent one
+	// within a ping interval; 30 intervals without one is the bound.
+	p.send(Msg{Header: Header{Cmd: CmdDbgShell}})
+	_ = cb.SetReadDeadline(time.Now().Add(30 * cfg.PingInterval))
+	if m, err := p.readRaw(); err == nil {
+		t.Fatalf("before the hello the link sent %s", CmdString(m.Cmd))
+	}
+	a.Hello()
+	_ = cb.SetReadDeadline(time.Now().Add(5 * time.Second))
+	m, err := p.readRaw()
+	if err != nil || m.Cmd&(maskBaseCmd|FlagReply) != CmdLnkPing {
+		t.Fatalf("after the hello: %s, %v; want a PING", CmdString(m.Cmd), err)
+	}
+}
+
 // rawPeer speaks dmsg by hand, to send what a real link never would.
 type rawPeer struct {
 	tb   testing.TB
@@ -218,8 +246,13 @@ func (p *rawPeer) send(m Msg) {
 }
 
 func (p *rawPeer) read() (Msg, error) {
-	var hdr [HdrMax]byte
 	p.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	return p.readRaw()
+}
+
+// readRaw reads one message within whatever read deadline the caller set.
+func (p *rawPeer) readRaw() (Msg, error) {
+	var hdr [HdrMax]byte
 	if _, err := io.ReadFull(p.c, hdr[:HdrSize]); err != nil {
 		return Msg{}, err
 	}
