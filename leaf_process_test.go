@@ -782,11 +782,18 @@ func TestProcessKillAndRestartPeer(t *testing.T) {
 	if n := b.status().spansOf(a); n != 1 {
 		t.Errorf("b has %d spans of a after the restart, want 1", n)
 	}
+}
 
-	// The accepting side notices a killed dialer just as fast.
+// TestProcessKillAndRestartDialer: the accepting side notices a killed
+// dialer as fast as the dialer notices a killed peer, and the restarted
+// dialer links again. (A test of its own beside
+// TestProcessKillAndRestartPeer: each waits out remote_dead_after once.)
+func TestProcessKillAndRestartDialer(t *testing.T) {
+	t.Parallel()
+	a, b := startPair(t, daemonOpts{})
 	a.kill9()
-	killed = time.Now()
-	_, at = b.waitStatusSince(killed, 10*time.Second, "the killed a's inbound link and span gone", func(s procStatus) bool {
+	killed := time.Now()
+	_, at := b.waitStatusSince(killed, 10*time.Second, "the killed a's inbound link and span gone", func(s procStatus) bool {
 		return s.inboundUp() == 0 && s.spansOf(a) == 0
 	})
 	if took := at.Sub(killed); took > killNoticedWithin {
