@@ -685,9 +685,10 @@ func (n *leafNode) waitKernel(d time.Duration, state string) {
 
 func TestSimKernelHandshake(t *testing.T) {
 	t.Parallel()
-	// dead_after 1s: the silence below outlasts it, so a leaf that timed
-	// out a silent kernel link would drop this one.
-	a := newLeafNode(t, "a", daemonOpts{DeadAfter: "1s"})
+	// dead_after 400ms, ping_interval 100ms: the silence below outlasts
+	// them, so a leaf that timed out a silent kernel link would drop this
+	// one.
+	a := newLeafNode(t, "a", daemonOpts{DeadAfter: "400ms", PingInterval: "100ms"})
 	a.start()
 	k := dialSimKernel(t, "k", a.pfs, devicePFSes(a))
 	k.waitHandshake(5 * time.Second)
@@ -715,8 +716,9 @@ func TestSimKernelHandshake(t *testing.T) {
 	// The kernel never PINGs and answers none: the link must stay up on
 	// silence, and the leaf must not expect PING answers from it. Nothing
 	// happening is the point, so this is a window, not a wait for an
-	// event: dead_after (1s) and six ping intervals (250ms) pass in it.
-	time.Sleep(1500 * time.Millisecond)
+	// event: dead_after (400ms) passes in it twice over, and eight ping
+	// intervals (100ms).
+	time.Sleep(800 * time.Millisecond)
 	if err, gone := k.waitEOF(0); gone {
 		t.Fatalf("the leaf dropped a silent kernel link: %v\n%s", err, k.dump())
 	}
