@@ -333,6 +333,9 @@ func longQuorumSnapshot(t *testing.T) {
 		after = append(after, op)
 	}
 
+	// The last acknowledgement came from one master; the others learn its
+	// commit a heartbeat later, and stopAll stops them all at once.
+	c.waitCaughtUp(10 * time.Second)
 	c.stopAll()
 	for i, n := range fresh {
 		lg, err := qpReadLog(n.pfs)
