@@ -321,16 +321,7 @@ func longQuorumSnapshot(t *testing.T) {
 	}
 	var after []*qpOp
 	for i := range c.n {
-		op := c.commitUntil(i, 20*time.Second)
-		if op == nil {
-			t.Fatalf("no commit through restored r%d within 20s:%s", i+1, qpFmtStatuses(c.statuses()))
-		}
-		for _, a := range acked {
-			if op.r.txid <= a.r.txid {
-				t.Errorf("after the restore txid %d, not above %d acknowledged before", op.r.txid, a.r.txid)
-			}
-		}
-		after = append(after, op)
+		after = append(after, c.commitAfter(i, 20*time.Second, "restored", acked))
 	}
 
 	// The last acknowledgement came from one master; the others learn its
@@ -648,16 +639,7 @@ func longQuorumRecover(t *testing.T) {
 	}
 	t.Logf("m%d: %s", s+1, strings.TrimSpace(out))
 	c.restartMaster(s)
-	op := c.commitUntil(s, 20*time.Second)
-	if op == nil {
-		t.Fatalf("no commit through the recovered m%d within 20s:%s", s+1, qpFmtStatuses(c.statuses()))
-	}
-	for _, a := range acked {
-		if op.r.txid <= a.r.txid {
-			t.Errorf("after the recovery txid %d, not above %d acknowledged before", op.r.txid, a.r.txid)
-		}
-	}
-	acked = append(acked, op)
+	acked = append(acked, c.commitAfter(s, 20*time.Second, "recovered", acked))
 	if st, err := qpStatusOf(sm); err != nil || len(st.Members) != 1 || st.Members[0] != c.ids[s] || !st.HasQuorum {
 		t.Errorf("the recovered m%d's group: %+v, %v; want itself alone, with a quorum", s+1, st, err)
 	}

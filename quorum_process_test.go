@@ -523,6 +523,23 @@ func (c *qpCluster) commitUntil(i int, d time.Duration) *qpOp {
 	return nil
 }
 
+// commitAfter is commitUntil through master i after a restore or a
+// recovery (what names it in messages): the commit must come within d,
+// and its txid must be above every one acknowledged before.
+func (c *qpCluster) commitAfter(i int, d time.Duration, what string, acked []*qpOp) *qpOp {
+	c.t.Helper()
+	op := c.commitUntil(i, d)
+	if op == nil {
+		c.t.Fatalf("no commit through the %s m%d within %v:%s", what, i+1, d, qpFmtStatuses(c.statuses()))
+	}
+	for _, a := range acked {
+		if op.r.txid <= a.r.txid {
+			c.t.Errorf("after the %s of m%d txid %d, not above %d acknowledged before", what, i+1, op.r.txid, a.r.txid)
+		}
+	}
+	return op
+}
+
 // ---- faults, with the cut-off windows they make ----
 
 func (c *qpCluster) isolated(i int) (bool, string) {
