@@ -22,14 +22,15 @@ import (
 // times their own time, and the daemons' timers they starved made the
 // process tests slower and flakier.
 //
-// In the parallel phase the long tests go first: a_long_test.go says how. A parallel test's own subtests run one
-// after the other in its slot, not as parallel subtests: go test hands
-// out slots in the order tests ask for them, every top-level test asks at
-// the start of the phase, and a parallel subtest asks only once its
-// parent's body has returned, so it waits behind the whole suite (the
-// CLI scripts, run that way, were the last second and a half of every
-// -short run). Subtests that must run together belong to a test of the
-// sequential phase (spread).
+// In the parallel phase the long tests go first: a_long_test.go says
+// how. A parallel test's own subtests run one after the other in its
+// slot, not as parallel subtests: go test hands out slots in the order
+// tests ask for them, every top-level test asks at the start of the
+// phase, and a parallel subtest asks only once its parent's body has
+// returned, so it waits behind the whole suite (the CLI scripts, run
+// that way, were the last second and a half of every -short run).
+// Subtests that must run together belong to a test of the sequential
+// phase (spread).
 
 // TestTimers runs, in the sequential phase, the link tests that spend
 // their run waiting on the link's own timers with the CPU idle: a dead
