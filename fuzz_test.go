@@ -129,12 +129,12 @@ func FuzzTransTable(f *testing.F) {
 			if err != nil {
 				t.Fatalf("simulated %s msgid %#x rejected: %v", CmdString(m.Cmd), m.MsgID, err)
 			}
-			if r.t == nil || !r.t.RxDone() {
+			if r.t == nil || !r.t.rxDone() {
 				t.Fatalf("simulated DELETE did not close msgid %#x", m.MsgID)
 			}
 		}
 		for _, tr := range tt.lostLinkOrder() {
-			if !tr.RxDone() && !(tr.mine && tr.tx&FlagCreate == 0) {
+			if !tr.rxDone() && !(tr.mine && tr.tx&FlagCreate == 0) {
 				t.Fatalf("%v still open for receive after link loss", tr)
 			}
 		}
@@ -145,7 +145,7 @@ func checkTransInvariants(t *testing.T, tt *transTable) {
 	t.Helper()
 	for _, tbl := range []map[uint64]*Trans{tt.wr, tt.rd} {
 		for id, tr := range tbl {
-			if tr.msgid != id || tr.removed || (tr.RxDone() && tr.TxDone()) {
+			if tr.msgid != id || tr.removed || (tr.rxDone() && tr.txDone()) {
 				t.Fatalf("table holds %v (removed %v, rx %#x tx %#x) under %#x", tr, tr.removed, tr.rx, tr.tx, id)
 			}
 			if (tbl[id] == tt.wr[id]) != tr.mine {

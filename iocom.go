@@ -347,7 +347,7 @@ func (t *Trans) Open(m *Msg, h Handler) (*Trans, error) {
 	if l.err != nil {
 		return nil, fmt.Errorf("open %s on %s: %w", CmdString(m.Cmd), l.cfg.Name, ErrLinkClosed)
 	}
-	if t.msgid != 0 && (t.removed || t.TxDone()) {
+	if t.msgid != 0 && (t.removed || t.txDone()) {
 		return nil, fmt.Errorf("open %s under %v: parent is closing", CmdString(m.Cmd), t)
 	}
 	n := l.tt.open(t, m.Cmd)
@@ -359,6 +359,20 @@ func (t *Trans) Open(m *Msg, h Handler) (*Trans, error) {
 		return nil, err
 	}
 	return n, nil
+}
+
+// RxDone and TxDone report whether the peer's DELETE was received and
+// whether ours was sent.
+func (t *Trans) RxDone() bool {
+	t.link.mu.Lock()
+	defer t.link.mu.Unlock()
+	return t.rxDone()
+}
+
+func (t *Trans) TxDone() bool {
+	t.link.mu.Lock()
+	defer t.link.mu.Unlock()
+	return t.txDone()
 }
 
 // SetHandler routes t's later messages to h.
@@ -417,7 +431,7 @@ func (t *Trans) Close(code uint32) error {
 	l := t.link
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if t.TxDone() {
+	if t.txDone() {
 		return nil
 	}
 	return l.enqueueLocked(t, &Msg{Header: Header{Cmd: CmdLnkError | FlagDelete, Error: code}})
@@ -549,7 +563,7 @@ func (l *Link) Shutdown(ctx context.Context) error {
 	l.mu.Lock()
 	if l.err == nil {
 		for _, m := range l.tt.lostLinkOrder() {
-			if !m.TxDone() {
+			if !m.txDone() {
 				_ = l.enqueueLocked(m, &Msg{Header: Header{Cmd: CmdLnkError | FlagDelete}})
 			}
 		}
@@ -1266,7 +1280,7 @@ func (l *Link) deliver(t *Trans, m *Msg, isNew bool) {
 	// Once the peer has closed a transaction we opened there is nothing
 	// left to say; one it opened stays open while a handler owns it, which
 	// may answer later (a commit waits for the quorum).
-	autoClose := t.RxDone() && !t.TxDone() && (t.mine || t.handler == nil)
+	autoClose := t.rxDone() && !t.txDone() && (t.mine || t.handler == nil)
 	l.mu.Unlock()
 	switch {
 	case unanswered:

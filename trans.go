@@ -20,7 +20,9 @@ import (
 type Handler func(t *Trans, m *Msg)
 
 // Trans is one transaction on a link, or the link's root for one-way
-// messages.
+// messages. Its state (tx, rx, handler, removed, the lanes' counts) is
+// guarded by its link's mu; the transTable and the link's own code hold
+// it, everyone else goes through the locking methods in iocom.go.
 type Trans struct {
 	link     *Link
 	msgid    uint64
@@ -65,9 +67,10 @@ func (t *Trans) Parent() *Trans { return t.parent }
 // IsRoot reports whether t stands for the link's one-way messages.
 func (t *Trans) IsRoot() bool { return t.msgid == 0 }
 
-// RxDone and TxDone report whether DELETE was received / sent.
-func (t *Trans) RxDone() bool { return t.rx&FlagDelete != 0 }
-func (t *Trans) TxDone() bool { return t.tx&FlagDelete != 0 }
+// rxDone and txDone report whether DELETE was received / sent; the
+// caller holds the link's mu (RxDone and TxDone take it).
+func (t *Trans) rxDone() bool { return t.rx&FlagDelete != 0 }
+func (t *Trans) txDone() bool { return t.tx&FlagDelete != 0 }
 
 // RxOpen reports whether the peer has answered (or opened) the transaction.
 func (t *Trans) RxOpen() bool { return t.rx&FlagCreate != 0 }
