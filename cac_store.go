@@ -86,6 +86,18 @@ func (s *cacheStore) put(h cacHolding) error {
 
 // del forgets a holder's state (released, expired or found stale).
 func (s *cacheStore) del(holder string) error {
+	// A request that never got a state has no record: a read, not a
+	// write transaction's fsync, tells.
+	var held bool
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		held = tx.Bucket([]byte(cbHeld)).Get([]byte(holder)) != nil
+		return nil
+	}); err != nil {
+		return fmt.Errorf("cache store %s: %w", s.path, err)
+	}
+	if !held {
+		return nil
+	}
 	return s.update(func(b *bolt.Bucket) error { return b.Delete([]byte(holder)) })
 }
 

@@ -75,14 +75,14 @@ func (s *spanTable) remove(t *Trans) {
 }
 
 // find returns the transaction of the nearest span (lowest dist, then
-// rnss) that match accepts, nil if none.
-func (s *spanTable) find(match func(*LnkSpan) bool) *Trans {
+// rnss) that match accepts, skipping the spans named in skip; nil if none.
+func (s *spanTable) find(match func(*LnkSpan) bool, skip ...*Trans) *Trans {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var best *Trans
 	var bestSpan *LnkSpan
 	for t, e := range s.entries {
-		if !match(&e.Span) {
+		if !match(&e.Span) || slices.Contains(skip, t) {
 			continue
 		}
 		if best == nil || e.Span.Dist < bestSpan.Dist || e.Span.Dist == bestSpan.Dist && e.Span.RNSS < bestSpan.RNSS {
