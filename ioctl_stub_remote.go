@@ -8,6 +8,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"syscall"
 )
 
@@ -94,4 +95,17 @@ func (t *remoteTable) del(slot int, path string) error {
 	// The rest of the entry stays on media, as the kernel leaves it.
 	t[slot].CopyID = 0
 	return nil
+}
+
+// volconfField is s as a NUL-terminated field of n+1 bytes reads back:
+// cut at n bytes (the kernel forces NUL there) and at the first NUL, as
+// the stand-in keeps what DragonFly's ioctl would.
+func volconfField(s string, n int) string {
+	if len(s) > n {
+		s = s[:n]
+	}
+	if i := strings.IndexByte(s, 0); i >= 0 {
+		s = s[:i]
+	}
+	return s
 }

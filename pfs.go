@@ -9,7 +9,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"strings"
 	"syscall"
 )
 
@@ -88,16 +87,4 @@ func checkRemoteSlot(op string, slot int) error {
 		return fmt.Errorf("remote %s: slot %d outside 0..%d: %w", op, slot, RemoteSlots-1, syscall.EINVAL)
 	}
 	return nil
-}
-
-// volconfField is s as a NUL-terminated field of n+1 bytes reads back:
-// cut at n bytes (the kernel forces NUL there) and at the first NUL.
-func volconfField(s string, n int) string {
-	if len(s) > n {
-		s = s[:n]
-	}
-	if i := strings.IndexByte(s, 0); i >= 0 {
-		s = s[:i]
-	}
-	return s
 }
