@@ -1,3 +1,5 @@
+//go:build !dragonfly
+
 package main
 
 import (
@@ -69,12 +71,6 @@ func TestLong(t *testing.T) {
 	}
 	wg.Wait()
 }
-
-// longAtOnce is how many long tests run at once: the chaos run's 15 s
-// and the rest's 50-odd seconds on three more lanes end together, and
-// with the -parallel slots the other tests get (setupSchedule) the suite
-// keeps as many tests going as it did when each long test took a slot.
-const longAtOnce = 4
 
 // longTest skips t under -short.
 func longTest(t *testing.T) {

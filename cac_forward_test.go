@@ -1,3 +1,5 @@
+//go:build !dragonfly
+
 package main
 
 // A non-master leaf forwards its kernel's QRM_COMMIT to the nearest

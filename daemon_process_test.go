@@ -1,3 +1,5 @@
+//go:build !dragonfly
+
 package main
 
 // The one harness type of the end-to-end tests: a daemon process, leaf or

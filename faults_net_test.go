@@ -1,3 +1,5 @@
+//go:build !dragonfly
+
 package main
 
 // The fault campaign's network (faults_test.go): each node in a network

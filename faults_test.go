@@ -1,3 +1,5 @@
+//go:build !dragonfly
+
 package main
 
 // The fault campaign (issue 13): five masters, each with a service of its

@@ -1,3 +1,5 @@
+//go:build !dragonfly
+
 package main
 
 // Operating the daemons as a monitor does: `hammer2 status --check` of a

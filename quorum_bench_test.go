@@ -1,3 +1,5 @@
+//go:build !dragonfly
+
 package main
 
 // Benchmarks of the quorum group (docs/BENCHMARKS.md, "Quorum group").

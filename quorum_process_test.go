@@ -1,3 +1,5 @@
+//go:build !dragonfly
+
 package main
 
 // The quorum group end to end: MASTER leaves run as real processes on

@@ -1,1 +1,3 @@
+//go:build !dragonfly
+
 package main

@@ -96,3 +96,9 @@ func spread(t *testing.T, n int, f func(t *testing.T, i int)) {
 		})
 	}
 }
+
+// longAtOnce is how many long tests (a_long_test.go) run at once: the chaos run's 15 s
+// and the rest's 50-odd seconds on three more lanes end together, and
+// with the -parallel slots the other tests get (setupSchedule) the suite
+// keeps as many tests going as it did when each long test took a slot.
+const longAtOnce = 4

@@ -1,3 +1,5 @@
+//go:build !dragonfly
+
 package main
 
 // The attacks of issue 9, played against real daemons by a child process

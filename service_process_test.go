@@ -1,3 +1,5 @@
+//go:build !dragonfly
+
 package main
 
 // End-to-end tests of `hammer2 service`: services run as real processes on

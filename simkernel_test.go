@@ -1,3 +1,5 @@
+//go:build !dragonfly
+
 package main
 
 // A simulated DragonFly kernel for the leaf's kernel link, written from

@@ -1,3 +1,5 @@
+//go:build !dragonfly
+
 package main
 
 // DragonFly's TCP links between our own daemons, as real processes with

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -170,36 +171,32 @@ func (r *roleProc) stop() {
 
 // runTestRole plays a role; its exit code is the process's.
 func runTestRole(role string) int {
-	var err error
-	switch role {
-	case "dmsg-spans":
-		err = roleSpans()
-	case "hold":
-		err = roleHold()
-	case "listen-unix":
-		err = roleListenUnix()
-	case "dmsg-shell":
-		err = roleShellPaths()
-	case "fault-forwarder":
-		err = roleFaultForwarder()
-	case "fault-echo":
-		err = roleFaultEcho()
-	case "fault-probe":
-		err = roleFaultProbe()
-	case "rc-init":
-		err = roleRCInit()
-	case "config-default":
-		// The machine's config at H2_PATH, as a user who may not read it.
-		c, lerr := loadConfigAt("", os.Getenv("H2_PATH"))
-		fmt.Printf("err %v\nnote %s\nkey_dir %s\n", lerr, c.LoadNote(), c.KeyDir)
-	default:
-		err = fmt.Errorf("unknown role %q", role)
+	roles := map[string]func() error{
+		"dmsg-spans":     roleSpans,
+		"hold":           roleHold,
+		"listen-unix":    roleListenUnix,
+		"dmsg-shell":     roleShellPaths,
+		"config-default": roleConfigDefault,
 	}
-	if err != nil {
+	maps.Copy(roles, standInRoles()) // the roles of the tests that need the stand-in PFS
+	f, ok := roles[role]
+	if !ok {
+		fmt.Println("error: unknown role", role)
+		return 1
+	}
+	if err := f(); err != nil {
 		fmt.Println("error:", err)
 		return 1
 	}
 	return 0
+}
+
+// roleConfigDefault prints what loading the machine's config at H2_PATH
+// gave, as a user who may not read it.
+func roleConfigDefault() error {
+	c, err := loadConfigAt("", os.Getenv("H2_PATH"))
+	fmt.Printf("err %v\nnote %s\nkey_dir %s\n", err, c.LoadNote(), c.KeyDir)
+	return nil
 }
 
 func roleDial(addr string) (net.Conn, error) {

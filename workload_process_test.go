@@ -1,3 +1,5 @@
+//go:build !dragonfly
+
 package main
 
 // The kernels of the chaos test (quorum_process_test.go) and the fault
