@@ -93,17 +93,7 @@ func startFwSlave(t *testing.T, dir, sock string, clid UUID, masters int) (*Leaf
 	}
 	t.Cleanup(func() { pfs.Close() })
 	keyDir := filepath.Join(dir, "key")
-	if _, err := GenerateKey(keyDir, false); err != nil {
-		t.Fatal(err)
-	}
-	key, err := LoadNodeKey(keyDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	trust, err := LoadTrustStore(keyDir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, trust := newTestNodeKey(t, keyDir)
 	cfg := DefaultConfig()
 	cfg.KeyDir, cfg.RunDir = keyDir, filepath.Join(dir, "run")
 	cfg.Backbone, cfg.Listen = "unix:"+sock, "none"

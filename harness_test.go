@@ -9,6 +9,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -287,4 +288,22 @@ func procAlive(pid int) bool {
 		return s[i+2] != 'Z' && s[i+2] != 'X'
 	}
 	return true
+}
+
+// newTestNodeKey makes a node key in keyDir, as `hammer2 keygen` does,
+// for a leaf run in process, and returns it with its (empty) trust store.
+func newTestNodeKey(tb testing.TB, keyDir string) (ed25519.PrivateKey, *TrustStore) {
+	tb.Helper()
+	if _, err := GenerateKey(keyDir, false); err != nil {
+		tb.Fatal(err)
+	}
+	key, err := LoadNodeKey(keyDir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	trust, err := LoadTrustStore(keyDir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return key, trust
 }

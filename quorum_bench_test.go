@@ -195,17 +195,7 @@ func startQBCluster(b *testing.B, n int) *qbCluster {
 		}
 		c.pfses = append(c.pfses, pfs)
 		keyDir := filepath.Join(root, fmt.Sprintf("key%d", i+1))
-		if _, err := GenerateKey(keyDir, false); err != nil {
-			b.Fatal(err)
-		}
-		key, err := LoadNodeKey(keyDir)
-		if err != nil {
-			b.Fatal(err)
-		}
-		trust, err := LoadTrustStore(keyDir)
-		if err != nil {
-			b.Fatal(err)
-		}
+		key, trust := newTestNodeKey(b, keyDir)
 		cfg := DefaultConfig()
 		cfg.KeyDir = keyDir
 		cfg.RunDir = filepath.Join(root, fmt.Sprintf("run%d", i+1))
