@@ -3,9 +3,11 @@
 package main
 
 // The harness (harness_test.go) of the tests that start daemons on the
-// stand-in PFS: free ports for them, and the fault-clock build.
+// stand-in PFS: free ports for them, the fault-clock build, and node keys
+// for leaves run in process.
 
 import (
+	"crypto/ed25519"
 	"fmt"
 	"net"
 	"os"
@@ -15,28 +17,14 @@ import (
 	"testing"
 )
 
-var (
-	h2FaultBuildOnce sync.Once
-	h2FaultBuildErr  error
-)
-
 // h2FaultBinary is the binary built with the h2faultclock tag, whose
 // quorum clock the fault campaign moves (clock_fault.go).
 func h2FaultBinary(t testing.TB) string {
 	t.Helper()
-	h2FaultBuildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "h2fbin")
-		if err != nil {
-			h2FaultBuildErr = err
-			return
-		}
-		h2FaultBuildPath = filepath.Join(dir, "hammer2")
-		h2FaultBuildErr = goBuild(h2FaultBuildPath, os.Getenv("H2_TEST_RACE_BINARY") != "", "h2faultclock")
+	return h2FaultBin.get(t, func(dir string) (string, error) {
+		path := filepath.Join(dir, "hammer2")
+		return path, goBuild(path, os.Getenv("H2_TEST_RACE_BINARY") != "", "h2faultclock")
 	})
-	if h2FaultBuildErr != nil {
-		t.Fatalf("building the fault-clock binary: %v", h2FaultBuildErr)
-	}
-	return h2FaultBuildPath
 }
 
 var (
@@ -147,4 +135,22 @@ func freeEphemeralPort(t testing.TB, network string) int {
 	}
 	t.Fatalf("no free %s port", network)
 	return 0
+}
+
+// newTestNodeKey makes a node key in keyDir, as `hammer2 keygen` does,
+// for a leaf run in process, and returns it with its (empty) trust store.
+func newTestNodeKey(tb testing.TB, keyDir string) (ed25519.PrivateKey, *TrustStore) {
+	tb.Helper()
+	if _, err := GenerateKey(keyDir, false); err != nil {
+		tb.Fatal(err)
+	}
+	key, err := LoadNodeKey(keyDir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	trust, err := LoadTrustStore(keyDir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return key, trust
 }

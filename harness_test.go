@@ -9,7 +9,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -29,14 +28,52 @@ import (
 	"go.uber.org/goleak"
 )
 
-// The binary under test, built once, on first use, by h2Binary.
+// The executables the tests run, each made once, on first use: the
+// hammer2 binary (h2Binary), the fault-clock build (h2FaultBinary,
+// harness_daemons_test.go) and the roles' copy (roleBinary,
+// testrole_test.go). TestMain removes them at the end.
 var (
-	h2BuildOnce sync.Once
-	h2BuildDir  string
-	h2BuildErr  error
-
-	h2FaultBuildPath string // h2FaultBinary's (harness_daemons_test.go), once made
+	h2Bin      = madeBinary{what: "making the hammer2 binary", dirPrefix: "h2bin"}
+	h2FaultBin = madeBinary{what: "building the fault-clock binary", dirPrefix: "h2fbin"}
+	roleBin    = madeBinary{what: "copying the test binary for a role", dirPrefix: "h2role"}
 )
+
+// madeBinary is one executable the tests make once, in a temporary
+// directory of its own that any user may enter: children playing an
+// unprivileged user run them too.
+type madeBinary struct {
+	what, dirPrefix string
+
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+// get returns the executable's path, making it on first use with mk,
+// which puts it in dir; a failure fails the test, every time it is asked.
+func (b *madeBinary) get(t testing.TB, mk func(dir string) (path string, err error)) string {
+	t.Helper()
+	b.once.Do(func() {
+		if b.dir, b.err = os.MkdirTemp("", b.dirPrefix); b.err != nil {
+			return
+		}
+		if b.err = os.Chmod(b.dir, 0o755); b.err == nil {
+			b.path, b.err = mk(b.dir)
+		}
+	})
+	if b.err != nil {
+		t.Fatalf("%s: %v", b.what, b.err)
+	}
+	return b.path
+}
+
+// remove deletes what get made.
+func (b *madeBinary) remove() {
+	if b.dir != "" {
+		os.RemoveAll(b.dir)
+	}
+}
 
 func TestMain(m *testing.M) {
 	if role := os.Getenv("H2_TEST_ROLE"); role != "" {
@@ -61,14 +98,8 @@ func (r testRun) Run() int {
 	raceQuickExit()
 	restoreTmpdir := scratchOnTmpfs() // scratch_linux_test.go
 	code := r.m.Run()
-	if h2BuildDir != "" {
-		os.RemoveAll(h2BuildDir)
-	}
-	if h2FaultBuildPath != "" {
-		os.RemoveAll(filepath.Dir(h2FaultBuildPath))
-	}
-	if roleBinPath != "" {
-		os.RemoveAll(filepath.Dir(roleBinPath))
+	for _, b := range []*madeBinary{&h2Bin, &h2FaultBin, &roleBin} {
+		b.remove()
 	}
 	restoreTmpdir()
 	// Every goroutine a test started is owned by something the test shut
@@ -116,32 +147,19 @@ func flagSet(name string) bool {
 // daemons would then run several times slower.
 func h2Binary(t testing.TB) string {
 	t.Helper()
-	h2BuildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "h2bin")
-		if err != nil {
-			h2BuildErr = err
-			return
-		}
-		h2BuildDir = dir
-		// Children playing an unprivileged user run the binary too.
-		if h2BuildErr = os.Chmod(dir, 0o755); h2BuildErr != nil {
-			return
-		}
-		race := os.Getenv("H2_TEST_RACE_BINARY") != ""
-		if race == raceEnabled {
-			h2BuildErr = copySelf(filepath.Join(dir, "hammer2"))
+	return h2Bin.get(t, func(dir string) (string, error) {
+		path := filepath.Join(dir, "hammer2")
+		var err error
+		if race := os.Getenv("H2_TEST_RACE_BINARY") != ""; race == raceEnabled {
+			err = copySelf(path)
 		} else {
-			h2BuildErr = goBuild(filepath.Join(dir, "hammer2"), race)
+			err = goBuild(path, race)
 		}
-		if h2BuildErr != nil {
-			return
+		if err != nil {
+			return "", err
 		}
-		h2BuildErr = os.Symlink("hammer2", filepath.Join(dir, "hammer2-leaf"))
+		return path, os.Symlink("hammer2", filepath.Join(dir, "hammer2-leaf"))
 	})
-	if h2BuildErr != nil {
-		t.Fatalf("making the hammer2 binary: %v", h2BuildErr)
-	}
-	return filepath.Join(h2BuildDir, "hammer2")
 }
 
 // copySelf copies this test binary to path, mode 0755: run as hammer2 or
@@ -288,22 +306,4 @@ func procAlive(pid int) bool {
 		return s[i+2] != 'Z' && s[i+2] != 'X'
 	}
 	return true
-}
-
-// newTestNodeKey makes a node key in keyDir, as `hammer2 keygen` does,
-// for a leaf run in process, and returns it with its (empty) trust store.
-func newTestNodeKey(tb testing.TB, keyDir string) (ed25519.PrivateKey, *TrustStore) {
-	tb.Helper()
-	if _, err := GenerateKey(keyDir, false); err != nil {
-		tb.Fatal(err)
-	}
-	key, err := LoadNodeKey(keyDir)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	trust, err := LoadTrustStore(keyDir)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return key, trust
 }

@@ -37,32 +37,14 @@ func requireRoot(t testing.TB) {
 	}
 }
 
-var (
-	roleBinOnce sync.Once
-	roleBinPath string
-	roleBinErr  error
-)
-
 // roleBinary is a copy of this test binary that any user may run (the
 // one go test built lives in a directory only we may enter).
 func roleBinary(t testing.TB) string {
 	t.Helper()
-	roleBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "h2role")
-		if err != nil {
-			roleBinErr = err
-			return
-		}
-		if roleBinErr = os.Chmod(dir, 0o755); roleBinErr != nil {
-			return
-		}
-		roleBinPath = filepath.Join(dir, "role.test")
-		roleBinErr = copySelf(roleBinPath)
+	return roleBin.get(t, func(dir string) (string, error) {
+		path := filepath.Join(dir, "role.test")
+		return path, copySelf(path)
 	})
-	if roleBinErr != nil {
-		t.Fatalf("copying the test binary for a role: %v", roleBinErr)
-	}
-	return roleBinPath
 }
 
 // copyFile copies the executable from to to, with mode. It holds
